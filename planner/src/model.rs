@@ -1,0 +1,637 @@
+//! The planner's input: what objects ask for, validated into domain types.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::{ArmId, IdError, ResourceKind};
+
+/// The oldest Compute api-version that knows user-assigned identities.
+pub const OLDEST_API_VERSION: &str = "2017-12-01";
+/// The first api-version with the `userAssignedIdentities` dictionary.
+pub const DICTIONARY_API_VERSION: &str = "2018-06-01";
+/// The default api-version.
+pub const DEFAULT_API_VERSION: &str = DICTIONARY_API_VERSION;
+
+/// How an api-version carries user-assigned identities on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WireFormat {
+    /// `identity.identityIds`: an array a PATCH replaces whole (2017-12-01 up to 2018-06-01).
+    IdentityIdsArray,
+    /// `identity.userAssignedIdentities`: a dictionary a PATCH merges (2018-06-01 and later).
+    UserAssignedDictionary,
+}
+
+/// A Microsoft.Compute api-version (`YYYY-MM-DD` or `YYYY-MM-DD-preview`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ApiVersion(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiVersionError {
+    #[error("api-version {0:?} is not of the form YYYY-MM-DD (optionally -preview)")]
+    Malformed(String),
+    #[error(
+        "api-version {0:?} predates user-assigned identities on Microsoft.Compute (use {OLDEST_API_VERSION} or later; {DICTIONARY_API_VERSION} or later is recommended)"
+    )]
+    TooOld(String),
+}
+
+impl ApiVersion {
+    pub fn parse(s: &str) -> Result<ApiVersion, ApiVersionError> {
+        let date = s.strip_suffix("-preview").unwrap_or(s);
+        let b = date.as_bytes();
+        let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+        let well_formed = b.len() == 10
+            && b[4] == b'-'
+            && b[7] == b'-'
+            && digits(0..4)
+            && digits(5..7)
+            && digits(8..10);
+        if !well_formed {
+            return Err(ApiVersionError::Malformed(s.to_string()));
+        }
+        let month: u32 = date[5..7].parse().unwrap_or(0);
+        let day: u32 = date[8..10].parse().unwrap_or(0);
+        if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+            return Err(ApiVersionError::Malformed(s.to_string()));
+        }
+        if date < OLDEST_API_VERSION {
+            return Err(ApiVersionError::TooOld(s.to_string()));
+        }
+        Ok(ApiVersion(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn wire_format(&self) -> WireFormat {
+        if self.0.as_str() < DICTIONARY_API_VERSION {
+            WireFormat::IdentityIdsArray
+        } else {
+            WireFormat::UserAssignedDictionary
+        }
+    }
+}
+
+impl Default for ApiVersion {
+    fn default() -> Self {
+        ApiVersion(DEFAULT_API_VERSION.to_string())
+    }
+}
+
+impl fmt::Display for ApiVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Merge adds what an object lists; Exact makes the list the whole user-assigned set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Mode {
+    #[default]
+    Merge,
+    Exact,
+}
+
+/// What deleting an object does to what it applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum DeletionPolicy {
+    /// Remove the user-assigned identities the object applied and nobody else wants.
+    #[default]
+    Detach,
+    /// Leave everything on the target.
+    Retain,
+}
+
+/// `namespace/name` of a VirtualMachineIdentity object.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ObjectRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectRef {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ObjectRef {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The ownership record an object keeps in `status.applied`: what it manages on its target.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Applied {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_assigned: Option<bool>,
+    #[serde(default)]
+    pub user_assigned_identities: Vec<String>,
+}
+
+impl Applied {
+    pub fn is_empty(&self) -> bool {
+        self.system_assigned.is_none() && self.user_assigned_identities.is_empty()
+    }
+
+    /// The recorded IDs, case-folded (entries that do not parse are kept as folded strings so
+    /// a damaged record can still release what it names).
+    pub fn keys(&self) -> BTreeSet<String> {
+        self.user_assigned_identities
+            .iter()
+            .map(|s| s.to_ascii_lowercase())
+            .collect()
+    }
+}
+
+/// Which identity a role assignment or group membership is for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IdentityRef {
+    SystemAssigned,
+    UserAssigned(ArmId),
+}
+
+impl fmt::Display for IdentityRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IdentityRef::SystemAssigned => f.write_str("SystemAssigned"),
+            IdentityRef::UserAssigned(id) => write!(f, "{id}"),
+        }
+    }
+}
+
+/// A role, as a user may name it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RoleRef {
+    /// A role name such as `Reader`, resolved through the roleDefinitions list.
+    Name(String),
+    /// A role definition GUID.
+    Guid(String),
+    /// A full role definition ID (`.../providers/Microsoft.Authorization/roleDefinitions/<guid>`).
+    DefinitionId(String),
+}
+
+impl fmt::Display for RoleRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RoleRef::Name(s) | RoleRef::Guid(s) | RoleRef::DefinitionId(s) => f.write_str(s),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoleAssignmentSpec {
+    pub identity: IdentityRef,
+    pub role: RoleRef,
+    /// The ARM scope, case-folded for comparison by [`Self::scope_key`].
+    pub scope: String,
+}
+
+impl RoleAssignmentSpec {
+    pub fn scope_key(&self) -> String {
+        self.scope.to_ascii_lowercase()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupMembershipSpec {
+    pub identity: IdentityRef,
+    /// The Entra group's object ID (a GUID, lower-cased).
+    pub group_object_id: String,
+}
+
+/// The spec of a VirtualMachineIdentity as it arrives (from YAML or the API server), before
+/// validation. Mirrors the CRD's `spec` field for field.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawSpec {
+    pub target: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arm_api_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_assigned: Option<bool>,
+    #[serde(default)]
+    pub user_assigned_identities: Vec<String>,
+    #[serde(default)]
+    pub role_assignments: Vec<RawRoleAssignment>,
+    #[serde(default)]
+    pub group_memberships: Vec<RawGroupMembership>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawRoleAssignment {
+    pub identity: String,
+    pub role: String,
+    pub scope: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawGroupMembership {
+    pub identity: String,
+    pub group_object_id: String,
+}
+
+/// A field of a spec that is wrong, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    /// JSON path such as `spec.userAssignedIdentities[1]`.
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A validated spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    pub target: ArmId,
+    pub api_version: ApiVersion,
+    pub mode: Mode,
+    pub system_assigned: Option<bool>,
+    /// Unique (case-insensitively), in the order given.
+    pub user_assigned: Vec<ArmId>,
+    pub role_assignments: Vec<RoleAssignmentSpec>,
+    pub group_memberships: Vec<GroupMembershipSpec>,
+    pub deletion_policy: DeletionPolicy,
+}
+
+fn is_guid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+fn parse_scope(s: &str) -> Result<String, String> {
+    if s.len() > 1 && s.ends_with('/') {
+        return Err(format!("scope {s:?} must not end with '/'"));
+    }
+    let lower = s.to_ascii_lowercase();
+    if let Some(rest) = lower.strip_prefix("/providers/microsoft.management/managementgroups/")
+        && !rest.is_empty()
+        && !rest.contains('/')
+    {
+        return Ok(s.to_string());
+    }
+    match ArmId::parse(s) {
+        Ok(_) => Ok(s.to_string()),
+        Err(_) => Err(format!(
+            "scope {s:?} is not an ARM scope (a subscription, resource group, resource or management group ID)"
+        )),
+    }
+}
+
+fn parse_role(s: &str) -> Result<RoleRef, String> {
+    let t = s.trim();
+    if t.is_empty() || t != s {
+        return Err(format!(
+            "role {s:?} must be a role name, a role definition GUID or a role definition ID"
+        ));
+    }
+    if is_guid(t) {
+        return Ok(RoleRef::Guid(t.to_ascii_lowercase()));
+    }
+    if t.starts_with('/') {
+        let lower = t.to_ascii_lowercase();
+        let guid = lower
+            .rsplit_once("/providers/microsoft.authorization/roledefinitions/")
+            .map(|(_, g)| g);
+        return match guid {
+            Some(g) if is_guid(g) => Ok(RoleRef::DefinitionId(t.to_string())),
+            _ => Err(format!(
+                "role {s:?} looks like an ID but is not .../providers/Microsoft.Authorization/roleDefinitions/<GUID>"
+            )),
+        };
+    }
+    Ok(RoleRef::Name(t.to_string()))
+}
+
+impl RawSpec {
+    /// Checks every field and returns all problems, each naming its field.
+    pub fn validate(&self) -> Result<Spec, Vec<FieldError>> {
+        let mut errs = Vec::new();
+        let target = match ArmId::parse_target(&self.target) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                errs.push(FieldError::new("spec.target", e.to_string()));
+                None
+            }
+        };
+        let api_version = match &self.arm_api_version {
+            None => Some(ApiVersion::default()),
+            Some(v) => match ApiVersion::parse(v) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    errs.push(FieldError::new("spec.armApiVersion", e.to_string()));
+                    None
+                }
+            },
+        };
+        let mut user_assigned: Vec<ArmId> = Vec::new();
+        for (i, raw) in self.user_assigned_identities.iter().enumerate() {
+            let field = format!("spec.userAssignedIdentities[{i}]");
+            match ArmId::parse_uai(raw) {
+                Ok(id) => {
+                    if let Some(j) = user_assigned.iter().position(|u| *u == id) {
+                        errs.push(FieldError::new(
+                            field,
+                            format!(
+                                "duplicate of spec.userAssignedIdentities[{j}] ({}); resource IDs are case-insensitive",
+                                user_assigned[j]
+                            ),
+                        ));
+                    } else {
+                        user_assigned.push(id);
+                    }
+                }
+                Err(IdError::WrongKind { found, .. }) => errs.push(FieldError::new(
+                    field,
+                    format!(
+                        "{raw:?} is a {found} ID, not a Microsoft.ManagedIdentity/userAssignedIdentities ID"
+                    ),
+                )),
+                Err(e) => errs.push(FieldError::new(field, e.to_string())),
+            }
+        }
+        let identity_ref = |field: String, s: &str, errs: &mut Vec<FieldError>| {
+            if s == "SystemAssigned" {
+                return Some(IdentityRef::SystemAssigned);
+            }
+            match ArmId::parse_uai(s) {
+                Ok(id) if user_assigned.contains(&id) => Some(IdentityRef::UserAssigned(id)),
+                _ => {
+                    errs.push(FieldError::new(
+                        field,
+                        format!(
+                            "{s:?} must be \"SystemAssigned\" or one of spec.userAssignedIdentities"
+                        ),
+                    ));
+                    None
+                }
+            }
+        };
+        let mut role_assignments: Vec<RoleAssignmentSpec> = Vec::new();
+        for (i, r) in self.role_assignments.iter().enumerate() {
+            let base = format!("spec.roleAssignments[{i}]");
+            let identity = identity_ref(format!("{base}.identity"), &r.identity, &mut errs);
+            let role = parse_role(&r.role)
+                .map_err(|m| errs.push(FieldError::new(format!("{base}.role"), m)))
+                .ok();
+            let scope = parse_scope(&r.scope)
+                .map_err(|m| errs.push(FieldError::new(format!("{base}.scope"), m)))
+                .ok();
+            if let (Some(identity), Some(role), Some(scope)) = (identity, role, scope) {
+                let ra = RoleAssignmentSpec {
+                    identity,
+                    role,
+                    scope,
+                };
+                let dup = role_assignments.iter().position(|o| {
+                    o.identity == ra.identity
+                        && o.role
+                            .to_string()
+                            .eq_ignore_ascii_case(&ra.role.to_string())
+                        && o.scope_key() == ra.scope_key()
+                });
+                match dup {
+                    Some(j) => errs.push(FieldError::new(
+                        base,
+                        format!("duplicate of spec.roleAssignments[{j}]"),
+                    )),
+                    None => role_assignments.push(ra),
+                }
+            }
+        }
+        let mut group_memberships: Vec<GroupMembershipSpec> = Vec::new();
+        for (i, g) in self.group_memberships.iter().enumerate() {
+            let base = format!("spec.groupMemberships[{i}]");
+            let identity = identity_ref(format!("{base}.identity"), &g.identity, &mut errs);
+            let group = if is_guid(&g.group_object_id) {
+                Some(g.group_object_id.to_ascii_lowercase())
+            } else {
+                errs.push(FieldError::new(
+                    format!("{base}.groupObjectId"),
+                    format!(
+                        "{:?} is not a GUID (the group's object ID)",
+                        g.group_object_id
+                    ),
+                ));
+                None
+            };
+            if let (Some(identity), Some(group_object_id)) = (identity, group) {
+                let gm = GroupMembershipSpec {
+                    identity,
+                    group_object_id,
+                };
+                match group_memberships.iter().position(|o| *o == gm) {
+                    Some(j) => errs.push(FieldError::new(
+                        base,
+                        format!("duplicate of spec.groupMemberships[{j}]"),
+                    )),
+                    None => group_memberships.push(gm),
+                }
+            }
+        }
+        if self.system_assigned == Some(false)
+            && (self
+                .role_assignments
+                .iter()
+                .any(|r| r.identity == "SystemAssigned")
+                || self
+                    .group_memberships
+                    .iter()
+                    .any(|g| g.identity == "SystemAssigned"))
+        {
+            errs.push(FieldError::new(
+                "spec.systemAssigned",
+                "is false, but roleAssignments or groupMemberships name the SystemAssigned identity",
+            ));
+        }
+        match (target, api_version) {
+            (Some(target), Some(api_version)) if errs.is_empty() => Ok(Spec {
+                target,
+                api_version,
+                mode: self.mode.unwrap_or_default(),
+                system_assigned: self.system_assigned,
+                user_assigned,
+                role_assignments,
+                group_memberships,
+                deletion_policy: self.deletion_policy.unwrap_or_default(),
+            }),
+            _ => Err(errs),
+        }
+    }
+}
+
+/// One object's contribution to its target's plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredObject {
+    pub object: ObjectRef,
+    pub spec: Spec,
+    /// `status.applied`: what this object manages on the target so far.
+    pub applied: Applied,
+    /// True once the object has a deletion timestamp: it then wants nothing, and with
+    /// `deletionPolicy: Detach` releases what it applied.
+    pub deleting: bool,
+}
+
+impl DesiredObject {
+    pub fn new(object: ObjectRef, spec: Spec) -> Self {
+        DesiredObject {
+            object,
+            spec,
+            applied: Applied::default(),
+            deleting: false,
+        }
+    }
+
+    pub fn with_applied(mut self, applied: Applied) -> Self {
+        self.applied = applied;
+        self
+    }
+
+    pub fn deleting(mut self) -> Self {
+        self.deleting = true;
+        self
+    }
+
+    /// Kinds a target ID can be.
+    pub fn target_kind(&self) -> ResourceKind {
+        self.spec.target.kind()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VM: &str =
+        "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm1";
+    const U1: &str = "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/u1";
+
+    fn raw() -> RawSpec {
+        RawSpec {
+            target: VM.into(),
+            user_assigned_identities: vec![U1.into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn api_versions() {
+        assert_eq!(
+            ApiVersion::parse("2017-12-01").unwrap().wire_format(),
+            WireFormat::IdentityIdsArray
+        );
+        assert_eq!(
+            ApiVersion::parse("2018-04-01").unwrap().wire_format(),
+            WireFormat::IdentityIdsArray
+        );
+        assert_eq!(
+            ApiVersion::parse("2018-06-01").unwrap().wire_format(),
+            WireFormat::UserAssignedDictionary
+        );
+        assert_eq!(
+            ApiVersion::parse("2024-11-01").unwrap().wire_format(),
+            WireFormat::UserAssignedDictionary
+        );
+        assert!(ApiVersion::parse("2024-11-01-preview").is_ok());
+        assert!(matches!(
+            ApiVersion::parse("2017-03-30"),
+            Err(ApiVersionError::TooOld(_))
+        ));
+        for bad in ["latest", "2018-6-1", "2018-13-01", "2018-06-01x", ""] {
+            assert!(
+                matches!(ApiVersion::parse(bad), Err(ApiVersionError::Malformed(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn validates_a_good_spec() {
+        let mut r = raw();
+        r.role_assignments.push(RawRoleAssignment {
+            identity: U1.to_uppercase(),
+            role: "Reader".into(),
+            scope: "/subscriptions/s1/resourceGroups/rg".into(),
+        });
+        let s = r.validate().unwrap();
+        assert_eq!(s.mode, Mode::Merge);
+        assert_eq!(s.api_version.as_str(), "2018-06-01");
+        assert_eq!(s.user_assigned.len(), 1);
+    }
+
+    #[test]
+    fn names_each_bad_field() {
+        let mut r = raw();
+        r.target =
+            "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/sa"
+                .into();
+        r.user_assigned_identities
+            .push(U1.replace("resourceGroups", "resourcegroups"));
+        r.user_assigned_identities.push(VM.into());
+        r.arm_api_version = Some("2016-01-01".into());
+        r.group_memberships.push(RawGroupMembership {
+            identity: "nobody".into(),
+            group_object_id: "not-a-guid".into(),
+        });
+        let errs = r.validate().unwrap_err();
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.target",
+                "spec.armApiVersion",
+                "spec.userAssignedIdentities[1]",
+                "spec.userAssignedIdentities[2]",
+                "spec.groupMemberships[0].identity",
+                "spec.groupMemberships[0].groupObjectId"
+            ]
+        );
+        assert!(errs[2].message.contains("duplicate"));
+    }
+
+    #[test]
+    fn roles_by_name_guid_or_id() {
+        assert_eq!(
+            parse_role("Reader").unwrap(),
+            RoleRef::Name("Reader".into())
+        );
+        assert!(matches!(
+            parse_role("ACDD72A7-3385-48EF-BD42-F606FBA81AE7").unwrap(),
+            RoleRef::Guid(_)
+        ));
+        assert!(matches!(
+            parse_role("/subscriptions/s1/providers/Microsoft.Authorization/roleDefinitions/acdd72a7-3385-48ef-bd42-f606fba81ae7").unwrap(),
+            RoleRef::DefinitionId(_)
+        ));
+        assert!(parse_role("/subscriptions/s1/foo").is_err());
+        assert!(parse_scope("/providers/Microsoft.Management/managementGroups/mg1").is_ok());
+        assert!(parse_scope("rg").is_err());
+    }
+}

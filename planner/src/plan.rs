@@ -1,0 +1,482 @@
+//! `plan(desired, live) -> Plan`: the smallest set of writes that makes a target right.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::id::ArmId;
+use crate::live::{IdentityType, LiveResource};
+use crate::model::{
+    ApiVersion, Applied, DeletionPolicy, DesiredObject, Mode, ObjectRef, WireFormat,
+};
+
+/// ARM refuses a request that assigns more user-assigned identities than this.
+pub const MAX_IDENTITIES_PER_REQUEST: usize = 150;
+
+/// The identity state of a target, as the planner reasons about it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IdentityState {
+    pub system_assigned: bool,
+    /// Case-folded ID -> ID as it will be (or is) spelled on the target.
+    pub user_assigned: BTreeMap<String, ArmId>,
+}
+
+impl IdentityState {
+    pub fn from_live(live: &LiveResource) -> IdentityState {
+        IdentityState {
+            system_assigned: live.identity.system_assigned,
+            user_assigned: live
+                .identity
+                .user_assigned
+                .iter()
+                .map(|(k, u)| (k.clone(), u.id.clone()))
+                .collect(),
+        }
+    }
+
+    pub fn identity_type(&self) -> IdentityType {
+        IdentityType::from_parts(self.system_assigned, !self.user_assigned.is_empty())
+    }
+
+    /// Same identities (IDs compared case-insensitively).
+    pub fn same_as(&self, other: &IdentityState) -> bool {
+        self.system_assigned == other.system_assigned
+            && self.user_assigned.keys().eq(other.user_assigned.keys())
+    }
+}
+
+/// One change the plan makes, for humans and events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    EnableSystemAssigned,
+    DisableSystemAssigned,
+    AddUserAssigned(ArmId),
+    RemoveUserAssigned(ArmId),
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::EnableSystemAssigned => f.write_str("enable system-assigned identity"),
+            Change::DisableSystemAssigned => f.write_str("disable system-assigned identity"),
+            Change::AddUserAssigned(id) => write!(f, "add user-assigned identity {id}"),
+            Change::RemoveUserAssigned(id) => write!(f, "remove user-assigned identity {id}"),
+        }
+    }
+}
+
+/// One request the executor sends. Serialises to the `vmidentity plan -o json` element:
+/// `{"method":"PATCH","id":"<resource id>","apiVersion":"<version>","body":{...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Write {
+    pub method: String,
+    pub id: String,
+    pub api_version: String,
+    pub body: Value,
+}
+
+/// Everything the planner decided for one target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetPlan {
+    /// The target as ARM spells it (the live body's `id`).
+    pub target: ArmId,
+    pub api_version: ApiVersion,
+    /// The objects planned together, sorted.
+    pub objects: Vec<ObjectRef>,
+    pub before: IdentityState,
+    pub after: IdentityState,
+    pub changes: Vec<Change>,
+    /// At most one identity PATCH for the target.
+    pub writes: Vec<Write>,
+    /// The new ownership record of each object once the writes succeeded. Objects being
+    /// deleted get an empty record: their finalizer may go once the writes succeeded.
+    pub applied: BTreeMap<ObjectRef, Applied>,
+}
+
+impl TargetPlan {
+    /// True when the target is already as desired.
+    pub fn is_converged(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    /// The identity PATCH body, if any.
+    pub fn patch_body(&self) -> Option<&Value> {
+        self.writes
+            .iter()
+            .find(|w| w.method == "PATCH")
+            .map(|w| &w.body)
+    }
+
+    /// What each object must record *before* the writes are sent: the union of the old and
+    /// the new record. Written first, it keeps ownership if the process dies between the
+    /// PATCH and the final status update, so nothing we added is ever orphaned.
+    pub fn claims(&self, objects: &[DesiredObject]) -> BTreeMap<ObjectRef, Applied> {
+        objects
+            .iter()
+            .map(|o| {
+                let new = self.applied.get(&o.object).cloned().unwrap_or_default();
+                let mut ids = o.applied.user_assigned_identities.clone();
+                for id in &new.user_assigned_identities {
+                    if !ids.iter().any(|x| x.eq_ignore_ascii_case(id)) {
+                        ids.push(id.clone());
+                    }
+                }
+                let claim = Applied {
+                    system_assigned: new.system_assigned.or(o.applied.system_assigned),
+                    user_assigned_identities: ids,
+                };
+                (o.object.clone(), claim)
+            })
+            .collect()
+    }
+}
+
+/// Why a target cannot be planned. No write is sent to such a target.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("conflict on {target}: {reason} (objects: {})", join(objects))]
+    Conflict {
+        target: String,
+        objects: Vec<ObjectRef>,
+        reason: String,
+    },
+    #[error("{object}: spec.target {target} does not match the live resource {live}")]
+    TargetMismatch {
+        object: ObjectRef,
+        target: String,
+        live: String,
+    },
+    #[error(
+        "{target}: the PATCH would assign {count} user-assigned identities in one request; ARM allows at most {MAX_IDENTITIES_PER_REQUEST}"
+    )]
+    TooManyIdentities { target: String, count: usize },
+    #[error("no objects to plan")]
+    NoObjects,
+}
+
+impl PlanError {
+    /// A short, stable reason for conditions, events and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PlanError::Conflict { .. } => "Conflict",
+            PlanError::TargetMismatch { .. } => "TargetMismatch",
+            PlanError::TooManyIdentities { .. } => "TooManyIdentities",
+            PlanError::NoObjects => "NoObjects",
+        }
+    }
+}
+
+fn join(objects: &[ObjectRef]) -> String {
+    objects
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn conflict(target: &ArmId, objects: Vec<ObjectRef>, reason: impl Into<String>) -> PlanError {
+    PlanError::Conflict {
+        target: target.to_string(),
+        objects,
+        reason: reason.into(),
+    }
+}
+
+/// Groups objects by their target (case-folded), each group sorted by object.
+pub fn group_by_target(objects: Vec<DesiredObject>) -> BTreeMap<String, Vec<DesiredObject>> {
+    let mut groups: BTreeMap<String, Vec<DesiredObject>> = BTreeMap::new();
+    for o in objects {
+        groups
+            .entry(o.spec.target.key().to_string())
+            .or_default()
+            .push(o);
+    }
+    for g in groups.values_mut() {
+        g.sort_by(|a, b| a.object.cmp(&b.object));
+    }
+    groups
+}
+
+/// Plans one target: all objects that name it, against its live state.
+pub fn plan_target(
+    objects: &[DesiredObject],
+    live: &LiveResource,
+) -> Result<TargetPlan, PlanError> {
+    if objects.is_empty() {
+        return Err(PlanError::NoObjects);
+    }
+    let mut objects: Vec<&DesiredObject> = objects.iter().collect();
+    objects.sort_by(|a, b| a.object.cmp(&b.object));
+    let target = &live.id;
+    for o in &objects {
+        if o.spec.target != *target {
+            return Err(PlanError::TargetMismatch {
+                object: o.object.clone(),
+                target: o.spec.target.to_string(),
+                live: target.to_string(),
+            });
+        }
+    }
+    let refs = |it: &mut dyn Iterator<Item = &&DesiredObject>| -> Vec<ObjectRef> {
+        it.map(|o| o.object.clone()).collect()
+    };
+
+    // One api-version for the target: the newest asked for, within one wire format.
+    let formats: BTreeSet<_> = objects
+        .iter()
+        .map(|o| o.spec.api_version.wire_format() == WireFormat::IdentityIdsArray)
+        .collect();
+    if formats.len() > 1 {
+        return Err(conflict(
+            target,
+            refs(&mut objects.iter()),
+            "objects ask for api-versions with different identity formats (2017-12-01 identityIds array vs 2018-06-01+ dictionary)",
+        ));
+    }
+    let api_version = objects
+        .iter()
+        .map(|o| o.spec.api_version.clone())
+        .max()
+        .unwrap_or_default();
+
+    let active: Vec<&DesiredObject> = objects.iter().copied().filter(|o| !o.deleting).collect();
+
+    // System-assigned: only ever changed on an explicit word; true and false together conflict.
+    let says = |v: bool| -> Vec<ObjectRef> {
+        active
+            .iter()
+            .filter(|o| o.spec.system_assigned == Some(v))
+            .map(|o| o.object.clone())
+            .collect()
+    };
+    let (says_true, says_false) = (says(true), says(false));
+    if !says_true.is_empty() && !says_false.is_empty() {
+        let mut both = says_true.clone();
+        both.extend(says_false);
+        both.sort();
+        return Err(conflict(
+            target,
+            both,
+            "systemAssigned is true in one object and false in another",
+        ));
+    }
+    let before = IdentityState::from_live(live);
+    let system_after = if !says_true.is_empty() {
+        true
+    } else if !says_false.is_empty() {
+        false
+    } else {
+        before.system_assigned
+    };
+
+    // Exact owns the whole user-assigned set: it cannot share the target.
+    let exact: Vec<&DesiredObject> = active
+        .iter()
+        .copied()
+        .filter(|o| o.spec.mode == Mode::Exact)
+        .collect();
+    if !exact.is_empty() && active.len() > 1 {
+        return Err(conflict(
+            target,
+            refs(&mut active.iter()),
+            "an object with mode Exact shares its target with another object",
+        ));
+    }
+
+    // wanted: listed by an active object (first spelling, by object order, wins).
+    let mut wanted: BTreeMap<String, ArmId> = BTreeMap::new();
+    for o in &active {
+        for id in &o.spec.user_assigned {
+            wanted
+                .entry(id.key().to_string())
+                .or_insert_with(|| id.clone());
+        }
+    }
+    // managed: recorded by any object; released: recorded but no longer asked for.
+    let mut managed: BTreeSet<String> = BTreeSet::new();
+    let mut released: BTreeSet<String> = BTreeSet::new();
+    for o in &objects {
+        let recorded = o.applied.keys();
+        managed.extend(recorded.iter().cloned());
+        let releases: Vec<String> = if o.deleting {
+            match o.spec.deletion_policy {
+                DeletionPolicy::Detach => recorded.into_iter().collect(),
+                DeletionPolicy::Retain => Vec::new(),
+            }
+        } else {
+            let own: BTreeSet<&str> = o.spec.user_assigned.iter().map(ArmId::key).collect();
+            recorded
+                .into_iter()
+                .filter(|k| !own.contains(k.as_str()))
+                .collect()
+        };
+        released.extend(releases);
+    }
+
+    let user_after: BTreeMap<String, ArmId> = if let Some(e) = exact.first() {
+        e.spec
+            .user_assigned
+            .iter()
+            .map(|id| {
+                let spelled = before
+                    .user_assigned
+                    .get(id.key())
+                    .cloned()
+                    .unwrap_or_else(|| id.clone());
+                (id.key().to_string(), spelled)
+            })
+            .collect()
+    } else {
+        let mut m = before.user_assigned.clone();
+        m.retain(|k, _| !released.contains(k) || wanted.contains_key(k));
+        for (k, id) in &wanted {
+            m.entry(k.clone()).or_insert_with(|| id.clone());
+        }
+        m
+    };
+    let after = IdentityState {
+        system_assigned: system_after,
+        user_assigned: user_after,
+    };
+
+    // Changes, in a stable order: system first, then additions, then removals.
+    let mut changes = Vec::new();
+    if !before.system_assigned && after.system_assigned {
+        changes.push(Change::EnableSystemAssigned);
+    }
+    if before.system_assigned && !after.system_assigned {
+        changes.push(Change::DisableSystemAssigned);
+    }
+    let added: Vec<&ArmId> = after
+        .user_assigned
+        .iter()
+        .filter(|(k, _)| !before.user_assigned.contains_key(*k))
+        .map(|(_, v)| v)
+        .collect();
+    let removed: Vec<&ArmId> = before
+        .user_assigned
+        .iter()
+        .filter(|(k, _)| !after.user_assigned.contains_key(*k))
+        .map(|(_, v)| v)
+        .collect();
+    changes.extend(
+        added
+            .iter()
+            .map(|id| Change::AddUserAssigned((*id).clone())),
+    );
+    changes.extend(
+        removed
+            .iter()
+            .map(|id| Change::RemoveUserAssigned((*id).clone())),
+    );
+
+    let writes = match identity_patch(&before, &after, &added, &removed, &api_version) {
+        None => Vec::new(),
+        Some(body) => {
+            let assigned = match api_version.wire_format() {
+                WireFormat::UserAssignedDictionary => added.len(),
+                WireFormat::IdentityIdsArray => after.user_assigned.len(),
+            };
+            if assigned > MAX_IDENTITIES_PER_REQUEST {
+                return Err(PlanError::TooManyIdentities {
+                    target: target.to_string(),
+                    count: assigned,
+                });
+            }
+            vec![Write {
+                method: "PATCH".into(),
+                id: target.to_string(),
+                api_version: api_version.to_string(),
+                body,
+            }]
+        }
+    };
+
+    // New ownership records.
+    let mut applied = BTreeMap::new();
+    for o in &objects {
+        let record = if o.deleting {
+            Applied::default()
+        } else {
+            let ids: Vec<String> = o
+                .spec
+                .user_assigned
+                .iter()
+                .filter(|id| {
+                    o.spec.mode == Mode::Exact
+                        || managed.contains(id.key())
+                        || !before.user_assigned.contains_key(id.key())
+                })
+                .map(|id| id.to_string())
+                .collect();
+            Applied {
+                system_assigned: o.spec.system_assigned,
+                user_assigned_identities: ids,
+            }
+        };
+        applied.insert(o.object.clone(), record);
+    }
+
+    Ok(TargetPlan {
+        target: target.clone(),
+        api_version,
+        objects: objects.iter().map(|o| o.object.clone()).collect(),
+        before,
+        after,
+        changes,
+        writes,
+        applied,
+    })
+}
+
+/// The smallest identity PATCH body from `before` to `after`, or None when they agree.
+fn identity_patch(
+    before: &IdentityState,
+    after: &IdentityState,
+    added: &[&ArmId],
+    removed: &[&ArmId],
+    api_version: &ApiVersion,
+) -> Option<Value> {
+    if before.same_as(after) {
+        return None;
+    }
+    let mut identity = Map::new();
+    identity.insert("type".into(), json!(after.identity_type().as_str()));
+    if !after.user_assigned.is_empty() {
+        match api_version.wire_format() {
+            WireFormat::UserAssignedDictionary => {
+                // Merge semantics: only what changes. Sorted by case-folded ID.
+                let mut entries: Vec<(&str, &str, Value)> = added
+                    .iter()
+                    .map(|id| (id.key(), id.as_str(), json!({})))
+                    .chain(
+                        removed
+                            .iter()
+                            .map(|id| (id.key(), id.as_str(), Value::Null)),
+                    )
+                    .collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                if !entries.is_empty() {
+                    let dict: Map<String, Value> = entries
+                        .into_iter()
+                        .map(|(_, s, v)| (s.to_string(), v))
+                        .collect();
+                    identity.insert("userAssignedIdentities".into(), Value::Object(dict));
+                }
+            }
+            WireFormat::IdentityIdsArray => {
+                // Replace semantics: the whole list, every time the type carries UserAssigned.
+                let ids: Vec<Value> = after
+                    .user_assigned
+                    .values()
+                    .map(|id| json!(id.as_str()))
+                    .collect();
+                identity.insert("identityIds".into(), Value::Array(ids));
+            }
+        }
+    }
+    Some(json!({ "identity": Value::Object(identity) }))
+}

@@ -1,0 +1,389 @@
+//! Exact PATCH bodies, following the REST how-to (qs-configure-rest-vm / -vmss): given this
+//! VM and these objects, the planner sends exactly this body.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use vmidentity_planner::*;
+
+fn body(objects: &[DesiredObject], live: &LiveResource) -> Option<Value> {
+    plan_target(objects, live)
+        .expect("plan")
+        .patch_body()
+        .cloned()
+}
+
+fn with_version(v: &str) -> impl Fn(&mut RawSpec) {
+    let v = v.to_string();
+    move |r: &mut RawSpec| r.arm_api_version = Some(v.clone())
+}
+
+#[test]
+fn enable_system_assigned_on_a_vm_without_identity() {
+    let o = obj("a", &vm("myVM"), |r| r.system_assigned = Some(true));
+    let l = live(&vm("myVM"), json!({"type": "None"}));
+    assert_eq!(
+        body(&[o], &l),
+        Some(json!({"identity": {"type": "SystemAssigned"}}))
+    );
+}
+
+#[test]
+fn enable_system_on_a_vm_with_user_assigned_sends_only_the_type() {
+    let o = obj("a", &vm("myVM"), |r| r.system_assigned = Some(true));
+    let l = live(
+        &vm("myVM"),
+        json!({"type": "UserAssigned", "userAssignedIdentities": {uai("ID1"): {}, uai("ID2"): {}}}),
+    );
+    assert_eq!(
+        body(&[o], &l),
+        Some(json!({"identity": {"type": "SystemAssigned, UserAssigned"}}))
+    );
+}
+
+#[test]
+fn first_user_assigned_identity() {
+    let o = obj("a", &vm("myVM"), |r| {
+        r.user_assigned_identities = vec![uai("ID1")]
+    });
+    let l = live(&vm("myVM"), json!({"type": "None"}));
+    assert_eq!(
+        body(&[o], &l),
+        Some(
+            json!({"identity": {"type": "UserAssigned", "userAssignedIdentities": {uai("ID1"): {}}}})
+        )
+    );
+}
+
+#[test]
+fn add_a_second_identity_keeping_system_and_the_first() {
+    let o = obj("a", &vm("myVM"), |r| {
+        r.user_assigned_identities = vec![uai("ID1"), uai("ID2")]
+    });
+    let l = live(
+        &vm("myVM"),
+        json!({"type": "SystemAssigned, UserAssigned", "principalId": "p",
+               "userAssignedIdentities": {uai("ID1"): {"principalId": "x", "clientId": "y"}}}),
+    );
+    // Only the new key: the dictionary is merged by ARM.
+    assert_eq!(
+        body(&[o], &l),
+        Some(json!({"identity": {"type": "SystemAssigned, UserAssigned",
+                                 "userAssignedIdentities": {uai("ID2"): {}}}}))
+    );
+}
+
+#[test]
+fn remove_one_of_two_with_null() {
+    let o = obj("a", &vm("myVM"), |r| {
+        r.user_assigned_identities = vec![uai("ID1")]
+    })
+    .with_applied(applied(&[uai("ID1"), uai("ID2")]));
+    let l = live(
+        &vm("myVM"),
+        json!({"type": "SystemAssigned, UserAssigned",
+               "userAssignedIdentities": {uai("ID1"): {}, uai("ID2"): {}}}),
+    );
+    assert_eq!(
+        body(&[o], &l),
+        Some(json!({"identity": {"type": "SystemAssigned, UserAssigned",
+                                 "userAssignedIdentities": {uai("ID2"): null}}}))
+    );
+}
+
+#[test]
+fn remove_the_last_user_assigned_changes_the_type() {
+    let o = obj("a", &vm("myVM"), |_| {}).with_applied(applied(&[uai("ID1")]));
+    let l = live(
+        &vm("myVM"),
+        json!({"type": "SystemAssigned, UserAssigned", "userAssignedIdentities": {uai("ID1"): {}}}),
+    );
+    assert_eq!(
+        body(&[o.clone()], &l),
+        Some(json!({"identity": {"type": "SystemAssigned"}}))
+    );
+    let l = live(
+        &vm("myVM"),
+        json!({"type": "UserAssigned", "userAssignedIdentities": {uai("ID1"): {}}}),
+    );
+    assert_eq!(body(&[o], &l), Some(json!({"identity": {"type": "None"}})));
+}
+
+#[test]
+fn remove_everything() {
+    let o = obj("a", &vm("myVM"), |r| r.system_assigned = Some(false))
+        .with_applied(applied(&[uai("ID1")]));
+    let l = live(
+        &vm("myVM"),
+        json!({"type": "SystemAssigned, UserAssigned", "userAssignedIdentities": {uai("ID1"): {}}}),
+    );
+    assert_eq!(body(&[o], &l), Some(json!({"identity": {"type": "None"}})));
+}
+
+#[test]
+fn disable_system_keeping_the_user_assigned() {
+    let o = obj("a", &vm("myVM"), |r| r.system_assigned = Some(false));
+    let l = live(
+        &vm("myVM"),
+        json!({"type": "SystemAssigned, UserAssigned", "userAssignedIdentities": {uai("ID1"): {}}}),
+    );
+    assert_eq!(
+        body(&[o], &l),
+        Some(json!({"identity": {"type": "UserAssigned"}}))
+    );
+}
+
+#[test]
+fn api_2017_12_01_sends_the_whole_array() {
+    let o = obj("a", &vm("myVM"), |r| {
+        r.arm_api_version = Some("2017-12-01".into());
+        r.user_assigned_identities = vec![uai("ID2")];
+    });
+    let l = live(
+        &vm("myVM"),
+        json!({"type": "SystemAssigned, UserAssigned", "identityIds": [uai("ID1")]}),
+    );
+    let p = plan_target(&[o], &l).unwrap();
+    assert_eq!(p.writes[0].api_version, "2017-12-01");
+    assert_eq!(
+        p.patch_body().cloned(),
+        Some(json!({"identity": {"type": "SystemAssigned, UserAssigned",
+                                 "identityIds": [uai("ID1"), uai("ID2")]}}))
+    );
+    // Remove one of two: the array of those to keep.
+    let o = obj("a", &vm("myVM"), |r| {
+        r.arm_api_version = Some("2017-12-01".into());
+        r.user_assigned_identities = vec![uai("ID2")];
+    })
+    .with_applied(applied(&[uai("ID1"), uai("ID2")]));
+    let l = live(
+        &vm("myVM"),
+        json!({"type": "UserAssigned", "identityIds": [uai("ID1"), uai("ID2")]}),
+    );
+    assert_eq!(
+        body(&[o], &l),
+        Some(json!({"identity": {"type": "UserAssigned", "identityIds": [uai("ID2")]}}))
+    );
+    // Disable system: keep the array, as the docs say.
+    let o = obj("a", &vm("myVM"), |r| {
+        r.arm_api_version = Some("2017-12-01".into());
+        r.system_assigned = Some(false);
+    });
+    let l = live(
+        &vm("myVM"),
+        json!({"type": "SystemAssigned, UserAssigned", "identityIds": [uai("ID1")]}),
+    );
+    assert_eq!(
+        body(&[o], &l),
+        Some(json!({"identity": {"type": "UserAssigned", "identityIds": [uai("ID1")]}}))
+    );
+}
+
+#[test]
+fn vmss_targets_use_the_same_bodies() {
+    let o = obj("a", &vmss("mySS"), with_version("2024-11-01"));
+    let o = DesiredObject {
+        spec: Spec {
+            user_assigned: vec![ArmId::parse(&uai("ID1")).unwrap()],
+            ..o.spec
+        },
+        ..o
+    };
+    let l = live(
+        &vmss("mySS"),
+        json!({"type": "SystemAssigned", "principalId": "p"}),
+    );
+    let p = plan_target(&[o], &l).unwrap();
+    assert_eq!(p.writes[0].api_version, "2024-11-01");
+    assert_eq!(
+        p.patch_body().cloned(),
+        Some(json!({"identity": {"type": "SystemAssigned, UserAssigned",
+                                 "userAssignedIdentities": {uai("ID1"): {}}}}))
+    );
+}
+
+#[test]
+fn converged_means_no_write() {
+    let o = obj("a", &vm("myVM"), |r| {
+        r.system_assigned = Some(true);
+        r.user_assigned_identities = vec![uai("ID1")];
+    });
+    // Live spells the ID differently: still the same identity.
+    let l = live(
+        &vm("myVM"),
+        json!({"type": "SystemAssigned,UserAssigned",
+               "userAssignedIdentities": {uai("ID1").to_lowercase(): {}}}),
+    );
+    let p = plan_target(&[o], &l).unwrap();
+    assert!(p.is_converged(), "{:?}", p.writes);
+}
+
+#[test]
+fn unowned_identities_survive_merge() {
+    // ID9 was put there by someone else: dropping ID1 must not touch it.
+    let o = obj("a", &vm("myVM"), |_| {}).with_applied(applied(&[uai("ID1")]));
+    let l = live(
+        &vm("myVM"),
+        json!({"type": "UserAssigned", "userAssignedIdentities": {uai("ID1"): {}, uai("ID9"): {}}}),
+    );
+    assert_eq!(
+        body(&[o], &l),
+        Some(
+            json!({"identity": {"type": "UserAssigned", "userAssignedIdentities": {uai("ID1"): null}}})
+        )
+    );
+}
+
+#[test]
+fn pre_existing_identity_listed_then_dropped_is_not_removed() {
+    let o = obj("a", &vm("myVM"), |r| {
+        r.user_assigned_identities = vec![uai("ID9")]
+    });
+    let l = live(
+        &vm("myVM"),
+        json!({"type": "UserAssigned", "userAssignedIdentities": {uai("ID9"): {}}}),
+    );
+    let p = plan_target(std::slice::from_ref(&o), &l).unwrap();
+    assert!(p.is_converged());
+    // Not recorded: we did not put it there.
+    assert!(p.applied[&o.object].user_assigned_identities.is_empty());
+}
+
+#[test]
+fn two_objects_one_patch() {
+    let a = obj("a", &vm("myVM"), |r| {
+        r.user_assigned_identities = vec![uai("ID1")]
+    });
+    let b = obj("b", &vm("myVM"), |r| {
+        r.system_assigned = Some(true);
+        r.user_assigned_identities = vec![uai("ID2"), uai("ID1").to_uppercase()];
+    });
+    let l = live(&vm("myVM"), json!({"type": "None"}));
+    let p = plan_target(&[a, b], &l).unwrap();
+    assert_eq!(p.writes.len(), 1);
+    // ID1 is sent once, in the first object's spelling.
+    assert_eq!(
+        p.patch_body().cloned(),
+        Some(json!({"identity": {"type": "SystemAssigned, UserAssigned",
+                                 "userAssignedIdentities": {uai("ID1"): {}, uai("ID2"): {}}}}))
+    );
+}
+
+#[test]
+fn shared_identity_is_kept_until_the_last_owner_lets_go() {
+    let a = obj("a", &vm("myVM"), |_| {}).with_applied(applied(&[uai("ID1")]));
+    let b = obj("b", &vm("myVM"), |r| {
+        r.user_assigned_identities = vec![uai("ID1")]
+    })
+    .with_applied(applied(&[uai("ID1")]));
+    let l = live(
+        &vm("myVM"),
+        json!({"type": "UserAssigned", "userAssignedIdentities": {uai("ID1"): {}}}),
+    );
+    let p = plan_target(&[a.clone(), b.clone()], &l).unwrap();
+    assert!(p.is_converged());
+    assert!(p.applied[&a.object].user_assigned_identities.is_empty());
+    assert_eq!(
+        p.applied[&b.object].user_assigned_identities,
+        vec![uai("ID1")]
+    );
+    // Now b lets go too: removed.
+    let b2 = obj("b", &vm("myVM"), |_| {}).with_applied(applied(&[uai("ID1")]));
+    assert_eq!(body(&[b2], &l), Some(json!({"identity": {"type": "None"}})));
+}
+
+#[test]
+fn deleting_with_detach_and_retain() {
+    let l = live(
+        &vm("myVM"),
+        json!({"type": "SystemAssigned, UserAssigned", "userAssignedIdentities": {uai("ID1"): {}}}),
+    );
+    let detach = obj("a", &vm("myVM"), |r| {
+        r.system_assigned = Some(true);
+        r.user_assigned_identities = vec![uai("ID1")];
+    })
+    .with_applied(applied(&[uai("ID1")]))
+    .deleting();
+    let p = plan_target(std::slice::from_ref(&detach), &l).unwrap();
+    // The system identity stays: only an explicit false disables it.
+    assert_eq!(
+        p.patch_body().cloned(),
+        Some(json!({"identity": {"type": "SystemAssigned"}}))
+    );
+    assert!(p.applied[&detach.object].is_empty());
+    let retain = obj("a", &vm("myVM"), |r| {
+        r.user_assigned_identities = vec![uai("ID1")];
+        r.deletion_policy = Some(DeletionPolicy::Retain);
+    })
+    .with_applied(applied(&[uai("ID1")]))
+    .deleting();
+    assert!(plan_target(&[retain], &l).unwrap().is_converged());
+}
+
+#[test]
+fn exact_removes_everything_else() {
+    let o = obj("a", &vm("myVM"), |r| {
+        r.mode = Some(Mode::Exact);
+        r.user_assigned_identities = vec![uai("ID1")];
+    });
+    let l = live(
+        &vm("myVM"),
+        json!({"type": "UserAssigned", "userAssignedIdentities": {uai("ID9"): {}, uai("ID8"): {}}}),
+    );
+    assert_eq!(
+        body(&[o], &l),
+        Some(
+            json!({"identity": {"type": "UserAssigned", "userAssignedIdentities": {
+            uai("ID1"): {}, uai("ID8"): null, uai("ID9"): null}}})
+        )
+    );
+}
+
+#[test]
+fn conflicts_name_the_objects_and_write_nothing() {
+    let l = live(&vm("myVM"), json!({"type": "None"}));
+    let a = obj("a", &vm("myVM"), |r| r.system_assigned = Some(true));
+    let b = obj("b", &vm("myVM"), |r| r.system_assigned = Some(false));
+    let e = plan_target(&[a.clone(), b], &l).unwrap_err();
+    assert_eq!(e.reason(), "Conflict");
+    assert!(e.to_string().contains("default/a, default/b"), "{e}");
+    let x = obj("x", &vm("myVM"), |r| r.mode = Some(Mode::Exact));
+    let e = plan_target(&[a.clone(), x], &l).unwrap_err();
+    assert!(e.to_string().contains("Exact"), "{e}");
+    let old = obj("o", &vm("myVM"), with_version("2017-12-01"));
+    assert!(plan_target(&[a, old], &l).is_err());
+}
+
+#[test]
+fn too_many_identities_is_refused_before_any_write() {
+    let ids: Vec<String> = (0..151).map(|i| uai(&format!("u{i}"))).collect();
+    let o = obj("a", &vm("myVM"), |r| r.user_assigned_identities = ids);
+    let l = live(&vm("myVM"), json!({"type": "None"}));
+    assert_eq!(
+        plan_target(&[o], &l).unwrap_err().reason(),
+        "TooManyIdentities"
+    );
+}
+
+#[test]
+fn claims_keep_old_and_new_ownership() {
+    let o = obj("a", &vm("myVM"), |r| {
+        r.user_assigned_identities = vec![uai("ID2")]
+    })
+    .with_applied(applied(&[uai("ID1")]));
+    let l = live(
+        &vm("myVM"),
+        json!({"type": "UserAssigned", "userAssignedIdentities": {uai("ID1"): {}}}),
+    );
+    let p = plan_target(std::slice::from_ref(&o), &l).unwrap();
+    let claims = p.claims(std::slice::from_ref(&o));
+    assert_eq!(
+        claims[&o.object].user_assigned_identities,
+        vec![uai("ID1"), uai("ID2")]
+    );
+    assert_eq!(
+        p.applied[&o.object].user_assigned_identities,
+        vec![uai("ID2")]
+    );
+}
