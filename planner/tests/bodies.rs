@@ -100,7 +100,7 @@ fn remove_the_last_user_assigned_changes_the_type() {
         json!({"type": "SystemAssigned, UserAssigned", "userAssignedIdentities": {uai("ID1"): {}}}),
     );
     assert_eq!(
-        body(&[o.clone()], &l),
+        body(std::slice::from_ref(&o), &l),
         Some(json!({"identity": {"type": "SystemAssigned"}}))
     );
     let l = live(
