@@ -1,0 +1,552 @@
+//! The one place that talks HTTP to ARM: bearer tokens, retries with jittered backoff,
+//! `Retry-After`, per-subscription throttling gates and long-running-operation polling.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::error::{AzureError, ErrorClass, classify, parse_error_body};
+use crate::token::{ARM_SCOPE, TokenSource};
+
+/// The public cloud's ARM endpoint.
+pub const PUBLIC_ARM_ENDPOINT: &str = "https://management.azure.com";
+
+/// How a request is counted and throttled (ARM keeps separate buckets for these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestKind {
+    Read,
+    Write,
+    Delete,
+    /// Polling a long-running operation's status URL.
+    Poll,
+}
+
+impl RequestKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestKind::Read => "read",
+            RequestKind::Write => "write",
+            RequestKind::Delete => "delete",
+            RequestKind::Poll => "poll",
+        }
+    }
+}
+
+/// Tuning of the client. The defaults suit a controller talking to real ARM.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// ARM endpoint, e.g. `https://management.azure.com` or the simulator's URL.
+    pub endpoint: String,
+    /// Attempts per request, the first included.
+    pub max_attempts: u32,
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+    /// The longest `Retry-After` the client sleeps through inside one call. Longer waits are
+    /// returned to the caller as a throttling error carrying `retry_after`, so a controller
+    /// can requeue instead of holding a worker.
+    pub max_inline_wait: Duration,
+    /// Used when ARM throttles without saying for how long.
+    pub default_retry_after: Duration,
+    /// Interval between LRO polls when ARM gives no `Retry-After`.
+    pub lro_poll_interval: Duration,
+    /// Give up polling a long-running operation after this long (it is never re-sent).
+    pub lro_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            endpoint: PUBLIC_ARM_ENDPOINT.to_string(),
+            max_attempts: 5,
+            base_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            max_inline_wait: Duration::from_secs(0),
+            default_retry_after: Duration::from_secs(10),
+            lro_poll_interval: Duration::from_secs(5),
+            lro_timeout: Duration::from_secs(30 * 60),
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Counters of what the client sent, for the CLI, benchmarks and tests.
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    pub reads: AtomicU64,
+    pub writes: AtomicU64,
+    pub deletes: AtomicU64,
+    pub polls: AtomicU64,
+    pub retries: AtomicU64,
+    pub throttled: AtomicU64,
+}
+
+/// A point-in-time copy of [`ClientStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub reads: u64,
+    pub writes: u64,
+    pub deletes: u64,
+    pub polls: u64,
+    pub retries: u64,
+    pub throttled: u64,
+}
+
+impl ClientStats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            reads: self.reads.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
+            deletes: self.deletes.load(Ordering::Relaxed),
+            polls: self.polls.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            throttled: self.throttled.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Hook for metrics: told about every HTTP exchange (status None for transport errors).
+pub trait Observer: Send + Sync {
+    fn on_response(&self, method: &str, kind: RequestKind, status: Option<u16>, elapsed: Duration);
+}
+
+/// A successful HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+/// The ARM client. Cheap to clone; clones share the HTTP pool, gates and counters.
+#[derive(Clone)]
+pub struct ArmClient {
+    http: reqwest::Client,
+    cfg: Arc<ClientConfig>,
+    tokens: Arc<dyn TokenSource>,
+    /// Subscription (case-folded) + kind -> no requests before this instant.
+    gates: Arc<Mutex<HashMap<(String, RequestKind), Instant>>>,
+    stats: Arc<ClientStats>,
+    observer: Option<Arc<dyn Observer>>,
+}
+
+impl std::fmt::Debug for ArmClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArmClient")
+            .field("endpoint", &self.cfg.endpoint)
+            .finish()
+    }
+}
+
+fn header_duration(headers: &HeaderMap) -> Option<Duration> {
+    for (name, ms) in [
+        ("retry-after-ms", true),
+        ("x-ms-retry-after-ms", true),
+        ("retry-after", false),
+    ] {
+        if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok())
+            && let Ok(n) = v.trim().parse::<f64>()
+            && n.is_finite()
+            && n >= 0.0
+        {
+            let secs = if ms { n / 1000.0 } else { n };
+            return Some(Duration::from_secs_f64(secs.min(3600.0)));
+        }
+    }
+    None
+}
+
+fn subscription_of(url_path: &str) -> Option<String> {
+    let mut it = url_path.split('/');
+    while let Some(seg) = it.next() {
+        if seg.eq_ignore_ascii_case("subscriptions") {
+            return it.next().map(|s| s.to_ascii_lowercase());
+        }
+    }
+    None
+}
+
+impl ArmClient {
+    pub fn new(cfg: ClientConfig, tokens: Arc<dyn TokenSource>) -> Result<ArmClient, AzureError> {
+        let http = reqwest::Client::builder()
+            .timeout(cfg.request_timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("vmidentity/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| AzureError::Transport {
+                method: "-".into(),
+                url: cfg.endpoint.clone(),
+                message: format!("cannot build HTTP client: {e}"),
+            })?;
+        Ok(ArmClient {
+            http,
+            cfg: Arc::new(ClientConfig {
+                endpoint: cfg.endpoint.trim_end_matches('/').to_string(),
+                ..cfg
+            }),
+            tokens,
+            gates: Arc::new(Mutex::new(HashMap::new())),
+            stats: Arc::new(ClientStats::default()),
+            observer: None,
+        })
+    }
+
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// `endpoint + path?api-version=...`
+    pub fn url(&self, path: &str, api_version: &str) -> String {
+        format!("{}{}?api-version={}", self.cfg.endpoint, path, api_version)
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .cfg
+            .base_backoff
+            .saturating_mul(1u32 << attempt.min(16).saturating_sub(1));
+        let cap = exp.min(self.cfg.max_backoff);
+        let jitter = rand::rng().random_range(0.5..=1.0);
+        cap.mul_f64(jitter)
+    }
+
+    fn gate_wait(&self, sub: &str, kind: RequestKind) -> Option<Duration> {
+        let gates = self.gates.lock().ok()?;
+        let until = gates.get(&(sub.to_string(), kind))?;
+        let now = Instant::now();
+        (*until > now).then(|| *until - now)
+    }
+
+    fn close_gate(&self, sub: &str, kind: RequestKind, wait: Duration) {
+        if let Ok(mut gates) = self.gates.lock() {
+            let until = Instant::now() + wait;
+            let e = gates.entry((sub.to_string(), kind)).or_insert(until);
+            if *e < until {
+                *e = until;
+            }
+        }
+    }
+
+    fn count(&self, kind: RequestKind) {
+        let c = match kind {
+            RequestKind::Read => &self.stats.reads,
+            RequestKind::Write => &self.stats.writes,
+            RequestKind::Delete => &self.stats.deletes,
+            RequestKind::Poll => &self.stats.polls,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sends one request with the retry policy. `url` is absolute.
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<&Value>,
+        kind: RequestKind,
+    ) -> Result<Response, AzureError> {
+        let path = url
+            .strip_prefix(&self.cfg.endpoint)
+            .unwrap_or(url)
+            .split('?')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let sub = subscription_of(&path);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            if let Some(sub) = &sub
+                && let Some(wait) = self.gate_wait(sub, kind)
+            {
+                if wait > self.cfg.max_inline_wait {
+                    return Err(AzureError::SubscriptionThrottled {
+                        subscription: sub.clone(),
+                        retry_after: wait,
+                    });
+                }
+                tokio::time::sleep(wait).await;
+            }
+            let token = self.tokens.token(ARM_SCOPE).await?;
+            let mut req = self
+                .http
+                .request(method.clone(), url)
+                .bearer_auth(&token.token)
+                .header("accept", "application/json");
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            self.count(kind);
+            let started = std::time::Instant::now();
+            let result = req.send().await;
+            let elapsed = started.elapsed();
+            let resp = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    if let Some(o) = &self.observer {
+                        o.on_response(method.as_str(), kind, None, elapsed);
+                    }
+                    if attempt < self.cfg.max_attempts {
+                        let d = self.backoff(attempt);
+                        warn!(%method, url, attempt, error = %e, "transport error; retrying in {d:?}");
+                        self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(d).await;
+                        continue;
+                    }
+                    return Err(AzureError::Transport {
+                        method: method.to_string(),
+                        url: url.to_string(),
+                        message: e.to_string(),
+                    });
+                }
+            };
+            let status = resp.status();
+            if let Some(o) = &self.observer {
+                o.on_response(method.as_str(), kind, Some(status.as_u16()), elapsed);
+            }
+            let headers = resp.headers().clone();
+            let bytes = match resp.bytes().await {
+                Ok(b) => b,
+                Err(e) => {
+                    if attempt < self.cfg.max_attempts {
+                        self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(self.backoff(attempt)).await;
+                        continue;
+                    }
+                    return Err(AzureError::Transport {
+                        method: method.to_string(),
+                        url: url.to_string(),
+                        message: format!("reading the body: {e}"),
+                    });
+                }
+            };
+            if status.is_success() {
+                let body = if bytes.is_empty() {
+                    Value::Null
+                } else {
+                    serde_json::from_slice(&bytes).map_err(|e| AzureError::InvalidResponse {
+                        url: url.to_string(),
+                        message: format!("HTTP {status} body is not JSON: {e}"),
+                    })?
+                };
+                debug!(%method, url, status = status.as_u16(), "ARM ok");
+                return Ok(Response {
+                    status: status.as_u16(),
+                    headers,
+                    body,
+                });
+            }
+            let (code, message) = parse_error_body(&bytes);
+            let class = classify(status.as_u16(), &code, &message);
+            let retry_after = header_duration(&headers);
+            if class == ErrorClass::Throttled {
+                self.stats.throttled.fetch_add(1, Ordering::Relaxed);
+                let wait = retry_after.unwrap_or(self.cfg.default_retry_after);
+                if let Some(sub) = &sub {
+                    self.close_gate(sub, kind, wait);
+                }
+                warn!(%method, url, ?wait, "throttled by ARM (429)");
+                if wait <= self.cfg.max_inline_wait && attempt < self.cfg.max_attempts {
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                return Err(AzureError::Arm {
+                    method: method.to_string(),
+                    url: url.to_string(),
+                    status: status.as_u16(),
+                    code,
+                    message,
+                    retry_after: Some(wait),
+                    class,
+                });
+            }
+            if class == ErrorClass::Transient && attempt < self.cfg.max_attempts {
+                let d = self.backoff(attempt).max(retry_after.unwrap_or_default());
+                if d <= self.cfg.max_backoff.max(self.cfg.max_inline_wait) {
+                    warn!(%method, url, status = status.as_u16(), %code, attempt, "transient ARM error; retrying in {d:?}");
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(d).await;
+                    continue;
+                }
+            }
+            return Err(AzureError::Arm {
+                method: method.to_string(),
+                url: url.to_string(),
+                status: status.as_u16(),
+                code,
+                message,
+                retry_after,
+                class,
+            });
+        }
+    }
+
+    /// GET a resource.
+    pub async fn get(&self, path: &str, api_version: &str) -> Result<Value, AzureError> {
+        let url = self.url(path, api_version);
+        Ok(self
+            .send(Method::GET, &url, None, RequestKind::Read)
+            .await?
+            .body)
+    }
+
+    /// PATCH (or PUT) a resource and wait for the long-running operation to finish. The
+    /// request is sent once (retries only for failures ARM did not act on); the operation is
+    /// then polled, never re-sent. Returns the resource body ARM answered with (a GET is made
+    /// only when the answer carried none).
+    pub async fn write(
+        &self,
+        method: Method,
+        path: &str,
+        api_version: &str,
+        body: &Value,
+    ) -> Result<Value, AzureError> {
+        let url = self.url(path, api_version);
+        let resp = self
+            .send(method, &url, Some(body), RequestKind::Write)
+            .await?;
+        let final_body = self.wait_for_operation(&url, &resp).await?;
+        match final_body {
+            Some(b) if !b.is_null() => Ok(b),
+            _ => self.get(path, api_version).await,
+        }
+    }
+
+    fn same_origin(&self, url: &str) -> bool {
+        url.starts_with(&format!("{}/", self.cfg.endpoint))
+    }
+
+    /// Polls `Azure-AsyncOperation` (or `Location`) until the operation ends.
+    async fn wait_for_operation(
+        &self,
+        resource_url: &str,
+        resp: &Response,
+    ) -> Result<Option<Value>, AzureError> {
+        let header = |n: &str| {
+            resp.headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let (op_url, is_location) = match (header("azure-asyncoperation"), header("location")) {
+            (Some(u), _) => (u, false),
+            (None, Some(u)) if resp.status == StatusCode::ACCEPTED.as_u16() => (u, true),
+            _ => return Ok(Some(resp.body.clone())),
+        };
+        if !self.same_origin(&op_url) {
+            return Err(AzureError::InvalidResponse {
+                url: resource_url.to_string(),
+                message: format!(
+                    "operation URL {op_url} is not on the ARM endpoint; not sending a token there"
+                ),
+            });
+        }
+        let started = Instant::now();
+        let mut wait = header_duration(&resp.headers).unwrap_or(self.cfg.lro_poll_interval);
+        loop {
+            if started.elapsed() > self.cfg.lro_timeout {
+                return Err(AzureError::OperationTimedOut {
+                    url: op_url,
+                    waited: started.elapsed(),
+                });
+            }
+            tokio::time::sleep(wait).await;
+            let poll = self
+                .send(Method::GET, &op_url, None, RequestKind::Poll)
+                .await?;
+            wait = header_duration(&poll.headers).unwrap_or(self.cfg.lro_poll_interval);
+            if is_location {
+                if poll.status == StatusCode::ACCEPTED.as_u16() {
+                    continue;
+                }
+                return Ok(Some(poll.body));
+            }
+            let status = poll
+                .body
+                .get("status")
+                .and_then(Value::as_str)
+                .unwrap_or("InProgress")
+                .to_string();
+            match status.as_str() {
+                "Succeeded" => {
+                    return Ok(if resp.body.is_null() {
+                        None
+                    } else {
+                        Some(succeeded(resp.body.clone()))
+                    });
+                }
+                "Failed" | "Canceled" | "Cancelled" => {
+                    let err = poll.body.get("error");
+                    let field = |k: &str| {
+                        err.and_then(|e| e.get(k))
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string()
+                    };
+                    return Err(AzureError::OperationFailed {
+                        url: op_url,
+                        status,
+                        code: field("code"),
+                        message: field("message"),
+                    });
+                }
+                _ => continue,
+            }
+        }
+    }
+}
+
+/// The write's answer with its provisioningState set to the operation's outcome.
+fn succeeded(mut body: Value) -> Value {
+    if let Some(p) = body.get_mut("properties").and_then(Value::as_object_mut) {
+        p.insert(
+            "provisioningState".into(),
+            Value::String("Succeeded".into()),
+        );
+    }
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_subscription() {
+        assert_eq!(
+            subscription_of("/subscriptions/ABC/resourceGroups/rg"),
+            Some("abc".into())
+        );
+        assert_eq!(
+            subscription_of("/providers/Microsoft.ResourceGraph/resources"),
+            None
+        );
+    }
+
+    #[test]
+    fn reads_retry_after() {
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", "7".parse().unwrap());
+        assert_eq!(header_duration(&h), Some(Duration::from_secs(7)));
+        h.insert("retry-after-ms", "250".parse().unwrap());
+        assert_eq!(header_duration(&h), Some(Duration::from_millis(250)));
+    }
+}

@@ -1,0 +1,371 @@
+//! Command-line interface: `plan`, `apply`, `demo`, `crd`.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+use vmidentity_azure::{ArmClient, ClientConfig, Executor, StaticToken};
+use vmidentity_planner::{Change, DesiredObject, render};
+
+use crate::engine::{self, State, TargetResult};
+use crate::input::{self, InputError, LoadedObject};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vmidentity",
+    version,
+    about = "Keeps the managed identities of Azure VMs and VM scale sets exactly as declared"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the exact writes that would make the targets right (like `terraform plan`).
+    Plan(PlanArgs),
+    /// Reconcile the objects in files against ARM once, print each write and its result, exit.
+    Apply(ApplyArgs),
+    /// Run the whole thing on the built-in ARM simulator with bundled examples.
+    Demo(DemoArgs),
+    /// Print the CustomResourceDefinition YAML.
+    Crd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    /// VirtualMachineIdentity YAML files or directories (multi-document; `status` allowed).
+    #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+    pub files: Vec<PathBuf>,
+    /// ARM GET body of the target (with its `id`), or an object mapping resource ID to GET body.
+    #[arg(long)]
+    pub live: PathBuf,
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    pub output: Output,
+    /// Exit 2 when there are changes (0 when converged, 1 on errors).
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// VirtualMachineIdentity YAML files or directories.
+    #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+    pub files: Vec<PathBuf>,
+    /// ARM endpoint.
+    #[arg(long, env = "VMIDENTITY_ARM_ENDPOINT", default_value = vmidentity_azure::client::PUBLIC_ARM_ENDPOINT)]
+    pub endpoint: String,
+    /// Bearer token for ARM (for example from `az account get-access-token --query accessToken -o tsv`).
+    #[arg(long, env = "AZURE_ACCESS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Run against an in-process ARM simulator seeded from this world file instead of Azure.
+    #[arg(long, value_name = "WORLD_YAML", conflicts_with_all = ["endpoint", "token"])]
+    pub simulator: Option<PathBuf>,
+    /// Keep ownership records in this JSON file between runs (read before, written after).
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// Targets worked on at once.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    pub output: Output,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {}
+
+/// A failure that ends the command: printed as one line, exit code 1.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Runs the CLI; returns the process exit code.
+pub async fn run(cli: Cli) -> Result<i32, CliError> {
+    match cli.command {
+        Command::Plan(a) => plan(a),
+        Command::Apply(a) => apply(a).await,
+        Command::Demo(_) => crate::demo::run().await,
+        Command::Crd => {
+            let y = crate::crd::crd_yaml().map_err(|e| CliError::Other(e.to_string()))?;
+            crate::out!("{y}");
+            Ok(0)
+        }
+    }
+}
+
+fn desired(loaded: &[LoadedObject]) -> Result<Vec<DesiredObject>, CliError> {
+    loaded
+        .iter()
+        .map(|o| o.to_desired().map_err(CliError::from))
+        .collect()
+}
+
+fn warn_unimplemented(objects: &[DesiredObject]) {
+    for o in objects {
+        if !o.spec.role_assignments.is_empty() || !o.spec.group_memberships.is_empty() {
+            eprintln!(
+                "warning: {}: roleAssignments and groupMemberships are validated but not yet acted on by this version",
+                o.object
+            );
+        }
+    }
+}
+
+/// The `-o json` elements of every planned write.
+pub fn writes_json(results: &[TargetResult]) -> Value {
+    Value::Array(
+        results
+            .iter()
+            .filter_map(|r| r.plan.as_ref())
+            .flat_map(|p| p.writes.iter())
+            .map(|w| json!(w))
+            .collect(),
+    )
+}
+
+fn print_errors(results: &[TargetResult]) -> bool {
+    let mut any = false;
+    for r in results {
+        if let Some(e) = &r.error {
+            any = true;
+            let objs: Vec<String> = r.objects.iter().map(ToString::to_string).collect();
+            eprintln!(
+                "error: {} ({}): {}: {e}",
+                r.target,
+                objs.join(", "),
+                e.reason()
+            );
+        }
+    }
+    any
+}
+
+fn plan(a: PlanArgs) -> Result<i32, CliError> {
+    let loaded = input::load_objects(&a.files)?;
+    let objects = desired(&loaded)?;
+    let lives = input::load_live(&a.live)?;
+    warn_unimplemented(&objects);
+    let results = engine::plan_offline(objects, &lives);
+    match a.output {
+        Output::Json => crate::outln!(
+            "{}",
+            serde_json::to_string_pretty(&writes_json(&results)).unwrap_or_default()
+        ),
+        Output::Text => {
+            let plans: Vec<_> = results
+                .iter()
+                .filter_map(|r| r.plan.clone().map(Ok))
+                .collect();
+            crate::out!("{}", render::render(&plans));
+        }
+    }
+    if print_errors(&results) {
+        return Ok(1);
+    }
+    let changes = results.iter().any(|r| r.writes() > 0);
+    Ok(if a.detailed_exitcode && changes { 2 } else { 0 })
+}
+
+fn read_state(path: &PathBuf) -> Result<State, CliError> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => serde_json::from_str(&t).map_err(|e| {
+            CliError::Other(format!(
+                "{}: state file does not parse: {e}",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::new()),
+        Err(e) => Err(CliError::Other(format!("{}: {e}", path.display()))),
+    }
+}
+
+fn write_state(path: &PathBuf, state: &State) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(state).map_err(|e| CliError::Other(e.to_string()))?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text + "\n")
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| CliError::Other(format!("{}: {e}", path.display())))
+}
+
+/// Client settings for one-shot runs: a CLI may wait through short `Retry-After`s.
+pub fn cli_client_config(endpoint: &str) -> ClientConfig {
+    ClientConfig {
+        endpoint: endpoint.to_string(),
+        max_inline_wait: Duration::from_secs(120),
+        lro_poll_interval: Duration::from_secs(2),
+        ..ClientConfig::default()
+    }
+}
+
+async fn apply(a: ApplyArgs) -> Result<i32, CliError> {
+    let loaded = input::load_objects(&a.files)?;
+    let mut objects = desired(&loaded)?;
+    warn_unimplemented(&objects);
+    let state = match &a.state {
+        Some(p) => read_state(p)?,
+        None => State::new(),
+    };
+    objects = engine::with_state(objects, &state);
+
+    let mut _sim = None;
+    let (endpoint, token) = match &a.simulator {
+        Some(world) => {
+            let text = std::fs::read_to_string(world)
+                .map_err(|e| CliError::Other(format!("{}: {e}", world.display())))?;
+            let sim = crate::demo::start_simulator(&text)
+                .await
+                .map_err(|e| CliError::Other(format!("{}: {e}", world.display())))?;
+            let url = sim.base_url();
+            _sim = Some(sim);
+            (url, crate::demo::SIM_TOKEN.to_string())
+        }
+        None => {
+            let token = a.token.clone().ok_or_else(|| {
+                CliError::Other(
+                    "no ARM credentials: set AZURE_ACCESS_TOKEN or --token (for example `az account get-access-token --query accessToken -o tsv`), or use --simulator WORLD.yaml".into(),
+                )
+            })?;
+            (a.endpoint.clone(), token)
+        }
+    };
+    let client = ArmClient::new(
+        cli_client_config(&endpoint),
+        Arc::new(StaticToken::new(token)),
+    )
+    .map_err(|e| CliError::Other(e.to_string()))?;
+    let exec = Executor::new(client);
+    let results = engine::apply(&exec, objects.clone(), a.concurrency).await;
+    match a.output {
+        Output::Text => crate::out!("{}", render_apply(&results)),
+        Output::Json => crate::outln!(
+            "{}",
+            serde_json::to_string_pretty(&apply_json(&results)).unwrap_or_default()
+        ),
+    }
+    if let Some(p) = &a.state {
+        write_state(p, &engine::next_state(state, &objects, &results))?;
+    }
+    let failed = print_errors(&results);
+    let _ = std::io::stdout().flush();
+    Ok(if failed { 1 } else { 0 })
+}
+
+/// `apply -o json`: one element per write with its result, plus refused targets.
+pub fn apply_json(results: &[TargetResult]) -> Value {
+    let mut out = Vec::new();
+    for r in results {
+        match (&r.plan, &r.error) {
+            (Some(p), err) => {
+                for w in &p.writes {
+                    let mut v = json!(w);
+                    v["result"] = match err {
+                        None => json!({"status": "Succeeded"}),
+                        Some(e) => {
+                            json!({"status": "Failed", "reason": e.reason(), "message": e.to_string()})
+                        }
+                    };
+                    out.push(v);
+                }
+            }
+            (None, Some(e)) => out.push(json!({
+                "id": r.target,
+                "objects": r.objects.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "result": {"status": "Refused", "reason": e.reason(), "message": e.to_string()},
+            })),
+            (None, None) => {}
+        }
+    }
+    Value::Array(out)
+}
+
+fn short(id: &str) -> String {
+    vmidentity_planner::ArmId::parse(id)
+        .map(|i| i.short())
+        .unwrap_or_else(|_| id.to_string())
+}
+
+/// Human-readable report of an apply: per target, the PATCH sent and what changed.
+pub fn render_apply(results: &[TargetResult]) -> String {
+    let mut out = String::new();
+    let (mut changed, mut same, mut failed) = (0, 0, 0);
+    for r in results {
+        let objs: Vec<String> = r.objects.iter().map(ToString::to_string).collect();
+        let Some(plan) = &r.plan else {
+            failed += 1;
+            if let Some(e) = &r.error {
+                out.push_str(&format!(
+                    "! {}  ({})\n    {}: {e}\n",
+                    short(&r.target),
+                    objs.join(", "),
+                    e.reason()
+                ));
+            }
+            continue;
+        };
+        if plan.is_converged() {
+            same += 1;
+            out.push_str(&format!(
+                "  {}  up to date ({})\n",
+                plan.target.short(),
+                objs.join(", ")
+            ));
+            continue;
+        }
+        for w in &plan.writes {
+            out.push_str(&format!(
+                "~ {}  ({})\n    {} {}?api-version={}\n    {}\n",
+                plan.target.short(),
+                objs.join(", "),
+                w.method,
+                w.id,
+                w.api_version,
+                serde_json::to_string(&w.body).unwrap_or_default()
+            ));
+        }
+        match &r.error {
+            Some(e) => {
+                failed += 1;
+                out.push_str(&format!("    -> failed: {}: {e}\n", e.reason()));
+            }
+            None => {
+                changed += 1;
+                for c in &plan.changes {
+                    let extra = match (c, &r.live_after) {
+                        (Change::EnableSystemAssigned, Some(l)) => l
+                            .identity
+                            .principal_id
+                            .as_ref()
+                            .map(|p| format!(" (principalId {p})"))
+                            .unwrap_or_default(),
+                        _ => String::new(),
+                    };
+                    let what = match c {
+                        Change::EnableSystemAssigned => "+ system-assigned identity".to_string(),
+                        Change::DisableSystemAssigned => "- system-assigned identity".to_string(),
+                        Change::AddUserAssigned(id) => format!("+ {}", id.short()),
+                        Change::RemoveUserAssigned(id) => format!("- {}", id.short()),
+                    };
+                    out.push_str(&format!("    {what}{extra}\n"));
+                }
+            }
+        }
+    }
+    out.push_str(&format!(
+        "Apply: {changed} changed, {same} up to date, {failed} failed.\n"
+    ));
+    out
+}

@@ -1,0 +1,267 @@
+//! The `VirtualMachineIdentity` custom resource (group `vmidentity.dev`, version `v1alpha1`).
+//! The CRD YAML in `crds/` is generated from these types (`vmidentity crd`).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use vmidentity_planner as planner;
+
+/// RE2 pattern (CEL `matches`) of a VM or VMSS resource ID.
+pub const TARGET_PATTERN: &str = r"(?i)^/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\.compute/(virtualmachines|virtualmachinescalesets)/[^/]+$";
+/// RE2 pattern (CEL `matches`) of a user-assigned identity resource ID.
+pub const UAI_PATTERN: &str = r"(?i)^/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\.managedidentity/userassignedidentities/[^/]+$";
+
+/// Which managed identities (and, with them, role assignments and group memberships) an Azure
+/// virtual machine or VM scale set must carry.
+// The printcolumn(...) entries repeat keys by design; clippy reads them as duplicates.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "vmidentity.dev",
+    version = "v1alpha1",
+    kind = "VirtualMachineIdentity",
+    namespaced,
+    shortname = "vmid",
+    category = "azure",
+    status = "VirtualMachineIdentityStatus",
+    doc = "Declares the managed identities of an Azure VM or VM scale set",
+    printcolumn(
+        name = "Target",
+        type_ = "string",
+        json_path = ".spec.target",
+        priority = "1"
+    ),
+    printcolumn(name = "VM", type_ = "string", json_path = ".status.targetName"),
+    printcolumn(name = "System", type_ = "boolean", json_path = ".spec.systemAssigned"),
+    printcolumn(
+        name = "User",
+        type_ = "integer",
+        json_path = ".status.userAssignedCount"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.roleAssignments) || self.roleAssignments.all(r, r.identity == 'SystemAssigned' || (has(self.userAssignedIdentities) && self.userAssignedIdentities.exists(u, u.lowerAscii() == r.identity.lowerAscii())))").message("each roleAssignments[].identity must be \"SystemAssigned\" or one of spec.userAssignedIdentities"),
+    validation = Rule::new("!has(self.groupMemberships) || self.groupMemberships.all(g, g.identity == 'SystemAssigned' || (has(self.userAssignedIdentities) && self.userAssignedIdentities.exists(u, u.lowerAscii() == g.identity.lowerAscii())))").message("each groupMemberships[].identity must be \"SystemAssigned\" or one of spec.userAssignedIdentities"),
+    validation = Rule::new("!has(self.systemAssigned) || self.systemAssigned || ((!has(self.roleAssignments) || !self.roleAssignments.exists(r, r.identity == 'SystemAssigned')) && (!has(self.groupMemberships) || !self.groupMemberships.exists(g, g.identity == 'SystemAssigned')))").message("systemAssigned is false, so no roleAssignments or groupMemberships may name the SystemAssigned identity")
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualMachineIdentitySpec {
+    /// ARM ID of the VM (`.../providers/Microsoft.Compute/virtualMachines/<name>`) or VM scale
+    /// set (`.../virtualMachineScaleSets/<name>`). Immutable.
+    #[x_kube(
+        validation = Rule::new("self.matches('(?i)^/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\\\\.compute/(virtualmachines|virtualmachinescalesets)/[^/]+$')").message("spec.target must be a VM or VMSS resource ID: /subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.Compute/virtualMachines/<name> (or virtualMachineScaleSets/<name>)"),
+        validation = Rule::new("self == oldSelf").message("spec.target is immutable: create a new object for another VM or VMSS")
+    )]
+    #[schemars(length(min = 1, max = 1024))]
+    pub target: String,
+
+    /// Microsoft.Compute api-version used for the target. Default 2018-06-01; 2017-12-01 uses
+    /// the `identityIds` array; later versions behave as 2018-06-01.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?$"))]
+    pub arm_api_version: Option<String>,
+
+    /// Merge (default): add what is listed, remove only what this object applied. Exact: the
+    /// list is the whole user-assigned set of the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+
+    /// true enables the system-assigned identity, false disables it (destroying its
+    /// principal), absent leaves it untouched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_assigned: Option<bool>,
+
+    /// Resource IDs of user-assigned identities
+    /// (`.../providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>`).
+    #[serde(default)]
+    #[schemars(length(max = 150))]
+    #[x_kube(
+        validation = Rule::new("self.all(id, id.matches('(?i)^/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\\\\.managedidentity/userassignedidentities/[^/]+$'))").message("each userAssignedIdentities entry must be a user-assigned identity ID: /subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>"),
+        validation = Rule::new("self.all(a, self.filter(b, b.lowerAscii() == a.lowerAscii()).size() == 1)").message("userAssignedIdentities must not list the same identity twice (resource IDs are case-insensitive)")
+    )]
+    pub user_assigned_identities: Vec<UserAssignedIdentityId>,
+
+    /// Azure RBAC role assignments the identities must hold.
+    #[serde(default)]
+    #[schemars(length(max = 100))]
+    pub role_assignments: Vec<RoleAssignment>,
+
+    /// Entra ID groups the identities must be members of.
+    #[serde(default)]
+    #[schemars(length(max = 100))]
+    pub group_memberships: Vec<GroupMembership>,
+
+    /// Detach (default): on deletion, remove the user-assigned identities this object applied
+    /// and nobody else wants. Retain: leave everything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
+}
+
+/// A user-assigned identity resource ID.
+pub type UserAssignedIdentityId = String;
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Mode {
+    Merge,
+    Exact,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    Detach,
+    Retain,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RoleAssignment {
+    /// `SystemAssigned` or one of spec.userAssignedIdentities.
+    #[schemars(length(min = 1, max = 1024))]
+    pub identity: String,
+    /// A built-in role name (`Reader`), a role definition GUID, or a role definition ID.
+    #[schemars(length(min = 1, max = 512))]
+    pub role: String,
+    /// The ARM scope: a subscription, resource group, resource or management group ID.
+    #[schemars(length(min = 1, max = 1024))]
+    pub scope: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GroupMembership {
+    /// `SystemAssigned` or one of spec.userAssignedIdentities.
+    #[schemars(length(min = 1, max = 1024))]
+    pub identity: String,
+    /// The Entra ID group's object ID.
+    #[schemars(regex(
+        pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    ))]
+    pub group_object_id: String,
+}
+
+/// Observed state, kstatus style.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualMachineIdentityStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Reconciling, Stalled.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The ownership record: what this object has put on the target. Only what is listed here
+    /// is ever removed on this object's behalf.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<AppliedIdentities>,
+    /// principalIds of the identities this object manages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principals: Option<Principals>,
+    /// The target's name, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_name: Option<String>,
+    /// How many user-assigned identities this object lists and the target carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_assigned_count: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedIdentities {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_assigned: Option<bool>,
+    #[serde(default)]
+    pub user_assigned_identities: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Principals {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_assigned: Option<String>,
+    /// User-assigned identity ID -> principalId.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub user_assigned: BTreeMap<String, String>,
+}
+
+impl From<&AppliedIdentities> for planner::Applied {
+    fn from(a: &AppliedIdentities) -> Self {
+        planner::Applied {
+            system_assigned: a.system_assigned,
+            user_assigned_identities: a.user_assigned_identities.clone(),
+        }
+    }
+}
+
+impl From<&planner::Applied> for AppliedIdentities {
+    fn from(a: &planner::Applied) -> Self {
+        AppliedIdentities {
+            system_assigned: a.system_assigned,
+            user_assigned_identities: a.user_assigned_identities.clone(),
+        }
+    }
+}
+
+impl VirtualMachineIdentitySpec {
+    /// The planner's view of the spec (validated by [`planner::RawSpec::validate`]).
+    pub fn to_raw(&self) -> planner::RawSpec {
+        planner::RawSpec {
+            target: self.target.clone(),
+            arm_api_version: self.arm_api_version.clone(),
+            mode: self.mode.map(|m| match m {
+                Mode::Merge => planner::Mode::Merge,
+                Mode::Exact => planner::Mode::Exact,
+            }),
+            system_assigned: self.system_assigned,
+            user_assigned_identities: self.user_assigned_identities.clone(),
+            role_assignments: self
+                .role_assignments
+                .iter()
+                .map(|r| planner::model::RawRoleAssignment {
+                    identity: r.identity.clone(),
+                    role: r.role.clone(),
+                    scope: r.scope.clone(),
+                })
+                .collect(),
+            group_memberships: self
+                .group_memberships
+                .iter()
+                .map(|g| planner::model::RawGroupMembership {
+                    identity: g.identity.clone(),
+                    group_object_id: g.group_object_id.clone(),
+                })
+                .collect(),
+            deletion_policy: self.deletion_policy.map(|d| match d {
+                DeletionPolicy::Detach => planner::DeletionPolicy::Detach,
+                DeletionPolicy::Retain => planner::DeletionPolicy::Retain,
+            }),
+        }
+    }
+}
+
+/// The CRD as YAML, as `vmidentity crd` prints it and `crds/` holds it.
+pub fn crd_yaml() -> Result<String, serde_yaml_ng::Error> {
+    use kube::CustomResourceExt;
+    let crd = VirtualMachineIdentity::crd();
+    Ok(format!(
+        "# Generated by `vmidentity crd`: do not edit.\n{}",
+        serde_yaml_ng::to_string(&crd)?
+    ))
+}

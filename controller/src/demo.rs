@@ -1,0 +1,249 @@
+//! `vmidentity demo`: the ARM simulator in-process, the bundled examples applied, then applied
+//! again to show convergence (0 writes), then one object edited to show a removal.
+
+use std::sync::Arc;
+
+use vmidentity_azure::{ArmClient, Executor, StaticToken};
+use vmidentity_planner::DesiredObject;
+use vmidentity_simulator::{LroMode, SimConfig, SimHandle, WorldSeed};
+
+use crate::cli::{CliError, cli_client_config, render_apply};
+use crate::engine::{self, TargetResult};
+use crate::input;
+
+/// The token the in-process simulator accepts.
+pub const SIM_TOKEN: &str = "sim-token";
+
+/// The bundled world.
+pub const DEMO_WORLD: &str = include_str!("../../examples/demo/world.yaml");
+
+/// The bundled objects (`examples/*.yaml`).
+pub const DEMO_OBJECTS: &[(&str, &str)] = &[
+    (
+        "examples/vm-web.yaml",
+        include_str!("../../examples/vm-web.yaml"),
+    ),
+    (
+        "examples/vm-web-2.yaml",
+        include_str!("../../examples/vm-web-2.yaml"),
+    ),
+    (
+        "examples/vm-db.yaml",
+        include_str!("../../examples/vm-db.yaml"),
+    ),
+    (
+        "examples/aks-nodepool.yaml",
+        include_str!("../../examples/aks-nodepool.yaml"),
+    ),
+    (
+        "examples/exact-legacy.yaml",
+        include_str!("../../examples/exact-legacy.yaml"),
+    ),
+];
+
+const SUB: &str = "/subscriptions/00000000-0000-0000-0000-000000000001";
+
+fn system_principal(sim: &SimHandle, id: &str) -> Option<String> {
+    sim.identity_of(id)?
+        .get("principalId")?
+        .as_str()
+        .map(str::to_string)
+}
+
+fn carries(sim: &SimHandle, target: &str, uai_name: &str) -> bool {
+    sim.identity_of(target)
+        .and_then(|i| i.get("userAssignedIdentities").cloned())
+        .and_then(|d| d.as_object().cloned())
+        .is_some_and(|d| {
+            d.keys()
+                .any(|k| k.to_ascii_lowercase().ends_with(&format!("/{uai_name}")))
+        })
+}
+
+/// Identities nobody asked us to manage are still there; the existing system principal kept.
+fn check_survivors(sim: &SimHandle, web2: &str, principal_before: Option<&str>) -> bool {
+    let db =
+        format!("{SUB}/resourceGroups/rg-apps/providers/Microsoft.Compute/virtualMachines/vm-db-1");
+    let vmss = format!(
+        "{SUB}/resourceGroups/MC_rg-aks_aks-prod_westeurope/providers/Microsoft.Compute/virtualMachineScaleSets/aks-nodepool1-12345678-vmss"
+    );
+    let checks = [
+        (
+            "vm-db-1 still carries uai-legacy (attached by someone else)",
+            carries(sim, &db, "uai-legacy"),
+        ),
+        (
+            "the AKS node pool still carries its kubelet identity aks-prod-agentpool",
+            carries(sim, &vmss, "aks-prod-agentpool"),
+        ),
+        (
+            "vm-web-2 kept its system-assigned principal",
+            principal_before.is_some()
+                && system_principal(sim, web2).as_deref() == principal_before,
+        ),
+    ];
+    crate::outln!("   Unmanaged state preserved:");
+    for (what, ok) in &checks {
+        crate::outln!("     [{}] {what}", if *ok { "ok" } else { "FAILED" });
+    }
+    checks.iter().all(|(_, ok)| *ok)
+}
+
+/// Starts the simulator on loopback, seeded from a world YAML.
+pub async fn start_simulator(world_yaml: &str) -> Result<SimHandle, String> {
+    let seed = WorldSeed::from_yaml_str(world_yaml).map_err(|e| e.to_string())?;
+    vmidentity_simulator::start(SimConfig {
+        seed,
+        accepted_tokens: vec![SIM_TOKEN.to_string()],
+        lro: LroMode::Async200,
+        lro_polls: 1,
+        retry_after_secs: 0,
+        ..SimConfig::default()
+    })
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// The bundled objects, validated.
+pub fn demo_objects() -> Result<Vec<DesiredObject>, CliError> {
+    let mut out = Vec::new();
+    for (name, text) in DEMO_OBJECTS {
+        for o in input::parse_objects(name, text)? {
+            out.push(o.to_desired()?);
+        }
+    }
+    Ok(out)
+}
+
+fn carry_ownership(objects: &[DesiredObject], results: &[TargetResult]) -> Vec<DesiredObject> {
+    objects
+        .iter()
+        .map(|o| {
+            let rec = results
+                .iter()
+                .filter(|r| r.error.is_none())
+                .filter_map(|r| r.plan.as_ref())
+                .find_map(|p| p.applied.get(&o.object));
+            match rec {
+                Some(a) => o.clone().with_applied(a.clone()),
+                None => o.clone(),
+            }
+        })
+        .collect()
+}
+
+struct Pass {
+    writes: u64,
+    errors: usize,
+}
+
+async fn pass(
+    title: &str,
+    exec: &Executor,
+    sim: &SimHandle,
+    objects: &[DesiredObject],
+) -> (Pass, Vec<TargetResult>) {
+    sim.reset_counters();
+    crate::outln!("\n== {title}");
+    let results = engine::apply(exec, objects.to_vec(), 4).await;
+    crate::out!("{}", render_apply(&results));
+    let c = sim.counters();
+    let errors = results.iter().filter(|r| r.error.is_some()).count();
+    crate::outln!(
+        "   ARM simulator counted: {} GET, {} PATCH, {} operation polls, {} throttled",
+        c.reads,
+        c.writes,
+        c.polls,
+        c.throttled
+    );
+    (
+        Pass {
+            writes: c.writes,
+            errors,
+        },
+        results,
+    )
+}
+
+pub async fn run() -> Result<i32, CliError> {
+    let sim = start_simulator(DEMO_WORLD)
+        .await
+        .map_err(|e| CliError::Other(format!("cannot start the ARM simulator: {e}")))?;
+    let objects = demo_objects()?;
+    let targets = vmidentity_planner::group_by_target(objects.clone()).len();
+    crate::outln!(
+        "vmidentity demo: ARM simulator at {} (no Azure account, no cluster)\n{} objects from examples/ on {} targets (VMs and an AKS node-pool scale set)",
+        sim.base_url(),
+        objects.len(),
+        targets
+    );
+    let client = ArmClient::new(
+        cli_client_config(&sim.base_url()),
+        Arc::new(StaticToken::new(SIM_TOKEN)),
+    )
+    .map_err(|e| CliError::Other(e.to_string()))?;
+    let exec = Executor::new(client);
+
+    let web2 = format!(
+        "{SUB}/resourceGroups/rg-apps/providers/Microsoft.Compute/virtualMachines/vm-web-2"
+    );
+    let principal_before = system_principal(&sim, &web2);
+    let (p1, r1) = pass(
+        "Pass 1: converge (one GET and at most one PATCH per target)",
+        &exec,
+        &sim,
+        &objects,
+    )
+    .await;
+    let survivors = check_survivors(&sim, &web2, principal_before.as_deref());
+    let objects = carry_ownership(&objects, &r1);
+    let (p2, r2) = pass(
+        "Pass 2: apply again (converged: expect 0 writes)",
+        &exec,
+        &sim,
+        &objects,
+    )
+    .await;
+    let mut objects = carry_ownership(&objects, &r2);
+
+    // platform/monitoring-agent stops asking for uai-monitoring on vm-web-1. It applied it, so
+    // it goes (a `null` in the dictionary); team-data/db still has it on vm-db-1.
+    for o in objects.iter_mut() {
+        if o.object.name == "monitoring-agent" {
+            o.spec.user_assigned.clear();
+        }
+    }
+    let (p3, r3) = pass(
+        "Pass 3: platform/monitoring-agent drops uai-monitoring (only what it applied is removed)",
+        &exec,
+        &sim,
+        &objects,
+    )
+    .await;
+    let objects = carry_ownership(&objects, &r3);
+    let (p4, _) = pass(
+        "Pass 4: apply again (expect 0 writes)",
+        &exec,
+        &sim,
+        &objects,
+    )
+    .await;
+
+    let ok = survivors
+        && p1.errors + p2.errors + p3.errors + p4.errors == 0
+        && p1.writes > 0
+        && p2.writes == 0
+        && p3.writes == 1
+        && p4.writes == 0;
+    crate::outln!(
+        "\n{}: pass 1 wrote {} PATCHes for {} targets, passes 2 and 4 wrote {} and {}, pass 3 wrote {}.",
+        if ok { "Converged" } else { "NOT CONVERGED" },
+        p1.writes,
+        targets,
+        p2.writes,
+        p4.writes,
+        p3.writes
+    );
+    sim.shutdown().await;
+    Ok(if ok { 0 } else { 1 })
+}

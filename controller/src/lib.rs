@@ -1,0 +1,9 @@
+//! The `vmidentity` binary's library: CRD types, input loading, the one-shot engine behind
+//! `plan` / `apply` / `demo`, and the CLI.
+
+pub mod cli;
+pub mod crd;
+pub mod demo;
+pub mod engine;
+pub mod input;
+pub mod out;
