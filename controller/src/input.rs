@@ -341,7 +341,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.starts_with("f.yaml#1: team-a/web: spec: unknown field `userAssignedIdentitiez`"),
+            e.starts_with(
+                "f.yaml#1: team-a/web: spec.userAssignedIdentitiez: unknown field `userAssignedIdentitiez`"
+            ),
             "{e}"
         );
         let e = parse_objects("f.yaml", &doc("  systemAssigned: yes please\n"))
