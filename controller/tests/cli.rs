@@ -1,0 +1,330 @@
+//! The `vmidentity` binary as users and pipelines run it: exact outputs, one-line errors with
+//! non-zero exits and no writes for bad input, and the CRD in crds/ kept fresh.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::{Value, json};
+
+const SUB: &str = "/subscriptions/00000000-0000-0000-0000-000000000001";
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vmidentity"))
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).current_dir(root()).output().expect("runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn tmp(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vmidentity-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write");
+    p
+}
+
+fn vm(name: &str) -> String {
+    format!("{SUB}/resourceGroups/rg-apps/providers/Microsoft.Compute/virtualMachines/{name}")
+}
+
+fn uai(name: &str) -> String {
+    format!(
+        "{SUB}/resourceGroups/rg-identities/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}"
+    )
+}
+
+#[test]
+fn crds_directory_is_not_stale() {
+    let o = run(&["crd"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let checked_in =
+        std::fs::read_to_string(root().join("crds/vmidentity.dev_virtualmachineidentities.yaml"))
+            .expect("crds/ file");
+    assert!(
+        stdout(&o) == checked_in,
+        "crds/ is stale: run `cargo run -p vmidentity -- crd > crds/vmidentity.dev_virtualmachineidentities.yaml`"
+    );
+}
+
+#[test]
+fn plan_prints_the_exact_patch_as_json() {
+    let live = tmp(
+        "live-web1.json",
+        &json!({"id": vm("vm-web-1"), "identity": {"type": "None"}}).to_string(),
+    );
+    let o = run(&[
+        "plan",
+        "-f",
+        "examples/vm-web.yaml",
+        "--live",
+        live.to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got: Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(
+        got,
+        json!([{
+            "method": "PATCH",
+            "id": vm("vm-web-1"),
+            "apiVersion": "2018-06-01",
+            "body": {"identity": {"type": "SystemAssigned, UserAssigned", "userAssignedIdentities": {
+                uai("uai-monitoring"): {}, uai("uai-web"): {}}}}
+        }])
+    );
+}
+
+#[test]
+fn plan_is_empty_when_converged_and_reads_status_applied() {
+    let objects = tmp(
+        "owned.yaml",
+        &format!(
+            "apiVersion: vmidentity.dev/v1alpha1\nkind: VirtualMachineIdentity\nmetadata: {{name: a, namespace: ns}}\nspec:\n  target: {}\n  userAssignedIdentities: [{}]\nstatus:\n  applied:\n    userAssignedIdentities: [{}, {}]\n",
+            vm("vm1"),
+            uai("u1"),
+            uai("u1"),
+            uai("u2")
+        ),
+    );
+    // Live (a map of ID -> body) has u1 and u2; u2 was applied by this object and is no longer
+    // wanted: one null. Then, with u2 gone, nothing to do.
+    let live = tmp(
+        "live-map.json",
+        &json!({ vm("vm1"): {"identity": {"type": "UserAssigned", "userAssignedIdentities": {uai("u1"): {}, uai("u2").to_lowercase(): {}}}}})
+            .to_string(),
+    );
+    let o = run(&[
+        "plan",
+        "-f",
+        objects.to_str().unwrap(),
+        "--live",
+        live.to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got: Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(
+        got[0]["body"],
+        json!({"identity": {"type": "UserAssigned", "userAssignedIdentities": {uai("u2").to_lowercase(): null}}})
+    );
+    let live2 = tmp(
+        "live-map2.json",
+        &json!({ vm("vm1"): {"identity": {"type": "UserAssigned", "userAssignedIdentities": {uai("u1"): {}}}}}).to_string(),
+    );
+    let o = run(&[
+        "plan",
+        "-f",
+        objects.to_str().unwrap(),
+        "--live",
+        live2.to_str().unwrap(),
+        "-o",
+        "json",
+        "--detailed-exitcode",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "[]");
+    let o = run(&[
+        "plan",
+        "-f",
+        objects.to_str().unwrap(),
+        "--live",
+        live.to_str().unwrap(),
+        "--detailed-exitcode",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stdout(&o).contains("- "), "{}", stdout(&o));
+}
+
+fn doc(spec: &str) -> String {
+    format!(
+        "apiVersion: vmidentity.dev/v1alpha1\nkind: VirtualMachineIdentity\nmetadata:\n  name: bad\n  namespace: team\nspec:\n{spec}"
+    )
+}
+
+#[test]
+fn bad_input_gets_one_line_naming_object_and_field() {
+    let live = tmp("live-ok.json", &json!({"id": vm("vm1")}).to_string());
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "yaml",
+            "apiVersion: [unclosed\n".to_string(),
+            "YAML does not parse",
+        ),
+        (
+            "unknown-field",
+            doc(&format!("  target: {}\n  systemAsigned: true\n", vm("vm1"))),
+            "team/bad: spec.systemAsigned: unknown field",
+        ),
+        (
+            "not-a-vm",
+            doc(&format!("  target: {}\n", uai("u1"))),
+            "team/bad: spec.target: ",
+        ),
+        (
+            "uai-not-uai",
+            doc(&format!(
+                "  target: {}\n  userAssignedIdentities: [{}]\n",
+                vm("vm1"),
+                vm("vm2")
+            )),
+            "team/bad: spec.userAssignedIdentities[0]: ",
+        ),
+        (
+            "api-version",
+            doc(&format!(
+                "  target: {}\n  armApiVersion: \"2016-04-30\"\n",
+                vm("vm1")
+            )),
+            "team/bad: spec.armApiVersion: ",
+        ),
+        (
+            "bad-mode",
+            doc(&format!("  target: {}\n  mode: Replace\n", vm("vm1"))),
+            "team/bad: spec.mode: unknown variant `Replace`",
+        ),
+        (
+            "wrong-kind",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n".to_string(),
+            "default/x: apiVersion: ",
+        ),
+    ];
+    for (name, text, want) in cases {
+        let f = tmp(&format!("{name}.yaml"), &text);
+        let o = run(&[
+            "plan",
+            "-f",
+            f.to_str().unwrap(),
+            "--live",
+            live.to_str().unwrap(),
+        ]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{name}: {err}");
+        assert!(
+            err.contains(want),
+            "{name}: {err:?} should contain {want:?}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{name}: one line: {err}");
+        assert!(!err.contains("panicked"), "{name}: {err}");
+        assert!(stdout(&o).is_empty(), "{name}: nothing planned");
+    }
+    // A live body without an id.
+    let f = tmp("ok.yaml", &doc(&format!("  target: {}\n", vm("vm1"))));
+    let nolive = tmp("noid.json", r#"{"identity": {"type": "None"}}"#);
+    let o = run(&[
+        "plan",
+        "-f",
+        f.to_str().unwrap(),
+        "--live",
+        nolive.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("noid.json: id: is missing"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn conflicting_objects_are_refused_with_their_names_and_no_write() {
+    let text = format!(
+        "{}---\n{}",
+        doc(&format!(
+            "  target: {}\n  systemAssigned: true\n",
+            vm("vm1")
+        )),
+        doc(&format!(
+            "  target: {}\n  systemAssigned: false\n",
+            vm("vm1")
+        ))
+        .replace("name: bad", "name: other")
+    );
+    let f = tmp("conflict.yaml", &text);
+    let live = tmp("live-c.json", &json!({"id": vm("vm1")}).to_string());
+    let o = run(&[
+        "plan",
+        "-f",
+        f.to_str().unwrap(),
+        "--live",
+        live.to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stdout(&o).trim(), "[]");
+    assert!(
+        stderr(&o).contains("Conflict") && stderr(&o).contains("team/bad, team/other"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn apply_against_the_simulator_converges_and_keeps_state() {
+    let state = std::env::temp_dir().join(format!("vmidentity-state-{}.json", std::process::id()));
+    let _ = std::fs::remove_file(&state);
+    let args = [
+        "apply",
+        "-f",
+        "examples",
+        "--simulator",
+        "examples/demo/world.yaml",
+        "--state",
+        state.to_str().unwrap(),
+        "-o",
+        "json",
+    ];
+    let o = run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let writes: Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(writes.as_array().map(Vec::len), Some(5));
+    assert!(
+        writes
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["result"]["status"] == "Succeeded")
+    );
+    let recorded: Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).expect("state")).expect("json");
+    assert!(recorded.get("team-web/web-app").is_some(), "{recorded}");
+}
+
+#[test]
+fn apply_without_credentials_says_how_to_get_them() {
+    let o = bin()
+        .args(["apply", "-f", "examples/vm-web.yaml"])
+        .current_dir(root())
+        .env_remove("AZURE_ACCESS_TOKEN")
+        .output()
+        .expect("runs");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no ARM credentials"), "{}", stderr(&o));
+}
+
+#[test]
+fn demo_converges() {
+    let o = run(&["demo"]);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("Converged: pass 1 wrote 5 PATCHes for 5 targets, passes 2 and 4 wrote 0 and 0, pass 3 wrote 1."), "{out}");
+    assert!(
+        out.contains("[ok] vm-db-1 still carries uai-legacy"),
+        "{out}"
+    );
+}

@@ -1,0 +1,202 @@
+//! Fault injection: rules matched on method and path substring (case-insensitive).
+//! The first matching rule with uses left fires; `times: None` = forever.
+
+use axum::http::{HeaderName, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::errors::ArmError;
+use crate::state::{ActiveFault, State, now_rfc3339};
+
+/// What a matching rule does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
+pub enum FaultAction {
+    /// 429 with `Retry-After` and CRP's throttling body (ARM-BEHAVIOUR.md §2.3).
+    Throttle { retry_after_secs: u64 },
+    /// An error status (500 → `InternalServerError`, 503 → `ServiceUnavailable`, …).
+    Status { code: u16 },
+    /// Wait, then handle the request normally.
+    Delay { ms: u64 },
+}
+
+/// A fault rule. JSON (admin API):
+/// `{"method":"PATCH","pathContains":"vm-web-1","action":{"type":"throttle","retryAfterSecs":5},"times":2}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultRule {
+    /// HTTP method to match (any when absent), case-insensitive.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Substring of the request path (e.g. a resource id or name), case-insensitive.
+    #[serde(default)]
+    pub path_contains: Option<String>,
+    pub action: FaultAction,
+    /// How many requests it applies to; `None` = forever.
+    #[serde(default)]
+    pub times: Option<u32>,
+}
+
+impl FaultRule {
+    /// A rule matching every ARM request, forever.
+    pub fn new(action: FaultAction) -> FaultRule {
+        FaultRule {
+            method: None,
+            path_contains: None,
+            action,
+            times: None,
+        }
+    }
+
+    pub fn throttle(retry_after_secs: u64) -> FaultRule {
+        Self::new(FaultAction::Throttle { retry_after_secs })
+    }
+
+    pub fn status(code: u16) -> FaultRule {
+        Self::new(FaultAction::Status { code })
+    }
+
+    pub fn delay(ms: u64) -> FaultRule {
+        Self::new(FaultAction::Delay { ms })
+    }
+
+    pub fn method(mut self, method: &str) -> FaultRule {
+        self.method = Some(method.to_string());
+        self
+    }
+
+    pub fn path_contains(mut self, fragment: &str) -> FaultRule {
+        self.path_contains = Some(fragment.to_string());
+        self
+    }
+
+    pub fn times(mut self, n: u32) -> FaultRule {
+        self.times = Some(n);
+        self
+    }
+
+    fn matches(&self, method: &str, path: &str) -> bool {
+        if let Some(m) = &self.method
+            && !m.eq_ignore_ascii_case(method)
+        {
+            return false;
+        }
+        if let Some(p) = &self.path_contains
+            && !path.to_ascii_lowercase().contains(&p.to_ascii_lowercase())
+        {
+            return false;
+        }
+        true
+    }
+}
+
+pub(crate) fn add(st: &mut State, rule: FaultRule) {
+    let remaining = rule.times;
+    st.faults.push(ActiveFault { rule, remaining });
+}
+
+/// Finds the first matching rule with uses left, consumes one use and returns its action.
+pub(crate) fn take(st: &mut State, method: &str, path: &str) -> Option<FaultAction> {
+    let idx = st
+        .faults
+        .iter()
+        .position(|f| f.remaining.is_none_or(|n| n > 0) && f.rule.matches(method, path))?;
+    let f = &mut st.faults[idx];
+    if let Some(n) = &mut f.remaining {
+        *n -= 1;
+    }
+    Some(f.rule.action.clone())
+}
+
+/// The operation group named in a CRP 429 for this request (names from captured
+/// traffic, ARM-BEHAVIOUR.md §2.2; the pick per request kind is the simulator's).
+fn operation_group(method: &str, path: &str) -> &'static str {
+    let p = path.to_ascii_lowercase();
+    let vmss = p.contains("/virtualmachinescalesets/");
+    match (method, vmss) {
+        ("GET", true) => "HighCostGetVMScaleSet30Min",
+        ("GET", false) => "LowCostGet3Min",
+        (_, true) => "VMScaleSetBatchedVMRequests5Min",
+        (_, false) => "PutVM3Min",
+    }
+}
+
+/// The 429 response (body per ARM-BEHAVIOUR.md §2.3).
+pub(crate) fn throttle_error(method: &str, path: &str, retry_after_secs: u64) -> ArmError {
+    let group = operation_group(method, path);
+    let start = chrono::Utc::now();
+    let end = start
+        + chrono::Duration::seconds(i64::try_from(retry_after_secs).unwrap_or(i64::MAX / 2_000));
+    let detail = json!({
+        "operationGroup": group,
+        "startTime": start.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false),
+        "endTime": end.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false),
+        "allowedRequestCount": 937,
+        "measuredRequestCount": 2838,
+    })
+    .to_string();
+    let message = "The server rejected the request because too many requests have been received for this subscription.";
+    ArmError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "OperationNotAllowed",
+        message,
+    )
+    .with_body(json!({
+        "error": {
+            "code": "OperationNotAllowed",
+            "message": message,
+            "details": [{ "code": "TooManyRequests", "target": group, "message": detail }],
+            "innererror": { "internalErrorCode": "TooManyRequestsReceived" }
+        }
+    }))
+    .with_header(
+        HeaderName::from_static("retry-after"),
+        &retry_after_secs.to_string(),
+    )
+    .with_header(
+        HeaderName::from_static("x-ms-ratelimit-remaining-resource"),
+        &format!("Microsoft.Compute/{group};0"),
+    )
+}
+
+/// An injected error status with an ARM error body.
+pub(crate) fn status_error(code: u16) -> ArmError {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let (c, msg) = match status.as_u16() {
+        500 => (
+            "InternalServerError",
+            format!(
+                "Encountered internal server error. Diagnostic information: timestamp '{}', tracking id '{}'.",
+                now_rfc3339(),
+                uuid::Uuid::new_v4()
+            ),
+        ),
+        503 => (
+            "ServiceUnavailable",
+            "The service is currently unavailable. Please try again later.".to_string(),
+        ),
+        502 => (
+            "BadGateway",
+            "The gateway did not receive a response from the service.".to_string(),
+        ),
+        504 => (
+            "GatewayTimeout",
+            "The gateway did not receive a response within the specified time period.".to_string(),
+        ),
+        429 => (
+            "TooManyRequests",
+            "Too many requests. Please try again later.".to_string(),
+        ),
+        _ => (
+            status.canonical_reason().unwrap_or("Error"),
+            format!("Injected fault: HTTP {}.", status.as_u16()),
+        ),
+    };
+    let code_str: String = c.chars().filter(|ch| !ch.is_whitespace()).collect();
+    ArmError::new(status, &code_str, msg)
+}

@@ -1,0 +1,421 @@
+//! HTTP plumbing: the catch-all ARM handler (case-insensitive routing, auth, faults,
+//! api-version, counters, request log, ARM headers) and `ArmResponse`.
+
+use axum::body::{Body, Bytes};
+use axum::extract::State as AxState;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use crate::errors::ArmError;
+use crate::faults::{self, FaultAction};
+use crate::ids::ResourceId;
+use crate::state::{RecordedRequest, Shared, State, now_rfc3339};
+use crate::{auth, compute, lro, msi};
+
+/// A response before it becomes an HTTP response.
+#[derive(Debug, Clone)]
+pub(crate) struct ArmResponse {
+    pub status: StatusCode,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Option<Value>,
+}
+
+impl ArmResponse {
+    pub fn json(status: StatusCode, body: Value) -> ArmResponse {
+        ArmResponse {
+            status,
+            headers: Vec::new(),
+            body: Some(body),
+        }
+    }
+
+    pub fn empty(status: StatusCode) -> ArmResponse {
+        ArmResponse {
+            status,
+            headers: Vec::new(),
+            body: None,
+        }
+    }
+
+    pub fn header(mut self, name: HeaderName, value: &str) -> ArmResponse {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            self.headers.push((name, v));
+        }
+        self
+    }
+}
+
+impl From<ArmError> for ArmResponse {
+    fn from(e: ArmError) -> ArmResponse {
+        ArmResponse {
+            status: e.status,
+            body: Some(e.body_json()),
+            headers: e.headers,
+        }
+    }
+}
+
+impl IntoResponse for ArmResponse {
+    fn into_response(self) -> Response {
+        let mut builder = Response::builder().status(self.status);
+        if self.body.is_some() {
+            builder = builder.header(header::CONTENT_TYPE, "application/json; charset=utf-8");
+        }
+        for (k, v) in self.headers {
+            builder = builder.header(k, v);
+        }
+        let body = match self.body {
+            Some(v) => Body::from(v.to_string()),
+            None => Body::empty(),
+        };
+        builder
+            .body(body)
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    }
+}
+
+/// What a path addresses.
+#[derive(Debug, Clone)]
+pub(crate) enum Route {
+    Resource(ResourceId),
+    Operation { subscription: String, op_id: String },
+    Unknown,
+}
+
+pub(crate) fn parse_route(path: &str) -> Route {
+    if let Ok(id) = ResourceId::parse(path) {
+        return Route::Resource(id);
+    }
+    let trimmed = path.strip_suffix('/').unwrap_or(path);
+    let s: Vec<&str> = trimmed.split('/').collect();
+    // ["", "subscriptions", sub, "providers", "Microsoft.Compute", "locations", loc, "operations", id]
+    if s.len() == 9
+        && s[0].is_empty()
+        && s[1].eq_ignore_ascii_case("subscriptions")
+        && s[3].eq_ignore_ascii_case("providers")
+        && s[4].eq_ignore_ascii_case("microsoft.compute")
+        && s[5].eq_ignore_ascii_case("locations")
+        && s[7].eq_ignore_ascii_case("operations")
+        && !s[8].is_empty()
+    {
+        return Route::Operation {
+            subscription: s[2].to_string(),
+            op_id: s[8].to_string(),
+        };
+    }
+    Route::Unknown
+}
+
+/// `key=value` pairs of a query string (no percent-decoding needed for what we read).
+pub(crate) fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        k.eq_ignore_ascii_case(name).then_some(v)
+    })
+}
+
+/// The catch-all handler for ARM routes.
+pub(crate) async fn arm_entry(
+    AxState(shared): AxState<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let timestamp = now_rfc3339();
+    let path = uri.path().to_string();
+    let query = uri.query().map(str::to_string);
+    let (body_json, body_ok) = if body.is_empty() {
+        (None, true)
+    } else {
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(v) => (Some(v), true),
+            Err(_) => (
+                Some(Value::String(String::from_utf8_lossy(&body).into_owned())),
+                false,
+            ),
+        }
+    };
+    let route = parse_route(&path);
+    {
+        let mut st = shared.lock();
+        count_arrival(&mut st, &method, &route);
+    }
+
+    let mut resp = handle(
+        &shared,
+        &method,
+        &route,
+        &path,
+        query.as_deref(),
+        &headers,
+        body_json.as_ref(),
+        body_ok,
+    )
+    .await;
+
+    let mut st = shared.lock();
+    add_standard_headers(&mut st, &method, &route, &mut resp);
+    if resp.status == StatusCode::TOO_MANY_REQUESTS {
+        st.counters.throttled += 1;
+    }
+    if resp.status.is_server_error() {
+        st.counters.server_errors += 1;
+    }
+    let max = st.config.max_logged_requests;
+    if max > 0 {
+        while st.log.len() >= max {
+            st.log.pop_front();
+        }
+        st.log.push_back(RecordedRequest {
+            method: method.to_string(),
+            path: path.clone(),
+            query: query.clone(),
+            body: body_json,
+            status: resp.status.as_u16(),
+            timestamp,
+            resource_id: match &route {
+                Route::Resource(id) => Some(id.key()),
+                _ => None,
+            },
+        });
+    }
+    drop(st);
+    tracing::debug!(%method, %path, status = resp.status.as_u16(), "arm request");
+    resp.into_response()
+}
+
+fn count_arrival(st: &mut State, method: &Method, route: &Route) {
+    st.counters.requests += 1;
+    match route {
+        Route::Resource(id) => {
+            let per = st.counters.per_resource.entry(id.key()).or_default();
+            if *method == Method::GET || *method == Method::HEAD {
+                per.reads += 1;
+                st.counters.reads += 1;
+            } else {
+                per.writes += 1;
+                st.counters.writes += 1;
+            }
+        }
+        Route::Operation { .. } => st.counters.polls += 1,
+        Route::Unknown => {}
+    }
+}
+
+fn add_standard_headers(st: &mut State, method: &Method, route: &Route, resp: &mut ArmResponse) {
+    let sub = match route {
+        Route::Resource(id) => Some(id.subscription.to_ascii_lowercase()),
+        Route::Operation { subscription, .. } => Some(subscription.to_ascii_lowercase()),
+        Route::Unknown => None,
+    };
+    if let Some(sub) = sub {
+        let b = st.buckets.entry(sub).or_default();
+        let (name, global, remaining, cap) = if *method == Method::GET || *method == Method::HEAD {
+            let r = b.reads.take();
+            (
+                "x-ms-ratelimit-remaining-subscription-reads",
+                Some("x-ms-ratelimit-remaining-subscription-global-reads"),
+                r,
+                b.reads.capacity,
+            )
+        } else if *method == Method::DELETE {
+            let r = b.deletes.take();
+            (
+                "x-ms-ratelimit-remaining-subscription-deletes",
+                None,
+                r,
+                b.deletes.capacity,
+            )
+        } else {
+            let r = b.writes.take();
+            (
+                "x-ms-ratelimit-remaining-subscription-writes",
+                None,
+                r,
+                b.writes.capacity,
+            )
+        };
+        push_header(resp, name, &remaining.to_string());
+        if let Some(g) = global {
+            // Global bucket = 15 × the per-principal bucket (ARM-BEHAVIOUR.md §1.1).
+            let global_remaining = remaining + 14 * (cap as u64);
+            push_header(resp, g, &global_remaining.to_string());
+        }
+    }
+    let rid = uuid::Uuid::new_v4().to_string();
+    push_header(resp, "x-ms-request-id", &rid);
+    push_header(resp, "x-ms-correlation-request-id", &rid);
+}
+
+fn push_header(resp: &mut ArmResponse, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        resp.headers.push((HeaderName::from_static(name), v));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn handle(
+    shared: &Shared,
+    method: &Method,
+    route: &Route,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Option<&Value>,
+    body_ok: bool,
+) -> ArmResponse {
+    let accepted = shared.lock().config.accepted_tokens.clone();
+    if let Err(e) = auth::check(headers, &accepted) {
+        return e.into();
+    }
+    let fault = {
+        let mut st = shared.lock();
+        faults::take(&mut st, method.as_str(), path)
+    };
+    match fault {
+        Some(FaultAction::Delay { ms }) => {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
+        Some(FaultAction::Throttle { retry_after_secs }) => {
+            return faults::throttle_error(method.as_str(), path, retry_after_secs).into();
+        }
+        Some(FaultAction::Status { code }) => return faults::status_error(code).into(),
+        None => {}
+    }
+    let mut st = shared.lock();
+    dispatch(&mut st, method, route, path, query, body, body_ok).unwrap_or_else(Into::into)
+}
+
+fn dispatch(
+    st: &mut State,
+    method: &Method,
+    route: &Route,
+    path: &str,
+    query: Option<&str>,
+    body: Option<&Value>,
+    body_ok: bool,
+) -> Result<ArmResponse, ArmError> {
+    match route {
+        Route::Resource(id) => {
+            let api_version = query_param(query, "api-version");
+            let location = location_hint(st, id);
+            let writes_body = *method == Method::PATCH || *method == Method::PUT;
+            // api-version is checked first, then the body.
+            if id.kind.is_compute() {
+                let (v, shape) = compute::check_api_version(api_version, &location)?;
+                check_body(writes_body, body_ok)?;
+                match *method {
+                    Method::GET => compute::get(st, id, shape),
+                    Method::PATCH => compute::patch(st, id, &v, shape, body),
+                    Method::PUT => compute::put(st, id, &v, shape, body),
+                    Method::DELETE => compute::delete(st, id),
+                    _ => Err(method_not_allowed(method)),
+                }
+            } else {
+                msi::check_api_version(api_version, &location)?;
+                check_body(writes_body, body_ok)?;
+                match *method {
+                    Method::GET => msi::get(st, id),
+                    Method::PUT => msi::put(st, id, body),
+                    Method::DELETE => msi::delete(st, id),
+                    _ => Err(method_not_allowed(method)),
+                }
+            }
+        }
+        Route::Operation { op_id, .. } => {
+            if *method != Method::GET {
+                return Err(method_not_allowed(method));
+            }
+            let location = st.world.default_location.clone();
+            compute::check_api_version(query_param(query, "api-version"), &location)?;
+            let monitor =
+                query_param(query, "monitor").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+            lro::poll(st, op_id, monitor)
+        }
+        Route::Unknown => Err(ArmError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("The simulator serves no route for '{method} {path}'."),
+        )),
+    }
+}
+
+fn check_body(writes_body: bool, body_ok: bool) -> Result<(), ArmError> {
+    if writes_body && !body_ok {
+        return Err(ArmError::invalid_content(
+            "Unexpected character encountered while parsing value. Path '', line 1, position 1.",
+        ));
+    }
+    Ok(())
+}
+
+/// The location ARM would name in a `NoRegisteredProviderFound` message.
+fn location_hint(st: &State, id: &ResourceId) -> String {
+    if let Some(r) = st.world.compute.get(&id.key()) {
+        return r.location.clone();
+    }
+    if let Some(u) = st.world.uais.get(&id.key()) {
+        return u.location.clone();
+    }
+    if let Some(g) = st.world.groups.get(&id.group_key()) {
+        return g.location.clone();
+    }
+    st.world.default_location.clone()
+}
+
+fn method_not_allowed(method: &Method) -> ArmError {
+    ArmError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        format!("The requested resource does not support http method '{method}'."),
+    )
+}
+
+/// ARM's answers for a missing / unknown api-version.
+pub(crate) fn api_version_error(
+    api_version: Option<&str>,
+    supported: &[&str],
+    type_name: &str,
+    location: &str,
+) -> ArmError {
+    let Some(v) = api_version else {
+        return ArmError::bad_request(
+            "MissingApiVersionParameter",
+            "The api-version query parameter (?api-version=) is required for all requests.",
+        );
+    };
+    let well_formed = {
+        let b = v.as_bytes();
+        let date = b.len() >= 10
+            && b[..10].iter().enumerate().all(|(i, c)| {
+                if i == 4 || i == 7 {
+                    *c == b'-'
+                } else {
+                    c.is_ascii_digit()
+                }
+            });
+        date && (b.len() == 10 || v[10..].starts_with('-'))
+    };
+    if well_formed {
+        ArmError::bad_request(
+            "NoRegisteredProviderFound",
+            format!(
+                "No registered resource provider found for location '{location}' and API version '{v}' for type '{type_name}'. The supported api-versions are '{}'. The supported locations are '{}'.",
+                supported.join(", "),
+                SUPPORTED_LOCATIONS
+            ),
+        )
+    } else {
+        ArmError::bad_request(
+            "InvalidApiVersionParameter",
+            format!(
+                "The api-version '{v}' is invalid. The supported versions are '{}'.",
+                supported.join(",")
+            ),
+        )
+    }
+}
+
+const SUPPORTED_LOCATIONS: &str = "eastus, eastus2, westus, centralus, northcentralus, southcentralus, northeurope, westeurope, eastasia, southeastasia, japaneast, japanwest, australiaeast, uksouth, ukwest, francecentral, germanywestcentral, swedencentral, westus2, westus3";

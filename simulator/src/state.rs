@@ -1,0 +1,163 @@
+//! Shared mutable state: world, config, counters, request log, faults, operations,
+//! per-subscription rate buckets. One `Arc<Mutex<State>>`, never held across `.await`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::LroMode;
+use crate::faults::FaultRule;
+use crate::world::World;
+
+/// Totals and per-resource counts. Every request is counted on arrival (before auth,
+/// faults and validation), so a refused or throttled write still counts as a write.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Counters {
+    /// GETs of VM/VMSS/UAI resources.
+    pub reads: u64,
+    /// PATCH/PUT/DELETE of VM/VMSS/UAI resources.
+    pub writes: u64,
+    /// GETs of the operation-status URL.
+    pub polls: u64,
+    /// 429 responses sent.
+    pub throttled: u64,
+    /// 5xx responses sent.
+    pub server_errors: u64,
+    /// Every ARM-route request (including unknown routes).
+    pub requests: u64,
+    /// Per resource id (case-folded).
+    pub per_resource: BTreeMap<String, ResourceCounters>,
+}
+
+/// Reads and writes of one resource.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ResourceCounters {
+    pub reads: u64,
+    pub writes: u64,
+}
+
+/// One request as the simulator saw it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordedRequest {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    /// The body as JSON (a non-JSON body is kept as a JSON string); None when empty.
+    pub body: Option<Value>,
+    pub status: u16,
+    /// RFC 3339 time the request arrived.
+    pub timestamp: String,
+    /// Case-folded id of the VM/VMSS/UAI addressed, if any.
+    pub resource_id: Option<String>,
+}
+
+/// Status of a long-running operation.
+#[derive(Debug, Clone)]
+pub(crate) struct Operation {
+    pub id: String,
+    pub resource_key: String,
+    pub start_time: String,
+    pub started: Instant,
+    pub end_time: Option<String>,
+    pub polls: u32,
+    pub polls_required: u32,
+    pub min_duration: Duration,
+}
+
+/// A token bucket (reported only; enforcement comes later).
+#[derive(Debug, Clone)]
+pub(crate) struct Bucket {
+    pub capacity: f64,
+    pub refill_per_sec: f64,
+    pub tokens: f64,
+    pub last: Instant,
+}
+
+impl Bucket {
+    pub fn new(capacity: u32, refill_per_sec: u32) -> Bucket {
+        Bucket {
+            capacity: f64::from(capacity),
+            refill_per_sec: f64::from(refill_per_sec),
+            tokens: f64::from(capacity),
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes one token (never below zero) and returns what remains.
+    pub fn take(&mut self) -> u64 {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.refill_per_sec).min(self.capacity);
+        self.tokens = (self.tokens - 1.0).max(0.0);
+        self.tokens.floor() as u64
+    }
+}
+
+/// Per-subscription ARM buckets, sized as the regional token bucket of
+/// ARM-BEHAVIOUR.md §1.1 (reads 250/25 s⁻¹, writes 200/10, deletes 200/10).
+#[derive(Debug, Clone)]
+pub(crate) struct SubscriptionBuckets {
+    pub reads: Bucket,
+    pub writes: Bucket,
+    pub deletes: Bucket,
+}
+
+impl Default for SubscriptionBuckets {
+    fn default() -> Self {
+        SubscriptionBuckets {
+            reads: Bucket::new(250, 25),
+            writes: Bucket::new(200, 10),
+            deletes: Bucket::new(200, 10),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct RuntimeConfig {
+    pub accepted_tokens: Vec<String>,
+    pub lro: LroMode,
+    pub lro_polls: u32,
+    pub retry_after_secs: u64,
+    pub min_operation_duration: Duration,
+    pub noop_patch_completes_immediately: bool,
+    pub max_logged_requests: usize,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ActiveFault {
+    pub rule: FaultRule,
+    pub remaining: Option<u32>,
+}
+
+pub(crate) struct State {
+    pub world: World,
+    pub config: RuntimeConfig,
+    pub base_url: String,
+    pub counters: Counters,
+    pub log: VecDeque<RecordedRequest>,
+    pub faults: Vec<ActiveFault>,
+    pub ops: HashMap<String, Operation>,
+    pub buckets: HashMap<String, SubscriptionBuckets>,
+}
+
+/// Handle to the shared state.
+#[derive(Clone)]
+pub(crate) struct Shared(pub Arc<Mutex<State>>);
+
+impl Shared {
+    /// Locks the state, recovering from a poisoned lock (a panicking test thread must
+    /// not take the simulator down with it).
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub(crate) fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, false)
+}

@@ -1,0 +1,641 @@
+//! The simulated world: seed format (`WorldSeed`), the live model (`World`) and how
+//! resources render as ARM JSON.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::errors::SimError;
+use crate::identity::{self, IdType, IdentityState, Mode, Shape};
+use crate::ids::{IdError, ResourceId, ResourceKind, group_key};
+
+/// Tenant used when the seed gives none (a fixed, obviously synthetic uuid).
+pub const DEFAULT_TENANT_ID: &str = "f0e1d2c3-b4a5-4969-8877-665544332211";
+/// Location used when a seeded resource gives none.
+pub const DEFAULT_LOCATION: &str = "westeurope";
+
+// ---------------------------------------------------------------------------
+// Seed format
+// ---------------------------------------------------------------------------
+
+/// The world a simulator starts with. YAML (or JSON) with camelCase keys; unknown keys
+/// are refused. Resource groups are implied by the resources; list them under
+/// `resourceGroups` only to have an empty group (e.g. for PUT-creating resources in it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorldSeed {
+    /// Tenant of every system-assigned and user-assigned identity. Default: a fixed uuid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// Location for resources that do not give one. Default `westeurope`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_location: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resource_groups: Vec<SeedResourceGroup>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user_assigned_identities: Vec<SeedUserAssignedIdentity>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub virtual_machines: Vec<SeedComputeResource>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub virtual_machine_scale_sets: Vec<SeedComputeResource>,
+}
+
+/// An explicitly declared resource group: `/subscriptions/{sub}/resourceGroups/{name}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SeedResourceGroup {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+}
+
+/// A `Microsoft.ManagedIdentity/userAssignedIdentities` resource.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SeedUserAssignedIdentity {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<BTreeMap<String, String>>,
+    /// Service-principal object id; generated (uuid v4) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal_id: Option<String>,
+    /// Application (client) id; generated (uuid v4) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}
+
+/// A virtual machine or scale set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SeedComputeResource {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<BTreeMap<String, String>>,
+    /// The identity as a 2018-06-01 GET would describe it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<SeedIdentity>,
+    /// Free-form `properties` returned on GET (hardwareProfile, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<Value>,
+}
+
+/// Seed identity: `type` as in the 2018-06-01 spec (case/spacing tolerated);
+/// `userAssignedIdentities` either a list of ids or a map id → anything.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SeedIdentity {
+    #[serde(rename = "type")]
+    pub identity_type: String,
+    /// System principal id; generated when the type has SystemAssigned and none is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_assigned_identities: Option<SeedUserIds>,
+}
+
+/// List form (`[id, …]`) or map form (`{id: {}, …}`) of seeded user-assigned identities.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SeedUserIds {
+    List(Vec<String>),
+    Map(Map<String, Value>),
+}
+
+impl SeedUserIds {
+    fn ids(&self) -> Vec<String> {
+        match self {
+            SeedUserIds::List(v) => v.clone(),
+            SeedUserIds::Map(m) => m.keys().cloned().collect(),
+        }
+    }
+}
+
+impl SeedIdentity {
+    /// A seed identity of the given type and user-assigned ids.
+    pub fn new(identity_type: &str, user_assigned: &[&str]) -> Self {
+        SeedIdentity {
+            identity_type: identity_type.to_string(),
+            principal_id: None,
+            user_assigned_identities: if user_assigned.is_empty() {
+                None
+            } else {
+                Some(SeedUserIds::List(
+                    user_assigned.iter().map(|s| s.to_string()).collect(),
+                ))
+            },
+        }
+    }
+
+    /// The identity in the 2018-06-01 request shape.
+    fn to_request_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("type".into(), Value::String(self.identity_type.clone()));
+        if let Some(ids) = &self.user_assigned_identities {
+            let mut d = Map::new();
+            for id in ids.ids() {
+                d.insert(id, json!({}));
+            }
+            m.insert("userAssignedIdentities".into(), Value::Object(d));
+        }
+        Value::Object(m)
+    }
+}
+
+impl WorldSeed {
+    /// Parses and validates a YAML seed. Unknown fields, bad ids, duplicates and
+    /// references to undeclared user-assigned identities are refused.
+    pub fn from_yaml_str(yaml: &str) -> Result<WorldSeed, SimError> {
+        let seed: WorldSeed = if yaml.trim().is_empty() {
+            WorldSeed::default()
+        } else {
+            serde_yaml_ng::from_str(yaml).map_err(|e| SimError::SeedYaml(e.to_string()))?
+        };
+        World::from_seed(&seed)?;
+        Ok(seed)
+    }
+
+    /// Adds a user-assigned identity (builder style).
+    pub fn with_user_assigned_identity(mut self, id: &str) -> Self {
+        self.user_assigned_identities
+            .push(SeedUserAssignedIdentity {
+                id: id.to_string(),
+                location: None,
+                tags: None,
+                principal_id: None,
+                client_id: None,
+            });
+        self
+    }
+
+    /// Adds a virtual machine (builder style).
+    pub fn with_virtual_machine(mut self, id: &str, identity: Option<SeedIdentity>) -> Self {
+        self.virtual_machines.push(SeedComputeResource {
+            id: id.to_string(),
+            location: None,
+            tags: None,
+            identity,
+            properties: None,
+        });
+        self
+    }
+
+    /// Adds a virtual machine scale set (builder style).
+    pub fn with_virtual_machine_scale_set(
+        mut self,
+        id: &str,
+        identity: Option<SeedIdentity>,
+    ) -> Self {
+        self.virtual_machine_scale_sets.push(SeedComputeResource {
+            id: id.to_string(),
+            location: None,
+            tags: None,
+            identity,
+            properties: None,
+        });
+        self
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Live model
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub(crate) struct Group {
+    pub subscription: String,
+    pub name: String,
+    pub location: String,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Uai {
+    pub id: ResourceId,
+    pub location: String,
+    pub tags: Option<Value>,
+    pub principal_id: String,
+    pub client_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ComputeResource {
+    pub id: ResourceId,
+    pub location: String,
+    pub tags: Option<Value>,
+    /// Other top-level members given on PUT/PATCH (sku, plan, zones, …).
+    pub extra: Map<String, Value>,
+    pub properties: Map<String, Value>,
+    /// `vmId` (VM) / `uniqueId` (VMSS).
+    pub unique_id: String,
+    pub provisioning_state: String,
+    pub identity: IdentityState,
+    /// Every system-assigned principal id this resource has had, oldest first.
+    pub principal_history: Vec<String>,
+    /// The long-running operation currently running on it.
+    pub current_op: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct World {
+    pub tenant_id: String,
+    pub default_location: String,
+    pub groups: BTreeMap<String, Group>,
+    pub uais: BTreeMap<String, Uai>,
+    pub compute: BTreeMap<String, ComputeResource>,
+}
+
+pub(crate) fn new_uuid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn tags_value(tags: &Option<BTreeMap<String, String>>) -> Option<Value> {
+    tags.as_ref().map(|t| {
+        Value::Object(
+            t.iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect(),
+        )
+    })
+}
+
+fn seed_id(what: &str, id: &str, kind: ResourceKind) -> Result<ResourceId, SimError> {
+    ResourceId::parse_kind(id, kind).map_err(|e| SimError::InvalidResourceId {
+        id: id.to_string(),
+        reason: match e {
+            IdError::NotFullyQualified => format!("{what}: not a fully qualified resource id"),
+            IdError::WrongShape => format!(
+                "{what}: expected /subscriptions/{{sub}}/resourceGroups/{{rg}}/providers/{}/{{name}}",
+                kind.arm_type()
+            ),
+        },
+    })
+}
+
+impl World {
+    pub fn empty() -> World {
+        World {
+            tenant_id: DEFAULT_TENANT_ID.to_string(),
+            default_location: DEFAULT_LOCATION.to_string(),
+            groups: BTreeMap::new(),
+            uais: BTreeMap::new(),
+            compute: BTreeMap::new(),
+        }
+    }
+
+    pub fn from_seed(seed: &WorldSeed) -> Result<World, SimError> {
+        let mut w = World::empty();
+        if let Some(t) = &seed.tenant_id {
+            w.tenant_id = t.clone();
+        }
+        if let Some(l) = &seed.default_location {
+            w.default_location = l.clone();
+        }
+        for (i, g) in seed.resource_groups.iter().enumerate() {
+            let segs: Vec<&str> = g.id.trim_end_matches('/').split('/').collect();
+            let ok = segs.len() == 5
+                && segs[0].is_empty()
+                && segs[1].eq_ignore_ascii_case("subscriptions")
+                && segs[3].eq_ignore_ascii_case("resourcegroups")
+                && !segs[2].is_empty()
+                && !segs[4].is_empty();
+            if !ok {
+                return Err(SimError::InvalidResourceId {
+                    id: g.id.clone(),
+                    reason: format!(
+                        "resourceGroups[{i}]: expected /subscriptions/{{sub}}/resourceGroups/{{name}}"
+                    ),
+                });
+            }
+            let loc = g
+                .location
+                .clone()
+                .unwrap_or_else(|| w.default_location.clone());
+            w.ensure_group(segs[2], segs[4], &loc);
+        }
+        for (i, u) in seed.user_assigned_identities.iter().enumerate() {
+            let what = format!("userAssignedIdentities[{i}]");
+            let id = seed_id(&what, &u.id, ResourceKind::UserAssignedIdentity)?;
+            if w.uais.contains_key(&id.key()) {
+                return Err(SimError::Seed(format!(
+                    "{what}: duplicate user-assigned identity '{}'",
+                    u.id
+                )));
+            }
+            let loc = u
+                .location
+                .clone()
+                .unwrap_or_else(|| w.default_location.clone());
+            w.put_uai(
+                &id,
+                &loc,
+                tags_value(&u.tags),
+                u.principal_id.clone(),
+                u.client_id.clone(),
+            );
+        }
+        let lists = [
+            (
+                "virtualMachines",
+                ResourceKind::VirtualMachine,
+                &seed.virtual_machines,
+            ),
+            (
+                "virtualMachineScaleSets",
+                ResourceKind::VirtualMachineScaleSet,
+                &seed.virtual_machine_scale_sets,
+            ),
+        ];
+        for (list, kind, items) in lists {
+            for (i, r) in items.iter().enumerate() {
+                let what = format!("{list}[{i}]");
+                let id = seed_id(&what, &r.id, kind)?;
+                if w.compute.contains_key(&id.key()) {
+                    return Err(SimError::Seed(format!(
+                        "{what}: duplicate resource '{}'",
+                        r.id
+                    )));
+                }
+                let properties = match &r.properties {
+                    None | Some(Value::Null) => Map::new(),
+                    Some(Value::Object(m)) => m.clone(),
+                    Some(_) => {
+                        return Err(SimError::Seed(format!(
+                            "{what}.properties: must be a mapping"
+                        )));
+                    }
+                };
+                let loc = r
+                    .location
+                    .clone()
+                    .unwrap_or_else(|| w.default_location.clone());
+                w.ensure_group(&id.subscription, &id.resource_group, &loc);
+                let mut res = ComputeResource::new(id.clone(), &loc);
+                res.tags = tags_value(&r.tags);
+                res.properties = properties;
+                if let Some(ident) = &r.identity {
+                    if let Some(ids) = &ident.user_assigned_identities {
+                        for uid in ids.ids() {
+                            let uid_parsed = seed_id(
+                                &format!("{what}.identity.userAssignedIdentities"),
+                                &uid,
+                                ResourceKind::UserAssignedIdentity,
+                            )?;
+                            if !w.uais.contains_key(&uid_parsed.key()) {
+                                return Err(SimError::Seed(format!(
+                                    "{what}.identity references user-assigned identity '{uid}' which is not declared under userAssignedIdentities"
+                                )));
+                            }
+                        }
+                    }
+                    let state = w
+                        .out_of_band_identity(
+                            &res,
+                            &ident.to_request_json(),
+                            ident.principal_id.clone(),
+                        )
+                        .map_err(|e| SimError::Seed(format!("{what}.identity: {e}")))?;
+                    res.set_identity(state);
+                }
+                w.compute.insert(id.key(), res);
+            }
+        }
+        Ok(w)
+    }
+
+    pub fn ensure_group(&mut self, subscription: &str, name: &str, location: &str) {
+        self.groups
+            .entry(group_key(subscription, name))
+            .or_insert_with(|| Group {
+                subscription: subscription.to_string(),
+                name: name.to_string(),
+                location: location.to_string(),
+            });
+    }
+
+    pub fn group_exists(&self, id: &ResourceId) -> bool {
+        self.groups.contains_key(&id.group_key())
+    }
+
+    /// Creates a UAI, or updates tags of an existing one (its ids are kept, as a PUT does).
+    /// Returns true when created.
+    pub fn put_uai(
+        &mut self,
+        id: &ResourceId,
+        location: &str,
+        tags: Option<Value>,
+        principal_id: Option<String>,
+        client_id: Option<String>,
+    ) -> bool {
+        self.ensure_group(&id.subscription, &id.resource_group, location);
+        if let Some(u) = self.uais.get_mut(&id.key()) {
+            if tags.is_some() {
+                u.tags = tags;
+            }
+            return false;
+        }
+        self.uais.insert(
+            id.key(),
+            Uai {
+                id: id.clone(),
+                location: location.to_string(),
+                tags,
+                principal_id: principal_id.unwrap_or_else(new_uuid),
+                client_id: client_id.unwrap_or_else(new_uuid),
+            },
+        );
+        true
+    }
+
+    /// Resolves an out-of-band identity (2018-06-01 shape, full replace). Referenced
+    /// identities need not exist (entries are then stale); everything else is checked.
+    pub fn out_of_band_identity(
+        &self,
+        res: &ComputeResource,
+        identity: &Value,
+        principal_id: Option<String>,
+    ) -> Result<IdentityState, SimError> {
+        let mut state = identity::resolve(
+            self,
+            res,
+            Some(identity),
+            Shape::Dictionary,
+            Mode::OutOfBand,
+        )
+        .map_err(|e| SimError::Identity {
+            code: e.code.clone(),
+            message: e.message.clone(),
+        })?;
+        if state.system_principal.is_some()
+            && let Some(p) = principal_id
+        {
+            state.system_principal = Some(p);
+        }
+        Ok(state)
+    }
+
+    pub fn render_uai(&self, u: &Uai) -> Value {
+        let mut m = Map::new();
+        m.insert("id".into(), Value::String(u.id.msi_spelling()));
+        m.insert("name".into(), Value::String(u.id.name.clone()));
+        m.insert("type".into(), Value::String(u.id.kind.arm_type().into()));
+        m.insert("location".into(), Value::String(u.location.clone()));
+        if let Some(t) = &u.tags {
+            m.insert("tags".into(), t.clone());
+        }
+        m.insert(
+            "properties".into(),
+            json!({
+                "tenantId": self.tenant_id,
+                "principalId": u.principal_id,
+                "clientId": u.client_id,
+            }),
+        );
+        Value::Object(m)
+    }
+
+    /// The `identity` block as GET shows it at the given shape; `None` when the
+    /// resource has no identity (GET then omits `identity`, as in
+    /// `compute/2024-11-01/examples/VirtualMachine_Get.json`).
+    pub fn render_identity(&self, res: &ComputeResource, shape: Shape) -> Option<Value> {
+        let st = &res.identity;
+        let ty = st.identity_type();
+        if ty == IdType::NONE {
+            return None;
+        }
+        let mut m = Map::new();
+        if let Some(p) = &st.system_principal {
+            m.insert("principalId".into(), Value::String(p.clone()));
+            m.insert("tenantId".into(), Value::String(self.tenant_id.clone()));
+        }
+        m.insert("type".into(), Value::String(ty.as_str().into()));
+        if !st.user.is_empty() {
+            match shape {
+                Shape::Dictionary => {
+                    let mut d = Map::new();
+                    for e in &st.user {
+                        let (p, c) = match (self.uais.get(&e.key), &e.bound_principal) {
+                            (Some(u), Some(b)) if &u.principal_id == b => {
+                                (u.principal_id.clone(), u.client_id.clone())
+                            }
+                            // Stale entry: the identity was deleted (and maybe recreated).
+                            _ => (String::new(), String::new()),
+                        };
+                        d.insert(e.id.clone(), json!({ "principalId": p, "clientId": c }));
+                    }
+                    m.insert("userAssignedIdentities".into(), Value::Object(d));
+                }
+                Shape::IdentityIds => {
+                    m.insert(
+                        "identityIds".into(),
+                        Value::Array(
+                            st.user
+                                .iter()
+                                .map(|e| Value::String(e.id.clone()))
+                                .collect(),
+                        ),
+                    );
+                }
+            }
+        }
+        Some(Value::Object(m))
+    }
+
+    pub fn render_compute(&self, res: &ComputeResource, shape: Shape) -> Value {
+        let mut m = Map::new();
+        m.insert("name".into(), Value::String(res.id.name.clone()));
+        m.insert("id".into(), Value::String(res.id.to_string()));
+        m.insert("type".into(), Value::String(res.id.kind.arm_type().into()));
+        m.insert("location".into(), Value::String(res.location.clone()));
+        if let Some(t) = &res.tags {
+            m.insert("tags".into(), t.clone());
+        }
+        for (k, v) in &res.extra {
+            m.insert(k.clone(), v.clone());
+        }
+        if let Some(i) = self.render_identity(res, shape) {
+            m.insert("identity".into(), i);
+        }
+        let mut props = Map::new();
+        let uid_key = match res.id.kind {
+            ResourceKind::VirtualMachineScaleSet => "uniqueId",
+            _ => "vmId",
+        };
+        props.insert(uid_key.into(), Value::String(res.unique_id.clone()));
+        for (k, v) in &res.properties {
+            props.insert(k.clone(), v.clone());
+        }
+        props.insert(
+            "provisioningState".into(),
+            Value::String(res.provisioning_state.clone()),
+        );
+        m.insert("properties".into(), Value::Object(props));
+        Value::Object(m)
+    }
+
+    /// A JSON dump of the whole world (admin endpoint `GET /_sim/world`).
+    pub fn dump(&self) -> Value {
+        let groups: Vec<Value> = self
+            .groups
+            .values()
+            .map(|g| {
+                json!({
+                    "id": format!("/subscriptions/{}/resourceGroups/{}", g.subscription, g.name),
+                    "location": g.location,
+                })
+            })
+            .collect();
+        let uais: Vec<Value> = self.uais.values().map(|u| self.render_uai(u)).collect();
+        let render = |kind: ResourceKind| -> Vec<Value> {
+            self.compute
+                .values()
+                .filter(|r| r.id.kind == kind)
+                .map(|r| {
+                    let mut v = self.render_compute(r, Shape::Dictionary);
+                    if let Value::Object(m) = &mut v {
+                        m.insert("principalHistory".into(), json!(r.principal_history));
+                    }
+                    v
+                })
+                .collect()
+        };
+        json!({
+            "tenantId": self.tenant_id,
+            "resourceGroups": groups,
+            "userAssignedIdentities": uais,
+            "virtualMachines": render(ResourceKind::VirtualMachine),
+            "virtualMachineScaleSets": render(ResourceKind::VirtualMachineScaleSet),
+        })
+    }
+}
+
+impl ComputeResource {
+    pub fn new(id: ResourceId, location: &str) -> ComputeResource {
+        ComputeResource {
+            id,
+            location: location.to_string(),
+            tags: None,
+            extra: Map::new(),
+            properties: Map::new(),
+            unique_id: new_uuid(),
+            provisioning_state: "Succeeded".to_string(),
+            identity: IdentityState::default(),
+            principal_history: Vec::new(),
+            current_op: None,
+        }
+    }
+
+    /// Installs a new identity state, recording a new system principal in the history.
+    pub fn set_identity(&mut self, state: IdentityState) {
+        if let Some(p) = &state.system_principal
+            && self.principal_history.last() != Some(p)
+            && self.identity.system_principal.as_ref() != Some(p)
+        {
+            self.principal_history.push(p.clone());
+        }
+        self.identity = state;
+    }
+}

@@ -1,0 +1,284 @@
+//! Counters, request log, fault injection, admin API, rate-limit headers, case-insensitive paths.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+use vmidentity_simulator::{FaultAction, FaultRule};
+
+#[tokio::test]
+async fn counters_per_resource_any_spelling() {
+    let sim = sim().await;
+    let c = Client::new(&sim);
+    c.get(&vm("vm-1"), V2018).await;
+    c.get(&vm("vm-1").to_uppercase(), V2018).await;
+    c.patch(&vm("vm-1"), V2018, json!({"tags":{"a":"b"}})).await;
+    c.get(&vmss("vmss-1"), V2018).await;
+    c.get(&vm("missing"), V2018).await; // 404s count too
+
+    assert_eq!(sim.reads_for(&vm("vm-1")), 2);
+    assert_eq!(sim.reads_for(&vm("vm-1").to_lowercase()), 2);
+    assert_eq!(sim.writes_for(&vm("vm-1")), 1);
+    assert_eq!(sim.reads_for(&vmss("vmss-1")), 1);
+    assert_eq!(sim.writes_for(&vmss("vmss-1")), 0);
+    assert_eq!(sim.reads_for(&vm("missing")), 1);
+    let k = sim.counters();
+    assert_eq!(
+        (k.reads, k.writes, k.polls, k.throttled, k.server_errors),
+        (4, 1, 0, 0, 0)
+    );
+
+    // The log keeps the exact body sent and the status.
+    let log = sim.requests();
+    assert_eq!(log.len(), 5);
+    let patch = &log[2];
+    assert_eq!(patch.method, "PATCH");
+    assert_eq!(patch.path, vm("vm-1"));
+    assert_eq!(patch.query.as_deref(), Some("api-version=2018-06-01"));
+    assert_eq!(patch.body, Some(json!({"tags":{"a":"b"}})));
+    assert_eq!(patch.status, 200);
+    assert_eq!(
+        patch.resource_id.as_deref(),
+        Some(vm("vm-1").to_lowercase().as_str())
+    );
+    assert_eq!(log[4].status, 404);
+    assert_eq!(log[0].body, None);
+
+    sim.reset_counters();
+    assert_eq!(sim.counters(), Default::default());
+    assert!(sim.requests().is_empty());
+    assert_eq!(sim.reads_for(&vm("vm-1")), 0);
+}
+
+#[tokio::test]
+async fn throttle_fault_with_retry_after_and_times() {
+    let sim = sim().await;
+    let c = Client::new(&sim);
+    sim.add_fault(
+        FaultRule::throttle(7)
+            .method("patch")
+            .path_contains("VM-1")
+            .times(1),
+    );
+    let body = json!({"identity":{"type":"SystemAssigned"}});
+    let r = c.patch(&vm("vm-1"), V2018, body.clone()).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after").as_deref(), Some("7"));
+    assert_eq!(r.body["error"]["code"], "OperationNotAllowed");
+    assert_eq!(
+        r.body["error"]["message"],
+        "The server rejected the request because too many requests have been received for this subscription."
+    );
+    assert_eq!(r.body["error"]["details"][0]["code"], "TooManyRequests");
+    assert_eq!(r.body["error"]["details"][0]["target"], "PutVM3Min");
+    let detail: Value = serde_json::from_str(
+        r.body["error"]["details"][0]["message"]
+            .as_str()
+            .expect("message"),
+    )
+    .expect("detail JSON");
+    assert_eq!(detail["operationGroup"], "PutVM3Min");
+    assert_eq!(
+        r.body["error"]["innererror"],
+        json!({"internalErrorCode":"TooManyRequestsReceived"})
+    );
+    // The throttled PATCH applied nothing.
+    assert_eq!(sim.identity_of(&vm("vm-1")), Some(json!({"type":"None"})));
+    // GET is not matched by the rule; the next PATCH goes through.
+    assert_eq!(c.get(&vm("vm-1"), V2018).await.status, 200);
+    let r = c.patch(&vm("vm-1"), V2018, body).await;
+    assert_eq!(r.status, 200);
+    let k = sim.counters();
+    assert_eq!(k.throttled, 1);
+    assert_eq!(k.writes, 2);
+}
+
+#[tokio::test]
+async fn status_faults_500_503_and_clear() {
+    let sim = sim().await;
+    let c = Client::new(&sim);
+    sim.add_fault(FaultRule::status(500).times(2));
+    for _ in 0..2 {
+        let r = c.get(&vm("vm-1"), V2018).await;
+        assert_eq!(r.status, 500);
+        assert_eq!(r.body["error"]["code"], "InternalServerError");
+    }
+    assert_eq!(c.get(&vm("vm-1"), V2018).await.status, 200);
+
+    sim.add_fault(FaultRule::status(503).path_contains("virtualMachineScaleSets"));
+    for _ in 0..3 {
+        let r = c.get(&vmss("vmss-1"), V2018).await;
+        assert_eq!(r.status, 503);
+        assert_eq!(
+            r.body,
+            error_body(
+                "ServiceUnavailable",
+                "The service is currently unavailable. Please try again later."
+            )
+        );
+    }
+    assert_eq!(c.get(&vm("vm-1"), V2018).await.status, 200);
+    sim.clear_faults();
+    assert_eq!(c.get(&vmss("vmss-1"), V2018).await.status, 200);
+    assert_eq!(sim.counters().server_errors, 5);
+}
+
+#[tokio::test]
+async fn delay_fault() {
+    let sim = sim().await;
+    let c = Client::new(&sim);
+    sim.add_fault(FaultRule::delay(250).times(1));
+    let t = Instant::now();
+    assert_eq!(c.get(&vm("vm-1"), V2018).await.status, 200);
+    assert!(t.elapsed() >= Duration::from_millis(250));
+    let t = Instant::now();
+    assert_eq!(c.get(&vm("vm-1"), V2018).await.status, 200);
+    assert!(t.elapsed() < Duration::from_millis(250));
+}
+
+#[tokio::test]
+async fn admin_http_api() {
+    let sim = sim().await;
+    let c = Client::new(&sim);
+    let http = reqwest::Client::new();
+    let base = sim.base_url();
+    let rule = json!({"method":"GET","pathContains":"vm-2","action":{"type":"throttle","retryAfterSecs":3},"times":1});
+    let r = http
+        .post(format!("{base}/_sim/faults"))
+        .json(&rule)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status().as_u16(), 201);
+    let bad = http
+        .post(format!("{base}/_sim/faults"))
+        .json(&json!({"action":{"type":"explode"}}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(bad.status().as_u16(), 400);
+
+    let r = c.get(&vm("vm-2"), V2018).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after").as_deref(), Some("3"));
+    assert_eq!(c.get(&vm("vm-2"), V2018).await.status, 200);
+
+    let counters: Value = http
+        .get(format!("{base}/_sim/counters"))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(counters["reads"], 2);
+    assert_eq!(counters["throttled"], 1);
+    assert_eq!(
+        counters["perResource"][vm("vm-2").to_lowercase()]["reads"],
+        2
+    );
+
+    let requests: Value = http
+        .get(format!("{base}/_sim/requests"))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(requests.as_array().map(Vec::len), Some(2));
+    assert_eq!(requests[0]["status"], 429);
+
+    let r = http
+        .post(format!("{base}/_sim/reset-counters"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(sim.counters().reads, 0);
+
+    sim.add_fault(FaultRule::new(FaultAction::Status { code: 500 }));
+    let r = http
+        .delete(format!("{base}/_sim/faults"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(c.get(&vm("vm-2"), V2018).await.status, 200);
+
+    let world: Value = http
+        .get(format!("{base}/_sim/world"))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(world["tenantId"], TENANT);
+    assert_eq!(world["virtualMachines"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        world["userAssignedIdentities"].as_array().map(Vec::len),
+        Some(3)
+    );
+    // Admin endpoints need no token and are not counted.
+    assert_eq!(sim.counters().requests, 1);
+}
+
+#[tokio::test]
+async fn rate_limit_and_request_id_headers() {
+    let sim = sim().await;
+    let c = Client::new(&sim);
+    let r = c.get(&vm("vm-1"), V2018).await;
+    assert_eq!(
+        r.header("x-ms-ratelimit-remaining-subscription-reads")
+            .as_deref(),
+        Some("249")
+    );
+    assert_eq!(
+        r.header("x-ms-ratelimit-remaining-subscription-global-reads")
+            .as_deref(),
+        Some("3749")
+    );
+    assert!(r.header("x-ms-request-id").is_some_and(|v| is_uuid(&v)));
+    let r = c.patch(&vm("vm-1"), V2018, json!({"tags":{}})).await;
+    assert_eq!(
+        r.header("x-ms-ratelimit-remaining-subscription-writes")
+            .as_deref(),
+        Some("199")
+    );
+}
+
+#[tokio::test]
+async fn paths_are_case_insensitive() {
+    let sim = sim().await;
+    let c = Client::new(&sim);
+    let odd = format!(
+        "/SUBSCRIPTIONS/{SUB}/resourcegroups/RG-APPS/PROVIDERS/microsoft.compute/VIRTUALMACHINES/VM-1"
+    );
+    let r = c.get(&odd, V2018).await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+    assert_eq!(r.body["id"], vm("vm-1"));
+    assert_eq!(r.body["name"], "vm-1");
+    let r = c
+        .patch(&odd, V2018, json!({"identity":{"type":"SystemAssigned"}}))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(sim.writes_for(&vm("vm-1")), 1);
+    assert_eq!(
+        sim.identity_of(&vm("vm-1")).map(|i| i["type"].clone()),
+        Some(json!("SystemAssigned"))
+    );
+    let r = c
+        .get(
+            &format!("/subscriptions/{SUB}/resourceGroups/rg-apps/providers/MICROSOFT.MANAGEDIDENTITY/userassignedidentities/UAI-1"),
+            "2018-11-30",
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    // Unknown routes.
+    let r = c.get(&format!("/subscriptions/{SUB}/resourceGroups/rg-apps/providers/Microsoft.Network/networkInterfaces/nic"), V2018).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.body["error"]["code"], "NotFound");
+}

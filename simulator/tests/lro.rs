@@ -1,0 +1,243 @@
+//! Long-running operation modes (ARM-BEHAVIOUR.md §3).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use vmidentity_simulator::{LroMode, SimConfig};
+
+fn op_url_prefix(base: &str) -> String {
+    format!(
+        "{base}/subscriptions/{SUB}/providers/Microsoft.Compute/locations/westeurope/operations/"
+    )
+}
+
+#[tokio::test]
+async fn async200_polls_until_succeeded() {
+    let sim = sim().await; // default: Async200, 1 InProgress poll
+    let c = Client::new(&sim);
+    let r = c
+        .patch(
+            &vm("vm-1"),
+            V2018,
+            json!({"identity":{"type":"SystemAssigned"}}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["properties"]["provisioningState"], "Updating");
+    assert_eq!(r.body["identity"]["type"], "SystemAssigned");
+    assert_eq!(r.header("retry-after").as_deref(), Some("0"));
+    assert!(r.header("location").is_none());
+    let url = r
+        .header("azure-asyncoperation")
+        .expect("Azure-AsyncOperation");
+    let prefix = op_url_prefix(&sim.base_url());
+    assert!(url.starts_with(&prefix), "{url}");
+    assert!(url.ends_with("?api-version=2018-06-01"), "{url}");
+    let op_id = url[prefix.len()..]
+        .split('?')
+        .next()
+        .unwrap_or("")
+        .to_string();
+    assert!(is_uuid(&op_id));
+
+    // The identity change is visible immediately; the resource is Updating.
+    let g = c.get(&vm("vm-1"), V2018).await;
+    assert_eq!(g.body["identity"]["type"], "SystemAssigned");
+    assert_eq!(g.body["properties"]["provisioningState"], "Updating");
+
+    let p = c.poll(&url).await;
+    assert_eq!(p.status, 200);
+    assert_eq!(p.body["status"], "InProgress");
+    assert_eq!(p.body["name"], op_id);
+    assert!(p.body["startTime"].is_string());
+    assert!(p.body.get("endTime").is_none());
+    assert_eq!(p.header("retry-after").as_deref(), Some("0"));
+
+    let p = c.poll(&url).await;
+    assert_eq!(p.body["status"], "Succeeded");
+    assert!(p.body["endTime"].is_string());
+    assert_eq!(
+        p.body
+            .as_object()
+            .map(|m| m.keys().cloned().collect::<Vec<_>>()),
+        Some(vec![
+            "startTime".into(),
+            "endTime".into(),
+            "status".into(),
+            "name".into()
+        ])
+    );
+    let g = c.get(&vm("vm-1"), V2018).await;
+    assert_eq!(g.body["properties"]["provisioningState"], "Succeeded");
+    assert_eq!(sim.counters().polls, 2);
+    // Polls are not resource reads.
+    assert_eq!(sim.reads_for(&vm("vm-1")), 2);
+}
+
+#[tokio::test]
+async fn async202_answers_without_body_and_with_location() {
+    let sim = sim_with(SimConfig {
+        seed: seed(),
+        lro: LroMode::Async202,
+        lro_polls: 2,
+        retry_after_secs: 1,
+        ..SimConfig::default()
+    })
+    .await;
+    let c = Client::new(&sim);
+    let r = c
+        .patch(
+            &vmss("vmss-1"),
+            V2018,
+            json!({"identity":{"type":"UserAssigned","userAssignedIdentities":{uai("uai-1"):{}}}}),
+        )
+        .await;
+    assert_eq!(r.status, 202);
+    assert!(r.raw.is_empty());
+    assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+    let async_url = r
+        .header("azure-asyncoperation")
+        .expect("Azure-AsyncOperation");
+    let location = r.header("location").expect("Location");
+    assert!(location.contains("monitor=true"), "{location}");
+    assert!(location.starts_with(&op_url_prefix(&sim.base_url())));
+    // Change visible immediately.
+    assert_eq!(
+        sim.identity_of(&vmss("vmss-1")),
+        Some(
+            json!({"type":"UserAssigned","userAssignedIdentities":{uai("uai-1"): live_entry(&sim, &uai("uai-1"))}})
+        )
+    );
+    assert_eq!(
+        sim.provisioning_state_of(&vmss("vmss-1")).as_deref(),
+        Some("Updating")
+    );
+
+    // Location polling: 202 while running, 200 when done. Shares the poll count.
+    let p = c.poll(&location).await;
+    assert_eq!(p.status, 202);
+    assert!(p.raw.is_empty());
+    let p = c.poll(&async_url).await;
+    assert_eq!(p.body["status"], "InProgress");
+    let p = c.poll(&location).await;
+    assert_eq!(p.status, 200);
+    let p = c.poll(&async_url).await;
+    assert_eq!(p.body["status"], "Succeeded");
+    assert_eq!(
+        sim.provisioning_state_of(&vmss("vmss-1")).as_deref(),
+        Some("Succeeded")
+    );
+}
+
+#[tokio::test]
+async fn sync_mode_has_no_lro_headers() {
+    let sim = sim_with(SimConfig {
+        seed: seed(),
+        lro: LroMode::Sync,
+        ..SimConfig::default()
+    })
+    .await;
+    let c = Client::new(&sim);
+    let r = c
+        .patch(
+            &vm("vm-1"),
+            V2018,
+            json!({"identity":{"type":"SystemAssigned"}}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["properties"]["provisioningState"], "Succeeded");
+    assert!(r.header("azure-asyncoperation").is_none());
+    assert!(r.header("retry-after").is_none());
+}
+
+#[tokio::test]
+async fn lro_polls_and_mode_are_configurable_at_runtime() {
+    let sim = sim().await;
+    sim.set_lro_polls(3);
+    let c = Client::new(&sim);
+    let r = c
+        .patch(
+            &vm("vm-1"),
+            V2018,
+            json!({"identity":{"type":"SystemAssigned"}}),
+        )
+        .await;
+    let url = r.header("azure-asyncoperation").expect("header");
+    for _ in 0..3 {
+        assert_eq!(c.poll(&url).await.body["status"], "InProgress");
+    }
+    assert_eq!(c.poll(&url).await.body["status"], "Succeeded");
+    // Polling a finished operation keeps answering Succeeded.
+    assert_eq!(c.poll(&url).await.body["status"], "Succeeded");
+
+    sim.set_lro_mode(LroMode::Sync);
+    let r = c
+        .patch(&vm("vm-1"), V2018, json!({"identity":{"type":"None"}}))
+        .await;
+    assert_eq!(r.body["properties"]["provisioningState"], "Succeeded");
+    assert!(r.header("azure-asyncoperation").is_none());
+}
+
+#[tokio::test]
+async fn minimum_operation_duration() {
+    let sim = sim_with(SimConfig {
+        seed: seed(),
+        lro_polls: 0,
+        min_operation_duration: Duration::from_millis(300),
+        ..SimConfig::default()
+    })
+    .await;
+    let c = Client::new(&sim);
+    let r = c
+        .patch(
+            &vm("vm-1"),
+            V2018,
+            json!({"identity":{"type":"SystemAssigned"}}),
+        )
+        .await;
+    let url = r.header("azure-asyncoperation").expect("header");
+    assert_eq!(c.poll(&url).await.body["status"], "InProgress");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(c.poll(&url).await.body["status"], "Succeeded");
+}
+
+#[tokio::test]
+async fn noop_patch_completes_immediately_and_put_create_is_201_creating() {
+    let sim = sim().await;
+    let c = Client::new(&sim);
+    // vm-1 has no identity; PATCH to None changes nothing.
+    let r = c
+        .patch(&vm("vm-1"), V2018, json!({"identity":{"type":"None"}}))
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("azure-asyncoperation").is_none());
+    assert_eq!(r.body["properties"]["provisioningState"], "Succeeded");
+
+    let r = c
+        .put(&vm("vm-9"), V2018, json!({"location":"westeurope"}))
+        .await;
+    assert_eq!(r.status, 201);
+    assert_eq!(r.body["properties"]["provisioningState"], "Creating");
+    assert!(r.header("azure-asyncoperation").is_some());
+
+    // Unknown operation id.
+    let r = c
+        .send(
+            "GET",
+            &format!("/subscriptions/{SUB}/providers/Microsoft.Compute/locations/westeurope/operations/nope?api-version=2018-06-01"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        r.body,
+        error_body(
+            "NotFound",
+            "The entity was not found in this Azure location."
+        )
+    );
+}
