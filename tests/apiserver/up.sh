@@ -225,7 +225,7 @@ wait_until() { # wait_until DESC CMD...: poll CMD every 0.2s up to $TIMEOUT s
     local desc=$1; shift
     local deadline=$(( $(date +%s) + TIMEOUT ))
     until "$@"; do
-        (( $(date +%s) < deadline )) || return 1
+        (( $(date +%s) < deadline )) || { log "timed out after ${TIMEOUT}s waiting for $desc"; return 1; }
         sleep 0.2
     done
 }

@@ -14,15 +14,21 @@ pub const SUB: &str = "00000000-0000-0000-0000-000000000001";
 pub const TOKEN: &str = "sim-token";
 
 pub fn vm(name: &str) -> String {
-    format!("/subscriptions/{SUB}/resourceGroups/myResourceGroup/providers/Microsoft.Compute/virtualMachines/{name}")
+    format!(
+        "/subscriptions/{SUB}/resourceGroups/myResourceGroup/providers/Microsoft.Compute/virtualMachines/{name}"
+    )
 }
 
 pub fn vmss(name: &str) -> String {
-    format!("/subscriptions/{SUB}/resourceGroups/myResourceGroup/providers/Microsoft.Compute/virtualMachineScaleSets/{name}")
+    format!(
+        "/subscriptions/{SUB}/resourceGroups/myResourceGroup/providers/Microsoft.Compute/virtualMachineScaleSets/{name}"
+    )
 }
 
 pub fn uai(name: &str) -> String {
-    format!("/subscriptions/{SUB}/resourceGroups/myResourceGroup/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}")
+    format!(
+        "/subscriptions/{SUB}/resourceGroups/myResourceGroup/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}"
+    )
 }
 
 /// A world with UAIs ID1..ID3 and the given compute resources (YAML list items).
@@ -66,7 +72,9 @@ impl Harness {
     }
 
     pub async fn with_config(cfg: SimConfig) -> Harness {
-        let sim = vmidentity_simulator::start(cfg).await.expect("simulator starts");
+        let sim = vmidentity_simulator::start(cfg)
+            .await
+            .expect("simulator starts");
         let exec = Harness::executor(&sim, TOKEN);
         Harness { sim, exec }
     }
@@ -87,7 +95,10 @@ impl Harness {
     }
 
     /// Applies, then carries the new ownership records into the returned objects.
-    pub async fn converge(&self, objects: &[DesiredObject]) -> (Vec<TargetResult>, Vec<DesiredObject>) {
+    pub async fn converge(
+        &self,
+        objects: &[DesiredObject],
+    ) -> (Vec<TargetResult>, Vec<DesiredObject>) {
         let results = self.apply(objects).await;
         let next = objects
             .iter()
@@ -129,7 +140,12 @@ impl Harness {
             .and_then(Value::as_object)
             .map(|m| {
                 m.keys()
-                    .map(|k| k.rsplit('/').next().unwrap_or_default().to_ascii_lowercase())
+                    .map(|k| {
+                        k.rsplit('/')
+                            .next()
+                            .unwrap_or_default()
+                            .to_ascii_lowercase()
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -145,7 +161,10 @@ pub fn object(name: &str, target: &str, f: impl FnOnce(&mut RawSpec)) -> Desired
         ..Default::default()
     };
     f(&mut raw);
-    DesiredObject::new(ObjectRef::new("default", name), raw.validate().expect("valid spec"))
+    DesiredObject::new(
+        ObjectRef::new("default", name),
+        raw.validate().expect("valid spec"),
+    )
 }
 
 pub fn owned(ids: &[String]) -> Applied {

@@ -27,7 +27,9 @@ fn class_of(r: &vmidentity::engine::TargetResult) -> Option<ErrorClass> {
 #[tokio::test]
 async fn two_objects_on_one_vm_get_one_get_and_one_patch() {
     let h = Harness::new(&one_vm("")).await;
-    let a = object("a", &vm("vm1"), |r| r.user_assigned_identities = vec![uai("ID1")]);
+    let a = object("a", &vm("vm1"), |r| {
+        r.user_assigned_identities = vec![uai("ID1")]
+    });
     let b = object("b", &vm("vm1").to_lowercase(), |r| {
         r.system_assigned = Some(true);
         r.user_assigned_identities = vec![uai("ID2")];
@@ -57,17 +59,29 @@ async fn identities_nobody_applied_survive_and_live_spelling_is_used_for_removal
     // ID1 is removed under the spelling ARM has; ID3 (nobody applied it) stays.
     assert_eq!(
         h.patch_bodies(),
-        vec![json!({"identity": {"type": "UserAssigned", "userAssignedIdentities": {live_id1: null}}})]
+        vec![
+            json!({"identity": {"type": "UserAssigned", "userAssignedIdentities": {live_id1: null}}})
+        ]
     );
-    assert_eq!(h.identity(&vm("vm1")), ("UserAssigned".into(), vec!["id3".into()]));
+    assert_eq!(
+        h.identity(&vm("vm1")),
+        ("UserAssigned".into(), vec!["id3".into()])
+    );
 }
 
 #[tokio::test]
 async fn a_user_assigned_identity_that_does_not_exist_is_refused_whole() {
     let h = Harness::new(&one_vm("type: SystemAssigned")).await;
-    let o = object("a", &vm("vm1"), |r| r.user_assigned_identities = vec![uai("ID1"), uai("nope")]);
+    let o = object("a", &vm("vm1"), |r| {
+        r.user_assigned_identities = vec![uai("ID1"), uai("nope")]
+    });
     let results = h.apply(&[o]).await;
-    assert_eq!(class_of(&results[0]), Some(ErrorClass::IdentityNotFound), "{:?}", results[0].error);
+    assert_eq!(
+        class_of(&results[0]),
+        Some(ErrorClass::IdentityNotFound),
+        "{:?}",
+        results[0].error
+    );
     assert_eq!(h.identity(&vm("vm1")), ("SystemAssigned".into(), vec![]));
 }
 
@@ -93,15 +107,25 @@ async fn a_wrong_token_is_unauthenticated_and_writes_nothing() {
 #[tokio::test]
 async fn throttling_with_a_short_retry_after_is_waited_out() {
     let h = Harness::new(&one_vm("")).await;
-    h.sim.add_fault(FaultRule::throttle(1).method("PATCH").times(1));
+    h.sim
+        .add_fault(FaultRule::throttle(1).method("PATCH").times(1));
     let o = object("a", &vm("vm1"), |r| r.system_assigned = Some(true));
     let started = std::time::Instant::now();
     let results = h.apply(&[o]).await;
     assert!(results[0].error.is_none(), "{:?}", results[0].error);
-    assert!(started.elapsed() >= Duration::from_millis(900), "Retry-After honoured");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "Retry-After honoured"
+    );
     let stats = h.exec.client().stats();
     assert_eq!(stats.throttled, 1);
-    let patches: Vec<u16> = h.sim.requests().iter().filter(|r| r.method == "PATCH").map(|r| r.status).collect();
+    let patches: Vec<u16> = h
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| r.status)
+        .collect();
     assert_eq!(patches, vec![429, 200]);
     assert_eq!(h.identity(&vm("vm1")).0, "SystemAssigned");
 }
@@ -109,7 +133,8 @@ async fn throttling_with_a_short_retry_after_is_waited_out() {
 #[tokio::test]
 async fn a_long_retry_after_is_returned_and_gates_the_subscription() {
     let h = Harness::new(&one_vm("")).await;
-    h.sim.add_fault(FaultRule::throttle(30).method("PATCH").times(1));
+    h.sim
+        .add_fault(FaultRule::throttle(30).method("PATCH").times(1));
     let o = object("a", &vm("vm1"), |r| r.system_assigned = Some(true));
     let results = h.apply(std::slice::from_ref(&o)).await;
     let err = match &results[0].error {
@@ -129,14 +154,30 @@ async fn a_long_retry_after_is_returned_and_gates_the_subscription() {
 #[tokio::test]
 async fn server_errors_are_retried_and_the_patch_applied_once() {
     let h = Harness::new(&one_vm("")).await;
-    h.sim.add_fault(FaultRule::status(503).method("PATCH").times(2));
-    h.sim.add_fault(FaultRule::status(500).method("GET").path_contains("virtualMachines").times(1));
-    let o = object("a", &vm("vm1"), |r| r.user_assigned_identities = vec![uai("ID1")]);
+    h.sim
+        .add_fault(FaultRule::status(503).method("PATCH").times(2));
+    h.sim.add_fault(
+        FaultRule::status(500)
+            .method("GET")
+            .path_contains("virtualMachines")
+            .times(1),
+    );
+    let o = object("a", &vm("vm1"), |r| {
+        r.user_assigned_identities = vec![uai("ID1")]
+    });
     let results = h.apply(&[o]).await;
     assert!(results[0].error.is_none(), "{:?}", results[0].error);
-    let ok_patches = h.sim.requests().iter().filter(|r| r.method == "PATCH" && r.status == 200).count();
+    let ok_patches = h
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.status == 200)
+        .count();
     assert_eq!(ok_patches, 1);
-    assert_eq!(h.identity(&vm("vm1")), ("UserAssigned".into(), vec!["id1".into()]));
+    assert_eq!(
+        h.identity(&vm("vm1")),
+        ("UserAssigned".into(), vec!["id1".into()])
+    );
 }
 
 async fn lro_case(mode: LroMode, polls: u32, min: Duration) {
@@ -151,12 +192,26 @@ async fn lro_case(mode: LroMode, polls: u32, min: Duration) {
     .await;
     let o = object("a", &vm("vm1"), |r| r.system_assigned = Some(true));
     let results = h.apply(&[o]).await;
-    assert!(results[0].error.is_none(), "{mode:?}: {:?}", results[0].error);
+    assert!(
+        results[0].error.is_none(),
+        "{mode:?}: {:?}",
+        results[0].error
+    );
     let live = results[0].live_after.as_ref().expect("final body");
     assert!(live.identity.system_assigned);
-    assert!(live.identity.principal_id.is_some(), "{mode:?}: principal known after the write");
-    assert_eq!(h.sim.writes_for(&vm("vm1")), 1, "{mode:?}: the PATCH is never re-sent");
-    assert_eq!(h.sim.provisioning_state_of(&vm("vm1")).as_deref(), Some("Succeeded"));
+    assert!(
+        live.identity.principal_id.is_some(),
+        "{mode:?}: principal known after the write"
+    );
+    assert_eq!(
+        h.sim.writes_for(&vm("vm1")),
+        1,
+        "{mode:?}: the PATCH is never re-sent"
+    );
+    assert_eq!(
+        h.sim.provisioning_state_of(&vm("vm1")).as_deref(),
+        Some("Succeeded")
+    );
 }
 
 #[tokio::test]

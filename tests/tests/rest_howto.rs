@@ -115,14 +115,26 @@ async fn run(kind: &str, target: &str, api: &str) {
         })
         .with_applied(owned(&owned_ids));
         let (results, next) = h.converge(std::slice::from_ref(&obj)).await;
-        assert!(results[0].error.is_none(), "{}: {:?}", case.name, results[0].error);
-        let want = if api == "2017-12-01" { (case.array)() } else { (case.dict)() };
+        assert!(
+            results[0].error.is_none(),
+            "{}: {:?}",
+            case.name,
+            results[0].error
+        );
+        let want = if api == "2017-12-01" {
+            (case.array)()
+        } else {
+            (case.dict)()
+        };
         assert_eq!(h.patch_bodies(), vec![want], "{kind} {api}: {}", case.name);
         let (ty, names) = h.identity(target);
         assert_eq!(ty, case.after.0, "{kind} {api}: {}", case.name);
         assert_eq!(names, case.after.1, "{kind} {api}: {}", case.name);
         // A system identity that stays keeps its principal; a new one gets one.
-        let principal_after = h.sim.identity_of(target).and_then(|i| i.get("principalId").cloned());
+        let principal_after = h
+            .sim
+            .identity_of(target)
+            .and_then(|i| i.get("principalId").cloned());
         if ty.starts_with("SystemAssigned") {
             assert!(principal_after.is_some(), "{}", case.name);
             if principal_before.is_some() {
@@ -132,8 +144,16 @@ async fn run(kind: &str, target: &str, api: &str) {
         // Converged: a second pass sends nothing.
         h.sim.clear_requests();
         let again = h.apply(&next).await;
-        assert!(again.iter().all(|r| r.error.is_none() && r.writes() == 0), "{}", case.name);
-        assert!(h.patch_bodies().is_empty(), "{kind} {api}: {} wrote again", case.name);
+        assert!(
+            again.iter().all(|r| r.error.is_none() && r.writes() == 0),
+            "{}",
+            case.name
+        );
+        assert!(
+            h.patch_bodies().is_empty(),
+            "{kind} {api}: {} wrote again",
+            case.name
+        );
         h.sim.shutdown().await;
     }
 }

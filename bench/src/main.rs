@@ -1,0 +1,168 @@
+//! vmidentity benchmarks: numbers printed, never asserted.
+//!
+//! `cargo run --release -p bench -- plan --targets 10000` plans that many targets (1-3 objects
+//! each, a pool of user-assigned identities, a mix of live states) and prints plans per second.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use serde_json::{Map, Value, json};
+use vmidentity_planner::{
+    DesiredObject, LiveResource, ObjectRef, RawSpec, group_by_target, plan_target,
+};
+
+#[derive(Parser)]
+#[command(name = "bench", about = "vmidentity benchmarks (print numbers)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Plan many targets in memory (the pure planner).
+    Plan {
+        #[arg(long, default_value_t = 10_000)]
+        targets: usize,
+        /// Size of the user-assigned identity pool.
+        #[arg(long, default_value_t = 200)]
+        identities: usize,
+        /// Repetitions (the best and the median are printed).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+}
+
+/// A small deterministic generator (xorshift), so runs are comparable.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+const SUB: &str = "/subscriptions/00000000-0000-0000-0000-0000000000b1";
+
+fn uai(i: usize) -> String {
+    format!("{SUB}/resourceGroups/rg-identities/providers/Microsoft.ManagedIdentity/userAssignedIdentities/uai-{i}")
+}
+
+fn target(i: usize) -> String {
+    if i % 10 == 0 {
+        format!("{SUB}/resourceGroups/rg-{}/providers/Microsoft.Compute/virtualMachineScaleSets/vmss-{i}", i % 50)
+    } else {
+        format!("{SUB}/resourceGroups/rg-{}/providers/Microsoft.Compute/virtualMachines/vm-{i}", i % 50)
+    }
+}
+
+fn world(targets: usize, pool: usize) -> (Vec<DesiredObject>, Vec<LiveResource>) {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut objects = Vec::new();
+    let mut lives = Vec::new();
+    for t in 0..targets {
+        let id = target(t);
+        let n_objects = 1 + rng.below(3);
+        for o in 0..n_objects {
+            let uais: Vec<String> = (0..1 + rng.below(3)).map(|_| uai(rng.below(pool))).collect();
+            let mut uais_dedup: Vec<String> = Vec::new();
+            for u in uais {
+                if !uais_dedup.contains(&u) {
+                    uais_dedup.push(u);
+                }
+            }
+            let raw = RawSpec {
+                target: id.clone(),
+                system_assigned: (o == 0 && rng.below(2) == 0).then_some(true),
+                user_assigned_identities: uais_dedup,
+                ..Default::default()
+            };
+            if let Ok(spec) = raw.validate() {
+                objects.push(DesiredObject::new(ObjectRef::new(format!("ns-{}", t % 20), format!("o-{t}-{o}")), spec));
+            }
+        }
+        // Live: a third converged-ish, a third empty, a third with unrelated identities.
+        let mut ident = Map::new();
+        match t % 3 {
+            0 => {
+                ident.insert("type".into(), json!("None"));
+            }
+            1 => {
+                let dict: Map<String, Value> =
+                    (0..3).map(|_| (uai(rng.below(pool)), json!({"principalId": "p", "clientId": "c"}))).collect();
+                ident.insert("type".into(), json!("SystemAssigned, UserAssigned"));
+                ident.insert("principalId".into(), json!("sys"));
+                ident.insert("userAssignedIdentities".into(), Value::Object(dict));
+            }
+            _ => {
+                ident.insert("type".into(), json!("SystemAssigned"));
+                ident.insert("principalId".into(), json!("sys"));
+            }
+        }
+        if let Ok(l) = LiveResource::from_arm_json(&json!({"id": id, "identity": Value::Object(ident)})) {
+            lives.push(l);
+        }
+    }
+    (objects, lives)
+}
+
+fn bench_plan(targets: usize, pool: usize, rounds: usize) {
+    let (objects, lives) = world(targets, pool);
+    let groups: Vec<Vec<DesiredObject>> = group_by_target(objects.clone()).into_values().collect();
+    println!(
+        "planner: {} targets, {} objects, identity pool {}, {} rounds",
+        groups.len(),
+        objects.len(),
+        pool,
+        rounds
+    );
+    let mut times: Vec<Duration> = Vec::new();
+    let mut writes = 0usize;
+    for _ in 0..rounds.max(1) {
+        let started = Instant::now();
+        let mut w = 0usize;
+        // Grouping is part of the work a resync does.
+        let groups = group_by_target(black_box(objects.clone()));
+        for (g, live) in groups.values().zip(lives.iter()) {
+            if let Ok(p) = plan_target(black_box(g), black_box(live)) {
+                w += p.writes.len();
+            }
+        }
+        times.push(started.elapsed());
+        writes = w;
+    }
+    times.sort();
+    let best = times[0];
+    let median = times[times.len() / 2];
+    let per_sec = |d: Duration| groups.len() as f64 / d.as_secs_f64();
+    println!("  writes planned per pass: {writes}");
+    println!(
+        "  best:   {:>8.1} ms  {:>12.0} plans/s  ({:.2} µs/plan)",
+        best.as_secs_f64() * 1e3,
+        per_sec(best),
+        best.as_secs_f64() * 1e6 / groups.len() as f64
+    );
+    println!(
+        "  median: {:>8.1} ms  {:>12.0} plans/s",
+        median.as_secs_f64() * 1e3,
+        per_sec(median)
+    );
+}
+
+fn main() {
+    match Cli::parse().command {
+        Cmd::Plan {
+            targets,
+            identities,
+            rounds,
+        } => bench_plan(targets, identities, rounds),
+    }
+}
