@@ -53,14 +53,22 @@ impl Rng {
 const SUB: &str = "/subscriptions/00000000-0000-0000-0000-0000000000b1";
 
 fn uai(i: usize) -> String {
-    format!("{SUB}/resourceGroups/rg-identities/providers/Microsoft.ManagedIdentity/userAssignedIdentities/uai-{i}")
+    format!(
+        "{SUB}/resourceGroups/rg-identities/providers/Microsoft.ManagedIdentity/userAssignedIdentities/uai-{i}"
+    )
 }
 
 fn target(i: usize) -> String {
     if i % 10 == 0 {
-        format!("{SUB}/resourceGroups/rg-{}/providers/Microsoft.Compute/virtualMachineScaleSets/vmss-{i}", i % 50)
+        format!(
+            "{SUB}/resourceGroups/rg-{}/providers/Microsoft.Compute/virtualMachineScaleSets/vmss-{i}",
+            i % 50
+        )
     } else {
-        format!("{SUB}/resourceGroups/rg-{}/providers/Microsoft.Compute/virtualMachines/vm-{i}", i % 50)
+        format!(
+            "{SUB}/resourceGroups/rg-{}/providers/Microsoft.Compute/virtualMachines/vm-{i}",
+            i % 50
+        )
     }
 }
 
@@ -72,7 +80,9 @@ fn world(targets: usize, pool: usize) -> (Vec<DesiredObject>, Vec<LiveResource>)
         let id = target(t);
         let n_objects = 1 + rng.below(3);
         for o in 0..n_objects {
-            let uais: Vec<String> = (0..1 + rng.below(3)).map(|_| uai(rng.below(pool))).collect();
+            let uais: Vec<String> = (0..1 + rng.below(3))
+                .map(|_| uai(rng.below(pool)))
+                .collect();
             let mut uais_dedup: Vec<String> = Vec::new();
             for u in uais {
                 if !uais_dedup.contains(&u) {
@@ -86,7 +96,10 @@ fn world(targets: usize, pool: usize) -> (Vec<DesiredObject>, Vec<LiveResource>)
                 ..Default::default()
             };
             if let Ok(spec) = raw.validate() {
-                objects.push(DesiredObject::new(ObjectRef::new(format!("ns-{}", t % 20), format!("o-{t}-{o}")), spec));
+                objects.push(DesiredObject::new(
+                    ObjectRef::new(format!("ns-{}", t % 20), format!("o-{t}-{o}")),
+                    spec,
+                ));
             }
         }
         // Live: a third converged-ish, a third empty, a third with unrelated identities.
@@ -96,8 +109,14 @@ fn world(targets: usize, pool: usize) -> (Vec<DesiredObject>, Vec<LiveResource>)
                 ident.insert("type".into(), json!("None"));
             }
             1 => {
-                let dict: Map<String, Value> =
-                    (0..3).map(|_| (uai(rng.below(pool)), json!({"principalId": "p", "clientId": "c"}))).collect();
+                let dict: Map<String, Value> = (0..3)
+                    .map(|_| {
+                        (
+                            uai(rng.below(pool)),
+                            json!({"principalId": "p", "clientId": "c"}),
+                        )
+                    })
+                    .collect();
                 ident.insert("type".into(), json!("SystemAssigned, UserAssigned"));
                 ident.insert("principalId".into(), json!("sys"));
                 ident.insert("userAssignedIdentities".into(), Value::Object(dict));
@@ -107,7 +126,9 @@ fn world(targets: usize, pool: usize) -> (Vec<DesiredObject>, Vec<LiveResource>)
                 ident.insert("principalId".into(), json!("sys"));
             }
         }
-        if let Ok(l) = LiveResource::from_arm_json(&json!({"id": id, "identity": Value::Object(ident)})) {
+        if let Ok(l) =
+            LiveResource::from_arm_json(&json!({"id": id, "identity": Value::Object(ident)}))
+        {
             lives.push(l);
         }
     }
