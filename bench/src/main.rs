@@ -59,7 +59,7 @@ fn uai(i: usize) -> String {
 }
 
 fn target(i: usize) -> String {
-    if i % 10 == 0 {
+    if i.is_multiple_of(10) {
         format!(
             "{SUB}/resourceGroups/rg-{}/providers/Microsoft.Compute/virtualMachineScaleSets/vmss-{i}",
             i % 50

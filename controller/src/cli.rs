@@ -34,6 +34,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Print the CustomResourceDefinition YAML.
     Crd,
+    /// Run the Kubernetes controller.
+    Controller(crate::operator::ControllerArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -99,6 +101,7 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Plan(a) => plan(a),
         Command::Apply(a) => apply(a).await,
         Command::Demo(_) => crate::demo::run().await,
+        Command::Controller(a) => crate::operator::run(a).await,
         Command::Crd => {
             let y = crate::crd::crd_yaml().map_err(|e| CliError::Other(e.to_string()))?;
             crate::out!("{y}");

@@ -93,7 +93,7 @@ pub struct VirtualMachineIdentitySpec {
     /// Resource IDs of user-assigned identities
     /// (`.../providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>`).
     #[serde(default)]
-    #[schemars(length(max = 150))]
+    #[schemars(length(max = 150), inner(length(min = 1, max = 350)))]
     #[x_kube(
         validation = Rule::new("self.all(id, id.matches('(?i)^/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\\\\.managedidentity/userassignedidentities/[^/]+$'))").message("each userAssignedIdentities entry must be a user-assigned identity ID: /subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>"),
         validation = Rule::new("self.all(a, self.filter(b, b.lowerAscii() == a.lowerAscii()).size() == 1)").message("userAssignedIdentities must not list the same identity twice (resource IDs are case-insensitive)")
@@ -102,12 +102,12 @@ pub struct VirtualMachineIdentitySpec {
 
     /// Azure RBAC role assignments the identities must hold.
     #[serde(default)]
-    #[schemars(length(max = 100))]
+    #[schemars(length(max = 64))]
     pub role_assignments: Vec<RoleAssignment>,
 
     /// Entra ID groups the identities must be members of.
     #[serde(default)]
-    #[schemars(length(max = 100))]
+    #[schemars(length(max = 64))]
     pub group_memberships: Vec<GroupMembership>,
 
     /// Detach (default): on deletion, remove the user-assigned identities this object applied
@@ -135,7 +135,7 @@ pub enum DeletionPolicy {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RoleAssignment {
     /// `SystemAssigned` or one of spec.userAssignedIdentities.
-    #[schemars(length(min = 1, max = 1024))]
+    #[schemars(length(min = 1, max = 350))]
     pub identity: String,
     /// A built-in role name (`Reader`), a role definition GUID, or a role definition ID.
     #[schemars(length(min = 1, max = 512))]
@@ -149,7 +149,7 @@ pub struct RoleAssignment {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GroupMembership {
     /// `SystemAssigned` or one of spec.userAssignedIdentities.
-    #[schemars(length(min = 1, max = 1024))]
+    #[schemars(length(min = 1, max = 350))]
     pub identity: String,
     /// The Entra ID group's object ID.
     #[schemars(regex(

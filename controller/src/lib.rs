@@ -6,4 +6,5 @@ pub mod crd;
 pub mod demo;
 pub mod engine;
 pub mod input;
+pub mod operator;
 pub mod out;

@@ -17,8 +17,9 @@ fn unauthorized(code: &str, message: &str, description: &str) -> ArmError {
     )
 }
 
-/// Accepts `Authorization: Bearer <token>` (scheme case-insensitive) with an accepted token.
-pub(crate) fn check(headers: &HeaderMap, accepted: &[String]) -> Result<(), ArmError> {
+/// Accepts `Authorization: Bearer <token>` (scheme case-insensitive) with an accepted
+/// token; returns the token.
+pub(crate) fn check(headers: &HeaderMap, accepted: &[String]) -> Result<String, ArmError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(unauthorized(
             "AuthenticationFailed",
@@ -38,7 +39,7 @@ pub(crate) fn check(headers: &HeaderMap, accepted: &[String]) -> Result<(), ArmE
         }
     };
     if accepted.iter().any(|t| t == token) {
-        Ok(())
+        Ok(token.to_string())
     } else {
         Err(unauthorized(
             "InvalidAuthenticationToken",

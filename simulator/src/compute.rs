@@ -255,7 +255,8 @@ fn commit_write(
             res.current_op = None;
         }
         let body = st.world.render_compute(&res, shape);
-        st.world.compute.insert(key, res);
+        st.world.compute.insert(key.clone(), res);
+        st.world.sync_compute_principals(&key);
         return ArmResponse::json(ok_status, body);
     }
     let op = lro::start(st, &key);
@@ -265,7 +266,8 @@ fn commit_write(
     let monitor_url = lro::monitor_url(st, &res.id.subscription, &res.location, &op, api_version);
     let retry_after = st.config.retry_after_secs.to_string();
     let body = st.world.render_compute(&res, shape);
-    st.world.compute.insert(key, res);
+    st.world.compute.insert(key.clone(), res);
+    st.world.sync_compute_principals(&key);
     let resp = match mode {
         LroMode::Async202 => ArmResponse::empty(StatusCode::ACCEPTED)
             .header(HeaderName::from_static("location"), &monitor_url),
@@ -286,7 +288,7 @@ pub(crate) fn delete(st: &mut State, id: &ResourceId) -> Result<ArmResponse, Arm
         .get(&key)
         .is_some_and(|r| r.id.kind == id.kind);
     if exists {
-        st.world.compute.remove(&key);
+        st.world.remove_compute(&key);
         Ok(ArmResponse::empty(StatusCode::OK))
     } else {
         Ok(ArmResponse::empty(StatusCode::NO_CONTENT))

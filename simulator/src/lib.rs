@@ -1,7 +1,9 @@
 //! An Azure Resource Manager simulator for the parts vmidentity uses:
 //! Microsoft.Compute VM/VMSS identity (GET/PATCH/PUT at api-versions 2017-12-01,
 //! 2018-06-01 and later), Microsoft.ManagedIdentity user-assigned identities,
-//! Compute long-running operations, bearer auth, fault injection, counters.
+//! Compute long-running operations, Microsoft.Authorization role definitions and
+//! assignments, Microsoft Graph v1.0 group memberships, Azure Resource Graph queries,
+//! bearer auth, fault injection, counters.
 //!
 //! It is an independent implementation of ARM semantics (see README.md for the
 //! sources each rule follows). Start one with [`start`]; it serves real HTTP on
@@ -9,13 +11,18 @@
 
 mod admin;
 mod auth;
+mod authz;
 mod compute;
+mod directory;
 mod errors;
 mod faults;
+mod graph;
 mod identity;
 mod ids;
 mod lro;
 mod msi;
+mod resourcegraph;
+mod scope;
 mod server;
 mod state;
 mod world;
@@ -30,14 +37,22 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use crate::authz::{
+    AUTHORIZATION_API_VERSIONS, DEFAULT_ROLE_ASSIGNMENT_LIMIT,
+    MANAGEMENT_GROUP_ROLE_ASSIGNMENT_LIMIT, SeedPermission,
+};
 pub use crate::compute::COMPUTE_API_VERSIONS;
+pub use crate::directory::PrincipalKind;
 pub use crate::errors::SimError;
 pub use crate::faults::{FaultAction, FaultRule};
+pub use crate::graph::GRAPH_MAX_PAGE_SIZE;
 pub use crate::identity::MAX_UAI_PER_REQUEST;
 pub use crate::msi::MSI_API_VERSIONS;
+pub use crate::resourcegraph::{ARG_DEFAULT_TOP, ARG_MAX_TOP, RESOURCE_GRAPH_API_VERSIONS};
 pub use crate::state::{Counters, RecordedRequest, ResourceCounters};
 pub use crate::world::{
-    DEFAULT_LOCATION, DEFAULT_TENANT_ID, SeedComputeResource, SeedIdentity, SeedResourceGroup,
+    DEFAULT_LOCATION, DEFAULT_TENANT_ID, SeedComputeResource, SeedGroup, SeedIdentity,
+    SeedPrincipal, SeedResourceGroup, SeedRoleAssignment, SeedRoleDefinition,
     SeedUserAssignedIdentity, SeedUserIds, WorldSeed,
 };
 
@@ -73,6 +88,40 @@ impl std::str::FromStr for LroMode {
     }
 }
 
+/// Who is behind an ARM bearer token, and where it may write role assignments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallerConfig {
+    /// The bearer token (accepted on ARM routes in addition to `accepted_tokens`).
+    pub token: String,
+    /// Object id named in `AuthorizationFailed` messages and `createdBy`.
+    pub object_id: String,
+    /// Client (application) id named in `AuthorizationFailed` messages.
+    pub client_id: String,
+    /// Scopes at (and below) which the caller may PUT/DELETE role assignments;
+    /// `None` = everywhere (the default for tokens without a `CallerConfig`).
+    pub role_assignment_write_scopes: Option<Vec<String>>,
+}
+
+impl CallerConfig {
+    /// A caller with ids derived from the token (uuid v5) that may write everywhere.
+    pub fn new(token: &str) -> CallerConfig {
+        let ns = uuid::Uuid::NAMESPACE_OID;
+        CallerConfig {
+            token: token.to_string(),
+            object_id: uuid::Uuid::new_v5(&ns, format!("object:{token}").as_bytes()).to_string(),
+            client_id: uuid::Uuid::new_v5(&ns, format!("client:{token}").as_bytes()).to_string(),
+            role_assignment_write_scopes: None,
+        }
+    }
+
+    /// Restricts role-assignment writes to these scopes (and below); empty = nowhere.
+    pub fn with_role_assignment_write_scopes(mut self, scopes: &[&str]) -> CallerConfig {
+        self.role_assignment_write_scopes = Some(scopes.iter().map(|s| s.to_string()).collect());
+        self
+    }
+}
+
 /// Simulator configuration.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -91,6 +140,30 @@ pub struct SimConfig {
     pub noop_patch_completes_immediately: bool,
     /// Size of the request log ring (oldest dropped first). 0 disables the log.
     pub max_logged_requests: usize,
+    /// Callers (token → ids and role-assignment write rights). Tokens listed here are
+    /// accepted on ARM routes too. Default empty: every accepted token may write
+    /// role assignments everywhere.
+    pub callers: Vec<CallerConfig>,
+    /// Bearer tokens accepted on Graph routes (`/v1.0/…`, `/beta/…`). ARM tokens are not.
+    pub graph_tokens: Vec<String>,
+    /// A principal younger than this is unknown to role-assignment PUTs without
+    /// `principalType` (400 `PrincipalNotFound`). Default 0.
+    pub principal_replication_delay: Duration,
+    /// Role assignments per list page before `nextLink`. Default 1000.
+    pub role_assignment_page_size: usize,
+    /// Role assignments per subscription (ARM-BEHAVIOUR.md §5: 4000).
+    pub role_assignment_limit: usize,
+    /// Default Graph page size when `$top` is absent (graph/GRAPH-MEMBERS.md §5: 100).
+    pub graph_page_size: usize,
+    /// v1.0 `GET /groups/{id}/members` omits service principals (documented known
+    /// issue, graph/GRAPH-MEMBERS.md §4). Default true; `/beta` and `$expand=members`
+    /// always list them.
+    pub graph_members_omit_service_principals: bool,
+    /// Resource Graph rows show the world as it was this long ago. Default 0.
+    pub resource_graph_lag: Duration,
+    /// Resource Graph queries per caller per window (ARM-BEHAVIOUR.md §6: 15 per 5 s).
+    pub resource_graph_quota: u32,
+    pub resource_graph_quota_window: Duration,
 }
 
 impl Default for SimConfig {
@@ -104,6 +177,16 @@ impl Default for SimConfig {
             min_operation_duration: Duration::ZERO,
             noop_patch_completes_immediately: true,
             max_logged_requests: 100_000,
+            callers: Vec::new(),
+            graph_tokens: vec!["sim-graph-token".to_string()],
+            principal_replication_delay: Duration::ZERO,
+            role_assignment_page_size: 1000,
+            role_assignment_limit: DEFAULT_ROLE_ASSIGNMENT_LIMIT,
+            graph_page_size: 100,
+            graph_members_omit_service_principals: true,
+            resource_graph_lag: Duration::ZERO,
+            resource_graph_quota: 15,
+            resource_graph_quota_window: Duration::from_secs(5),
         }
     }
 }
@@ -138,6 +221,16 @@ pub async fn start_on(config: SimConfig, addr: SocketAddr) -> Result<SimHandle, 
             min_operation_duration: config.min_operation_duration,
             noop_patch_completes_immediately: config.noop_patch_completes_immediately,
             max_logged_requests: config.max_logged_requests,
+            callers: config.callers,
+            graph_tokens: config.graph_tokens,
+            principal_replication_delay: config.principal_replication_delay,
+            role_assignment_page_size: config.role_assignment_page_size,
+            role_assignment_limit: config.role_assignment_limit,
+            graph_page_size: config.graph_page_size,
+            graph_members_omit_service_principals: config.graph_members_omit_service_principals,
+            arg_lag: config.resource_graph_lag,
+            arg_quota: config.resource_graph_quota,
+            arg_quota_window: config.resource_graph_quota_window,
         },
         base_url: base_url.clone(),
         counters: Counters::default(),
@@ -145,6 +238,7 @@ pub async fn start_on(config: SimConfig, addr: SocketAddr) -> Result<SimHandle, 
         faults: Vec::new(),
         ops: HashMap::new(),
         buckets: HashMap::new(),
+        arg_quota: HashMap::new(),
     };
     let shared = Shared(Arc::new(Mutex::new(state)));
     let app = admin::router()
@@ -322,6 +416,7 @@ impl SimHandle {
         if let Some(r) = st.world.compute.get_mut(&id.key()) {
             r.set_identity(state);
         }
+        st.world.sync_compute_principals(&id.key());
         Ok(())
     }
 
@@ -336,10 +431,12 @@ impl SimHandle {
         st.world
             .ensure_group(&id.subscription, &id.resource_group, location);
         let key = id.key();
-        st.world
-            .compute
-            .entry(key)
-            .or_insert_with(|| world::ComputeResource::new(id, location));
+        if !st.world.compute.contains_key(&key) {
+            st.world
+                .compute
+                .insert(key.clone(), world::ComputeResource::new(id, location));
+            st.world.sync_compute_principals(&key);
+        }
         Ok(())
     }
 
@@ -347,7 +444,7 @@ impl SimHandle {
     pub fn delete_resource(&self, resource_id: &str) -> bool {
         let key = key_of(resource_id);
         let mut st = self.shared.lock();
-        st.world.compute.remove(&key).is_some() || st.world.uais.remove(&key).is_some()
+        st.world.remove_compute(&key) || st.world.remove_uai(&key)
     }
 
     /// Creates a user-assigned identity (fresh principalId/clientId) and returns it as
@@ -372,7 +469,7 @@ impl SimHandle {
 
     /// Deletes a user-assigned identity out of band. True if it existed.
     pub fn delete_user_assigned_identity(&self, id: &str) -> bool {
-        self.shared.lock().world.uais.remove(&key_of(id)).is_some()
+        self.shared.lock().world.remove_uai(&key_of(id))
     }
 
     /// A user-assigned identity as GET shows it.
@@ -393,6 +490,282 @@ impl SimHandle {
             .get(&key_of(resource_id))
             .map(|r| r.principal_history.clone())
             .unwrap_or_default()
+    }
+
+    // ----- Microsoft.Authorization / Graph helpers -----
+
+    /// Every role assignment as GET shows it, in creation order.
+    pub fn role_assignments(&self) -> Vec<Value> {
+        let st = self.shared.lock();
+        let mut v: Vec<_> = st.world.authz.assignments.values().collect();
+        v.sort_by_key(|a| a.seq);
+        v.into_iter().map(|a| a.render()).collect()
+    }
+
+    /// Role assignments of one principal (any scope), in creation order.
+    pub fn role_assignments_of(&self, principal_id: &str) -> Vec<Value> {
+        self.role_assignments()
+            .into_iter()
+            .filter(|a| {
+                a["properties"]["principalId"]
+                    .as_str()
+                    .is_some_and(|p| p.eq_ignore_ascii_case(principal_id))
+            })
+            .collect()
+    }
+
+    /// Creates a role assignment out of band (no caller-rights or replication checks;
+    /// the role must exist at the scope). `role_definition` is a GUID or a role
+    /// definition id; `name` None = a fresh GUID. Returns the assignment as GET shows it.
+    pub fn create_role_assignment(
+        &self,
+        scope: &str,
+        name: Option<&str>,
+        role_definition: &str,
+        principal_id: &str,
+    ) -> Result<Value, SimError> {
+        let sc = scope::Scope::parse(scope)
+            .ok_or_else(|| SimError::Seed(format!("'{scope}' is not a scope")))?;
+        let role_guid = if directory::is_guid(role_definition) {
+            role_definition.to_ascii_lowercase()
+        } else {
+            authz::role_guid_of(role_definition).ok_or_else(|| {
+                SimError::Seed(format!("'{role_definition}' is not a role definition id"))
+            })?
+        };
+        let name = name.map_or_else(world::new_uuid, str::to_string);
+        let mut st = self.shared.lock();
+        let principal_type = st
+            .world
+            .directory
+            .live(principal_id)
+            .map_or("ServicePrincipal", |p| p.kind.principal_type())
+            .to_string();
+        let req = authz::NewAssignment {
+            role_guid,
+            principal_id: principal_id.to_string(),
+            principal_type: Some(principal_type),
+            description: None,
+            condition: None,
+            condition_version: None,
+        };
+        let resp = authz::create_assignment(&mut st, &sc, &name, req, "armsim".to_string())
+            .map_err(|e| SimError::Identity {
+                code: e.code.clone(),
+                message: e.message.clone(),
+            })?;
+        Ok(resp.body.unwrap_or(Value::Null))
+    }
+
+    /// Deletes a role assignment by name out of band. True if it existed.
+    pub fn delete_role_assignment(&self, name: &str) -> bool {
+        self.shared
+            .lock()
+            .world
+            .authz
+            .assignments
+            .remove(&name.to_ascii_lowercase())
+            .is_some()
+    }
+
+    /// Direct members of an Entra group (object ids as first given, in order added,
+    /// service principals included); `None` when the group does not exist.
+    pub fn group_members(&self, group_id: &str) -> Option<Vec<String>> {
+        let st = self.shared.lock();
+        let g = st
+            .world
+            .directory
+            .groups
+            .get(&group_id.to_ascii_lowercase())?;
+        Some(
+            g.members
+                .iter()
+                .map(|m| {
+                    st.world
+                        .directory
+                        .principals
+                        .get(m)
+                        .map_or_else(|| m.clone(), |p| p.id.clone())
+                })
+                .collect(),
+        )
+    }
+
+    /// Creates an Entra security group (also a principal of type Group). False if a
+    /// principal with that id already exists.
+    pub fn add_group(&self, group_id: &str, display_name: &str) -> bool {
+        let mut st = self.shared.lock();
+        if st.world.directory.live(group_id).is_some() {
+            return false;
+        }
+        st.world.directory.register(directory::NewPrincipal {
+            id: group_id.to_string(),
+            kind: PrincipalKind::Group,
+            display_name: display_name.to_string(),
+            app_id: None,
+            service_principal_type: None,
+            alternative_names: Vec::new(),
+            seeded: true,
+        });
+        st.world.directory.groups.insert(
+            group_id.to_ascii_lowercase(),
+            directory::EntraGroup {
+                id: group_id.to_string(),
+                description: None,
+                members: Vec::new(),
+            },
+        );
+        true
+    }
+
+    /// Adds a member out of band. False when the group or principal does not exist or
+    /// it already is a member.
+    pub fn add_group_member(&self, group_id: &str, member_id: &str) -> bool {
+        let mut st = self.shared.lock();
+        if st.world.directory.live(member_id).is_none() {
+            return false;
+        }
+        let key = member_id.to_ascii_lowercase();
+        match st
+            .world
+            .directory
+            .groups
+            .get_mut(&group_id.to_ascii_lowercase())
+        {
+            Some(g) if !g.members.contains(&key) => {
+                g.members.push(key);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Removes a member out of band. True if it was a member.
+    pub fn remove_group_member(&self, group_id: &str, member_id: &str) -> bool {
+        let mut st = self.shared.lock();
+        let key = member_id.to_ascii_lowercase();
+        match st
+            .world
+            .directory
+            .groups
+            .get_mut(&group_id.to_ascii_lowercase())
+        {
+            Some(g) => {
+                let before = g.members.len();
+                g.members.retain(|m| *m != key);
+                g.members.len() != before
+            }
+            None => false,
+        }
+    }
+
+    /// A live directory object as Graph v1.0 shows it (`@odata.type`, `id`, …);
+    /// `None` when unknown or deleted.
+    pub fn principal(&self, object_id: &str) -> Option<Value> {
+        let st = self.shared.lock();
+        let p = st.world.directory.live(object_id)?;
+        Some(st.world.directory.render(p))
+    }
+
+    /// True when the principal exists and is older than the replication delay, i.e. a
+    /// role-assignment PUT without `principalType` would find it.
+    pub fn principal_replicated(&self, object_id: &str) -> bool {
+        let st = self.shared.lock();
+        let delay = st.config.principal_replication_delay;
+        st.world
+            .directory
+            .live(object_id)
+            .is_some_and(|p| p.replicated(delay))
+    }
+
+    /// True when the principal existed and has been deleted (identity deleted/disabled).
+    pub fn principal_deleted(&self, object_id: &str) -> bool {
+        self.shared
+            .lock()
+            .world
+            .directory
+            .principals
+            .get(&object_id.to_ascii_lowercase())
+            .is_some_and(|p| p.deleted)
+    }
+
+    /// Ids of the groups the principal is a direct member of.
+    pub fn member_of(&self, object_id: &str) -> Vec<String> {
+        let st = self.shared.lock();
+        st.world
+            .directory
+            .member_of(object_id)
+            .iter()
+            .filter_map(|g| st.world.directory.groups.get(g).map(|x| x.id.clone()))
+            .collect()
+    }
+
+    /// Changes the principal replication delay for subsequent role-assignment PUTs.
+    pub fn set_principal_replication_delay(&self, delay: Duration) {
+        self.shared.lock().config.principal_replication_delay = delay;
+    }
+
+    /// Grants the caller behind `token` role-assignment writes at `scope` (and below).
+    /// A token without a `CallerConfig` gets one (it could already write everywhere).
+    pub fn grant_role_assignment_write(&self, token: &str, scope: &str) {
+        let mut st = self.shared.lock();
+        let idx = caller_index(&mut st.config, token);
+        let c = &mut st.config.callers[idx];
+        let list = c.role_assignment_write_scopes.get_or_insert_with(Vec::new);
+        if !list.iter().any(|s| s.eq_ignore_ascii_case(scope)) {
+            list.push(scope.to_string());
+        }
+    }
+
+    /// Revokes a grant made at exactly `scope` (case-insensitive). A caller that could
+    /// write everywhere is first restricted to nothing.
+    pub fn revoke_role_assignment_write(&self, token: &str, scope: &str) {
+        let mut st = self.shared.lock();
+        let idx = caller_index(&mut st.config, token);
+        let c = &mut st.config.callers[idx];
+        let list = c.role_assignment_write_scopes.get_or_insert_with(Vec::new);
+        list.retain(|s| {
+            !s.trim_end_matches('/')
+                .eq_ignore_ascii_case(scope.trim_end_matches('/'))
+        });
+    }
+
+    /// Sets the caller's write scopes wholesale (`None` = everywhere).
+    pub fn set_role_assignment_write_scopes(&self, token: &str, scopes: Option<Vec<String>>) {
+        let mut st = self.shared.lock();
+        let idx = caller_index(&mut st.config, token);
+        st.config.callers[idx].role_assignment_write_scopes = scopes;
+    }
+
+    /// Changes the Resource Graph lag for subsequent queries.
+    pub fn set_resource_graph_lag(&self, lag: Duration) {
+        self.shared.lock().config.arg_lag = lag;
+    }
+
+    /// Changes the Resource Graph quota (queries per window per caller); resets the
+    /// current windows.
+    pub fn set_resource_graph_quota(&self, quota: u32, window: Duration) {
+        let mut st = self.shared.lock();
+        st.config.arg_quota = quota;
+        st.config.arg_quota_window = window;
+        st.arg_quota.clear();
+    }
+
+    /// Resource Graph queries left in the caller's current window.
+    pub fn resource_graph_quota_remaining(&self, token: &str) -> u32 {
+        let st = self.shared.lock();
+        let quota = st.config.arg_quota;
+        match st.arg_quota.get(token) {
+            Some(w) if w.start.elapsed() < st.config.arg_quota_window => {
+                quota.saturating_sub(w.used)
+            }
+            _ => quota,
+        }
+    }
+
+    /// The caller configuration an ARM token maps to.
+    pub fn caller(&self, token: &str) -> CallerConfig {
+        self.shared.lock().config.caller(token)
     }
 
     /// The tenant id of the world.
@@ -420,6 +793,14 @@ impl SimHandle {
             }
         }
     }
+}
+
+fn caller_index(cfg: &mut state::RuntimeConfig, token: &str) -> usize {
+    if let Some(i) = cfg.callers.iter().position(|c| c.token == token) {
+        return i;
+    }
+    cfg.callers.push(CallerConfig::new(token));
+    cfg.callers.len() - 1
 }
 
 impl Drop for SimHandle {

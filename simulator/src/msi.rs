@@ -104,7 +104,7 @@ pub(crate) fn delete(st: &mut State, id: &ResourceId) -> Result<ArmResponse, Arm
         return Err(ArmError::resource_group_not_found(&id.resource_group));
     }
     // 200 when deleted, 204 when it did not exist (msi/2018-11-30/examples/IdentityDelete.json).
-    if st.world.uais.remove(&id.key()).is_some() {
+    if st.world.remove_uai(&id.key()) {
         Ok(ArmResponse::empty(StatusCode::OK))
     } else {
         Ok(ArmResponse::empty(StatusCode::NO_CONTENT))

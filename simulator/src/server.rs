@@ -7,11 +7,14 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, he
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
+use crate::authz::{self, AuthzTarget};
 use crate::errors::ArmError;
 use crate::faults::{self, FaultAction};
+use crate::graph::{self, GraphVersion};
 use crate::ids::ResourceId;
+use crate::scope::Scope;
 use crate::state::{RecordedRequest, Shared, State, now_rfc3339};
-use crate::{auth, compute, lro, msi};
+use crate::{CallerConfig, auth, compute, lro, msi};
 
 /// A response before it becomes an HTTP response.
 #[derive(Debug, Clone)]
@@ -79,11 +82,51 @@ impl IntoResponse for ArmResponse {
 #[derive(Debug, Clone)]
 pub(crate) enum Route {
     Resource(ResourceId),
-    Operation { subscription: String, op_id: String },
+    Operation {
+        subscription: String,
+        op_id: String,
+    },
+    /// `{scope}/providers/Microsoft.Authorization/roleAssignments|roleDefinitions[/{name}]`
+    /// (`None` scope: the scope part is not a valid scope).
+    Authorization {
+        scope: Option<Scope>,
+        target: AuthzTarget,
+    },
+    /// `POST /providers/Microsoft.ResourceGraph/resources`.
+    ResourceGraph,
+    /// Microsoft Graph `/v1.0/…` or `/beta/…` (decoded segments).
+    Graph {
+        version: GraphVersion,
+        segments: Vec<String>,
+    },
     Unknown,
 }
 
+impl Route {
+    /// The subscription whose ARM rate-limit buckets the request uses.
+    fn subscription(&self) -> Option<String> {
+        match self {
+            Route::Resource(id) => Some(id.subscription.to_ascii_lowercase()),
+            Route::Operation { subscription, .. } => Some(subscription.to_ascii_lowercase()),
+            Route::Authorization { scope: Some(s), .. } => {
+                s.subscription().map(str::to_ascii_lowercase)
+            }
+            _ => None,
+        }
+    }
+}
+
 pub(crate) fn parse_route(path: &str) -> Route {
+    if let Some((version, segments)) = graph::parse_path(path) {
+        return Route::Graph { version, segments };
+    }
+    let t = path.trim_end_matches('/');
+    if t.eq_ignore_ascii_case("/providers/Microsoft.ResourceGraph/resources") {
+        return Route::ResourceGraph;
+    }
+    if let Some((scope, target)) = authz::parse_path(path) {
+        return Route::Authorization { scope, target };
+    }
     if let Ok(id) = ResourceId::parse(path) {
         return Route::Resource(id);
     }
@@ -105,6 +148,50 @@ pub(crate) fn parse_route(path: &str) -> Route {
         };
     }
     Route::Unknown
+}
+
+/// Percent-decodes (`+` → space when `plus_is_space`); invalid escapes are kept.
+pub(crate) fn percent_decode(s: &str, plus_is_space: bool) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A query parameter, name and value percent-decoded (`%24filter` = `$filter`); the
+/// name compares case-insensitively.
+pub(crate) fn query_decoded(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        percent_decode(k, true)
+            .eq_ignore_ascii_case(name)
+            .then(|| percent_decode(v, true))
+    })
 }
 
 /// `key=value` pairs of a query string (no percent-decoding needed for what we read).
@@ -200,17 +287,34 @@ fn count_arrival(st: &mut State, method: &Method, route: &Route) {
             }
         }
         Route::Operation { .. } => st.counters.polls += 1,
+        Route::Authorization { .. } => {
+            if *method == Method::GET || *method == Method::HEAD {
+                st.counters.authorization_reads += 1;
+            } else {
+                st.counters.authorization_writes += 1;
+            }
+        }
+        Route::Graph { .. } => {
+            if graph::is_write(method) {
+                st.counters.graph_writes += 1;
+            } else {
+                st.counters.graph_reads += 1;
+            }
+        }
+        Route::ResourceGraph => st.counters.resource_graph_queries += 1,
         Route::Unknown => {}
     }
 }
 
 fn add_standard_headers(st: &mut State, method: &Method, route: &Route, resp: &mut ArmResponse) {
-    let sub = match route {
-        Route::Resource(id) => Some(id.subscription.to_ascii_lowercase()),
-        Route::Operation { subscription, .. } => Some(subscription.to_ascii_lowercase()),
-        Route::Unknown => None,
-    };
-    if let Some(sub) = sub {
+    if let Route::Graph { .. } = route {
+        // Graph names its ids `request-id` / `client-request-id`.
+        let rid = uuid::Uuid::new_v4().to_string();
+        push_header(resp, "request-id", &rid);
+        push_header(resp, "client-request-id", &rid);
+        return;
+    }
+    if let Some(sub) = route.subscription() {
         let b = st.buckets.entry(sub).or_default();
         let (name, global, remaining, cap) = if *method == Method::GET || *method == Method::HEAD {
             let r = b.reads.take();
@@ -266,10 +370,21 @@ async fn handle(
     body: Option<&Value>,
     body_ok: bool,
 ) -> ArmResponse {
-    let accepted = shared.lock().config.accepted_tokens.clone();
-    if let Err(e) = auth::check(headers, &accepted) {
-        return e.into();
-    }
+    let is_graph = matches!(route, Route::Graph { .. });
+    let caller = {
+        let st = shared.lock();
+        if is_graph {
+            match graph::check_auth(headers, &st.config.graph_tokens) {
+                Ok(()) => None,
+                Err(e) => return e.into(),
+            }
+        } else {
+            match auth::check(headers, &st.config.arm_tokens()) {
+                Ok(token) => Some(st.config.caller(&token)),
+                Err(e) => return e.into(),
+            }
+        }
+    };
     let fault = {
         let mut st = shared.lock();
         faults::take(&mut st, method.as_str(), path)
@@ -278,16 +393,39 @@ async fn handle(
         Some(FaultAction::Delay { ms }) => {
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         }
+        Some(FaultAction::Throttle { retry_after_secs }) if is_graph => {
+            return graph::throttle_error(retry_after_secs).into();
+        }
         Some(FaultAction::Throttle { retry_after_secs }) => {
             return faults::throttle_error(method.as_str(), path, retry_after_secs).into();
+        }
+        Some(FaultAction::Status { code }) if is_graph => {
+            let e = faults::status_error(code);
+            return graph::graph_error(e.status, &e.code, e.message).into();
         }
         Some(FaultAction::Status { code }) => return faults::status_error(code).into(),
         None => {}
     }
+    let caller = caller.unwrap_or_else(|| CallerConfig::new(""));
     let mut st = shared.lock();
-    dispatch(&mut st, method, route, path, query, body, body_ok).unwrap_or_else(Into::into)
+    if let Route::ResourceGraph = route {
+        if *method != Method::POST {
+            return method_not_allowed(method).into();
+        }
+        let (allowed, remaining, resets) = crate::resourcegraph::take_quota(&mut st, &caller.token);
+        let mut resp: ArmResponse = if allowed {
+            crate::resourcegraph::query(&mut st, query, body).unwrap_or_else(Into::into)
+        } else {
+            st.counters.resource_graph_throttled += 1;
+            crate::resourcegraph::throttled(resets).into()
+        };
+        crate::resourcegraph::quota_headers(&mut resp, remaining, resets);
+        return resp;
+    }
+    dispatch(&mut st, method, route, path, query, body, body_ok, &caller).unwrap_or_else(Into::into)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn dispatch(
     st: &mut State,
     method: &Method,
@@ -296,8 +434,32 @@ fn dispatch(
     query: Option<&str>,
     body: Option<&Value>,
     body_ok: bool,
+    caller: &CallerConfig,
 ) -> Result<ArmResponse, ArmError> {
     match route {
+        Route::Authorization { scope, target } => {
+            authz::check_api_version(
+                query_decoded(query, "api-version").as_deref(),
+                match target {
+                    AuthzTarget::RoleAssignments | AuthzTarget::RoleAssignment(_) => {
+                        "roleAssignments"
+                    }
+                    _ => "roleDefinitions",
+                },
+            )?;
+            check_body(*method == Method::PUT, body_ok)?;
+            authz::dispatch(st, method, scope.as_ref(), target, query, body, caller)
+        }
+        Route::Graph { version, segments } => {
+            if graph::is_write(method) && !body_ok {
+                return Err(graph::graph_error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "Unable to read JSON request payload. Please ensure Content-Type header is set and payload is of valid JSON format.",
+                ));
+            }
+            graph::dispatch(st, method, *version, segments, query, body)
+        }
         Route::Resource(id) => {
             let api_version = query_param(query, "api-version");
             let location = location_hint(st, id);
@@ -334,6 +496,8 @@ fn dispatch(
                 query_param(query, "monitor").is_some_and(|v| v.eq_ignore_ascii_case("true"));
             lro::poll(st, op_id, monitor)
         }
+        // Answered in `handle` (quota headers); not reached.
+        Route::ResourceGraph => Err(method_not_allowed(method)),
         Route::Unknown => Err(ArmError::new(
             StatusCode::NOT_FOUND,
             "NotFound",

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::LroMode;
 use crate::faults::FaultRule;
 use crate::world::World;
+use crate::{CallerConfig, LroMode};
 
 /// Totals and per-resource counts. Every request is counted on arrival (before auth,
 /// faults and validation), so a refused or throttled write still counts as a write.
@@ -27,8 +27,20 @@ pub struct Counters {
     pub throttled: u64,
     /// 5xx responses sent.
     pub server_errors: u64,
-    /// Every ARM-route request (including unknown routes).
+    /// Every ARM-route request (including unknown routes and Graph).
     pub requests: u64,
+    /// GETs of Microsoft.Authorization role assignments / definitions.
+    pub authorization_reads: u64,
+    /// PUT/DELETE (any non-GET) of Microsoft.Authorization role assignments.
+    pub authorization_writes: u64,
+    /// GETs of Microsoft Graph routes (`/v1.0/…`, `/beta/…`).
+    pub graph_reads: u64,
+    /// POST/DELETE (any non-GET) of Microsoft Graph routes.
+    pub graph_writes: u64,
+    /// Resource Graph query POSTs (including throttled ones).
+    pub resource_graph_queries: u64,
+    /// Resource Graph 429s (quota exceeded; also counted in `throttled`).
+    pub resource_graph_throttled: u64,
     /// Per resource id (case-folded).
     pub per_resource: BTreeMap<String, ResourceCounters>,
 }
@@ -127,6 +139,35 @@ pub(crate) struct RuntimeConfig {
     pub min_operation_duration: Duration,
     pub noop_patch_completes_immediately: bool,
     pub max_logged_requests: usize,
+    pub callers: Vec<CallerConfig>,
+    pub graph_tokens: Vec<String>,
+    pub principal_replication_delay: Duration,
+    pub role_assignment_page_size: usize,
+    pub role_assignment_limit: usize,
+    pub graph_page_size: usize,
+    pub graph_members_omit_service_principals: bool,
+    pub arg_lag: Duration,
+    pub arg_quota: u32,
+    pub arg_quota_window: Duration,
+}
+
+impl RuntimeConfig {
+    /// The caller behind an accepted ARM token: its configured entry, or a default caller
+    /// (ids derived from the token, may write role assignments everywhere).
+    pub fn caller(&self, token: &str) -> CallerConfig {
+        self.callers
+            .iter()
+            .find(|c| c.token == token)
+            .cloned()
+            .unwrap_or_else(|| CallerConfig::new(token))
+    }
+
+    /// Every token accepted on ARM routes.
+    pub fn arm_tokens(&self) -> Vec<String> {
+        let mut t = self.accepted_tokens.clone();
+        t.extend(self.callers.iter().map(|c| c.token.clone()));
+        t
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -144,6 +185,8 @@ pub(crate) struct State {
     pub faults: Vec<ActiveFault>,
     pub ops: HashMap<String, Operation>,
     pub buckets: HashMap<String, SubscriptionBuckets>,
+    /// Resource Graph quota windows per caller token.
+    pub arg_quota: HashMap<String, crate::resourcegraph::QuotaWindow>,
 }
 
 /// Handle to the shared state.

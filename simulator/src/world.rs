@@ -6,9 +6,12 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use crate::authz::{Authorization, RoleAssignment, RoleDefinition, SeedPermission};
+use crate::directory::{Directory, EntraGroup, NewPrincipal, PrincipalKind, is_guid};
 use crate::errors::SimError;
 use crate::identity::{self, IdType, IdentityState, Mode, Shape};
 use crate::ids::{IdError, ResourceId, ResourceKind, group_key};
+use crate::scope::Scope;
 
 /// Tenant used when the seed gives none (a fixed, obviously synthetic uuid).
 pub const DEFAULT_TENANT_ID: &str = "f0e1d2c3-b4a5-4969-8877-665544332211";
@@ -39,6 +42,83 @@ pub struct WorldSeed {
     pub virtual_machines: Vec<SeedComputeResource>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub virtual_machine_scale_sets: Vec<SeedComputeResource>,
+    /// Extra directory objects (users, groups, application service principals).
+    /// Managed identities' service principals are created automatically.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub principals: Vec<SeedPrincipal>,
+    /// Entra ID security groups (Graph), each also a principal of type Group.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<SeedGroup>,
+    /// Custom role definitions (the built-in roles are always present).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub role_definitions: Vec<SeedRoleDefinition>,
+    /// Role assignments present at start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub role_assignments: Vec<SeedRoleAssignment>,
+}
+
+/// A seeded directory object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SeedPrincipal {
+    /// Object id (GUID).
+    pub id: String,
+    /// `User`, `ServicePrincipal` or `Group` (a group listed here has no Graph group
+    /// behind it; list it under `groups` for that).
+    #[serde(rename = "type")]
+    pub principal_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// `appId` of a service principal; generated when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<String>,
+}
+
+/// A seeded Entra ID security group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SeedGroup {
+    /// Object id (GUID).
+    pub id: String,
+    pub display_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Object ids of direct members: seeded principals, groups, or principal ids of
+    /// seeded user-assigned / system-assigned identities.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
+}
+
+/// A seeded custom role definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SeedRoleDefinition {
+    /// The definition's name (GUID).
+    pub id: String,
+    pub role_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Scopes at (and below) which it is visible and assignable.
+    pub assignable_scopes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub permissions: Vec<SeedPermission>,
+}
+
+/// A seeded role assignment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SeedRoleAssignment {
+    /// Name (GUID); generated when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub scope: String,
+    /// A role definition id (`…/providers/Microsoft.Authorization/roleDefinitions/{guid}`)
+    /// or just the GUID.
+    pub role_definition_id: String,
+    pub principal_id: String,
+    /// Default: the principal's type, or `ServicePrincipal` when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal_type: Option<String>,
 }
 
 /// An explicitly declared resource group: `/subscriptions/{sub}/resourceGroups/{name}`.
@@ -246,6 +326,12 @@ pub(crate) struct World {
     pub groups: BTreeMap<String, Group>,
     pub uais: BTreeMap<String, Uai>,
     pub compute: BTreeMap<String, ComputeResource>,
+    /// Entra ID principals and groups.
+    pub directory: Directory,
+    /// Role definitions and assignments.
+    pub authz: Authorization,
+    /// Snapshots of Resource Graph rows (for the configurable lag).
+    pub arg_history: crate::resourcegraph::RowHistory,
 }
 
 pub(crate) fn new_uuid() -> String {
@@ -283,6 +369,9 @@ impl World {
             groups: BTreeMap::new(),
             uais: BTreeMap::new(),
             compute: BTreeMap::new(),
+            directory: Directory::default(),
+            authz: Authorization::default(),
+            arg_history: Default::default(),
         }
     }
 
@@ -400,10 +489,281 @@ impl World {
                         .map_err(|e| SimError::Seed(format!("{what}.identity: {e}")))?;
                     res.set_identity(state);
                 }
-                w.compute.insert(id.key(), res);
+                let key = id.key();
+                w.compute.insert(key.clone(), res);
+                w.sync_compute_principals(&key);
+            }
+        }
+        w.seed_directory(seed)?;
+        // Seeded rows exist since forever for Resource Graph's lag.
+        for v in w.arg_history.rows.values_mut() {
+            for e in v.iter_mut() {
+                e.0 = None;
             }
         }
         Ok(w)
+    }
+
+    /// Seeded principals, groups, custom roles and role assignments.
+    fn seed_directory(&mut self, seed: &WorldSeed) -> Result<(), SimError> {
+        // Everything seeded counts as replicated long ago.
+        for p in self.directory.principals.values_mut() {
+            p.created = None;
+        }
+        for (i, p) in seed.principals.iter().enumerate() {
+            let what = format!("principals[{i}]");
+            if !is_guid(&p.id) {
+                return Err(SimError::Seed(format!(
+                    "{what}: id '{}' is not a GUID",
+                    p.id
+                )));
+            }
+            let kind = match p.principal_type.to_ascii_lowercase().as_str() {
+                "user" => PrincipalKind::User,
+                "serviceprincipal" => PrincipalKind::ServicePrincipal,
+                "group" => PrincipalKind::Group,
+                other => {
+                    return Err(SimError::Seed(format!(
+                        "{what}: type '{other}' is not User, ServicePrincipal or Group"
+                    )));
+                }
+            };
+            if self.directory.live(&p.id).is_some() {
+                return Err(SimError::Seed(format!(
+                    "{what}: duplicate principal '{}'",
+                    p.id
+                )));
+            }
+            let sp = kind == PrincipalKind::ServicePrincipal;
+            self.directory.register(NewPrincipal {
+                id: p.id.clone(),
+                kind,
+                display_name: p.display_name.clone().unwrap_or_else(|| p.id.clone()),
+                app_id: if sp {
+                    Some(p.app_id.clone().unwrap_or_else(new_uuid))
+                } else {
+                    None
+                },
+                service_principal_type: sp.then(|| "Application".to_string()),
+                alternative_names: Vec::new(),
+                seeded: true,
+            });
+        }
+        for (i, g) in seed.groups.iter().enumerate() {
+            let what = format!("groups[{i}]");
+            if !is_guid(&g.id) {
+                return Err(SimError::Seed(format!(
+                    "{what}: id '{}' is not a GUID",
+                    g.id
+                )));
+            }
+            if self.directory.live(&g.id).is_some() {
+                return Err(SimError::Seed(format!(
+                    "{what}: duplicate principal '{}'",
+                    g.id
+                )));
+            }
+            self.directory.register(NewPrincipal {
+                id: g.id.clone(),
+                kind: PrincipalKind::Group,
+                display_name: g.display_name.clone(),
+                app_id: None,
+                service_principal_type: None,
+                alternative_names: Vec::new(),
+                seeded: true,
+            });
+            self.directory.groups.insert(
+                g.id.to_ascii_lowercase(),
+                EntraGroup {
+                    id: g.id.clone(),
+                    description: g.description.clone(),
+                    members: Vec::new(),
+                },
+            );
+        }
+        for (i, g) in seed.groups.iter().enumerate() {
+            for m in &g.members {
+                if self.directory.live(m).is_none() {
+                    return Err(SimError::Seed(format!(
+                        "groups[{i}].members: '{m}' is not a known principal"
+                    )));
+                }
+                let key = m.to_ascii_lowercase();
+                if let Some(eg) = self.directory.groups.get_mut(&g.id.to_ascii_lowercase())
+                    && !eg.members.contains(&key)
+                {
+                    eg.members.push(key);
+                }
+            }
+        }
+        for (i, d) in seed.role_definitions.iter().enumerate() {
+            let what = format!("roleDefinitions[{i}]");
+            if !is_guid(&d.id) {
+                return Err(SimError::Seed(format!(
+                    "{what}: id '{}' is not a GUID",
+                    d.id
+                )));
+            }
+            let guid = d.id.to_ascii_lowercase();
+            if self.authz.definitions.contains_key(&guid) {
+                return Err(SimError::Seed(format!(
+                    "{what}: duplicate role definition '{}'",
+                    d.id
+                )));
+            }
+            let mut keys = Vec::new();
+            for s in &d.assignable_scopes {
+                let sc = Scope::parse(s).ok_or_else(|| {
+                    SimError::Seed(format!("{what}: assignable scope '{s}' is not a scope"))
+                })?;
+                keys.push(sc.key());
+            }
+            self.authz.definitions.insert(
+                guid.clone(),
+                RoleDefinition {
+                    guid,
+                    role_name: d.role_name.clone(),
+                    description: d.description.clone().unwrap_or_default(),
+                    builtin: false,
+                    permissions: if d.permissions.is_empty() {
+                        vec![SeedPermission::default()]
+                    } else {
+                        d.permissions.clone()
+                    },
+                    assignable_scopes: keys,
+                    assignable_scopes_raw: d.assignable_scopes.clone(),
+                },
+            );
+        }
+        for (i, a) in seed.role_assignments.iter().enumerate() {
+            let what = format!("roleAssignments[{i}]");
+            let name = a.name.clone().unwrap_or_else(new_uuid);
+            if !is_guid(&name) {
+                return Err(SimError::Seed(format!(
+                    "{what}: name '{name}' is not a GUID"
+                )));
+            }
+            if self
+                .authz
+                .assignments
+                .contains_key(&name.to_ascii_lowercase())
+            {
+                return Err(SimError::Seed(format!("{what}: duplicate name '{name}'")));
+            }
+            let scope = Scope::parse(&a.scope)
+                .ok_or_else(|| SimError::Seed(format!("{what}: '{}' is not a scope", a.scope)))?;
+            let guid = if is_guid(&a.role_definition_id) {
+                a.role_definition_id.to_ascii_lowercase()
+            } else {
+                crate::authz::role_guid_of(&a.role_definition_id).ok_or_else(|| {
+                    SimError::Seed(format!(
+                        "{what}: '{}' is not a role definition id",
+                        a.role_definition_id
+                    ))
+                })?
+            };
+            if !self
+                .authz
+                .definitions
+                .get(&guid)
+                .is_some_and(|d| d.visible_at(&scope.key()))
+            {
+                return Err(SimError::Seed(format!(
+                    "{what}: role definition '{guid}' does not exist at '{}'",
+                    a.scope
+                )));
+            }
+            if !is_guid(&a.principal_id) {
+                return Err(SimError::Seed(format!(
+                    "{what}: principalId '{}' is not a GUID",
+                    a.principal_id
+                )));
+            }
+            let principal_type = a.principal_type.clone().unwrap_or_else(|| {
+                self.directory
+                    .live(&a.principal_id)
+                    .map_or("ServicePrincipal", |p| p.kind.principal_type())
+                    .to_string()
+            });
+            let now = crate::state::now_rfc3339();
+            let seq = self.authz.next_seq;
+            self.authz.next_seq += 1;
+            self.authz.assignments.insert(
+                name.to_ascii_lowercase(),
+                RoleAssignment {
+                    name,
+                    scope,
+                    role_guid: guid,
+                    principal_id: a.principal_id.clone(),
+                    principal_type,
+                    description: None,
+                    condition: None,
+                    condition_version: None,
+                    created_on: now.clone(),
+                    updated_on: now,
+                    created_by: None,
+                    seq,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Registers the current system-assigned principal of a VM/VMSS in the directory and
+    /// deletes every earlier one (disable / re-enable gives a new principal).
+    pub fn sync_compute_principals(&mut self, key: &str) {
+        let row = crate::resourcegraph::row_of(self, key);
+        self.arg_history
+            .record(key, Some(tokio::time::Instant::now()), row);
+        let Some(res) = self.compute.get(key) else {
+            return;
+        };
+        let current = res.identity.system_principal.clone();
+        let history = res.principal_history.clone();
+        let name = res.id.name.clone();
+        let rid = res.id.to_string();
+        for p in &history {
+            if Some(p) != current.as_ref() && self.directory.live(p).is_some() {
+                self.directory.delete(p);
+            }
+        }
+        if let Some(p) = current {
+            self.directory.register(NewPrincipal {
+                id: p,
+                kind: PrincipalKind::ServicePrincipal,
+                display_name: name,
+                app_id: Some(new_uuid()),
+                service_principal_type: Some("ManagedIdentity".into()),
+                alternative_names: vec!["isExplicit=False".into(), rid],
+                seeded: false,
+            });
+        }
+    }
+
+    /// Removes a VM/VMSS and deletes its system-assigned principals. True if it existed.
+    pub fn remove_compute(&mut self, key: &str) -> bool {
+        match self.compute.remove(key) {
+            Some(res) => {
+                self.arg_history
+                    .record(key, Some(tokio::time::Instant::now()), None);
+                for p in &res.principal_history {
+                    self.directory.delete(p);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes a user-assigned identity and deletes its service principal. True if it existed.
+    pub fn remove_uai(&mut self, key: &str) -> bool {
+        match self.uais.remove(key) {
+            Some(u) => {
+                self.directory.delete(&u.principal_id);
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn ensure_group(&mut self, subscription: &str, name: &str, location: &str) {
@@ -437,16 +797,23 @@ impl World {
             }
             return false;
         }
-        self.uais.insert(
-            id.key(),
-            Uai {
-                id: id.clone(),
-                location: location.to_string(),
-                tags,
-                principal_id: principal_id.unwrap_or_else(new_uuid),
-                client_id: client_id.unwrap_or_else(new_uuid),
-            },
-        );
+        let u = Uai {
+            id: id.clone(),
+            location: location.to_string(),
+            tags,
+            principal_id: principal_id.unwrap_or_else(new_uuid),
+            client_id: client_id.unwrap_or_else(new_uuid),
+        };
+        self.directory.register(NewPrincipal {
+            id: u.principal_id.clone(),
+            kind: PrincipalKind::ServicePrincipal,
+            display_name: id.name.clone(),
+            app_id: Some(u.client_id.clone()),
+            service_principal_type: Some("ManagedIdentity".into()),
+            alternative_names: vec!["isExplicit=True".into(), id.msi_spelling()],
+            seeded: false,
+        });
+        self.uais.insert(id.key(), u);
         true
     }
 
@@ -602,8 +969,33 @@ impl World {
                 })
                 .collect()
         };
+        let principals: Vec<Value> = self
+            .directory
+            .principals
+            .values()
+            .map(|p| {
+                let mut v = self.directory.render(p);
+                if let Value::Object(m) = &mut v {
+                    m.insert("createdAt".into(), json!(p.created_at));
+                    m.insert("deleted".into(), json!(p.deleted));
+                }
+                v
+            })
+            .collect();
+        let entra_groups: Vec<Value> = self
+            .directory
+            .groups
+            .values()
+            .map(|g| json!({ "id": g.id, "members": g.members }))
+            .collect();
+        let mut assignments: Vec<&RoleAssignment> = self.authz.assignments.values().collect();
+        assignments.sort_by_key(|a| a.seq);
+        let assignments: Vec<Value> = assignments.iter().map(|a| a.render()).collect();
         json!({
             "tenantId": self.tenant_id,
+            "principals": principals,
+            "groups": entra_groups,
+            "roleAssignments": assignments,
             "resourceGroups": groups,
             "userAssignedIdentities": uais,
             "virtualMachines": render(ResourceKind::VirtualMachine),

@@ -193,3 +193,10 @@ fn uuid_like(s: &str) -> bool {
             .zip(&parts)
             .all(|(n, p)| p.len() == *n && p.chars().all(|c| c.is_ascii_hexdigit()))
 }
+
+impl Client {
+    /// PUT to a path that already carries its query string.
+    pub async fn put_raw(&self, path_and_query: &str, body: Value) -> Resp {
+        self.send("PUT", path_and_query, Some(&body)).await
+    }
+}

@@ -1,0 +1,261 @@
+//! `vmidentity controller`: the in-cluster controller. Thin: it gathers objects per target,
+//! calls the planner, hands the plan to the executor and writes status.
+
+pub mod conditions;
+pub mod leader;
+pub mod metrics;
+pub mod reconcile;
+pub mod target;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
+use kube::{Api, Client};
+use tracing::{error, info, warn};
+use vmidentity_azure::{ArmClient, ClientConfig, Executor, StaticToken};
+
+use crate::cli::CliError;
+use crate::crd::VirtualMachineIdentity;
+use leader::{Elector, LeaderConfig};
+use metrics::Metrics;
+use reconcile::{Context, error_policy, reconcile};
+use target::{objects_on, representative, target_key};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControllerArgs {
+    /// ARM endpoint.
+    #[arg(long, env = "VMIDENTITY_ARM_ENDPOINT", default_value = vmidentity_azure::client::PUBLIC_ARM_ENDPOINT)]
+    pub arm_endpoint: String,
+    /// Bearer token for ARM (static token source).
+    #[arg(long, env = "AZURE_ACCESS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Seconds between full resyncs (drift detection and repair).
+    #[arg(long, env = "VMIDENTITY_RESYNC_SECONDS", default_value_t = 600)]
+    pub resync_seconds: u64,
+    /// Targets reconciled at once.
+    #[arg(long, env = "VMIDENTITY_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: u16,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "VMIDENTITY_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "VMIDENTITY_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Disable leader election (a single replica).
+    #[arg(long, env = "VMIDENTITY_NO_LEADER_ELECTION")]
+    pub no_leader_election: bool,
+    /// Name of the leader Lease.
+    #[arg(
+        long,
+        env = "VMIDENTITY_LEASE_NAME",
+        default_value = "vmidentity-leader"
+    )]
+    pub lease_name: String,
+    /// Namespace of the leader Lease (default: POD_NAMESPACE, else "default").
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// This replica's identity in the Lease (default: POD_NAME, else host name and pid).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Seconds a Lease lasts without renewal.
+    #[arg(long, default_value_t = 15)]
+    pub lease_seconds: u64,
+    /// Milliseconds between ARM LRO polls when ARM gives no Retry-After.
+    #[arg(long, default_value_t = 5000, hide = true)]
+    pub lro_poll_ms: u64,
+}
+
+/// How long running reconciles may go on after a stop signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+fn identity(args: &ControllerArgs) -> String {
+    args.identity.clone().unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "vmidentity".into());
+        format!("{host}-{}", std::process::id())
+    })
+}
+
+/// Runs the controller until SIGTERM/SIGINT or until leadership is lost.
+pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
+    let client = Client::try_default()
+        .await
+        .map_err(|e| CliError::Other(format!("cannot reach the Kubernetes API: {e}")))?;
+    let metrics = Arc::new(Metrics::new());
+    {
+        let m = metrics.clone();
+        let addr = args.metrics_addr;
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr, m).await {
+                error!(%addr, error = %e, "metrics server stopped");
+            }
+        });
+    }
+    let token = args.token.clone().ok_or_else(|| {
+        CliError::Other("no ARM credentials: set AZURE_ACCESS_TOKEN (static token source)".into())
+    })?;
+    let arm = ArmClient::new(
+        ClientConfig {
+            endpoint: args.arm_endpoint.clone(),
+            max_attempts: 3,
+            max_inline_wait: Duration::ZERO,
+            lro_poll_interval: Duration::from_millis(args.lro_poll_ms),
+            ..ClientConfig::default()
+        },
+        Arc::new(StaticToken::new(token)),
+    )
+    .map_err(|e| CliError::Other(e.to_string()))?
+    .with_observer(metrics.clone());
+
+    let me = identity(&args);
+    let elector = (!args.no_leader_election).then(|| {
+        Elector::new(
+            client.clone(),
+            LeaderConfig {
+                name: args.lease_name.clone(),
+                namespace: args.lease_namespace.clone(),
+                identity: me.clone(),
+                lease_duration: Duration::from_secs(args.lease_seconds.max(2)),
+                retry_period: Duration::from_secs((args.lease_seconds / 5).max(1)),
+            },
+        )
+    });
+    metrics.set_ready(true);
+    if let Some(el) = &elector {
+        info!(identity = %me, lease = %args.lease_name, "waiting for the leader lease");
+        el.acquire().await;
+    }
+    metrics.leader.set(1);
+
+    let api: Api<VirtualMachineIdentity> = match &args.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (reader, writer) = reflector::store();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "vmidentity".into(),
+            instance: Some(me.clone()),
+        },
+    );
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        reader.clone(),
+        Executor::new(arm),
+        recorder,
+        metrics.clone(),
+        Duration::from_secs(args.resync_seconds.max(1)),
+    ));
+
+    // Work is keyed by target: every event becomes a trigger for its target's representative.
+    let map_ctx = ctx.clone();
+    let map_reader = reader.clone();
+    let triggers = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects()
+        .map_ok(move |obj| {
+            let key = target_key(&obj);
+            map_ctx.mark_dirty(&key);
+            match representative(&objects_on(&map_reader, &key)) {
+                Some(rep) => (*rep).clone(),
+                None => obj,
+            }
+        });
+
+    let lost = async move {
+        match &elector {
+            Some(el) => {
+                tokio::select! {
+                    _ = el.hold() => {
+                        warn!("leadership lost: stopping");
+                        true
+                    }
+                    _ = shutdown_signal() => {
+                        el.release().await;
+                        false
+                    }
+                }
+            }
+            None => {
+                shutdown_signal().await;
+                false
+            }
+        }
+    };
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<bool>();
+    tokio::spawn(async move {
+        let _ = lost_tx.send(lost.await);
+    });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let lost_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let lost_flag = lost_flag.clone();
+        tokio::spawn(async move {
+            if let Ok(lost) = lost_rx.await {
+                lost_flag.store(lost, std::sync::atomic::Ordering::SeqCst);
+            }
+            let _ = stop_tx.send(());
+        });
+    }
+    info!(namespace = ?args.namespace, resync = args.resync_seconds, "controller running");
+    // On a stop signal the controller starts no new reconciles; running ones get a grace
+    // period, then the process goes (a write cut short is safe: ownership was claimed first,
+    // and the next leader plans again from what ARM says).
+    let (grace_tx, grace_rx) = tokio::sync::oneshot::channel::<()>();
+    let controller = Controller::for_stream(triggers, reader)
+        .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency))
+        .graceful_shutdown_on(async move {
+            let _ = stop_rx.await;
+            let _ = grace_tx.send(());
+        })
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "controller event");
+            }
+        });
+    let grace = async move {
+        if grace_rx.await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        _ = controller => {}
+        _ = grace => warn!("reconciles still running after {SHUTDOWN_GRACE:?}: stopping anyway"),
+    }
+    metrics.leader.set(0);
+    if lost_flag.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(1);
+    }
+    info!("controller stopped");
+    Ok(0)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,655 @@
+//! One target's reconcile: gather its objects, read it once, plan, write once, report.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::Store;
+use kube::{Resource, ResourceExt};
+use rand::Rng;
+use serde_json::json;
+use tracing::{debug, info, warn};
+use vmidentity_azure::{AzureError, ErrorClass, Executor};
+use vmidentity_planner::{
+    ApiVersion, ArmId, DeletionPolicy, DesiredObject, LiveResource, Mode, ObjectRef, Spec,
+    TargetPlan, plan_target,
+};
+
+use super::conditions::{self, Phase};
+use super::metrics::Metrics;
+use super::target::{objects_on, target_key};
+use crate::crd::{
+    AppliedIdentities, Principals, VirtualMachineIdentity, VirtualMachineIdentityStatus,
+};
+use crate::engine::read_version;
+
+pub const FINALIZER: &str = "vmidentity.dev/finalizer";
+
+/// Shared state of the running controller.
+pub struct Context {
+    pub client: kube::Client,
+    pub store: Store<VirtualMachineIdentity>,
+    pub exec: Executor,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub resync: Duration,
+    /// Consecutive retryable failures per target (for backoff).
+    attempts: Mutex<HashMap<String, u32>>,
+    /// A safety net: at most one pass per target at a time, even while a target's
+    /// representative changes hands.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Targets triggered and not yet started (the queue depth gauge).
+    dirty: Mutex<HashSet<String>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl Context {
+    pub fn new(
+        client: kube::Client,
+        store: Store<VirtualMachineIdentity>,
+        exec: Executor,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+        resync: Duration,
+    ) -> Self {
+        Context {
+            client,
+            store,
+            exec,
+            recorder,
+            metrics,
+            resync,
+            attempts: Mutex::default(),
+            locks: Mutex::default(),
+            dirty: Mutex::default(),
+        }
+    }
+
+    fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        match self.locks.lock() {
+            Ok(mut m) => m.entry(key.to_string()).or_default().clone(),
+            Err(_) => Arc::default(),
+        }
+    }
+
+    /// Records that a target was triggered (for the queue depth gauge).
+    pub fn mark_dirty(&self, key: &str) {
+        if let Ok(mut d) = self.dirty.lock() {
+            d.insert(key.to_string());
+            self.metrics.queue_depth.set(d.len() as i64);
+        }
+    }
+
+    fn mark_started(&self, key: &str) {
+        if let Ok(mut d) = self.dirty.lock() {
+            d.remove(key);
+            self.metrics.queue_depth.set(d.len() as i64);
+        }
+    }
+
+    fn backoff(&self, key: &str) -> Duration {
+        let n = match self.attempts.lock() {
+            Ok(mut a) => {
+                let n = a.entry(key.to_string()).or_insert(0);
+                *n += 1;
+                *n
+            }
+            Err(_) => 1,
+        };
+        let base = Duration::from_secs(5).saturating_mul(1 << n.min(6).saturating_sub(1));
+        jitter(base.min(Duration::from_secs(300)))
+    }
+
+    fn succeeded(&self, key: &str) {
+        if let Ok(mut a) = self.attempts.lock() {
+            a.remove(key);
+        }
+    }
+
+    fn api(&self, o: &VirtualMachineIdentity) -> Api<VirtualMachineIdentity> {
+        Api::namespaced(self.client.clone(), &o.namespace().unwrap_or_default())
+    }
+
+    async fn event(
+        &self,
+        o: &VirtualMachineIdentity,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_,
+            reason: reason.to_string(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Reconcile".to_string(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &o.object_ref(&())).await {
+            warn!(object = %o.name_any(), error = %e, "cannot publish event");
+        } else {
+            self.metrics.kube_write("create-event");
+        }
+    }
+
+    async fn set_finalizer(&self, o: &VirtualMachineIdentity, present: bool) -> Result<(), Error> {
+        let mut list: Vec<String> = o.finalizers().to_vec();
+        let has = list.iter().any(|f| f == FINALIZER);
+        if has == present {
+            return Ok(());
+        }
+        if present {
+            list.push(FINALIZER.to_string());
+        } else {
+            list.retain(|f| f != FINALIZER);
+        }
+        let patch =
+            json!({"metadata": {"finalizers": list, "resourceVersion": o.resource_version()}});
+        match self
+            .api(o)
+            .patch(
+                &o.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => {
+                self.metrics.kube_write("patch-finalizer");
+                Ok(())
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn patch_status(
+        &self,
+        o: &VirtualMachineIdentity,
+        status: &VirtualMachineIdentityStatus,
+    ) -> Result<(), Error> {
+        if o.status.as_ref() == Some(status) {
+            return Ok(());
+        }
+        let patch = json!({"status": status});
+        match self
+            .api(o)
+            .patch_status(
+                &o.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => {
+                self.metrics.kube_write("patch-status");
+                Ok(())
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes the conditions for `phase`, keeping everything else of the status.
+    async fn set_phase(&self, o: &VirtualMachineIdentity, phase: &Phase) -> Result<(), Error> {
+        let mut st = o.status.clone().unwrap_or_default();
+        let conds =
+            conditions::conditions(&st.conditions, phase, o.meta().generation, Timestamp::now());
+        if conditions::same(&st.conditions, &conds) {
+            return Ok(());
+        }
+        st.conditions = conds;
+        if matches!(phase, Phase::Stalled { .. }) {
+            st.observed_generation = o.meta().generation;
+        }
+        self.patch_status(o, &st).await
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(rand::rng().random_range(0.8..=1.2))
+}
+
+fn object_ref(o: &VirtualMachineIdentity) -> ObjectRef {
+    ObjectRef::new(o.namespace().unwrap_or_default(), o.name_any())
+}
+
+/// One object of the target, with what the planner makes of it.
+struct Member {
+    obj: Arc<VirtualMachineIdentity>,
+    desired: Result<DesiredObject, String>,
+    deleting: bool,
+    has_finalizer: bool,
+}
+
+impl Member {
+    fn new(obj: Arc<VirtualMachineIdentity>) -> Member {
+        let deleting = obj.meta().deletion_timestamp.is_some();
+        let has_finalizer = obj.finalizers().iter().any(|f| f == FINALIZER);
+        let applied = obj
+            .status
+            .as_ref()
+            .and_then(|s| s.applied.as_ref())
+            .map(Into::into)
+            .unwrap_or_default();
+        let desired = obj
+            .spec
+            .to_raw()
+            .validate()
+            .map(|spec| {
+                let mut d = DesiredObject::new(object_ref(&obj), spec).with_applied(applied);
+                d.deleting = deleting;
+                d
+            })
+            .map_err(|errs| {
+                errs.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            });
+        Member {
+            obj,
+            desired,
+            deleting,
+            has_finalizer,
+        }
+    }
+
+    /// For an invalid object: what it must keep holding on the target (its recorded
+    /// identities stay "wanted" so another object's change cannot remove them), and what it
+    /// releases when deleted with Detach.
+    fn pinned(&self) -> Option<DesiredObject> {
+        let target = ArmId::parse_target(&self.obj.spec.target).ok()?;
+        let applied: vmidentity_planner::Applied = self
+            .obj
+            .status
+            .as_ref()
+            .and_then(|s| s.applied.as_ref())
+            .map(Into::into)
+            .unwrap_or_default();
+        let spec = Spec {
+            target,
+            api_version: ApiVersion::default(),
+            mode: Mode::Merge,
+            system_assigned: None,
+            user_assigned: applied
+                .user_assigned_identities
+                .iter()
+                .filter_map(|s| ArmId::parse_uai(s).ok())
+                .collect(),
+            role_assignments: vec![],
+            group_memberships: vec![],
+            deletion_policy: match self.obj.spec.deletion_policy {
+                Some(crate::crd::DeletionPolicy::Retain) => DeletionPolicy::Retain,
+                _ => DeletionPolicy::Detach,
+            },
+        };
+        let mut d = DesiredObject::new(object_ref(&self.obj), spec).with_applied(applied);
+        d.deleting = self.deleting;
+        Some(d)
+    }
+}
+
+/// The controller's reconcile: `rep` stands for its whole target.
+pub async fn reconcile(
+    rep: Arc<VirtualMachineIdentity>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let key = target_key(&rep);
+    ctx.mark_started(&key);
+    let lock = ctx.lock_for(&key);
+    let _guard = lock.lock().await;
+    ctx.metrics.in_flight.inc();
+    let started = std::time::Instant::now();
+    let objs = objects_on(&ctx.store, &key);
+    let result = reconcile_target(&key, objs, &ctx).await;
+    ctx.metrics.in_flight.dec();
+    ctx.metrics.objects.set(ctx.store.len() as i64);
+    let label = match &result {
+        Ok(Outcome::Converged) => "converged",
+        Ok(Outcome::Applied) => "applied",
+        Ok(Outcome::Retry(_)) => "retry",
+        Ok(Outcome::Stalled) => "stalled",
+        Ok(Outcome::Idle) => "idle",
+        Err(_) => "error",
+    };
+    ctx.metrics.reconciled(label, started.elapsed());
+    match result {
+        Ok(Outcome::Converged | Outcome::Applied) => {
+            ctx.succeeded(&key);
+            Ok(Action::requeue(jitter(ctx.resync)))
+        }
+        Ok(Outcome::Retry(after)) => Ok(Action::requeue(after)),
+        Ok(Outcome::Stalled) => Ok(Action::requeue(jitter(ctx.resync))),
+        Ok(Outcome::Idle) => Ok(Action::await_change()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Kubernetes API failures (status or finalizer writes): back off and try again.
+pub fn error_policy(rep: Arc<VirtualMachineIdentity>, err: &Error, ctx: Arc<Context>) -> Action {
+    warn!(object = %rep.name_any(), error = %err, "reconcile failed");
+    Action::requeue(ctx.backoff(&target_key(&rep)))
+}
+
+enum Outcome {
+    Converged,
+    Applied,
+    Retry(Duration),
+    /// Needs a human; looked at again at the resync period (an identity or VM may appear).
+    Stalled,
+    /// Nothing left to do until an object changes.
+    Idle,
+}
+
+async fn reconcile_target(
+    key: &str,
+    objs: Vec<Arc<VirtualMachineIdentity>>,
+    ctx: &Context,
+) -> Result<Outcome, Error> {
+    // Objects deleted before we ever claimed them applied nothing.
+    let members: Vec<Member> = objs
+        .into_iter()
+        .map(Member::new)
+        .filter(|m| !m.deleting || m.has_finalizer)
+        .collect();
+    if members.is_empty() {
+        return Ok(Outcome::Idle);
+    }
+
+    let mut desired = Vec::new();
+    for m in &members {
+        match &m.desired {
+            Ok(d) => desired.push(d.clone()),
+            Err(msg) => {
+                if !m.deleting {
+                    let phase = Phase::Stalled {
+                        reason: "InvalidSpec".into(),
+                        message: msg.clone(),
+                    };
+                    if stalled_changed(&m.obj, &phase) {
+                        ctx.event(&m.obj, EventType::Warning, "InvalidSpec", msg.clone())
+                            .await;
+                    }
+                    ctx.set_phase(&m.obj, &phase).await?;
+                }
+                desired.extend(m.pinned());
+            }
+        }
+    }
+    if desired.is_empty() {
+        // Not even the target parses: nothing was ever applied through these objects.
+        for m in members.iter().filter(|m| m.deleting) {
+            ctx.set_finalizer(&m.obj, false).await?;
+        }
+        return Ok(Outcome::Stalled);
+    }
+
+    // Claim before the first write to ARM.
+    for m in members.iter().filter(|m| !m.deleting && m.desired.is_ok()) {
+        ctx.set_finalizer(&m.obj, true).await?;
+    }
+
+    let target = desired[0].spec.target.clone();
+    let live = match ctx.exec.read_target(&target, &read_version(&desired)).await {
+        Ok(l) => l,
+        Err(e) if e.class() == ErrorClass::TargetNotFound => {
+            for m in &members {
+                if m.deleting {
+                    info!(object = %m.obj.name_any(), %target, "target is gone; releasing the object");
+                    ctx.set_finalizer(&m.obj, false).await?;
+                } else if m.desired.is_ok() {
+                    let phase = Phase::Stalled {
+                        reason: "TargetNotFound".into(),
+                        message: format!(
+                            "{target} does not exist (or the controller cannot see it): {}",
+                            e.message()
+                        ),
+                    };
+                    if stalled_changed(&m.obj, &phase) {
+                        ctx.event(
+                            &m.obj,
+                            EventType::Warning,
+                            "TargetNotFound",
+                            format!("{target} not found"),
+                        )
+                        .await;
+                    }
+                    ctx.set_phase(&m.obj, &phase).await?;
+                }
+            }
+            return Ok(Outcome::Stalled);
+        }
+        Err(e) => return azure_failure(key, &members, &e, ctx).await,
+    };
+
+    let plan = match plan_target(&desired, &live) {
+        Ok(p) => p,
+        Err(e) => {
+            for m in members.iter().filter(|m| !m.deleting && m.desired.is_ok()) {
+                let phase = Phase::Stalled {
+                    reason: e.reason().to_string(),
+                    message: e.to_string(),
+                };
+                if stalled_changed(&m.obj, &phase) {
+                    ctx.event(&m.obj, EventType::Warning, e.reason(), e.to_string())
+                        .await;
+                }
+                ctx.set_phase(&m.obj, &phase).await?;
+            }
+            // No write to this target until an object changes.
+            return Ok(Outcome::Idle);
+        }
+    };
+
+    let live_after = if plan.is_converged() {
+        live
+    } else {
+        // Widen the ownership records before writing: a crash after the PATCH must not
+        // orphan what it added.
+        let claims = plan.claims(&desired);
+        for m in members.iter().filter(|m| !m.deleting && m.desired.is_ok()) {
+            if let Some(claim) = claims.get(&object_ref(&m.obj)) {
+                let mut st = m.obj.status.clone().unwrap_or_default();
+                let claim = AppliedIdentities::from(claim);
+                if st.applied.as_ref() != Some(&claim) {
+                    st.applied = Some(claim);
+                    ctx.patch_status(&m.obj, &st).await?;
+                }
+            }
+        }
+        info!(%target, changes = plan.changes.len(), "writing the target");
+        match ctx.exec.execute(&plan).await {
+            Ok(outcome) => match outcome.live {
+                Some(l) => l,
+                None => ctx
+                    .exec
+                    .read_target(&target, &plan.api_version)
+                    .await
+                    .unwrap_or(live),
+            },
+            Err(e) => return azure_failure(key, &members, &e, ctx).await,
+        }
+    };
+
+    report_success(&members, &plan, &live_after, ctx).await?;
+    Ok(if plan.is_converged() {
+        Outcome::Converged
+    } else {
+        Outcome::Applied
+    })
+}
+
+fn stalled_changed(o: &VirtualMachineIdentity, phase: &Phase) -> bool {
+    let Phase::Stalled { reason, .. } = phase else {
+        return true;
+    };
+    !o.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == conditions::STALLED && c.status == "True" && c.reason == *reason)
+    })
+}
+
+fn was_ready(o: &VirtualMachineIdentity) -> bool {
+    o.status.as_ref().is_some_and(|s| {
+        s.observed_generation == o.meta().generation
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == conditions::READY && c.status == "True")
+    })
+}
+
+async fn report_success(
+    members: &[Member],
+    plan: &TargetPlan,
+    live: &LiveResource,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let changes: Vec<String> = plan.changes.iter().map(ToString::to_string).collect();
+    let drift = !plan.is_converged()
+        && members
+            .iter()
+            .filter(|m| !m.deleting && m.desired.is_ok())
+            .all(|m| was_ready(&m.obj));
+    for m in members {
+        if m.deleting {
+            if !plan.is_converged() {
+                ctx.event(&m.obj, EventType::Normal, "Detached", changes.join("; "))
+                    .await;
+            }
+            ctx.set_finalizer(&m.obj, false).await?;
+            continue;
+        }
+        let Ok(d) = &m.desired else { continue };
+        let applied = plan.applied.get(&d.object).cloned().unwrap_or_default();
+        let mut principals = Principals::default();
+        if d.spec.system_assigned == Some(true) {
+            principals.system_assigned = live.identity.principal_id.clone();
+        }
+        let mut present = 0i64;
+        for id in &d.spec.user_assigned {
+            if let Some(u) = live.identity.user_assigned.get(id.key()) {
+                present += 1;
+                if let Some(p) = &u.principal_id {
+                    principals.user_assigned.insert(id.to_string(), p.clone());
+                }
+            }
+        }
+        let message = if plan.is_converged() {
+            format!("{} is as declared", plan.target.short())
+        } else {
+            format!("{}: {}", plan.target.short(), changes.join("; "))
+        };
+        let phase = Phase::Ready {
+            reason: if plan.is_converged() {
+                "Converged"
+            } else {
+                "Applied"
+            }
+            .into(),
+            message,
+        };
+        let old = m.obj.status.clone().unwrap_or_default();
+        let mut conds = conditions::conditions(
+            &old.conditions,
+            &phase,
+            m.obj.meta().generation,
+            Timestamp::now(),
+        );
+        if plan.is_converged() && conditions::same(&old.conditions, &conds) {
+            conds = old.conditions.clone();
+        }
+        let st = VirtualMachineIdentityStatus {
+            observed_generation: m.obj.meta().generation,
+            conditions: conds,
+            applied: Some(AppliedIdentities::from(&applied)),
+            principals: (principals != Principals::default()).then_some(principals),
+            target_name: Some(plan.target.name().to_string()),
+            user_assigned_count: Some(present),
+        };
+        ctx.patch_status(&m.obj, &st).await?;
+        if !plan.is_converged() {
+            let (reason, type_) = if drift {
+                ("DriftRepaired", EventType::Warning)
+            } else {
+                ("Applied", EventType::Normal)
+            };
+            let note = if drift {
+                format!(
+                    "{} had drifted from the declared state; repaired: {}",
+                    plan.target.short(),
+                    changes.join("; ")
+                )
+            } else {
+                format!("{}: {}", plan.target.short(), changes.join("; "))
+            };
+            ctx.event(&m.obj, type_, reason, note).await;
+        }
+    }
+    debug!(target = %plan.target, writes = plan.writes.len(), "target reconciled");
+    Ok(())
+}
+
+async fn azure_failure(
+    key: &str,
+    members: &[Member],
+    e: &AzureError,
+    ctx: &Context,
+) -> Result<Outcome, Error> {
+    let class = e.class();
+    let reason = class.reason().to_string();
+    let message = e.to_string();
+    let retryable = class.is_retryable();
+    warn!(target = key, %reason, error = %message, "ARM request failed");
+    for m in members.iter().filter(|m| m.desired.is_ok()) {
+        let phase = if retryable {
+            Phase::Progressing {
+                reason: reason.clone(),
+                message: message.clone(),
+            }
+        } else {
+            Phase::Stalled {
+                reason: reason.clone(),
+                message: message.clone(),
+            }
+        };
+        let first = if retryable {
+            !m.obj.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == conditions::RECONCILING && c.reason == reason)
+            })
+        } else {
+            stalled_changed(&m.obj, &phase)
+        };
+        if first {
+            ctx.event(&m.obj, EventType::Warning, &reason, message.clone())
+                .await;
+        }
+        ctx.set_phase(&m.obj, &phase).await?;
+    }
+    if retryable {
+        // Honour Retry-After by requeueing, never by holding a worker.
+        let after = match e.retry_after() {
+            Some(d) => jitter(d.max(Duration::from_secs(1))),
+            None => ctx.backoff(key),
+        };
+        return Ok(Outcome::Retry(after));
+    }
+    Ok(match class {
+        // May fix itself (rights granted, identity created): look again at resync.
+        ErrorClass::Unauthenticated | ErrorClass::Forbidden | ErrorClass::IdentityNotFound => {
+            Outcome::Stalled
+        }
+        _ => Outcome::Idle,
+    })
+}

@@ -1,0 +1,76 @@
+//! The work queue is keyed by target: every event on an object is turned into a trigger for
+//! the target's *representative* (the first object on that target, by namespace/name), so
+//! kube-runtime's scheduler deduplicates and serialises work per VM/VMSS.
+
+use std::sync::Arc;
+
+use kube::ResourceExt;
+use kube::runtime::reflector::Store;
+
+use crate::crd::VirtualMachineIdentity;
+
+/// The key of an object's target: its case-folded `spec.target`.
+pub fn target_key(o: &VirtualMachineIdentity) -> String {
+    o.spec.target.trim().to_ascii_lowercase()
+}
+
+fn order_key(o: &VirtualMachineIdentity) -> (String, String) {
+    (o.namespace().unwrap_or_default(), o.name_any())
+}
+
+/// All cached objects on a target, sorted by namespace/name.
+pub fn objects_on(
+    store: &Store<VirtualMachineIdentity>,
+    key: &str,
+) -> Vec<Arc<VirtualMachineIdentity>> {
+    let mut objs = store.state_filter(|o| target_key(o) == key);
+    objs.sort_by_key(|o| order_key(o));
+    objs
+}
+
+/// Picks the representative among the objects of one target.
+pub fn representative(objs: &[Arc<VirtualMachineIdentity>]) -> Option<Arc<VirtualMachineIdentity>> {
+    objs.iter().min_by_key(|o| order_key(o)).cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::VirtualMachineIdentitySpec;
+
+    fn obj(ns: &str, name: &str, target: &str) -> Arc<VirtualMachineIdentity> {
+        let mut o = VirtualMachineIdentity::new(
+            name,
+            VirtualMachineIdentitySpec {
+                target: target.into(),
+                arm_api_version: None,
+                mode: None,
+                system_assigned: None,
+                user_assigned_identities: vec![],
+                role_assignments: vec![],
+                group_memberships: vec![],
+                deletion_policy: None,
+            },
+        );
+        o.metadata.namespace = Some(ns.into());
+        Arc::new(o)
+    }
+
+    #[test]
+    fn representative_is_stable_and_case_insensitive() {
+        let a = obj(
+            "b-ns",
+            "x",
+            "/subscriptions/S/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/VM",
+        );
+        let b = obj(
+            "a-ns",
+            "y",
+            "/subscriptions/s/resourcegroups/rg/providers/microsoft.compute/virtualmachines/vm",
+        );
+        assert_eq!(target_key(&a), target_key(&b));
+        let r = representative(&[a.clone(), b.clone()]).unwrap();
+        assert_eq!(r.name_any(), "y");
+        assert_eq!(representative(&[b, a]).unwrap().name_any(), "y");
+    }
+}

@@ -1,0 +1,389 @@
+//! The controller end to end: a real API server and etcd, the ARM simulator, and the real
+//! `vmidentity controller` process. Each test has its own namespace, simulator and controller.
+
+#[path = "e2e/harness.rs"]
+mod harness;
+
+use std::time::Duration;
+
+use harness::*;
+use serde_json::json;
+use vmidentity_simulator::FaultRule;
+
+fn seeded_vm(name: &str, identity_yaml: &str) -> String {
+    format!("  - id: {}\n    identity:\n{identity_yaml}", vm(name))
+}
+
+#[tokio::test]
+async fn converges_and_reports_status() {
+    let env = Env::new("e2e-converge", &world(&["vm1"], "")).await;
+    let _c = env.controller("a");
+    env.create(
+        "web",
+        json!({"target": vm("vm1"), "systemAssigned": true, "userAssignedIdentities": [uai("u1")]}),
+    )
+    .await
+    .expect("create");
+    let o = env.wait_for("web", 30, "Ready", is_ready).await;
+    assert_eq!(
+        env.identity(&vm("vm1")),
+        ("SystemAssigned, UserAssigned".into(), vec!["u1".into()])
+    );
+    let st = o.status.expect("status");
+    assert_eq!(
+        st.applied.expect("applied").user_assigned_identities,
+        vec![uai("u1")]
+    );
+    let principals = st.principals.expect("principals");
+    assert!(principals.system_assigned.is_some());
+    assert!(principals.user_assigned.contains_key(&uai("u1")));
+    assert_eq!(st.target_name.as_deref(), Some("vm1"));
+    assert_eq!(st.user_assigned_count, Some(1));
+    assert!(
+        o.metadata
+            .finalizers
+            .unwrap_or_default()
+            .contains(&"vmidentity.dev/finalizer".to_string())
+    );
+    // Resyncs (every 3 s here) find nothing to do.
+    let patches = env.accepted_patches().len();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(env.accepted_patches().len(), patches);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn two_objects_on_one_vm_give_one_get_and_one_patch() {
+    let env = Env::new("e2e-coalesce", &world(&["vm1"], "")).await;
+    env.create(
+        "a",
+        json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u1")]}),
+    )
+    .await
+    .expect("a");
+    env.create("b", json!({"target": vm("vm1").to_lowercase(), "systemAssigned": true, "userAssignedIdentities": [uai("u2")]}))
+        .await
+        .expect("b");
+    let _c = env.controller("a");
+    env.wait_for("a", 30, "Ready", is_ready).await;
+    env.wait_for("b", 30, "Ready", is_ready).await;
+    assert_eq!(
+        env.accepted_patches(),
+        vec![json!({"identity": {"type": "SystemAssigned, UserAssigned",
+            "userAssignedIdentities": {uai("u1"): {}, uai("u2"): {}}}})]
+    );
+    assert_eq!(env.sim.writes_for(&vm("vm1")), 1);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn editing_an_object_removes_with_null_and_deletion_detaches_or_retains() {
+    let env = Env::new("e2e-edit", &world(&["vm1", "vm2"], "")).await;
+    let _c = env.controller("a");
+    env.create(
+        "web",
+        json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u1"), uai("u2")]}),
+    )
+    .await
+    .expect("web");
+    env.create("keep", json!({"target": vm("vm2"), "userAssignedIdentities": [uai("u3")], "deletionPolicy": "Retain"}))
+        .await
+        .expect("keep");
+    env.wait_for("web", 30, "Ready", is_ready).await;
+    env.wait_for("keep", 30, "Ready", is_ready).await;
+
+    env.patch_spec("web", json!({"userAssignedIdentities": [uai("u1")]}))
+        .await;
+    env.wait_for("web", 30, "u2 removed", |o| {
+        is_ready(o)
+            && o.status
+                .as_ref()
+                .and_then(|s| s.applied.as_ref())
+                .is_some_and(|a| a.user_assigned_identities.len() == 1)
+    })
+    .await;
+    assert!(env.accepted_patches().contains(
+        &json!({"identity": {"type": "UserAssigned", "userAssignedIdentities": {uai("u2"): null}}})
+    ));
+    assert_eq!(env.identity(&vm("vm1")).1, vec!["u1".to_string()]);
+
+    // Detach (default): the object goes, and so does what it applied.
+    env.api
+        .delete("web", &Default::default())
+        .await
+        .expect("delete web");
+    env.wait_gone("web", 30).await;
+    assert_eq!(env.identity(&vm("vm1")), ("None".into(), vec![]));
+    // Retain: the object goes, the identity stays.
+    env.api
+        .delete("keep", &Default::default())
+        .await
+        .expect("delete keep");
+    env.wait_gone("keep", 30).await;
+    assert_eq!(env.identity(&vm("vm2")).1, vec!["u3".to_string()]);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_conflict_stalls_both_objects_and_writes_nothing() {
+    let env = Env::new("e2e-conflict", &world(&["vm1"], "")).await;
+    env.create("on", json!({"target": vm("vm1"), "systemAssigned": true}))
+        .await
+        .expect("on");
+    env.create("off", json!({"target": vm("vm1"), "systemAssigned": false}))
+        .await
+        .expect("off");
+    let _c = env.controller("a");
+    let on = env
+        .wait_for("on", 30, "Stalled Conflict", |o| {
+            stalled_with(o, "Conflict")
+        })
+        .await;
+    env.wait_for("off", 30, "Stalled Conflict", |o| {
+        stalled_with(o, "Conflict")
+    })
+    .await;
+    let msg = on
+        .status
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Stalled")
+        .unwrap()
+        .message
+        .clone();
+    assert!(msg.contains("/off") && msg.contains("/on"), "{msg}");
+    assert_eq!(env.sim.counters().writes, 0);
+    // Fixing one object resolves it.
+    env.patch_spec("off", json!({"systemAssigned": true})).await;
+    env.wait_for("off", 30, "Ready", is_ready).await;
+    env.wait_for("on", 30, "Ready", is_ready).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_vm_deleted_under_the_object_stalls_it_and_deletion_never_sticks() {
+    let env = Env::new("e2e-vmgone", &world(&["vm1"], "")).await;
+    let _c = env.controller("a");
+    env.create(
+        "web",
+        json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u1")]}),
+    )
+    .await
+    .expect("web");
+    env.wait_for("web", 30, "Ready", is_ready).await;
+    assert!(env.sim.delete_resource(&vm("vm1")));
+    env.wait_for("web", 30, "Stalled TargetNotFound", |o| {
+        stalled_with(o, "TargetNotFound")
+    })
+    .await;
+    env.api
+        .delete("web", &Default::default())
+        .await
+        .expect("delete");
+    env.wait_gone("web", 30).await;
+    // An object that never reconciled (target never existed) deletes as well.
+    env.create("never", json!({"target": vm("nope")}))
+        .await
+        .expect("never");
+    env.wait_for("never", 30, "Stalled TargetNotFound", |o| {
+        stalled_with(o, "TargetNotFound")
+    })
+    .await;
+    env.api
+        .delete("never", &Default::default())
+        .await
+        .expect("delete");
+    env.wait_gone("never", 30).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_429_storm_is_waited_out_by_requeueing_then_converges_with_one_patch() {
+    let env = Env::new("e2e-throttle", &world(&["vm1"], "")).await;
+    env.sim
+        .add_fault(FaultRule::throttle(2).method("PATCH").times(3));
+    let _c = env.controller("a");
+    env.create(
+        "web",
+        json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u1")]}),
+    )
+    .await
+    .expect("web");
+    env.wait_for("web", 30, "Reconciling Throttled", |o| {
+        condition(o, "Reconciling") == Some(("True".into(), "Throttled".into()))
+    })
+    .await;
+    env.wait_for("web", 60, "Ready", is_ready).await;
+    assert_eq!(env.accepted_patches().len(), 1, "no extra writes");
+    assert_eq!(env.sim.counters().throttled, 3);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn killed_mid_reconcile_then_restarted_converges_without_duplicates() {
+    let extra = seeded_vm(
+        "vm1",
+        &format!(
+            "      type: UserAssigned\n      userAssignedIdentities: [{}]\n",
+            uai("u4")
+        ),
+    );
+    let env = Env::with_config("e2e-kill", &world(&[], &extra), |c| {
+        c.min_operation_duration = Duration::from_secs(3);
+    })
+    .await;
+    let mut c1 = env.controller("first");
+    env.create(
+        "web",
+        json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u1"), uai("u2")]}),
+    )
+    .await
+    .expect("web");
+    // The PATCH is accepted; the controller is polling the operation: kill it there.
+    env.wait_until(30, "the PATCH to arrive", || {
+        !env.accepted_patches().is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c1.kill();
+    let _c2 = env.controller("second");
+    let o = env.wait_for("web", 60, "Ready", is_ready).await;
+    assert_eq!(env.accepted_patches().len(), 1, "nothing added twice");
+    // u4 was there before and nobody applied it: untouched.
+    assert_eq!(
+        env.identity(&vm("vm1")).1,
+        vec!["u1".to_string(), "u2".into(), "u4".into()]
+    );
+    let applied = o.status.unwrap().applied.unwrap().user_assigned_identities;
+    assert_eq!(applied, vec![uai("u1"), uai("u2")]);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn with_two_replicas_only_the_leader_writes() {
+    let env = Env::new("e2e-leader", &world(&["vm1"], "")).await;
+    let mut a = env.controller("replica-a");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let b = env.controller("replica-b");
+    env.create(
+        "web",
+        json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u1")]}),
+    )
+    .await
+    .expect("web");
+    env.wait_for("web", 30, "Ready", is_ready).await;
+    let ma = a.metrics().await;
+    let mb = b.metrics().await;
+    assert!(ma.contains("vmidentity_leader 1"), "{ma}");
+    assert!(mb.contains("vmidentity_leader 0"), "{mb}");
+    assert!(
+        !mb.contains("vmidentity_arm_requests_total{"),
+        "the follower sent ARM requests: {mb}"
+    );
+    // The leader goes away gracefully: the follower takes over.
+    let started = std::time::Instant::now();
+    assert_eq!(a.terminate().await, Some(0), "graceful exit");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    env.patch_spec(
+        "web",
+        json!({"userAssignedIdentities": [uai("u1"), uai("u2")]}),
+    )
+    .await;
+    env.wait_for("web", 30, "Ready after failover", |o| {
+        is_ready(o) && o.status.as_ref().and_then(|s| s.user_assigned_count) == Some(2)
+    })
+    .await;
+    assert!(b.metrics().await.contains("vmidentity_leader 1"));
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_api_server_refuses_bad_objects_with_a_message_that_says_what_to_fix() {
+    let env = Env::new("e2e-cel", &world(&[], "")).await;
+    let bad: Vec<(&str, serde_json::Value, &str)> = vec![
+        (
+            "target",
+            json!({"target": uai("u1")}),
+            "spec.target must be a VM or VMSS resource ID",
+        ),
+        (
+            "uai",
+            json!({"target": vm("vm1"), "userAssignedIdentities": [vm("vm2")]}),
+            "each userAssignedIdentities entry must be a user-assigned identity ID",
+        ),
+        (
+            "dup",
+            json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u1"), uai("u1").to_uppercase().replace("/SUBSCRIPTIONS/", "/subscriptions/")]}),
+            "must not list the same identity twice",
+        ),
+        (
+            "role",
+            json!({"target": vm("vm1"), "roleAssignments": [{"identity": uai("u9"), "role": "Reader", "scope": SUB}]}),
+            "each roleAssignments[].identity must be",
+        ),
+        (
+            "group",
+            json!({"target": vm("vm1"), "groupMemberships": [{"identity": "Nobody", "groupObjectId": "6f1c8a2e-3b5d-4c7a-9e21-0d4b5a6c7e80"}]}),
+            "each groupMemberships[].identity must be",
+        ),
+        (
+            "sysfalse",
+            json!({"target": vm("vm1"), "systemAssigned": false, "roleAssignments": [{"identity": "SystemAssigned", "role": "Reader", "scope": SUB}]}),
+            "systemAssigned is false",
+        ),
+        (
+            "mode",
+            json!({"target": vm("vm1"), "mode": "Replace"}),
+            "Unsupported value: \"Replace\"",
+        ),
+        (
+            "policy",
+            json!({"target": vm("vm1"), "deletionPolicy": "Orphan"}),
+            "Unsupported value: \"Orphan\"",
+        ),
+        (
+            "api",
+            json!({"target": vm("vm1"), "armApiVersion": "latest"}),
+            "spec.armApiVersion",
+        ),
+    ];
+    for (name, spec, want) in bad {
+        let obj = json!({"apiVersion": "vmidentity.dev/v1alpha1", "kind": "VirtualMachineIdentity",
+                         "metadata": {"name": format!("bad-{name}"), "namespace": env.ns}, "spec": spec});
+        let err = env.create_raw(obj).await.expect_err(name);
+        let msg = match err {
+            kube::Error::Api(e) => {
+                assert_eq!(e.code, 422, "{name}: {}", e.message);
+                e.message
+            }
+            other => panic!("{name}: {other}"),
+        };
+        assert!(
+            msg.contains(want),
+            "{name}: {msg:?} should contain {want:?}"
+        );
+    }
+    // The target cannot change after creation.
+    env.create("ok", json!({"target": vm("vm1")}))
+        .await
+        .expect("ok");
+    let err = env
+        .api
+        .patch(
+            "ok",
+            &Default::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"target": vm("vm2")}})),
+        )
+        .await
+        .expect_err("immutable");
+    assert!(
+        err.to_string().contains("spec.target is immutable"),
+        "{err}"
+    );
+    env.cleanup().await;
+}

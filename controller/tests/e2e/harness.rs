@@ -1,0 +1,417 @@
+//! End-to-end harness: a real API server (tests/apiserver/up.sh), the ARM simulator in this
+//! process, and the real `vmidentity controller` binary as a child process.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use serde_json::{Value, json};
+use vmidentity::crd::{VirtualMachineIdentity, VirtualMachineIdentitySpec};
+use vmidentity_simulator::{SimConfig, SimHandle, WorldSeed};
+
+pub const SUB: &str = "/subscriptions/00000000-0000-0000-0000-0000000000e2";
+pub const TOKEN: &str = "sim-token";
+
+pub fn vm(name: &str) -> String {
+    format!("{SUB}/resourceGroups/rg-e2e/providers/Microsoft.Compute/virtualMachines/{name}")
+}
+
+pub fn uai(name: &str) -> String {
+    format!(
+        "{SUB}/resourceGroups/rg-e2e/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}"
+    )
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The kubeconfig of the test API server: `VMIDENTITY_E2E_KUBECONFIG`, or what
+/// `tests/apiserver/up.sh` prints (it is idempotent and fast once built).
+pub fn kubeconfig() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        if let Ok(p) = std::env::var("VMIDENTITY_E2E_KUBECONFIG") {
+            return PathBuf::from(p);
+        }
+        let out = Command::new("bash")
+            .arg(root().join("tests/apiserver/up.sh"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("tests/apiserver/up.sh runs");
+        assert!(out.status.success(), "tests/apiserver/up.sh failed");
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    })
+    .clone()
+}
+
+pub async fn client() -> Client {
+    let kc = Kubeconfig::read_from(kubeconfig()).expect("kubeconfig");
+    let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("config");
+    Client::try_from(cfg).expect("client")
+}
+
+/// Installs (server-side apply) the CRD from crds/ and waits until it is Established.
+pub async fn install_crd(client: &Client) {
+    let text =
+        std::fs::read_to_string(root().join("crds/vmidentity.dev_virtualmachineidentities.yaml"))
+            .expect("crds/");
+    let crd: CustomResourceDefinition = serde_yaml_ng::from_str(&text).expect("crd yaml");
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    api.patch(
+        "virtualmachineidentities.vmidentity.dev",
+        &PatchParams::apply("vmidentity-e2e").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("apply CRD");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = api
+            .get("virtualmachineidentities.vmidentity.dev")
+            .await
+            .expect("get CRD");
+        let established = c
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        if established {
+            break;
+        }
+        assert!(Instant::now() < deadline, "CRD not Established");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The API server needs a moment before it serves the new (or updated) schema.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running `vmidentity controller` process.
+pub struct ControllerProc {
+    child: Child,
+    pub metrics_port: u16,
+    pub identity: String,
+}
+
+impl ControllerProc {
+    pub fn start(ns: &str, sim: &SimHandle, identity: &str, extra: &[&str]) -> ControllerProc {
+        let port = free_port();
+        let log = std::fs::File::create(
+            std::env::temp_dir().join(format!("vmidentity-e2e-{ns}-{identity}.log")),
+        )
+        .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_vmidentity"))
+            .args([
+                "controller",
+                "--namespace",
+                ns,
+                "--arm-endpoint",
+                &sim.base_url(),
+                "--resync-seconds",
+                "3",
+                "--metrics-addr",
+                &format!("127.0.0.1:{port}"),
+                "--lease-name",
+                "vmidentity-leader",
+                "--lease-namespace",
+                ns,
+                "--identity",
+                identity,
+                "--lease-seconds",
+                "4",
+                "--lro-poll-ms",
+                "50",
+            ])
+            .args(extra)
+            .env("KUBECONFIG", kubeconfig())
+            .env("AZURE_ACCESS_TOKEN", TOKEN)
+            .env("VMIDENTITY_LOG_FORMAT", "text")
+            .env("RUST_LOG", "info,kube=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("controller starts");
+        ControllerProc {
+            child,
+            metrics_port: port,
+            identity: identity.to_string(),
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM for a graceful stop, then waits (without blocking the runtime, which also
+    /// serves the simulator) for the process to exit.
+    pub async fn terminate(&mut self) -> Option<i32> {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        for _ in 0..300 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.kill();
+        None
+    }
+
+    pub async fn metrics(&self) -> String {
+        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+        for _ in 0..50 {
+            if let Ok(r) = reqwest_get(&url).await {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        String::new()
+    }
+}
+
+impl Drop for ControllerProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn reqwest_get(url: &str) -> Result<String, String> {
+    // A tiny HTTP/1.0 GET over a TCP stream (the metrics endpoint is plain HTTP).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").ok_or("not http")?;
+    let (host, path) = rest.split_once('/').ok_or("no path")?;
+    let mut s = tokio::net::TcpStream::connect(host)
+        .await
+        .map_err(|e| e.to_string())?;
+    s.write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(buf)
+}
+
+/// A test's world: its own namespace, simulator and API handle.
+pub struct Env {
+    pub ns: String,
+    pub sim: SimHandle,
+    pub client: Client,
+    pub api: Api<VirtualMachineIdentity>,
+}
+
+impl Env {
+    pub async fn new(ns: &str, world_yaml: &str) -> Env {
+        Env::with_config(ns, world_yaml, |_| {}).await
+    }
+
+    pub async fn with_config(ns: &str, world_yaml: &str, f: impl FnOnce(&mut SimConfig)) -> Env {
+        let client = client().await;
+        install_crd(&client).await;
+        let mut cfg = SimConfig {
+            seed: WorldSeed::from_yaml_str(world_yaml).expect("world"),
+            ..SimConfig::default()
+        };
+        f(&mut cfg);
+        let sim = vmidentity_simulator::start(cfg).await.expect("simulator");
+        let ns = format!("{ns}-{}", std::process::id());
+        let api = Api::namespaced(client.clone(), &ns);
+        let env = Env {
+            ns,
+            sim,
+            client,
+            api,
+        };
+        env.cleanup().await;
+        env
+    }
+
+    /// Removes every object of the namespace (finalizers included).
+    pub async fn cleanup(&self) {
+        if let Ok(list) = self.api.list(&Default::default()).await {
+            for o in list {
+                let name = o.metadata.name.clone().unwrap_or_default();
+                let _ = self
+                    .api
+                    .patch(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+                    )
+                    .await;
+                let _ = self.api.delete(&name, &DeleteParams::default()).await;
+            }
+        }
+    }
+
+    pub fn controller(&self, identity: &str) -> ControllerProc {
+        ControllerProc::start(&self.ns, &self.sim, identity, &[])
+    }
+
+    pub async fn create(
+        &self,
+        name: &str,
+        spec: Value,
+    ) -> Result<VirtualMachineIdentity, kube::Error> {
+        let spec: VirtualMachineIdentitySpec = serde_json::from_value(spec).expect("spec");
+        let o = VirtualMachineIdentity::new(name, spec);
+        self.api.create(&PostParams::default(), &o).await
+    }
+
+    /// Creates an object from raw JSON (so the API server, not serde, judges it).
+    pub async fn create_raw(&self, obj: Value) -> Result<kube::api::DynamicObject, kube::Error> {
+        let ar = kube::api::ApiResource::erase::<VirtualMachineIdentity>(&());
+        let api: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &self.ns, &ar);
+        let o: kube::api::DynamicObject = serde_json::from_value(obj).expect("object");
+        api.create(&PostParams::default(), &o).await
+    }
+
+    pub async fn patch_spec(&self, name: &str, spec: Value) {
+        self.api
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": spec })),
+            )
+            .await
+            .expect("patch spec");
+    }
+
+    pub async fn get(&self, name: &str) -> Option<VirtualMachineIdentity> {
+        self.api.get_opt(name).await.expect("get")
+    }
+
+    /// Waits until `f` holds for the object (or fails the test after `secs`).
+    pub async fn wait_for(
+        &self,
+        name: &str,
+        secs: u64,
+        what: &str,
+        f: impl Fn(&VirtualMachineIdentity) -> bool,
+    ) -> VirtualMachineIdentity {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(o) = self.get(name).await
+                && f(&o)
+            {
+                return o;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{name}: timed out waiting for {what}; last: {:#?}",
+                    self.get(name).await.map(|o| o.status)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn wait_gone(&self, name: &str, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while self.get(name).await.is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "{name} still there (stuck finalizer?)"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn wait_until(&self, secs: u64, what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `(type, sorted lower-cased UAI names)` of a VM.
+    pub fn identity(&self, id: &str) -> (String, Vec<String>) {
+        let ident = self.sim.identity_of(id).unwrap_or(Value::Null);
+        let ty = ident
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("None")
+            .to_string();
+        let mut names: Vec<String> = ident
+            .get("userAssignedIdentities")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.keys()
+                    .map(|k| {
+                        k.rsplit('/')
+                            .next()
+                            .unwrap_or_default()
+                            .to_ascii_lowercase()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        (ty, names)
+    }
+
+    /// Bodies of the PATCHes ARM accepted (200/202).
+    pub fn accepted_patches(&self) -> Vec<Value> {
+        self.sim
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "PATCH" && (r.status == 200 || r.status == 202))
+            .filter_map(|r| r.body)
+            .collect()
+    }
+}
+
+pub fn condition(o: &VirtualMachineIdentity, type_: &str) -> Option<(String, String)> {
+    o.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+pub fn is_ready(o: &VirtualMachineIdentity) -> bool {
+    condition(o, "Ready").is_some_and(|(s, _)| s == "True")
+        && o.status.as_ref().and_then(|s| s.observed_generation) == o.metadata.generation
+}
+
+pub fn stalled_with(o: &VirtualMachineIdentity, reason: &str) -> bool {
+    condition(o, "Stalled") == Some(("True".into(), reason.into()))
+}
+
+/// A world with UAIs u1..u4 and the named VMs (no identity), plus extra YAML.
+pub fn world(vms: &[&str], extra: &str) -> String {
+    let mut s = String::from("userAssignedIdentities:\n");
+    for u in ["u1", "u2", "u3", "u4"] {
+        s.push_str(&format!("  - id: {}\n", uai(u)));
+    }
+    s.push_str("virtualMachines:\n");
+    for v in vms {
+        s.push_str(&format!("  - id: {}\n", vm(v)));
+    }
+    s.push_str(extra);
+    s
+}

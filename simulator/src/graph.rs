@@ -1,0 +1,460 @@
+//! Microsoft Graph v1.0 (and beta) for group memberships of managed identities, served
+//! on the same server under `/v1.0/…` (`/beta/…`). Shapes, codes and messages:
+//! graph/GRAPH-MEMBERS.md (see README.md for each rule's source).
+
+use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
+use serde_json::{Map, Value, json};
+
+use crate::directory::EntraGroup;
+use crate::errors::ArmError;
+use crate::server::{ArmResponse, query_decoded};
+use crate::state::State;
+
+/// Graph page size ceiling (graph/GRAPH-MEMBERS.md §5 [G5]).
+pub const GRAPH_MAX_PAGE_SIZE: usize = 999;
+
+/// Which Graph version a path addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GraphVersion {
+    V1,
+    Beta,
+}
+
+impl GraphVersion {
+    fn prefix(self) -> &'static str {
+        match self {
+            GraphVersion::V1 => "v1.0",
+            GraphVersion::Beta => "beta",
+        }
+    }
+}
+
+/// Percent-decodes a path segment (`%24ref` → `$ref`).
+fn decode_segment(s: &str) -> String {
+    crate::server::percent_decode(s, false)
+}
+
+/// `/v1.0/…` or `/beta/…` → version and decoded segments.
+pub(crate) fn parse_path(path: &str) -> Option<(GraphVersion, Vec<String>)> {
+    let mut segs = path.trim_end_matches('/').split('/').skip(1);
+    let version = match segs.next()? {
+        v if v.eq_ignore_ascii_case("v1.0") => GraphVersion::V1,
+        v if v.eq_ignore_ascii_case("beta") => GraphVersion::Beta,
+        _ => return None,
+    };
+    Some((version, segs.map(decode_segment).collect()))
+}
+
+/// Graph's error envelope with `innerError` (graph/GRAPH-MEMBERS.md §2 [G14]).
+pub(crate) fn graph_error(status: StatusCode, code: &str, message: impl Into<String>) -> ArmError {
+    let message = message.into();
+    let rid = uuid::Uuid::new_v4().to_string();
+    let date = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S").to_string();
+    ArmError::new(status, code, message.clone()).with_body(json!({
+        "error": {
+            "code": code,
+            "message": message,
+            "innerError": {
+                "date": date,
+                "request-id": rid,
+                "client-request-id": rid,
+            }
+        }
+    }))
+}
+
+fn not_found(id: &str) -> ArmError {
+    graph_error(
+        StatusCode::NOT_FOUND,
+        "Request_ResourceNotFound",
+        format!(
+            "Resource '{id}' does not exist or one of its queried reference-property objects are not present."
+        ),
+    )
+}
+
+fn bad_request(message: impl Into<String>) -> ArmError {
+    graph_error(StatusCode::BAD_REQUEST, "Request_BadRequest", message)
+}
+
+/// Bearer check against the Graph token set: 401 `InvalidAuthenticationToken`.
+pub(crate) fn check_auth(headers: &HeaderMap, accepted: &[String]) -> Result<(), ArmError> {
+    let raw = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .trim();
+    let token = match raw.split_once(' ') {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+        _ => "",
+    };
+    if token.is_empty() {
+        return Err(with_challenge(graph_error(
+            StatusCode::UNAUTHORIZED,
+            "InvalidAuthenticationToken",
+            "Access token is empty.",
+        )));
+    }
+    if accepted.iter().any(|t| t == token) {
+        Ok(())
+    } else {
+        Err(with_challenge(graph_error(
+            StatusCode::UNAUTHORIZED,
+            "InvalidAuthenticationToken",
+            "Access token validation failure.",
+        )))
+    }
+}
+
+fn with_challenge(e: ArmError) -> ArmError {
+    e.with_header(
+        HeaderName::from_static("www-authenticate"),
+        "Bearer realm=\"\", authorization_uri=\"https://login.microsoftonline.com/common/oauth2/authorize\", client_id=\"00000003-0000-0000-c000-000000000000\"",
+    )
+}
+
+/// Graph's 429 (graph/GRAPH-MEMBERS.md §6 [G11]).
+pub(crate) fn throttle_error(retry_after_secs: u64) -> ArmError {
+    graph_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "TooManyRequests",
+        "Too many requests.",
+    )
+    .with_header(
+        HeaderName::from_static("retry-after"),
+        &retry_after_secs.to_string(),
+    )
+}
+
+/// True for requests that change the directory (counted as Graph writes).
+pub(crate) fn is_write(method: &Method) -> bool {
+    *method != Method::GET && *method != Method::HEAD
+}
+
+pub(crate) fn dispatch(
+    st: &mut State,
+    method: &Method,
+    version: GraphVersion,
+    segs: &[String],
+    query: Option<&str>,
+    body: Option<&Value>,
+) -> Result<ArmResponse, ArmError> {
+    let s: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let eq = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+    let allowed = |m: &Method, want: Method| -> Result<(), ArmError> {
+        if *m == want {
+            Ok(())
+        } else {
+            Err(graph_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Request_BadRequest",
+                "Specified HTTP method is not allowed for the request target.",
+            ))
+        }
+    };
+    match s.as_slice() {
+        [g, gid] if eq(g, "groups") => {
+            allowed(method, Method::GET)?;
+            get_group(st, version, gid, query)
+        }
+        [g, gid, m] if eq(g, "groups") && eq(m, "members") => {
+            allowed(method, Method::GET)?;
+            list_members(st, version, gid, query)
+        }
+        [g, gid, m, r] if eq(g, "groups") && eq(m, "members") && eq(r, "$ref") => {
+            allowed(method, Method::POST)?;
+            add_member(st, gid, body)
+        }
+        [g, gid, m, mid, r] if eq(g, "groups") && eq(m, "members") && eq(r, "$ref") => {
+            allowed(method, Method::DELETE)?;
+            remove_member(st, gid, mid)
+        }
+        [sp, id] if eq(sp, "servicePrincipals") => {
+            allowed(method, Method::GET)?;
+            get_service_principal(st, version, id)
+        }
+        [sp] if sp.len() > 17 && sp[..17].eq_ignore_ascii_case("servicePrincipals") => {
+            // servicePrincipals(appId='{appId}')
+            allowed(method, Method::GET)?;
+            let inner = sp[17..]
+                .strip_prefix('(')
+                .and_then(|x| x.strip_suffix(')'))
+                .unwrap_or("");
+            let app = inner
+                .split_once('=')
+                .filter(|(k, _)| k.trim().eq_ignore_ascii_case("appId"))
+                .map(|(_, v)| v.trim().trim_matches('\'').to_string())
+                .ok_or_else(|| bad_request(format!("Invalid key predicate '{inner}'.")))?;
+            let p = st
+                .world
+                .directory
+                .by_app_id(&app)
+                .ok_or_else(|| not_found(&format!("servicePrincipals(appId='{app}')")))?;
+            Ok(entity(
+                version,
+                "servicePrincipals",
+                st.world.directory.render(p),
+            ))
+        }
+        [sp, id, m] if eq(sp, "servicePrincipals") && eq(m, "memberOf") => {
+            allowed(method, Method::GET)?;
+            member_of(st, version, id, query)
+        }
+        _ => {
+            let seg = s
+                .iter()
+                .find(|x| {
+                    !["groups", "members", "$ref", "servicePrincipals", "memberOf"]
+                        .iter()
+                        .any(|k| k.eq_ignore_ascii_case(x))
+                })
+                .or(s.first())
+                .copied()
+                .unwrap_or("");
+            Err(graph_error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("Resource not found for the segment '{seg}'."),
+            ))
+        }
+    }
+}
+
+fn entity(version: GraphVersion, set: &str, v: Value) -> ArmResponse {
+    let mut m = Map::new();
+    m.insert(
+        "@odata.context".into(),
+        json!(format!(
+            "https://graph.microsoft.com/{}/$metadata#{set}/$entity",
+            version.prefix()
+        )),
+    );
+    if let Value::Object(o) = v {
+        for (k, val) in o {
+            if k != "@odata.type" {
+                m.insert(k, val);
+            }
+        }
+    }
+    ArmResponse::json(StatusCode::OK, Value::Object(m))
+}
+
+fn group<'a>(st: &'a State, gid: &str) -> Result<&'a EntraGroup, ArmError> {
+    st.world
+        .directory
+        .groups
+        .get(&gid.to_ascii_lowercase())
+        .ok_or_else(|| not_found(gid))
+}
+
+/// Members as listed: on v1.0 service principals are omitted when
+/// `graph_members_omit_service_principals` (KNOWN ISSUE, graph/GRAPH-MEMBERS.md §4 [G4]).
+fn visible_members(st: &State, g: &EntraGroup, omit_sps: bool) -> Vec<Value> {
+    g.members
+        .iter()
+        .filter_map(|m| st.world.directory.live(m))
+        .filter(|p| !(omit_sps && p.kind == crate::directory::PrincipalKind::ServicePrincipal))
+        .map(|p| st.world.directory.render(p))
+        .collect()
+}
+
+fn get_group(
+    st: &State,
+    version: GraphVersion,
+    gid: &str,
+    query: Option<&str>,
+) -> Result<ArmResponse, ArmError> {
+    let g = group(st, gid)?;
+    let p = st
+        .world
+        .directory
+        .live(&g.id)
+        .ok_or_else(|| not_found(gid))?;
+    let mut v = st.world.directory.render(p);
+    // `$expand=members` is the documented workaround of the v1.0 known issue: it lists
+    // service principals too (graph/GRAPH-MEMBERS.md §4 [G4]).
+    if query_decoded(query, "$expand").is_some_and(|e| e.eq_ignore_ascii_case("members"))
+        && let Value::Object(m) = &mut v
+    {
+        m.insert(
+            "members".into(),
+            Value::Array(visible_members(st, g, false)),
+        );
+    }
+    Ok(entity(version, "groups", v))
+}
+
+/// `$top` (1..=999) or the configured page size; `$skiptoken` = offset.
+fn page_params(st: &State, query: Option<&str>) -> Result<(usize, usize), ArmError> {
+    let top = match query_decoded(query, "$top") {
+        None => st.config.graph_page_size.clamp(1, GRAPH_MAX_PAGE_SIZE),
+        Some(t) => match t.parse::<usize>() {
+            Ok(n) if (1..=GRAPH_MAX_PAGE_SIZE).contains(&n) => n,
+            _ => {
+                // CHOSEN message (Graph's wording for an out-of-range page size).
+                return Err(bad_request(format!(
+                    "Invalid page size specified: '{t}'. Must be between 1 and {GRAPH_MAX_PAGE_SIZE} inclusive."
+                )));
+            }
+        },
+    };
+    let skip = query_decoded(query, "$skiptoken")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((top, skip))
+}
+
+fn paged(
+    st: &State,
+    version: GraphVersion,
+    path: &str,
+    items: Vec<Value>,
+    top: usize,
+    skip: usize,
+    explicit_top: bool,
+) -> ArmResponse {
+    let total = items.len();
+    let value: Vec<Value> = items.into_iter().skip(skip).take(top).collect();
+    let mut m = Map::new();
+    m.insert(
+        "@odata.context".into(),
+        json!(format!(
+            "https://graph.microsoft.com/{}/$metadata#directoryObjects",
+            version.prefix()
+        )),
+    );
+    if skip + top < total {
+        let top_q = if explicit_top {
+            format!("$top={top}&")
+        } else {
+            String::new()
+        };
+        m.insert(
+            "@odata.nextLink".into(),
+            json!(format!(
+                "{}/{}/{path}?{top_q}$skiptoken={}",
+                st.base_url,
+                version.prefix(),
+                skip + top
+            )),
+        );
+    }
+    m.insert("value".into(), Value::Array(value));
+    ArmResponse::json(StatusCode::OK, Value::Object(m))
+}
+
+fn list_members(
+    st: &State,
+    version: GraphVersion,
+    gid: &str,
+    query: Option<&str>,
+) -> Result<ArmResponse, ArmError> {
+    let g = group(st, gid)?;
+    let (top, skip) = page_params(st, query)?;
+    let omit = version == GraphVersion::V1 && st.config.graph_members_omit_service_principals;
+    let items = visible_members(st, g, omit);
+    Ok(paged(
+        st,
+        version,
+        &format!("groups/{gid}/members"),
+        items,
+        top,
+        skip,
+        query_decoded(query, "$top").is_some(),
+    ))
+}
+
+fn member_of(
+    st: &State,
+    version: GraphVersion,
+    id: &str,
+    query: Option<&str>,
+) -> Result<ArmResponse, ArmError> {
+    let d = &st.world.directory;
+    let p = d.live(id).ok_or_else(|| not_found(id))?;
+    let (top, skip) = page_params(st, query)?;
+    let items: Vec<Value> = d
+        .member_of(&p.id)
+        .iter()
+        .filter_map(|g| d.live(g))
+        .map(|g| d.render(g))
+        .collect();
+    Ok(paged(
+        st,
+        version,
+        &format!("servicePrincipals/{id}/memberOf"),
+        items,
+        top,
+        skip,
+        query_decoded(query, "$top").is_some(),
+    ))
+}
+
+fn get_service_principal(
+    st: &State,
+    version: GraphVersion,
+    id: &str,
+) -> Result<ArmResponse, ArmError> {
+    let p = st
+        .world
+        .directory
+        .live(id)
+        .filter(|p| p.kind == crate::directory::PrincipalKind::ServicePrincipal)
+        .ok_or_else(|| not_found(id))?;
+    Ok(entity(
+        version,
+        "servicePrincipals",
+        st.world.directory.render(p),
+    ))
+}
+
+/// The object id named by `@odata.id` (`…/directoryObjects/{id}`, `…/servicePrincipals/{id}`, …).
+fn member_id(body: Option<&Value>) -> Result<String, ArmError> {
+    let raw = body
+        .and_then(|b| b.get("@odata.id"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            // CHOSEN message.
+            bad_request("The request body must contain '@odata.id' referencing a directory object.")
+        })?;
+    let id = raw.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+    if crate::directory::is_guid(id) {
+        Ok(id.to_string())
+    } else {
+        Err(bad_request(format!("Invalid object identifier '{id}'.")))
+    }
+}
+
+fn add_member(st: &mut State, gid: &str, body: Option<&Value>) -> Result<ArmResponse, ArmError> {
+    let gkey = group(st, gid)?.id.to_ascii_lowercase();
+    let mid = member_id(body)?;
+    if st.world.directory.live(&mid).is_none() {
+        return Err(not_found(&mid));
+    }
+    let mkey = mid.to_ascii_lowercase();
+    let Some(g) = st.world.directory.groups.get_mut(&gkey) else {
+        return Err(not_found(gid));
+    };
+    if g.members.contains(&mkey) {
+        return Err(bad_request(
+            "One or more added object references already exist for the following modified properties: 'members'.",
+        ));
+    }
+    g.members.push(mkey);
+    Ok(ArmResponse::empty(StatusCode::NO_CONTENT))
+}
+
+fn remove_member(st: &mut State, gid: &str, mid: &str) -> Result<ArmResponse, ArmError> {
+    let gkey = group(st, gid)?.id.to_ascii_lowercase();
+    let mkey = mid.to_ascii_lowercase();
+    let Some(g) = st.world.directory.groups.get_mut(&gkey) else {
+        return Err(not_found(gid));
+    };
+    let before = g.members.len();
+    g.members.retain(|m| *m != mkey);
+    if g.members.len() == before {
+        // 404 naming the group (graph/GRAPH-MEMBERS.md §3 [G15]).
+        return Err(not_found(gid));
+    }
+    Ok(ArmResponse::empty(StatusCode::NO_CONTENT))
+}

@@ -1,0 +1,705 @@
+//! Azure Resource Graph query API (`POST /providers/Microsoft.ResourceGraph/resources`,
+//! api-version 2021-03-01): a small KQL subset over the VMs / VMSS of the world, paging,
+//! per-caller quota (`x-ms-user-quota-*`) and a configurable lag.
+//! Spec: `resourcegraph/2021-03-01/resourcegraph.json` + examples; ARM-BEHAVIOUR.md §6.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::http::{HeaderName, StatusCode};
+use serde_json::{Map, Value, json};
+use tokio::time::Instant;
+
+use crate::errors::ArmError;
+use crate::server::{ArmResponse, api_version_error, query_decoded};
+use crate::state::State;
+
+/// Resource Graph api-versions served.
+pub const RESOURCE_GRAPH_API_VERSIONS: &[&str] = &[
+    "2019-04-01",
+    "2020-04-01-preview",
+    "2021-03-01",
+    "2021-06-01-preview",
+    "2022-10-01",
+    "2024-04-01",
+];
+
+/// Default / maximum `$top` (spec; ARM-BEHAVIOUR.md §6 [A30]).
+pub const ARG_DEFAULT_TOP: usize = 100;
+pub const ARG_MAX_TOP: usize = 1000;
+
+/// How many snapshots per resource the lag history keeps.
+const HISTORY_PER_RESOURCE: usize = 256;
+
+/// Snapshots of ARG rows per resource, for the lag: `(time, row)`; `None` row = deleted;
+/// `None` time = seeded (present since forever).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RowHistory {
+    pub rows: HashMap<String, Vec<Snapshot>>,
+}
+
+/// `(time, row)`: `None` time = seeded, `None` row = deleted.
+pub(crate) type Snapshot = (Option<Instant>, Option<Value>);
+
+impl RowHistory {
+    pub fn record(&mut self, key: &str, at: Option<Instant>, row: Option<Value>) {
+        let v = self.rows.entry(key.to_string()).or_default();
+        v.push((at, row));
+        if v.len() > HISTORY_PER_RESOURCE {
+            // Keep the newest; the oldest kept entry becomes the baseline.
+            let drop = v.len() - HISTORY_PER_RESOURCE;
+            v.drain(..drop);
+        }
+    }
+
+    /// Rows as they were at `t`.
+    pub fn at(&self, t: Instant) -> Vec<Value> {
+        self.rows
+            .values()
+            .filter_map(|v| {
+                v.iter()
+                    .rev()
+                    .find(|(at, _)| at.is_none_or(|a| a <= t))
+                    .and_then(|(_, r)| r.clone())
+            })
+            .collect()
+    }
+}
+
+/// Per-caller quota window.
+#[derive(Debug, Clone)]
+pub(crate) struct QuotaWindow {
+    pub start: Instant,
+    pub used: u32,
+}
+
+fn arg_error(status: StatusCode, code: &str, message: &str, details: Vec<Value>) -> ArmError {
+    let mut inner = Map::new();
+    inner.insert("code".into(), json!(code));
+    inner.insert("message".into(), json!(message));
+    if !details.is_empty() {
+        inner.insert("details".into(), Value::Array(details));
+    }
+    ArmError::new(status, code, message).with_body(json!({ "error": Value::Object(inner) }))
+}
+
+fn support_message() -> String {
+    format!(
+        "Please provide below info when asking for support: timestamp = {}, correlationId = {}.",
+        crate::state::now_rfc3339(),
+        uuid::Uuid::new_v4()
+    )
+}
+
+/// 400 for a query outside the supported subset: ARG's `BadRequest` with an
+/// `InvalidQuery` detail (CHOSEN shape, see README.md).
+fn invalid_query(reason: &str) -> ArmError {
+    arg_error(
+        StatusCode::BAD_REQUEST,
+        "BadRequest",
+        &support_message(),
+        vec![
+            json!({"code": "InvalidQuery", "message": "Query is invalid. Please refer to the documentation for the Azure Resource Graph service and fix the error before retrying."}),
+            json!({"code": "UnsupportedQuery", "message": reason}),
+        ],
+    )
+}
+
+fn bad_request(message: &str) -> ArmError {
+    arg_error(
+        StatusCode::BAD_REQUEST,
+        "BadRequest",
+        &support_message(),
+        vec![json!({"code": "InvalidRequest", "message": message})],
+    )
+}
+
+/// The row ARG shows for a VM/VMSS: `type` and `resourceGroup` lower-cased (examples),
+/// `identity` as the 2018-06-01+ GET shows it (`null` when none).
+pub(crate) fn row_of(world: &crate::world::World, key: &str) -> Option<Value> {
+    let r = world.compute.get(key)?;
+    Some(json!({
+        "id": r.id.to_string(),
+        "name": r.id.name,
+        "type": r.id.kind.arm_type().to_ascii_lowercase(),
+        "tenantId": world.tenant_id,
+        "kind": "",
+        "location": r.location,
+        "resourceGroup": r.id.resource_group.to_ascii_lowercase(),
+        "subscriptionId": r.id.subscription,
+        "tags": r.tags.clone().unwrap_or_else(|| json!({})),
+        "identity": world
+            .render_identity(r, crate::identity::Shape::Dictionary)
+            .unwrap_or(Value::Null),
+    }))
+}
+
+// ---------------------------------------------------------------------------
+// KQL subset
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq)]
+enum Cond {
+    /// `field =~ 'v'` (case-insensitive) / `field == 'v'` (exact) / `!=`, `!~`.
+    Cmp {
+        field: String,
+        value: String,
+        ci: bool,
+        negate: bool,
+    },
+    /// `field in ('a','b')` / `in~`.
+    In {
+        field: String,
+        values: Vec<String>,
+        ci: bool,
+    },
+    /// `isnotnull(field)` / `isnull(field)`.
+    NotNull {
+        field: String,
+        negate: bool,
+    },
+    And(Vec<Cond>),
+    Or(Vec<Cond>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Op {
+    Where(Cond),
+    Project(Vec<String>),
+    Order { field: String, desc: bool },
+    Limit(usize),
+}
+
+const FIELDS: &[&str] = &[
+    "id",
+    "name",
+    "type",
+    "tenantId",
+    "kind",
+    "location",
+    "resourceGroup",
+    "subscriptionId",
+    "tags",
+    "identity",
+];
+
+fn field(name: &str) -> Result<String, ArmError> {
+    FIELDS
+        .iter()
+        .find(|f| **f == name)
+        .map(|f| f.to_string())
+        .ok_or_else(|| {
+            invalid_query(&format!(
+                "The simulator supports the columns {} only; got '{name}'.",
+                FIELDS.join(", ")
+            ))
+        })
+}
+
+/// Splits on `sep` (a word or symbol) outside single/double quotes and parentheses,
+/// case-insensitively, requiring whitespace around word separators.
+fn split_top(s: &str, sep: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let chars: Vec<char> = s.chars().collect();
+    let sep_chars: Vec<char> = sep.chars().collect();
+    let word = sep.chars().all(|c| c.is_ascii_alphabetic());
+    let (mut depth, mut quote) = (0i32, None::<char>);
+    let mut cur = String::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None => match c {
+                '\'' | '"' => quote = Some(c),
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                _ => {}
+            },
+        }
+        if quote.is_none() && depth == 0 && i + sep_chars.len() <= chars.len() {
+            let cand: String = chars[i..i + sep_chars.len()].iter().collect();
+            let bounded = !word
+                || ((i == 0 || chars[i - 1].is_whitespace())
+                    && chars
+                        .get(i + sep_chars.len())
+                        .is_none_or(|c| c.is_whitespace()));
+            if cand.eq_ignore_ascii_case(sep) && bounded {
+                out.push(cur.trim().to_string());
+                cur.clear();
+                i += sep_chars.len();
+                continue;
+            }
+        }
+        cur.push(c);
+        i += 1;
+    }
+    out.push(cur.trim().to_string());
+    out
+}
+
+fn literal(s: &str) -> Result<String, ArmError> {
+    let s = s.trim();
+    for q in ['\'', '"'] {
+        if let Some(inner) = s.strip_prefix(q).and_then(|x| x.strip_suffix(q)) {
+            return Ok(inner.to_string());
+        }
+    }
+    Err(invalid_query(&format!(
+        "Expected a string literal, got '{s}'."
+    )))
+}
+
+fn strip_parens(s: &str) -> &str {
+    let t = s.trim();
+    if t.starts_with('(') && t.ends_with(')') && split_top(t, "|").len() == 1 {
+        // Only when the parentheses enclose the whole expression.
+        let inner = &t[1..t.len() - 1];
+        let mut depth = 0i32;
+        for c in inner.chars() {
+            match c {
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth < 0 {
+                        return t;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if depth == 0 {
+            return inner.trim();
+        }
+    }
+    t
+}
+
+fn parse_cond(s: &str) -> Result<Cond, ArmError> {
+    let s = strip_parens(s);
+    let ors = split_top(s, "or");
+    if ors.len() > 1 {
+        return ors
+            .iter()
+            .map(|x| parse_cond(x))
+            .collect::<Result<_, _>>()
+            .map(Cond::Or);
+    }
+    let ands = split_top(s, "and");
+    if ands.len() > 1 {
+        return ands
+            .iter()
+            .map(|x| parse_cond(x))
+            .collect::<Result<_, _>>()
+            .map(Cond::And);
+    }
+    let lower = s.to_ascii_lowercase();
+    for (prefix, negate) in [("isnotnull(", false), ("isnull(", true)] {
+        if let Some(inner) = lower.strip_prefix(prefix).and_then(|x| x.strip_suffix(')')) {
+            let name = &s[prefix.len()..prefix.len() + inner.len()];
+            return Ok(Cond::NotNull {
+                field: field(name.trim())?,
+                negate,
+            });
+        }
+    }
+    for (op, ci) in [(" in~ ", true), (" in ", false)] {
+        if let Some(idx) = lower.find(op) {
+            let list = s[idx + op.len()..].trim();
+            let inner = list
+                .strip_prefix('(')
+                .and_then(|x| x.strip_suffix(')'))
+                .ok_or_else(|| invalid_query("Expected '(' after 'in'."))?;
+            let values = split_top(inner, ",")
+                .iter()
+                .filter(|v| !v.is_empty())
+                .map(|v| literal(v))
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(Cond::In {
+                field: field(s[..idx].trim())?,
+                values,
+                ci,
+            });
+        }
+    }
+    for (op, ci, negate) in [
+        ("=~", true, false),
+        ("!~", true, true),
+        ("==", false, false),
+        ("!=", false, true),
+    ] {
+        if let Some(idx) = s.find(op) {
+            return Ok(Cond::Cmp {
+                field: field(s[..idx].trim())?,
+                value: literal(&s[idx + 2..])?,
+                ci,
+                negate,
+            });
+        }
+    }
+    Err(invalid_query(&format!("Unsupported condition '{s}'.")))
+}
+
+fn parse_query(q: &str) -> Result<Vec<Op>, ArmError> {
+    let parts = split_top(q, "|");
+    let table = parts.first().map(String::as_str).unwrap_or("");
+    if !table.eq_ignore_ascii_case("resources") {
+        return Err(invalid_query(&format!(
+            "The simulator serves the 'Resources' table only; got '{table}'."
+        )));
+    }
+    let mut ops = Vec::new();
+    for p in &parts[1..] {
+        let (kw, rest) = p
+            .split_once(char::is_whitespace)
+            .unwrap_or((p.as_str(), ""));
+        let rest = rest.trim();
+        match kw.to_ascii_lowercase().as_str() {
+            "where" => ops.push(Op::Where(parse_cond(rest)?)),
+            "project" => ops.push(Op::Project(
+                split_top(rest, ",")
+                    .iter()
+                    .map(|f| field(f))
+                    .collect::<Result<_, _>>()?,
+            )),
+            "order" | "sort" => {
+                let by = rest
+                    .strip_prefix("by ")
+                    .or_else(|| rest.strip_prefix("BY "))
+                    .ok_or_else(|| invalid_query("Expected 'by' after 'order'."))?;
+                let mut it = by.split_whitespace();
+                let f = field(it.next().unwrap_or(""))?;
+                // KQL's default sort order is descending.
+                let desc = match it.next().map(str::to_ascii_lowercase).as_deref() {
+                    None | Some("desc") => true,
+                    Some("asc") => false,
+                    Some(o) => return Err(invalid_query(&format!("Unknown sort order '{o}'."))),
+                };
+                ops.push(Op::Order { field: f, desc });
+            }
+            "limit" | "take" => ops
+                .push(Op::Limit(rest.parse().map_err(|_| {
+                    invalid_query(&format!("Expected a number after '{kw}'."))
+                })?)),
+            other => {
+                return Err(invalid_query(&format!(
+                    "The simulator does not support the operator '{other}'."
+                )));
+            }
+        }
+    }
+    Ok(ops)
+}
+
+fn value_str(row: &Value, f: &str) -> Option<String> {
+    match row.get(f) {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Null) | None => None,
+        Some(v) => Some(v.to_string()),
+    }
+}
+
+fn eval(c: &Cond, row: &Value) -> bool {
+    match c {
+        Cond::Cmp {
+            field,
+            value,
+            ci,
+            negate,
+        } => {
+            let v = value_str(row, field).unwrap_or_default();
+            let eq = if *ci {
+                v.eq_ignore_ascii_case(value)
+            } else {
+                v == *value
+            };
+            eq != *negate
+        }
+        Cond::In { field, values, ci } => {
+            let v = value_str(row, field).unwrap_or_default();
+            values.iter().any(|x| {
+                if *ci {
+                    x.eq_ignore_ascii_case(&v)
+                } else {
+                    *x == v
+                }
+            })
+        }
+        Cond::NotNull { field, negate } => row.get(field).is_some_and(|v| !v.is_null()) != *negate,
+        Cond::And(cs) => cs.iter().all(|c| eval(c, row)),
+        Cond::Or(cs) => cs.iter().any(|c| eval(c, row)),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Handler
+// ---------------------------------------------------------------------------
+
+fn hms(d: Duration) -> String {
+    let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    format!("{:02}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
+}
+
+/// Takes one query from the caller's quota. Returns (allowed, remaining, resets-after).
+pub(crate) fn take_quota(st: &mut State, token: &str) -> (bool, u32, Duration) {
+    let quota = st.config.arg_quota;
+    let window = st.config.arg_quota_window;
+    let now = Instant::now();
+    let w = st
+        .arg_quota
+        .entry(token.to_string())
+        .or_insert(QuotaWindow {
+            start: now,
+            used: 0,
+        });
+    if now.duration_since(w.start) >= window {
+        w.start = now;
+        w.used = 0;
+    }
+    let resets = window.saturating_sub(now.duration_since(w.start));
+    if w.used >= quota {
+        return (false, 0, resets);
+    }
+    w.used += 1;
+    (true, quota - w.used, resets)
+}
+
+/// Answers a query POST (quota handled by the caller).
+pub(crate) fn query(
+    st: &mut State,
+    query_string: Option<&str>,
+    body: Option<&Value>,
+) -> Result<ArmResponse, ArmError> {
+    match query_decoded(query_string, "api-version") {
+        Some(v)
+            if RESOURCE_GRAPH_API_VERSIONS
+                .iter()
+                .any(|k| k.eq_ignore_ascii_case(&v)) => {}
+        other => {
+            return Err(api_version_error(
+                other.as_deref(),
+                RESOURCE_GRAPH_API_VERSIONS,
+                "resources",
+                "global",
+            ));
+        }
+    }
+    let Some(Value::Object(req)) = body else {
+        return Err(bad_request(
+            "The request body must be a QueryRequest object.",
+        ));
+    };
+    let q = req
+        .get("query")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad_request("The 'query' property is required."))?;
+    let subs: Option<Vec<String>> = req.get("subscriptions").and_then(Value::as_array).map(|a| {
+        a.iter()
+            .filter_map(Value::as_str)
+            .map(str::to_ascii_lowercase)
+            .collect()
+    });
+    let options = req.get("options").cloned().unwrap_or(Value::Null);
+    let top = match options.get("$top") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=ARG_MAX_TOP as u64).contains(&n) => Some(n as usize),
+            _ => {
+                return Err(bad_request(&format!(
+                    "The '$top' option must be between 1 and {ARG_MAX_TOP}; got {v}."
+                )));
+            }
+        },
+    };
+    let explicit_skip = options.get("$skip").and_then(Value::as_u64);
+    let token_skip = match options.get("$skipToken").and_then(Value::as_str) {
+        None => None,
+        Some(t) => Some(decode_token(t).ok_or_else(|| bad_request("Invalid $skipToken."))?),
+    };
+    let table = match options.get("resultFormat").and_then(Value::as_str) {
+        None => false,
+        Some(f) if f.eq_ignore_ascii_case("objectArray") => false,
+        Some(f) if f.eq_ignore_ascii_case("table") => true,
+        Some(f) => return Err(bad_request(&format!("Unknown resultFormat '{f}'."))),
+    };
+    let ops = parse_query(q)?;
+
+    // The world as it was `lag` ago.
+    let lag = st.config.arg_lag;
+    let mut rows: Vec<Value> = if lag.is_zero() {
+        st.world
+            .compute
+            .keys()
+            .filter_map(|k| row_of(&st.world, k))
+            .collect()
+    } else {
+        let t = Instant::now().checked_sub(lag).unwrap_or_else(Instant::now);
+        st.world.arg_history.at(t)
+    };
+    if let Some(subs) = &subs {
+        rows.retain(|r| {
+            value_str(r, "subscriptionId").is_some_and(|s| subs.contains(&s.to_ascii_lowercase()))
+        });
+    }
+    // Stable default order: by id (CHOSEN; paging needs a stable order).
+    rows.sort_by_key(|r| value_str(r, "id").unwrap_or_default().to_ascii_lowercase());
+    let mut projected: Option<Vec<String>> = None;
+    for op in &ops {
+        match op {
+            Op::Where(c) => rows.retain(|r| eval(c, r)),
+            Op::Order { field, desc } => {
+                rows.sort_by_key(|r| value_str(r, field).unwrap_or_default().to_ascii_lowercase());
+                if *desc {
+                    rows.reverse();
+                }
+            }
+            Op::Limit(n) => rows.truncate(*n),
+            Op::Project(fields) => {
+                rows = rows
+                    .into_iter()
+                    .map(|r| {
+                        let mut m = Map::new();
+                        for f in fields {
+                            m.insert(f.clone(), r.get(f).cloned().unwrap_or(Value::Null));
+                        }
+                        Value::Object(m)
+                    })
+                    .collect();
+                projected = Some(fields.clone());
+            }
+        }
+    }
+    let columns: Vec<String> =
+        projected.unwrap_or_else(|| FIELDS.iter().map(|s| s.to_string()).collect());
+    let has_id = columns.iter().any(|c| c == "id");
+    let total = rows.len();
+    let (skip, page) = match token_skip {
+        Some((s, p)) => (explicit_skip.map_or(s, |x| x as usize), top.unwrap_or(p)),
+        None => (
+            explicit_skip.unwrap_or(0) as usize,
+            top.unwrap_or(ARG_DEFAULT_TOP),
+        ),
+    };
+    let data: Vec<Value> = rows.into_iter().skip(skip).take(page).collect();
+    let more = skip + data.len() < total;
+    let mut out = Map::new();
+    out.insert("totalRecords".into(), json!(total));
+    out.insert("count".into(), json!(data.len()));
+    // Without `id` no $skipToken can be issued and the result is truncated (§6 [A30]).
+    out.insert(
+        "resultTruncated".into(),
+        json!(if more && !has_id { "true" } else { "false" }),
+    );
+    if more && has_id {
+        out.insert(
+            "$skipToken".into(),
+            json!(encode_token(skip + data.len(), page)),
+        );
+    }
+    let data = if table {
+        json!({
+            "columns": columns.iter().map(|c| json!({"name": c, "type": column_type(c)})).collect::<Vec<_>>(),
+            "rows": data.iter().map(|r| columns.iter().map(|c| r.get(c).cloned().unwrap_or(Value::Null)).collect::<Vec<_>>()).collect::<Vec<_>>(),
+        })
+    } else {
+        Value::Array(data)
+    };
+    out.insert("data".into(), data);
+    out.insert("facets".into(), json!([]));
+    Ok(ArmResponse::json(StatusCode::OK, Value::Object(out)))
+}
+
+fn column_type(c: &str) -> &'static str {
+    match c {
+        "tags" | "identity" => "object",
+        _ => "string",
+    }
+}
+
+/// Opaque-looking continuation token: hex of `skip:page` (CHOSEN).
+fn encode_token(skip: usize, page: usize) -> String {
+    format!("{skip}:{page}")
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn decode_token(t: &str) -> Option<(usize, usize)> {
+    if !t.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..t.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(t.get(i..i + 2)?, 16).ok())
+        .collect();
+    let s = String::from_utf8(bytes?).ok()?;
+    let (a, b) = s.split_once(':')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// ARG's 429 (CHOSEN body, see README.md) with `Retry-After`.
+pub(crate) fn throttled(resets: Duration) -> ArmError {
+    let secs = resets.as_secs() + u64::from(resets.subsec_nanos() > 0);
+    arg_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "RateLimiting",
+        &support_message(),
+        vec![json!({"code": "RateLimiting", "message": "Client application has been throttled and should not attempt to repeat the request until an amount of time has elapsed. Please see https://aka.ms/resourcegraph-throttling for help."})],
+    )
+    .with_header(HeaderName::from_static("retry-after"), &secs.max(1).to_string())
+}
+
+/// Quota headers for every ARG response.
+pub(crate) fn quota_headers(resp: &mut ArmResponse, remaining: u32, resets: Duration) {
+    *resp = std::mem::replace(resp, ArmResponse::empty(StatusCode::OK))
+        .header(
+            HeaderName::from_static("x-ms-user-quota-remaining"),
+            &remaining.to_string(),
+        )
+        .header(
+            HeaderName::from_static("x-ms-user-quota-resets-after"),
+            &hms(resets),
+        );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_controller_query() {
+        let ops = parse_query(
+            "Resources | where type =~ 'microsoft.compute/virtualmachines' or type =~ 'microsoft.compute/virtualmachinescalesets' | where subscriptionId in ('a', 'b') | project id, type, identity | order by id asc",
+        )
+        .unwrap();
+        assert_eq!(ops.len(), 4);
+        assert!(matches!(&ops[0], Op::Where(Cond::Or(v)) if v.len() == 2));
+        assert!(matches!(&ops[1], Op::Where(Cond::In { values, .. }) if values.len() == 2));
+        assert_eq!(
+            ops[3],
+            Op::Order {
+                field: "id".into(),
+                desc: false
+            }
+        );
+        assert!(parse_query("Resources | summarize count()").is_err());
+        assert!(parse_query("ResourceContainers").is_err());
+        assert!(parse_query("Resources | project foo").is_err());
+        let row = json!({"type": "microsoft.compute/virtualmachines", "subscriptionId": "A"});
+        assert!(eval(
+            &parse_cond("type =~ 'Microsoft.Compute/virtualMachines'").unwrap(),
+            &row
+        ));
+        assert!(!eval(
+            &parse_cond("type == 'Microsoft.Compute/virtualMachines'").unwrap(),
+            &row
+        ));
+        assert!(eval(
+            &parse_cond("(subscriptionId in~ ('a') and type != 'x')").unwrap(),
+            &row
+        ));
+        assert_eq!(decode_token(&encode_token(200, 100)), Some((200, 100)));
+        assert_eq!(hms(Duration::from_millis(4500)), "00:00:05");
+    }
+}
