@@ -387,3 +387,57 @@ async fn the_api_server_refuses_bad_objects_with_a_message_that_says_what_to_fix
     );
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn drift_is_repaired_at_resync_with_an_event_that_says_what_changed() {
+    let env = Env::new("e2e-drift", &world(&["vm1"], "")).await;
+    let _c = env.controller("a");
+    env.create(
+        "web",
+        json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u1")]}),
+    )
+    .await
+    .expect("web");
+    env.wait_for("web", 30, "Ready", is_ready).await;
+    // Someone removes the identity out of band.
+    env.sim
+        .set_identity(&vm("vm1"), json!({"type": "None"}))
+        .expect("set identity");
+    env.wait_until(30, "the drift to be repaired", || {
+        env.identity(&vm("vm1")).1 == vec!["u1".to_string()]
+    })
+    .await;
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(env.client.clone(), &env.ns);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = events.list(&Default::default()).await.expect("events");
+        let drift: Vec<_> = list
+            .items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("DriftRepaired"))
+            .collect();
+        if let Some(e) = drift.first() {
+            let note = e.note.clone().unwrap_or_default();
+            assert!(
+                note.contains("add user-assigned identity") && note.contains("u1"),
+                "{note}"
+            );
+            assert_eq!(
+                e.regarding.as_ref().and_then(|r| r.name.as_deref()),
+                Some("web")
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no DriftRepaired event: {:?}",
+            list.items
+                .iter()
+                .map(|e| e.reason.clone())
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    env.cleanup().await;
+}
