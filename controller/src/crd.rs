@@ -189,6 +189,33 @@ pub struct AppliedIdentities {
     pub system_assigned: Option<bool>,
     #[serde(default)]
     pub user_assigned_identities: Vec<String>,
+    /// Role assignments this object created or adopted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub role_assignments: Vec<AppliedRoleAssignment>,
+    /// Group memberships this object added.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group_memberships: Vec<AppliedGroupMembership>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedRoleAssignment {
+    /// The role assignment's ARM ID.
+    pub id: String,
+    pub scope: String,
+    /// The role definition GUID.
+    pub role_definition_id: String,
+    pub principal_id: String,
+    /// `SystemAssigned` or the user-assigned identity ID.
+    pub identity: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedGroupMembership {
+    pub group_object_id: String,
+    pub principal_id: String,
+    pub identity: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -206,6 +233,26 @@ impl From<&AppliedIdentities> for planner::Applied {
         planner::Applied {
             system_assigned: a.system_assigned,
             user_assigned_identities: a.user_assigned_identities.clone(),
+            role_assignments: a
+                .role_assignments
+                .iter()
+                .map(|r| planner::grants::AppliedRoleAssignment {
+                    id: r.id.clone(),
+                    scope: r.scope.clone(),
+                    role_definition_id: r.role_definition_id.clone(),
+                    principal_id: r.principal_id.clone(),
+                    identity: r.identity.clone(),
+                })
+                .collect(),
+            group_memberships: a
+                .group_memberships
+                .iter()
+                .map(|g| planner::grants::AppliedGroupMembership {
+                    group_object_id: g.group_object_id.clone(),
+                    principal_id: g.principal_id.clone(),
+                    identity: g.identity.clone(),
+                })
+                .collect(),
         }
     }
 }
@@ -215,6 +262,26 @@ impl From<&planner::Applied> for AppliedIdentities {
         AppliedIdentities {
             system_assigned: a.system_assigned,
             user_assigned_identities: a.user_assigned_identities.clone(),
+            role_assignments: a
+                .role_assignments
+                .iter()
+                .map(|r| AppliedRoleAssignment {
+                    id: r.id.clone(),
+                    scope: r.scope.clone(),
+                    role_definition_id: r.role_definition_id.clone(),
+                    principal_id: r.principal_id.clone(),
+                    identity: r.identity.clone(),
+                })
+                .collect(),
+            group_memberships: a
+                .group_memberships
+                .iter()
+                .map(|g| AppliedGroupMembership {
+                    group_object_id: g.group_object_id.clone(),
+                    principal_id: g.principal_id.clone(),
+                    identity: g.identity.clone(),
+                })
+                .collect(),
         }
     }
 }

@@ -135,11 +135,18 @@ pub struct Applied {
     pub system_assigned: Option<bool>,
     #[serde(default)]
     pub user_assigned_identities: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub role_assignments: Vec<crate::grants::AppliedRoleAssignment>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group_memberships: Vec<crate::grants::AppliedGroupMembership>,
 }
 
 impl Applied {
     pub fn is_empty(&self) -> bool {
-        self.system_assigned.is_none() && self.user_assigned_identities.is_empty()
+        self.system_assigned.is_none()
+            && self.user_assigned_identities.is_empty()
+            && self.role_assignments.is_empty()
+            && self.group_memberships.is_empty()
     }
 
     /// The recorded IDs, case-folded (entries that do not parse are kept as folded strings so

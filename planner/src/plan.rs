@@ -127,6 +127,8 @@ impl TargetPlan {
                 let claim = Applied {
                     system_assigned: new.system_assigned.or(o.applied.system_assigned),
                     user_assigned_identities: ids,
+                    role_assignments: o.applied.role_assignments.clone(),
+                    group_memberships: o.applied.group_memberships.clone(),
                 };
                 (o.object.clone(), claim)
             })
@@ -412,9 +414,12 @@ pub fn plan_target(
                 })
                 .map(|id| id.to_string())
                 .collect();
+            // Grants are planned by `grants::plan_grants`; the identity plan keeps them.
             Applied {
                 system_assigned: o.spec.system_assigned,
                 user_assigned_identities: ids,
+                role_assignments: o.applied.role_assignments.clone(),
+                group_memberships: o.applied.group_memberships.clone(),
             }
         };
         applied.insert(o.object.clone(), record);

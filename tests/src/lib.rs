@@ -53,6 +53,7 @@ pub fn test_client_config(endpoint: &str) -> ClientConfig {
         lro_poll_interval: Duration::from_millis(20),
         lro_timeout: Duration::from_secs(20),
         request_timeout: Duration::from_secs(10),
+        ..ClientConfig::default()
     }
 }
 
@@ -169,7 +170,7 @@ pub fn object(name: &str, target: &str, f: impl FnOnce(&mut RawSpec)) -> Desired
 
 pub fn owned(ids: &[String]) -> Applied {
     Applied {
-        system_assigned: None,
         user_assigned_identities: ids.to_vec(),
+        ..Applied::default()
     }
 }

@@ -42,7 +42,7 @@ pub fn live(target: &str, identity: Value) -> LiveResource {
 
 pub fn applied(ids: &[String]) -> Applied {
     Applied {
-        system_assigned: None,
         user_assigned_identities: ids.to_vec(),
+        ..Applied::default()
     }
 }

@@ -1,0 +1,400 @@
+//! Role assignments and group memberships: what the identities of a target must hold,
+//! against what they hold, into DELETE / PUT / POST writes. Pure, like the identity planner.
+//!
+//! The planner works with resolved role definition GUIDs and known principal IDs; resolving
+//! role names and reading principals is the caller's I/O.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::model::{DeletionPolicy, DesiredObject, IdentityRef, ObjectRef};
+use crate::plan::Write;
+
+/// Microsoft.Authorization api-version used for role assignments.
+pub const AUTHORIZATION_API_VERSION: &str = "2022-04-01";
+/// Microsoft Graph version used for group memberships.
+pub const GRAPH_VERSION: &str = "v1.0";
+/// Shown instead of a principal ID that exists only once the identity is written.
+pub const KNOWN_AFTER_APPLY: &str = "(known after apply)";
+
+/// The namespace of vmidentity's deterministic role assignment names.
+const NAME_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6d1c_57a0_2a3c_4c6e_9f0b_7e5d_1a2b_3c4d);
+
+/// The deterministic role assignment name (a GUID) for (scope, role, principal): a retried PUT
+/// is idempotent, and two controllers agree on the name.
+pub fn assignment_name(scope: &str, role_guid: &str, principal_id: &str) -> String {
+    let input = format!(
+        "{}|{}|{}",
+        scope.to_ascii_lowercase(),
+        role_guid.to_ascii_lowercase(),
+        principal_id.to_ascii_lowercase()
+    );
+    uuid::Uuid::new_v5(&NAME_NAMESPACE, input.as_bytes()).to_string()
+}
+
+/// A role assignment this object owns (`status.applied.roleAssignments`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedRoleAssignment {
+    /// The assignment's full ARM ID.
+    pub id: String,
+    pub scope: String,
+    /// The role definition GUID.
+    pub role_definition_id: String,
+    pub principal_id: String,
+    /// `SystemAssigned` or the user-assigned identity ID.
+    pub identity: String,
+}
+
+impl AppliedRoleAssignment {
+    fn key(&self) -> GrantKey {
+        GrantKey::role(&self.scope, &self.role_definition_id, &self.principal_id)
+    }
+}
+
+/// A group membership this object owns (`status.applied.groupMemberships`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedGroupMembership {
+    pub group_object_id: String,
+    pub principal_id: String,
+    pub identity: String,
+}
+
+/// A role assignment as ARM lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveRoleAssignment {
+    pub id: String,
+    pub scope: String,
+    pub role_guid: String,
+    pub principal_id: String,
+}
+
+/// What the principals of a target hold, as read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LiveGrants {
+    pub role_assignments: Vec<LiveRoleAssignment>,
+    /// principal ID (lower-case) -> group IDs (lower-case) it is a member of.
+    pub memberships: BTreeMap<String, BTreeSet<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum GrantKey {
+    Role {
+        scope: String,
+        role: String,
+        principal: String,
+    },
+    Group {
+        group: String,
+        principal: String,
+    },
+}
+
+impl GrantKey {
+    fn role(scope: &str, role: &str, principal: &str) -> GrantKey {
+        GrantKey::Role {
+            scope: scope.trim_end_matches('/').to_ascii_lowercase(),
+            role: role.to_ascii_lowercase(),
+            principal: principal.to_ascii_lowercase(),
+        }
+    }
+    fn group(group: &str, principal: &str) -> GrantKey {
+        GrantKey::Group {
+            group: group.to_ascii_lowercase(),
+            principal: principal.to_ascii_lowercase(),
+        }
+    }
+}
+
+/// Inputs the caller resolved: principals of the identities and role GUIDs.
+#[derive(Debug, Clone, Default)]
+pub struct Resolved {
+    /// `SystemAssigned` / UAI key (case-folded ID) -> principal ID (None: not known yet).
+    pub principals: BTreeMap<String, String>,
+    /// (role as written, lower-case; scope, lower-case) -> role definition GUID.
+    pub roles: BTreeMap<(String, String), String>,
+}
+
+impl Resolved {
+    pub fn identity_key(identity: &IdentityRef) -> String {
+        match identity {
+            IdentityRef::SystemAssigned => "systemassigned".to_string(),
+            IdentityRef::UserAssigned(id) => id.key().to_string(),
+        }
+    }
+
+    pub fn principal(&self, identity: &IdentityRef) -> Option<&str> {
+        self.principals
+            .get(&Self::identity_key(identity))
+            .map(String::as_str)
+            .filter(|p| !p.is_empty())
+    }
+
+    pub fn role(&self, role: &str, scope: &str) -> Option<&str> {
+        self.roles
+            .get(&(role.to_ascii_lowercase(), scope.to_ascii_lowercase()))
+            .map(String::as_str)
+    }
+}
+
+/// A grant an object wants but that cannot be planned yet, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub object: ObjectRef,
+    pub what: String,
+    pub reason: &'static str,
+}
+
+/// The grant writes for one target, and the new ownership records.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GrantPlan {
+    /// DELETEs of role assignments and group memberships: sent before the identity PATCH.
+    pub removals: Vec<Write>,
+    /// PUTs and POSTs: sent after the identity PATCH (the principals must exist).
+    pub additions: Vec<Write>,
+    /// Per object, the records once all writes succeeded. A PUT whose assignment turns out to
+    /// exist under another name is adopted by the executor (it patches the record's `id`).
+    pub role_assignments: BTreeMap<ObjectRef, Vec<AppliedRoleAssignment>>,
+    pub group_memberships: BTreeMap<ObjectRef, Vec<AppliedGroupMembership>>,
+    pub pending: Vec<Pending>,
+}
+
+impl GrantPlan {
+    pub fn is_empty(&self) -> bool {
+        self.removals.is_empty() && self.additions.is_empty()
+    }
+}
+
+/// The ARM ID of a role assignment.
+pub fn role_assignment_id(scope: &str, name: &str) -> String {
+    format!(
+        "{}/providers/Microsoft.Authorization/roleAssignments/{name}",
+        scope.trim_end_matches('/')
+    )
+}
+
+/// The role definition ID to send in a PUT at `scope`.
+pub fn role_definition_id(scope: &str, role_guid: &str) -> String {
+    let lower = scope.to_ascii_lowercase();
+    match lower.strip_prefix("/subscriptions/") {
+        Some(rest) => {
+            let sub = rest.split('/').next().unwrap_or_default();
+            let sub_orig = &scope["/subscriptions/".len().."/subscriptions/".len() + sub.len()];
+            format!(
+                "/subscriptions/{sub_orig}/providers/Microsoft.Authorization/roleDefinitions/{role_guid}"
+            )
+        }
+        None => format!("/providers/Microsoft.Authorization/roleDefinitions/{role_guid}"),
+    }
+}
+
+fn put_role(scope: &str, role_guid: &str, principal: &str) -> Write {
+    Write {
+        method: "PUT".into(),
+        id: role_assignment_id(scope, &assignment_name(scope, role_guid, principal)),
+        api_version: AUTHORIZATION_API_VERSION.into(),
+        body: json!({"properties": {
+            "roleDefinitionId": role_definition_id(scope, role_guid),
+            "principalId": principal,
+            "principalType": "ServicePrincipal",
+        }}),
+    }
+}
+
+fn delete(id: &str, api_version: &str) -> Write {
+    Write {
+        method: "DELETE".into(),
+        id: id.to_string(),
+        api_version: api_version.into(),
+        body: serde_json::Value::Null,
+    }
+}
+
+fn add_member(group: &str, principal: &str) -> Write {
+    Write {
+        method: "POST".into(),
+        id: format!("/groups/{group}/members/$ref"),
+        api_version: GRAPH_VERSION.into(),
+        body: json!({"@odata.id": format!("https://graph.microsoft.com/v1.0/directoryObjects/{principal}")}),
+    }
+}
+
+fn remove_member(group: &str, principal: &str) -> Write {
+    delete(
+        &format!("/groups/{group}/members/{principal}/$ref"),
+        GRAPH_VERSION,
+    )
+}
+
+/// Plans the grants of one target's objects. `resolved` carries the principals (after the
+/// identity write, when known) and the role GUIDs; `live` what those principals hold.
+/// Invariants: only what an object recorded is ever removed, and only when no object on the
+/// target still wants it; what is wanted and already held is adopted, not created again.
+pub fn plan_grants(objects: &[DesiredObject], resolved: &Resolved, live: &LiveGrants) -> GrantPlan {
+    let mut objects: Vec<&DesiredObject> = objects.iter().collect();
+    objects.sort_by(|a, b| a.object.cmp(&b.object));
+    let mut plan = GrantPlan::default();
+
+    let live_roles: BTreeMap<GrantKey, &LiveRoleAssignment> = live
+        .role_assignments
+        .iter()
+        .map(|r| (GrantKey::role(&r.scope, &r.role_guid, &r.principal_id), r))
+        .collect();
+    let is_member = |group: &str, principal: &str| {
+        live.memberships
+            .get(&principal.to_ascii_lowercase())
+            .is_some_and(|g| g.contains(&group.to_ascii_lowercase()))
+    };
+
+    // What active objects want, by key (the first object's view of each key wins).
+    let mut wanted_roles: BTreeMap<GrantKey, AppliedRoleAssignment> = BTreeMap::new();
+    let mut wanted_groups: BTreeMap<GrantKey, AppliedGroupMembership> = BTreeMap::new();
+    for o in objects.iter().filter(|o| !o.deleting) {
+        let mut roles = Vec::new();
+        let mut groups = Vec::new();
+        for ra in &o.spec.role_assignments {
+            let Some(principal) = resolved.principal(&ra.identity) else {
+                plan.pending.push(Pending {
+                    object: o.object.clone(),
+                    what: format!("role {} at {} for {}", ra.role, ra.scope, ra.identity),
+                    reason: "PrincipalUnknown",
+                });
+                continue;
+            };
+            let Some(guid) = resolved.role(&ra.role.to_string(), &ra.scope) else {
+                plan.pending.push(Pending {
+                    object: o.object.clone(),
+                    what: format!("role {} at {}", ra.role, ra.scope),
+                    reason: "RoleNotResolved",
+                });
+                continue;
+            };
+            let key = GrantKey::role(&ra.scope, guid, principal);
+            let id = match live_roles.get(&key) {
+                Some(l) => l.id.clone(),
+                None => role_assignment_id(&ra.scope, &assignment_name(&ra.scope, guid, principal)),
+            };
+            let rec = AppliedRoleAssignment {
+                id,
+                scope: ra.scope.clone(),
+                role_definition_id: guid.to_ascii_lowercase(),
+                principal_id: principal.to_ascii_lowercase(),
+                identity: ra.identity.to_string(),
+            };
+            wanted_roles.entry(key).or_insert_with(|| rec.clone());
+            roles.push(rec);
+        }
+        for gm in &o.spec.group_memberships {
+            let Some(principal) = resolved.principal(&gm.identity) else {
+                plan.pending.push(Pending {
+                    object: o.object.clone(),
+                    what: format!("group {} for {}", gm.group_object_id, gm.identity),
+                    reason: "PrincipalUnknown",
+                });
+                continue;
+            };
+            let rec = AppliedGroupMembership {
+                group_object_id: gm.group_object_id.to_ascii_lowercase(),
+                principal_id: principal.to_ascii_lowercase(),
+                identity: gm.identity.to_string(),
+            };
+            wanted_groups
+                .entry(GrantKey::group(&gm.group_object_id, principal))
+                .or_insert_with(|| rec.clone());
+            groups.push(rec);
+        }
+        roles.sort();
+        roles.dedup();
+        groups.sort();
+        groups.dedup();
+        plan.role_assignments.insert(o.object.clone(), roles);
+        plan.group_memberships.insert(o.object.clone(), groups);
+    }
+
+    // Additions: wanted and not held.
+    for (key, rec) in &wanted_roles {
+        if !live_roles.contains_key(key) {
+            plan.additions.push(put_role(
+                &rec.scope,
+                &rec.role_definition_id,
+                &rec.principal_id,
+            ));
+        }
+    }
+    for rec in wanted_groups.values() {
+        if !is_member(&rec.group_object_id, &rec.principal_id) {
+            plan.additions
+                .push(add_member(&rec.group_object_id, &rec.principal_id));
+        }
+    }
+
+    // Removals: recorded, released by its object, wanted by nobody, and still held.
+    let mut removed: BTreeSet<GrantKey> = BTreeSet::new();
+    for o in &objects {
+        let detach = !o.deleting || o.spec.deletion_policy == DeletionPolicy::Detach;
+        if !detach {
+            continue;
+        }
+        for rec in &o.applied.role_assignments {
+            let key = rec.key();
+            if wanted_roles.contains_key(&key) || !removed.insert(key.clone()) {
+                continue;
+            }
+            if let Some(l) = live_roles.get(&key) {
+                plan.removals.push(delete(&l.id, AUTHORIZATION_API_VERSION));
+            }
+        }
+        for rec in &o.applied.group_memberships {
+            let key = GrantKey::group(&rec.group_object_id, &rec.principal_id);
+            if wanted_groups.contains_key(&key) || !removed.insert(key.clone()) {
+                continue;
+            }
+            if is_member(&rec.group_object_id, &rec.principal_id) {
+                plan.removals
+                    .push(remove_member(&rec.group_object_id, &rec.principal_id));
+            }
+        }
+    }
+    // Deleting objects keep nothing; Retain forgets without removing.
+    for o in objects.iter().filter(|o| o.deleting) {
+        plan.role_assignments.insert(o.object.clone(), Vec::new());
+        plan.group_memberships.insert(o.object.clone(), Vec::new());
+    }
+    plan
+}
+
+/// The principals whose grants must be read to plan: those of the identities now known, and
+/// those named in any record.
+pub fn principals_to_read(objects: &[DesiredObject], resolved: &Resolved) -> BTreeSet<String> {
+    let mut out: BTreeSet<String> = BTreeSet::new();
+    for o in objects {
+        if !o.deleting {
+            for ra in &o.spec.role_assignments {
+                if let Some(p) = resolved.principal(&ra.identity) {
+                    out.insert(p.to_ascii_lowercase());
+                }
+            }
+            for gm in &o.spec.group_memberships {
+                if let Some(p) = resolved.principal(&gm.identity) {
+                    out.insert(p.to_ascii_lowercase());
+                }
+            }
+        }
+        out.extend(
+            o.applied
+                .role_assignments
+                .iter()
+                .map(|r| r.principal_id.to_ascii_lowercase()),
+        );
+        out.extend(
+            o.applied
+                .group_memberships
+                .iter()
+                .map(|g| g.principal_id.to_ascii_lowercase()),
+        );
+    }
+    out
+}

@@ -1,0 +1,209 @@
+//! Properties of the grant planner: converged means no writes (a second plan on the result is
+//! empty); nothing that no object recorded is ever removed; nothing wanted is removed.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::*;
+use proptest::prelude::*;
+use vmidentity_planner::grants::*;
+use vmidentity_planner::model::{RawGroupMembership, RawRoleAssignment};
+use vmidentity_planner::*;
+
+const SCOPES: [&str; 2] = [
+    "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg1",
+    "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg2",
+];
+const ROLES: [&str; 2] = ["Reader", "Contributor"];
+const GUIDS: [&str; 2] = [
+    "acdd72a7-3385-48ef-bd42-f606fba81ae7",
+    "b24988ac-6180-42a0-ab88-20f7382dd24c",
+];
+const GROUPS: [&str; 2] = [
+    "11111111-0000-0000-0000-000000000001",
+    "11111111-0000-0000-0000-000000000002",
+];
+
+fn resolved() -> Resolved {
+    let mut r = Resolved::default();
+    r.principals.insert("systemassigned".into(), "sys".into());
+    r.principals
+        .insert(uai("ID1").to_ascii_lowercase(), "u1".into());
+    for s in SCOPES {
+        for (role, guid) in ROLES.iter().zip(GUIDS) {
+            r.roles.insert(
+                (role.to_ascii_lowercase(), s.to_ascii_lowercase()),
+                guid.into(),
+            );
+        }
+    }
+    r
+}
+
+#[derive(Debug, Clone)]
+struct G {
+    roles: Vec<(usize, usize, bool)>,
+    groups: Vec<(usize, bool)>,
+    deleting: bool,
+}
+
+fn g() -> impl Strategy<Value = G> {
+    (
+        prop::collection::vec((0..2usize, 0..2usize, any::<bool>()), 0..4),
+        prop::collection::vec((0..2usize, any::<bool>()), 0..3),
+        prop::bool::weighted(0.2),
+    )
+        .prop_map(|(roles, groups, deleting)| G {
+            roles,
+            groups,
+            deleting,
+        })
+}
+
+fn build(i: usize, g: &G) -> DesiredObject {
+    let mut o = obj(&format!("o{i}"), &vm("vm"), |r| {
+        r.system_assigned = Some(true);
+        r.user_assigned_identities = vec![uai("ID1")];
+        for (s, role, system) in &g.roles {
+            let ra = RawRoleAssignment {
+                identity: if *system {
+                    "SystemAssigned".into()
+                } else {
+                    uai("ID1")
+                },
+                role: ROLES[*role].into(),
+                scope: SCOPES[*s].into(),
+            };
+            if !r.role_assignments.contains(&ra) {
+                r.role_assignments.push(ra);
+            }
+        }
+        for (gr, system) in &g.groups {
+            let gm = RawGroupMembership {
+                identity: if *system {
+                    "SystemAssigned".into()
+                } else {
+                    uai("ID1")
+                },
+                group_object_id: GROUPS[*gr].into(),
+            };
+            if !r.group_memberships.contains(&gm) {
+                r.group_memberships.push(gm);
+            }
+        }
+    });
+    o.deleting = g.deleting;
+    o
+}
+
+fn apply(live: &LiveGrants, plan: &GrantPlan) -> LiveGrants {
+    let mut out = live.clone();
+    for w in plan.removals.iter().chain(&plan.additions) {
+        match (w.method.as_str(), w.id.starts_with("/groups/")) {
+            ("DELETE", false) => out
+                .role_assignments
+                .retain(|r| !r.id.eq_ignore_ascii_case(&w.id)),
+            ("PUT", false) => {
+                let scope =
+                    w.id.split("/providers/Microsoft.Authorization")
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                let role_guid = w.body["properties"]["roleDefinitionId"]
+                    .as_str()
+                    .unwrap()
+                    .rsplit('/')
+                    .next()
+                    .unwrap()
+                    .to_string();
+                let principal_id = w.body["properties"]["principalId"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                out.role_assignments.push(LiveRoleAssignment {
+                    id: w.id.clone(),
+                    scope,
+                    role_guid,
+                    principal_id,
+                });
+            }
+            ("POST", true) => {
+                let group = w.id.split('/').nth(2).unwrap().to_string();
+                let p = w.body["@odata.id"]
+                    .as_str()
+                    .unwrap()
+                    .rsplit('/')
+                    .next()
+                    .unwrap()
+                    .to_string();
+                out.memberships.entry(p).or_default().insert(group);
+            }
+            ("DELETE", true) => {
+                let parts: Vec<&str> = w.id.split('/').collect();
+                if let Some(set) = out.memberships.get_mut(parts[4]) {
+                    set.remove(parts[2]);
+                }
+            }
+            other => panic!("unexpected write {other:?}"),
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, .. ProptestConfig::default() })]
+
+    #[test]
+    fn grants_converge_and_never_remove_unowned(before in prop::collection::vec(g(), 1..3), after in prop::collection::vec(g(), 1..3), foreign in any::<bool>()) {
+        let r = resolved();
+        // Round 1: the "before" objects converge from nothing (plus someone else's grants).
+        let objs0: Vec<DesiredObject> = before.iter().enumerate().map(|(i, g)| build(i, &G { deleting: false, ..g.clone() })).collect();
+        let mut live = LiveGrants::default();
+        if foreign {
+            live.role_assignments.push(LiveRoleAssignment { id: "/foreign/1".into(), scope: SCOPES[1].into(), role_guid: GUIDS[1].into(), principal_id: "u1".into() });
+            live.memberships.entry("sys".into()).or_default().insert("22222222-0000-0000-0000-000000000009".into());
+        }
+        let p0 = plan_grants(&objs0, &r, &live);
+        let live1 = apply(&live, &p0);
+        let recorded: Vec<DesiredObject> = objs0.iter().map(|o| o.clone().with_applied(Applied {
+            role_assignments: p0.role_assignments[&o.object].clone(),
+            group_memberships: p0.group_memberships[&o.object].clone(),
+            ..Applied::default()
+        })).collect();
+        prop_assert!(plan_grants(&recorded, &r, &live1).is_empty());
+
+        // Round 2: the objects change (or are deleted).
+        let objs1: Vec<DesiredObject> = after.iter().enumerate().map(|(i, g)| {
+            let applied = recorded.get(i).map(|o| o.applied.clone()).unwrap_or_default();
+            build(i, g).with_applied(applied)
+        }).collect();
+        let p1 = plan_grants(&objs1, &r, &live1);
+        let owned: BTreeSet<String> = objs1.iter().flat_map(|o| o.applied.role_assignments.iter().map(|x| x.id.to_ascii_lowercase())).collect();
+        for w in &p1.removals {
+            if !w.id.starts_with("/groups/") {
+                prop_assert!(owned.contains(&w.id.to_ascii_lowercase()), "removed unowned {}", w.id);
+            }
+            // Someone else's assignment goes only if an object adopted it (it is then recorded).
+            if w.id == "/foreign/1" {
+                prop_assert!(owned.contains("/foreign/1"));
+            }
+            prop_assert!(!w.id.contains("22222222-0000-0000-0000-000000000009"));
+        }
+        let live2 = apply(&live1, &p1);
+        // Everything an active object wants is held afterwards.
+        for o in objs1.iter().filter(|o| !o.deleting) {
+            for rec in &p1.role_assignments[&o.object] {
+                prop_assert!(live2.role_assignments.iter().any(|l| l.scope.eq_ignore_ascii_case(&rec.scope) && l.role_guid.eq_ignore_ascii_case(&rec.role_definition_id) && l.principal_id.eq_ignore_ascii_case(&rec.principal_id)));
+            }
+        }
+        // And a second plan is empty.
+        let next: Vec<DesiredObject> = objs1.iter().filter(|o| !o.deleting).map(|o| o.clone().with_applied(Applied {
+            role_assignments: p1.role_assignments[&o.object].clone(),
+            group_memberships: p1.group_memberships[&o.object].clone(),
+            ..Applied::default()
+        })).collect();
+        let p2 = plan_grants(&next, &r, &live2);
+        prop_assert!(p2.is_empty(), "second plan writes {:?}", p2);
+    }
+}
