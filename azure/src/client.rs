@@ -1,5 +1,7 @@
-//! The one place that talks HTTP to ARM: bearer tokens, retries with jittered backoff,
-//! `Retry-After`, per-subscription throttling gates and long-running-operation polling.
+//! The one place that talks HTTP to ARM (and to Microsoft Graph, through the same client
+//! configured with [`ClientConfig::graph`]): bearer tokens, retries with jittered backoff,
+//! `Retry-After`, per-subscription throttling gates, long-running-operation polling and
+//! `nextLink` paging.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,10 +16,15 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::error::{AzureError, ErrorClass, classify, parse_error_body};
-use crate::token::{ARM_SCOPE, TokenSource};
+use crate::token::{ARM_SCOPE, GRAPH_SCOPE, TokenSource};
 
 /// The public cloud's ARM endpoint.
 pub const PUBLIC_ARM_ENDPOINT: &str = "https://management.azure.com";
+/// The public cloud's Microsoft Graph endpoint (paths carry the version: `/v1.0/…`).
+pub const PUBLIC_GRAPH_ENDPOINT: &str = "https://graph.microsoft.com";
+
+/// Most pages followed by one listing (a guard against a server that loops).
+const MAX_PAGES: usize = 10_000;
 
 /// How a request is counted and throttled (ARM keeps separate buckets for these).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -60,6 +67,21 @@ pub struct ClientConfig {
     /// Give up polling a long-running operation after this long (it is never re-sent).
     pub lro_timeout: Duration,
     pub request_timeout: Duration,
+    /// The scope asked of the token source for every request: [`ARM_SCOPE`] for ARM,
+    /// [`GRAPH_SCOPE`] for Microsoft Graph.
+    pub token_scope: String,
+}
+
+impl ClientConfig {
+    /// Defaults for Microsoft Graph at `endpoint` (e.g. [`PUBLIC_GRAPH_ENDPOINT`] or a
+    /// simulator's base URL), with tokens for [`GRAPH_SCOPE`]. Same retry policy as ARM.
+    pub fn graph(endpoint: &str) -> ClientConfig {
+        ClientConfig {
+            endpoint: endpoint.to_string(),
+            token_scope: GRAPH_SCOPE.to_string(),
+            ..ClientConfig::default()
+        }
+    }
 }
 
 impl Default for ClientConfig {
@@ -74,6 +96,7 @@ impl Default for ClientConfig {
             lro_poll_interval: Duration::from_secs(5),
             lro_timeout: Duration::from_secs(30 * 60),
             request_timeout: Duration::from_secs(60),
+            token_scope: ARM_SCOPE.to_string(),
         }
     }
 }
@@ -136,6 +159,9 @@ pub struct ArmClient {
     gates: Arc<Mutex<HashMap<(String, RequestKind), Instant>>>,
     stats: Arc<ClientStats>,
     observer: Option<Arc<dyn Observer>>,
+    /// Role name cache of [`ArmClient::resolve_role`](crate::authorization):
+    /// (subscription or scope, role name), case-folded → role definition GUID.
+    pub(crate) role_cache: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl std::fmt::Debug for ArmClient {
@@ -164,7 +190,7 @@ fn header_duration(headers: &HeaderMap) -> Option<Duration> {
     None
 }
 
-fn subscription_of(url_path: &str) -> Option<String> {
+pub(crate) fn subscription_of(url_path: &str) -> Option<String> {
     let mut it = url_path.split('/');
     while let Some(seg) = it.next() {
         if seg.eq_ignore_ascii_case("subscriptions") {
@@ -196,6 +222,7 @@ impl ArmClient {
             gates: Arc::new(Mutex::new(HashMap::new())),
             stats: Arc::new(ClientStats::default()),
             observer: None,
+            role_cache: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
@@ -215,6 +242,11 @@ impl ArmClient {
     /// `endpoint + path?api-version=...`
     pub fn url(&self, path: &str, api_version: &str) -> String {
         format!("{}{}?api-version={}", self.cfg.endpoint, path, api_version)
+    }
+
+    /// `endpoint + path`, without an api-version (Graph carries its version in the path).
+    pub fn endpoint_url(&self, path: &str) -> String {
+        format!("{}{}", self.cfg.endpoint, path)
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
@@ -284,7 +316,7 @@ impl ArmClient {
                 }
                 tokio::time::sleep(wait).await;
             }
-            let token = self.tokens.token(ARM_SCOPE).await?;
+            let token = self.tokens.token(&self.cfg.token_scope).await?;
             let mut req = self
                 .http
                 .request(method.clone(), url)
@@ -362,7 +394,7 @@ impl ArmClient {
                 if let Some(sub) = &sub {
                     self.close_gate(sub, kind, wait);
                 }
-                warn!(%method, url, ?wait, "throttled by ARM (429)");
+                warn!(%method, url, ?wait, "throttled (429)");
                 if wait <= self.cfg.max_inline_wait && attempt < self.cfg.max_attempts {
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(wait).await;
@@ -430,8 +462,64 @@ impl ArmClient {
         }
     }
 
-    fn same_origin(&self, url: &str) -> bool {
+    /// True when `url` lies on the configured endpoint (so it may receive our token).
+    pub(crate) fn same_origin(&self, url: &str) -> bool {
         url.starts_with(&format!("{}/", self.cfg.endpoint))
+    }
+
+    /// GETs a list and every following page: the items of each page's `value` array, in
+    /// order. `next_field` names the continuation member (`nextLink` for ARM,
+    /// `@odata.nextLink` for Graph); it must be an absolute URL on the configured endpoint
+    /// (the token is never sent elsewhere) and is used verbatim.
+    pub async fn get_all_pages(
+        &self,
+        first_url: &str,
+        next_field: &str,
+    ) -> Result<Vec<Value>, AzureError> {
+        let mut items = Vec::new();
+        let mut url = first_url.to_string();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..MAX_PAGES {
+            let page = self
+                .send(Method::GET, &url, None, RequestKind::Read)
+                .await?
+                .body;
+            match page.get("value") {
+                Some(Value::Array(v)) => items.extend(v.iter().cloned()),
+                None | Some(Value::Null) => {}
+                Some(_) => {
+                    return Err(AzureError::InvalidResponse {
+                        url,
+                        message: "`value` is not an array".into(),
+                    });
+                }
+            }
+            seen.insert(url.clone());
+            let next = match page.get(next_field) {
+                Some(Value::String(s)) if !s.is_empty() => s.clone(),
+                _ => return Ok(items),
+            };
+            if !self.same_origin(&next) {
+                return Err(AzureError::InvalidResponse {
+                    url,
+                    message: format!(
+                        "{next_field} {next} is not on the endpoint {}; not sending a token there",
+                        self.cfg.endpoint
+                    ),
+                });
+            }
+            if seen.contains(&next) {
+                return Err(AzureError::InvalidResponse {
+                    url,
+                    message: format!("{next_field} {next} repeats an earlier page"),
+                });
+            }
+            url = next;
+        }
+        Err(AzureError::InvalidResponse {
+            url,
+            message: format!("more than {MAX_PAGES} pages"),
+        })
     }
 
     /// Polls `Azure-AsyncOperation` (or `Location`) until the operation ends.
@@ -514,6 +602,22 @@ impl ArmClient {
     }
 }
 
+/// Percent-encodes everything but RFC 3986 unreserved characters (`A-Z a-z 0-9 - . _ ~`):
+/// for query values (`$filter`) and path segments built from caller input. Spaces become
+/// `%20` (never `+`), quotes `%27`.
+pub(crate) fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(char::from(b))
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
 /// The write's answer with its provisioningState set to the operation's outcome.
 fn succeeded(mut body: Value) -> Value {
     if let Some(p) = body.get_mut("properties").and_then(Value::as_object_mut) {
@@ -539,6 +643,23 @@ mod tests {
             subscription_of("/providers/Microsoft.ResourceGraph/resources"),
             None
         );
+    }
+
+    #[test]
+    fn percent_encodes() {
+        assert_eq!(
+            percent_encode("principalId eq 'a-b'"),
+            "principalId%20eq%20%27a-b%27"
+        );
+        assert_eq!(percent_encode("x&y=z/é"), "x%26y%3Dz%2F%C3%A9");
+    }
+
+    #[test]
+    fn graph_config() {
+        let c = ClientConfig::graph(PUBLIC_GRAPH_ENDPOINT);
+        assert_eq!(c.token_scope, GRAPH_SCOPE);
+        assert_eq!(c.endpoint, "https://graph.microsoft.com");
+        assert_eq!(ClientConfig::default().token_scope, ARM_SCOPE);
     }
 
     #[test]

@@ -1,4 +1,7 @@
-//! ARM errors, classified once so callers never match on strings.
+//! ARM and Microsoft Graph errors, classified once so callers never match on strings.
+//!
+//! Both services answer errors as `{"error":{"code","message",…}}` (Graph adds
+//! `innerError`), so [`parse_error_body`] and [`classify`] serve both.
 
 use std::time::Duration;
 
@@ -23,11 +26,23 @@ pub enum ErrorClass {
     Forbidden,
     /// Anything else ARM refused: retrying the same request will not help.
     Invalid,
+    /// ARM does not know the principal yet (400 `PrincipalNotFound` on a role-assignment
+    /// PUT without `principalType`: Entra → ARM replication lag), or Graph does not know
+    /// a member being added. Retryable: requeue with backoff (or send `principalType`).
+    PrincipalNotReplicated,
+    /// A role definition named by the request does not exist at the scope (unknown role
+    /// name, `RoleDefinitionDoesNotExist`). Permanent until the spec changes.
+    RoleNotFound,
+    /// The Entra group named by a Graph membership call does not exist.
+    GroupNotFound,
 }
 
 impl ErrorClass {
     pub fn is_retryable(self) -> bool {
-        matches!(self, ErrorClass::Throttled | ErrorClass::Transient)
+        matches!(
+            self,
+            ErrorClass::Throttled | ErrorClass::Transient | ErrorClass::PrincipalNotReplicated
+        )
     }
 
     /// A stable reason for status conditions, events and metric labels.
@@ -40,6 +55,9 @@ impl ErrorClass {
             ErrorClass::Unauthenticated => "AuthenticationFailed",
             ErrorClass::Forbidden => "AuthorizationFailed",
             ErrorClass::Invalid => "RequestRefused",
+            ErrorClass::PrincipalNotReplicated => "PrincipalNotReplicated",
+            ErrorClass::RoleNotFound => "RoleNotFound",
+            ErrorClass::GroupNotFound => "GroupNotFound",
         }
     }
 }
@@ -81,6 +99,14 @@ pub enum AzureError {
         subscription: String,
         retry_after: Duration,
     },
+    /// A role given by name has no definition visible at the scope (no HTTP error: the
+    /// role-definition list came back without it).
+    #[error("role definition '{role}' not found at scope '{scope}'")]
+    RoleNotFound { role: String, scope: String },
+    /// The caller passed something no request can be built from (e.g. a DELETE "by role
+    /// assignment id" given another kind of id). Nothing was sent.
+    #[error("invalid argument: {message}")]
+    InvalidArgument { message: String },
 }
 
 impl AzureError {
@@ -93,6 +119,8 @@ impl AzureError {
             AzureError::OperationFailed { .. } => ErrorClass::Invalid,
             AzureError::OperationTimedOut { .. } => ErrorClass::Transient,
             AzureError::SubscriptionThrottled { .. } => ErrorClass::Throttled,
+            AzureError::RoleNotFound { .. } => ErrorClass::RoleNotFound,
+            AzureError::InvalidArgument { .. } => ErrorClass::Invalid,
         }
     }
 
@@ -109,11 +137,44 @@ impl AzureError {
         }
     }
 
-    /// ARM's error code, when there is one.
+    /// The HTTP status of an error answer, when there was one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            AzureError::Arm { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// ARM's (or Graph's) error code, when there is one.
     pub fn code(&self) -> Option<&str> {
         match self {
             AzureError::Arm { code, .. } | AzureError::OperationFailed { code, .. } => Some(code),
             _ => None,
+        }
+    }
+
+    /// Refines the class of an HTTP error answer whose meaning depends on the request
+    /// (for example, which id a Graph 404 names). Other errors are returned unchanged.
+    pub(crate) fn with_class(self, new: ErrorClass) -> AzureError {
+        match self {
+            AzureError::Arm {
+                method,
+                url,
+                status,
+                code,
+                message,
+                retry_after,
+                ..
+            } => AzureError::Arm {
+                method,
+                url,
+                status,
+                code,
+                message,
+                retry_after,
+                class: new,
+            },
+            other => other,
         }
     }
 
@@ -145,8 +206,14 @@ pub fn parse_error_body(body: &[u8]) -> (String, String) {
     (code, message)
 }
 
-/// Classifies an ARM error response. One place, so the controller's conditions, events and
-/// metrics never match on strings.
+/// Classifies an ARM or Graph error response. One place, so the controller's conditions,
+/// events and metrics never match on strings.
+///
+/// Graph answers use the same envelope; its codes map as: 429 `TooManyRequests` →
+/// Throttled, 5xx → Transient, 401 `InvalidAuthenticationToken` → Unauthenticated, 403
+/// `Authorization_RequestDenied` → Forbidden, 404 `Request_ResourceNotFound` →
+/// TargetNotFound (the Graph client refines it to GroupNotFound / PrincipalNotReplicated
+/// by the id the message names, which only the request knows), anything else → Invalid.
 pub fn classify(status: u16, code: &str, message: &str) -> ErrorClass {
     let lower = message.to_ascii_lowercase();
     let names_identity = lower.contains("microsoft.managedidentity/userassignedidentities")
@@ -156,9 +223,13 @@ pub fn classify(status: u16, code: &str, message: &str) -> ErrorClass {
         429 => ErrorClass::Throttled,
         401 => ErrorClass::Unauthenticated,
         403 => ErrorClass::Forbidden,
+        404 if code == "RoleDefinitionDoesNotExist" => ErrorClass::RoleNotFound,
         404 if names_identity => ErrorClass::IdentityNotFound,
         404 => ErrorClass::TargetNotFound,
         408 | 500 | 502 | 503 | 504 => ErrorClass::Transient,
+        // Role-assignment PUT for a principal ARM cannot see yet (ARM-BEHAVIOUR.md §5).
+        400 if code == "PrincipalNotFound" => ErrorClass::PrincipalNotReplicated,
+        400 if code == "RoleDefinitionDoesNotExist" => ErrorClass::RoleNotFound,
         400 if (code == "FailedIdentityOperation"
             || code == "InvalidIdentityValues"
             || code.ends_with("NotFound"))
@@ -217,6 +288,78 @@ mod tests {
         assert_eq!(
             classify(403, "AuthorizationFailed", ""),
             ErrorClass::Forbidden
+        );
+        assert_eq!(
+            classify(
+                400,
+                "PrincipalNotFound",
+                "Principal 0b3c does not exist in the directory t. Check that you have the correct principal ID."
+            ),
+            ErrorClass::PrincipalNotReplicated
+        );
+        assert!(ErrorClass::PrincipalNotReplicated.is_retryable());
+        assert_eq!(
+            ErrorClass::PrincipalNotReplicated.reason(),
+            "PrincipalNotReplicated"
+        );
+        assert_eq!(
+            classify(
+                400,
+                "RoleDefinitionDoesNotExist",
+                "The specified role definition with ID 'abc' does not exist."
+            ),
+            ErrorClass::RoleNotFound
+        );
+        assert_eq!(
+            classify(404, "RoleDefinitionDoesNotExist", ""),
+            ErrorClass::RoleNotFound
+        );
+        assert!(!ErrorClass::RoleNotFound.is_retryable());
+        assert_eq!(ErrorClass::RoleNotFound.reason(), "RoleNotFound");
+        assert_eq!(ErrorClass::GroupNotFound.reason(), "GroupNotFound");
+        assert!(!ErrorClass::GroupNotFound.is_retryable());
+        // Graph bodies.
+        assert_eq!(
+            classify(
+                404,
+                "Request_ResourceNotFound",
+                "Resource 'g' does not exist or one of its queried reference-property objects are not present."
+            ),
+            ErrorClass::TargetNotFound
+        );
+        assert_eq!(
+            classify(429, "TooManyRequests", "Too many requests."),
+            ErrorClass::Throttled
+        );
+        assert_eq!(
+            classify(
+                401,
+                "InvalidAuthenticationToken",
+                "Access token validation failure."
+            ),
+            ErrorClass::Unauthenticated
+        );
+        assert_eq!(
+            classify(
+                403,
+                "Authorization_RequestDenied",
+                "Insufficient privileges"
+            ),
+            ErrorClass::Forbidden
+        );
+        assert_eq!(
+            classify(
+                409,
+                "RoleAssignmentExists",
+                "The role assignment already exists."
+            ),
+            ErrorClass::Invalid
+        );
+        assert_eq!(
+            parse_error_body(
+                br#"{"error":{"code":"Request_BadRequest","message":"m","innerError":{"date":"d"}}}"#
+            ),
+            ("Request_BadRequest".to_string(), "m".to_string())
         );
         assert_eq!(
             parse_error_body(br#"{"error":{"code":"X","message":"m"}}"#),

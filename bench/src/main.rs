@@ -2,8 +2,14 @@
 //!
 //! `cargo run --release -p bench -- plan --targets 10000` plans that many targets (1-3 objects
 //! each, a pool of user-assigned identities, a mix of live states) and prints plans per second.
+//!
+//! `cargo run --release -p bench -- controller` runs the real controller process against the
+//! test API server (tests/apiserver) and the ARM simulator; see bench/README.md.
+
+mod controller;
 
 use std::hint::black_box;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
@@ -31,6 +37,41 @@ enum Cmd {
         /// Repetitions (the best and the median are printed).
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+    },
+    /// The `vmidentity controller` process against a real API server and the ARM simulator:
+    /// apply-to-PATCH latency, converge time, RSS, API writes per reconcile.
+    Controller {
+        /// Single-object apply-to-PATCH samples (0 skips the latency phase).
+        #[arg(long, default_value_t = 50)]
+        samples: usize,
+        /// Object counts to converge (one object per VM), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        objects: Vec<usize>,
+        /// Give up waiting (for convergence, for a resync pass) after this long.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+        /// Kubeconfig of the API server (default: $VMIDENTITY_E2E_KUBECONFIG, else what
+        /// tests/apiserver/up.sh prints).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// The `vmidentity` binary (default: next to this binary; `cargo build --release -p vmidentity`).
+        #[arg(long)]
+        vmidentity: Option<PathBuf>,
+        /// Object creations in flight at once.
+        #[arg(long, default_value_t = 32)]
+        create_concurrency: usize,
+        /// The controller's --concurrency (targets reconciled at once).
+        #[arg(long, default_value_t = 8)]
+        concurrency: u16,
+        /// The controller's --resync-seconds for the resync measurement.
+        #[arg(long, default_value_t = 15)]
+        resync_secs: u64,
+        /// Size of the user-assigned identity pool in the simulated world.
+        #[arg(long, default_value_t = 20)]
+        identities: usize,
+        /// How the simulator answers PATCH: sync, async200 or async202.
+        #[arg(long, default_value = "sync")]
+        lro: vmidentity_simulator::LroMode,
     },
 }
 
@@ -178,12 +219,42 @@ fn bench_plan(targets: usize, pool: usize, rounds: usize) {
     );
 }
 
-fn main() {
+fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Plan {
             targets,
             identities,
             rounds,
         } => bench_plan(targets, identities, rounds),
+        Cmd::Controller {
+            samples,
+            objects,
+            timeout_secs,
+            kubeconfig,
+            vmidentity,
+            create_concurrency,
+            concurrency,
+            resync_secs,
+            identities,
+            lro,
+        } => {
+            // Multi-threaded: the simulator serves the controller from this process.
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(controller::run(controller::Options {
+                samples,
+                objects,
+                timeout: Duration::from_secs(timeout_secs),
+                kubeconfig,
+                vmidentity,
+                create_concurrency,
+                controller_concurrency: concurrency,
+                resync_secs,
+                identities,
+                lro,
+            }))?;
+        }
     }
+    Ok(())
 }

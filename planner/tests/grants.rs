@@ -63,7 +63,7 @@ fn with_grants(system: bool) -> DesiredObject {
 fn grants_the_system_identity_reader_and_a_uai_a_data_role_and_a_group() {
     let o = with_grants(true);
     let p = plan_grants(
-        &[o.clone()],
+        std::slice::from_ref(&o),
         &resolved(Some("sys-p"), Some("uai-p")),
         &LiveGrants::default(),
     );
@@ -123,14 +123,14 @@ fn live_of(p: &GrantPlan, o: &DesiredObject) -> LiveGrants {
 fn converged_grants_plan_nothing_and_keep_their_records() {
     let o = with_grants(true);
     let r = resolved(Some("sys-p"), Some("uai-p"));
-    let first = plan_grants(&[o.clone()], &r, &LiveGrants::default());
+    let first = plan_grants(std::slice::from_ref(&o), &r, &LiveGrants::default());
     let live = live_of(&first, &o);
     let o2 = o.clone().with_applied(Applied {
         role_assignments: first.role_assignments[&o.object].clone(),
         group_memberships: first.group_memberships[&o.object].clone(),
         ..Applied::default()
     });
-    let again = plan_grants(&[o2.clone()], &r, &live);
+    let again = plan_grants(std::slice::from_ref(&o2), &r, &live);
     assert!(again.is_empty(), "{again:?}");
     assert_eq!(
         again.role_assignments[&o2.object],
@@ -148,7 +148,11 @@ fn an_existing_assignment_under_another_name_is_adopted() {
         role_guid: BLOB.into(),
         principal_id: "UAI-P".into(),
     });
-    let p = plan_grants(&[o.clone()], &resolved(None, Some("uai-p")), &live);
+    let p = plan_grants(
+        std::slice::from_ref(&o),
+        &resolved(None, Some("uai-p")),
+        &live,
+    );
     assert_eq!(
         p.additions.len(),
         1,
@@ -166,7 +170,7 @@ fn an_existing_assignment_under_another_name_is_adopted() {
 fn removing_a_grant_deletes_only_what_this_object_recorded() {
     let o = with_grants(false);
     let r = resolved(None, Some("uai-p"));
-    let first = plan_grants(&[o.clone()], &r, &LiveGrants::default());
+    let first = plan_grants(std::slice::from_ref(&o), &r, &LiveGrants::default());
     let mut live = live_of(&first, &o);
     // Someone else's assignment for the same principal: never touched.
     live.role_assignments.push(LiveRoleAssignment {
@@ -190,7 +194,7 @@ fn removing_a_grant_deletes_only_what_this_object_recorded() {
         r.user_assigned_identities = vec![uai("ID1")]
     })
     .with_applied(applied.clone());
-    let p = plan_grants(&[edited.clone()], &r, &live);
+    let p = plan_grants(std::slice::from_ref(&edited), &r, &live);
     let ids: Vec<(String, String)> = p
         .removals
         .iter()
@@ -224,7 +228,7 @@ fn removing_a_grant_deletes_only_what_this_object_recorded() {
 fn a_grant_another_object_still_wants_is_kept() {
     let a = with_grants(false);
     let r = resolved(None, Some("uai-p"));
-    let first = plan_grants(&[a.clone()], &r, &LiveGrants::default());
+    let first = plan_grants(std::slice::from_ref(&a), &r, &LiveGrants::default());
     let live = live_of(&first, &a);
     let dropped = obj("a", &vm("myVM"), |r| {
         r.user_assigned_identities = vec![uai("ID1")]
@@ -245,7 +249,7 @@ fn a_grant_another_object_still_wants_is_kept() {
 fn a_recycled_system_identity_gets_new_assignments_and_the_old_ones_go() {
     let o = with_grants(true);
     let first = plan_grants(
-        &[o.clone()],
+        std::slice::from_ref(&o),
         &resolved(Some("old-p"), Some("uai-p")),
         &LiveGrants::default(),
     );
@@ -256,7 +260,7 @@ fn a_recycled_system_identity_gets_new_assignments_and_the_old_ones_go() {
         ..Applied::default()
     });
     let p = plan_grants(
-        &[o2.clone()],
+        std::slice::from_ref(&o2),
         &resolved(Some("new-p"), Some("uai-p")),
         &live,
     );
