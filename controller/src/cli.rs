@@ -70,8 +70,19 @@ pub struct ApplyArgs {
     /// Bearer token for ARM (for example from `az account get-access-token --query accessToken -o tsv`).
     #[arg(long, env = "AZURE_ACCESS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Microsoft Graph endpoint (for groupMemberships).
+    #[arg(
+        long,
+        env = "VMIDENTITY_GRAPH_ENDPOINT",
+        default_value = "https://graph.microsoft.com"
+    )]
+    pub graph_endpoint: String,
+    /// Bearer token for Microsoft Graph (audience https://graph.microsoft.com), needed for
+    /// groupMemberships (for example `az account get-access-token --resource-type ms-graph`).
+    #[arg(long, env = "AZURE_GRAPH_ACCESS_TOKEN", hide_env_values = true)]
+    pub graph_token: Option<String>,
     /// Run against an in-process ARM simulator seeded from this world file instead of Azure.
-    #[arg(long, value_name = "WORLD_YAML", conflicts_with_all = ["endpoint", "token"])]
+    #[arg(long, value_name = "WORLD_YAML", conflicts_with_all = ["endpoint", "token", "graph_endpoint", "graph_token"])]
     pub simulator: Option<PathBuf>,
     /// Keep ownership records in this JSON file between runs (read before, written after).
     #[arg(long)]
@@ -133,8 +144,8 @@ pub fn writes_json(results: &[TargetResult]) -> Value {
     Value::Array(
         results
             .iter()
-            .filter_map(|r| r.plan.as_ref())
-            .flat_map(|p| p.writes.iter())
+            .filter(|r| r.plan.is_some())
+            .flat_map(|r| r.all_writes())
             .map(|w| json!(w))
             .collect(),
     )
@@ -225,7 +236,7 @@ async fn apply(a: ApplyArgs) -> Result<i32, CliError> {
     objects = engine::with_state(objects, &state);
 
     let mut _sim = None;
-    let (endpoint, token) = match &a.simulator {
+    let (endpoint, token, graph) = match &a.simulator {
         Some(world) => {
             let text = std::fs::read_to_string(world)
                 .map_err(|e| CliError::Other(format!("{}: {e}", world.display())))?;
@@ -234,7 +245,11 @@ async fn apply(a: ApplyArgs) -> Result<i32, CliError> {
                 .map_err(|e| CliError::Other(format!("{}: {e}", world.display())))?;
             let url = sim.base_url();
             _sim = Some(sim);
-            (url, crate::demo::SIM_TOKEN.to_string())
+            (
+                url.clone(),
+                crate::demo::SIM_TOKEN.to_string(),
+                Some((url, crate::demo::SIM_GRAPH_TOKEN.to_string())),
+            )
         }
         None => {
             let token = a.token.clone().ok_or_else(|| {
@@ -242,8 +257,22 @@ async fn apply(a: ApplyArgs) -> Result<i32, CliError> {
                     "no ARM credentials: set AZURE_ACCESS_TOKEN or --token (for example `az account get-access-token --query accessToken -o tsv`), or use --simulator WORLD.yaml".into(),
                 )
             })?;
-            (a.endpoint.clone(), token)
+            let graph = a.graph_token.clone().map(|t| (a.graph_endpoint.clone(), t));
+            (a.endpoint.clone(), token, graph)
         }
+    };
+    let graph = match graph {
+        Some((endpoint, token)) => Some(
+            vmidentity_azure::GraphClient::new(
+                ClientConfig {
+                    max_inline_wait: Duration::from_secs(120),
+                    ..ClientConfig::graph(&endpoint)
+                },
+                Arc::new(StaticToken::new(token)),
+            )
+            .map_err(|e| CliError::Other(e.to_string()))?,
+        ),
+        None => None,
     };
     let client = ArmClient::new(
         cli_client_config(&endpoint),
@@ -251,7 +280,7 @@ async fn apply(a: ApplyArgs) -> Result<i32, CliError> {
     )
     .map_err(|e| CliError::Other(e.to_string()))?;
     let exec = Executor::new(client);
-    let results = engine::apply(&exec, objects.clone(), a.concurrency).await;
+    let results = engine::apply(&exec, graph.as_ref(), objects.clone(), a.concurrency).await;
     match a.output {
         Output::Text => crate::out!("{}", render_apply(&results)),
         Output::Json => crate::outln!(
@@ -272,8 +301,8 @@ pub fn apply_json(results: &[TargetResult]) -> Value {
     let mut out = Vec::new();
     for r in results {
         match (&r.plan, &r.error) {
-            (Some(p), err) => {
-                for w in &p.writes {
+            (Some(_), err) => {
+                for w in r.all_writes() {
                     let mut v = json!(w);
                     v["result"] = match err {
                         None => json!({"status": "Succeeded"}),
@@ -319,7 +348,7 @@ pub fn render_apply(results: &[TargetResult]) -> String {
             }
             continue;
         };
-        if plan.is_converged() {
+        if plan.is_converged() && r.grant_writes.is_empty() {
             same += 1;
             out.push_str(&format!(
                 "  {}  up to date ({})\n",
@@ -328,7 +357,7 @@ pub fn render_apply(results: &[TargetResult]) -> String {
             ));
             continue;
         }
-        for w in &plan.writes {
+        for w in r.all_writes() {
             out.push_str(&format!(
                 "~ {}  ({})\n    {} {}?api-version={}\n    {}\n",
                 plan.target.short(),

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use vmidentity_azure::{ArmClient, Executor, StaticToken};
+use vmidentity_azure::{ArmClient, ClientConfig, Executor, GraphClient, StaticToken};
 use vmidentity_planner::DesiredObject;
 use vmidentity_simulator::{LroMode, SimConfig, SimHandle, WorldSeed};
 
@@ -13,6 +13,8 @@ use crate::input;
 
 /// The token the in-process simulator accepts.
 pub const SIM_TOKEN: &str = "sim-token";
+/// The Microsoft Graph token the in-process simulator accepts.
+pub const SIM_GRAPH_TOKEN: &str = "sim-graph-token";
 
 /// The bundled world.
 pub const DEMO_WORLD: &str = include_str!("../../examples/demo/world.yaml");
@@ -122,10 +124,9 @@ fn carry_ownership(objects: &[DesiredObject], results: &[TargetResult]) -> Vec<D
             let rec = results
                 .iter()
                 .filter(|r| r.error.is_none())
-                .filter_map(|r| r.plan.as_ref())
-                .find_map(|p| p.applied.get(&o.object));
+                .find_map(|r| r.applied(&o.object));
             match rec {
-                Some(a) => o.clone().with_applied(a.clone()),
+                Some(a) => o.clone().with_applied(a),
                 None => o.clone(),
             }
         })
@@ -140,12 +141,13 @@ struct Pass {
 async fn pass(
     title: &str,
     exec: &Executor,
+    graph: &GraphClient,
     sim: &SimHandle,
     objects: &[DesiredObject],
 ) -> (Pass, Vec<TargetResult>) {
     sim.reset_counters();
     crate::outln!("\n== {title}");
-    let results = engine::apply(exec, objects.to_vec(), 4).await;
+    let results = engine::apply(exec, Some(graph), objects.to_vec(), 4).await;
     crate::out!("{}", render_apply(&results));
     let c = sim.counters();
     let errors = results.iter().filter(|r| r.error.is_some()).count();
@@ -183,6 +185,14 @@ pub async fn run() -> Result<i32, CliError> {
     )
     .map_err(|e| CliError::Other(e.to_string()))?;
     let exec = Executor::new(client);
+    let graph = GraphClient::new(
+        ClientConfig {
+            lro_poll_interval: std::time::Duration::from_millis(200),
+            ..ClientConfig::graph(&sim.base_url())
+        },
+        Arc::new(StaticToken::new(SIM_GRAPH_TOKEN)),
+    )
+    .map_err(|e| CliError::Other(e.to_string()))?;
 
     let web2 = format!(
         "{SUB}/resourceGroups/rg-apps/providers/Microsoft.Compute/virtualMachines/vm-web-2"
@@ -191,6 +201,7 @@ pub async fn run() -> Result<i32, CliError> {
     let (p1, r1) = pass(
         "Pass 1: converge (one GET and at most one PATCH per target)",
         &exec,
+        &graph,
         &sim,
         &objects,
     )
@@ -200,6 +211,7 @@ pub async fn run() -> Result<i32, CliError> {
     let (p2, r2) = pass(
         "Pass 2: apply again (converged: expect 0 writes)",
         &exec,
+        &graph,
         &sim,
         &objects,
     )
@@ -216,6 +228,7 @@ pub async fn run() -> Result<i32, CliError> {
     let (p3, r3) = pass(
         "Pass 3: platform/monitoring-agent drops uai-monitoring (only what it applied is removed)",
         &exec,
+        &graph,
         &sim,
         &objects,
     )
@@ -224,6 +237,7 @@ pub async fn run() -> Result<i32, CliError> {
     let (p4, _) = pass(
         "Pass 4: apply again (expect 0 writes)",
         &exec,
+        &graph,
         &sim,
         &objects,
     )

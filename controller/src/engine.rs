@@ -3,10 +3,16 @@
 
 use std::collections::BTreeMap;
 
+use std::collections::BTreeSet;
+
 use futures::StreamExt;
-use vmidentity_azure::{AzureError, Executor};
+use vmidentity_azure::authorization::PutRoleAssignment;
+use vmidentity_azure::{AzureError, Executor, GraphClient};
+use vmidentity_planner::grants::{
+    self, GrantPlan, KNOWN_AFTER_APPLY, LiveGrants, LiveRoleAssignment, Resolved,
+};
 use vmidentity_planner::{
-    ApiVersion, Applied, DesiredObject, LiveResource, ObjectRef, PlanError, TargetPlan,
+    ApiVersion, Applied, DesiredObject, LiveResource, ObjectRef, PlanError, TargetPlan, Write,
     group_by_target, plan_target,
 };
 
@@ -20,6 +26,10 @@ pub enum EngineError {
     Azure(#[from] AzureError),
     #[error("no live body for target {0} (give its ARM GET body in --live)")]
     MissingLive(String),
+    #[error(
+        "groupMemberships need a Microsoft Graph client (configure a Graph endpoint and token)"
+    )]
+    NoGraph,
 }
 
 impl EngineError {
@@ -29,6 +39,7 @@ impl EngineError {
             EngineError::Plan(p) => p.reason(),
             EngineError::Azure(a) => a.class().reason(),
             EngineError::MissingLive(_) => "MissingLive",
+            EngineError::NoGraph => "GraphNotConfigured",
         }
     }
 }
@@ -44,6 +55,10 @@ pub struct TargetResult {
     pub error: Option<EngineError>,
     /// The target as ARM answered the write (None when nothing was written).
     pub live_after: Option<LiveResource>,
+    /// Role assignment and group membership writes (planned offline, or sent by apply).
+    pub grant_writes: Vec<Write>,
+    /// The final grant plan (records with adopted IDs), when the target has grants.
+    pub grants: Option<GrantPlan>,
 }
 
 impl TargetResult {
@@ -51,7 +66,253 @@ impl TargetResult {
         if self.error.is_some() {
             return 0;
         }
-        self.plan.as_ref().map_or(0, |p| p.writes.len())
+        self.plan.as_ref().map_or(0, |p| p.writes.len()) + self.grant_writes.len()
+    }
+
+    /// Every write of the target in the order it is sent: grant removals, the identity
+    /// PATCH, grant additions.
+    pub fn all_writes(&self) -> Vec<Write> {
+        let (removals, additions): (Vec<Write>, Vec<Write>) = self
+            .grant_writes
+            .iter()
+            .cloned()
+            .partition(|w| w.method == "DELETE");
+        let mut out = removals;
+        if let Some(p) = &self.plan {
+            out.extend(p.writes.iter().cloned());
+        }
+        out.extend(additions);
+        out
+    }
+
+    /// The new ownership record of an object once this target succeeded.
+    pub fn applied(&self, object: &ObjectRef) -> Option<Applied> {
+        let plan = self.plan.as_ref()?;
+        let mut a = plan.applied.get(object)?.clone();
+        if let Some(g) = &self.grants {
+            if let Some(r) = g.role_assignments.get(object) {
+                a.role_assignments = r.clone();
+            }
+            if let Some(m) = g.group_memberships.get(object) {
+                a.group_memberships = m.clone();
+            }
+        }
+        Some(a)
+    }
+}
+
+fn has_grants(group: &[DesiredObject]) -> bool {
+    group.iter().any(|o| {
+        !o.spec.role_assignments.is_empty()
+            || !o.spec.group_memberships.is_empty()
+            || !o.applied.role_assignments.is_empty()
+            || !o.applied.group_memberships.is_empty()
+    })
+}
+
+/// Principals of the target's identities as `live` shows them.
+fn principals_of(live: &LiveResource) -> Resolved {
+    let mut r = Resolved::default();
+    if live.identity.system_assigned
+        && let Some(p) = &live.identity.principal_id
+    {
+        r.principals.insert("systemassigned".into(), p.clone());
+    }
+    for (k, u) in &live.identity.user_assigned {
+        if let Some(p) = &u.principal_id {
+            r.principals.insert(k.clone(), p.clone());
+        }
+    }
+    r
+}
+
+/// Offline: principals from the live body, or "(known after apply)" for identities the
+/// PATCH creates; roles by GUID, ID or built-in name.
+fn resolve_offline(group: &[DesiredObject], live: &LiveResource, plan: &TargetPlan) -> Resolved {
+    let mut r = principals_of(live);
+    if plan.after.system_assigned && !live.identity.system_assigned {
+        r.principals
+            .insert("systemassigned".into(), KNOWN_AFTER_APPLY.into());
+    }
+    for k in plan.after.user_assigned.keys() {
+        r.principals
+            .entry(k.clone())
+            .or_insert_with(|| KNOWN_AFTER_APPLY.into());
+    }
+    for o in group {
+        for ra in &o.spec.role_assignments {
+            let text = ra.role.to_string();
+            let guid = match &ra.role {
+                vmidentity_planner::model::RoleRef::Guid(g) => Some(g.clone()),
+                vmidentity_planner::model::RoleRef::DefinitionId(id) => {
+                    id.rsplit('/').next().map(str::to_ascii_lowercase)
+                }
+                vmidentity_planner::model::RoleRef::Name(n) => {
+                    grants::builtin_role_guid(n).map(str::to_string)
+                }
+            };
+            if let Some(g) = guid {
+                r.roles.insert(
+                    (text.to_ascii_lowercase(), ra.scope.to_ascii_lowercase()),
+                    g,
+                );
+            }
+        }
+    }
+    r
+}
+
+/// Online: resolve every role the group names (cached by the client).
+async fn resolve_roles(
+    exec: &Executor,
+    group: &[DesiredObject],
+    r: &mut Resolved,
+) -> Result<(), AzureError> {
+    for o in group.iter().filter(|o| !o.deleting) {
+        for ra in &o.spec.role_assignments {
+            let text = ra.role.to_string();
+            let key = (text.to_ascii_lowercase(), ra.scope.to_ascii_lowercase());
+            if let std::collections::btree_map::Entry::Vacant(slot) = r.roles.entry(key) {
+                slot.insert(exec.client().resolve_role(&ra.scope, &text).await?);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn subscription_of(scope: &str) -> Option<String> {
+    let lower = scope.to_ascii_lowercase();
+    lower
+        .strip_prefix("/subscriptions/")
+        .and_then(|rest| rest.split('/').next())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+/// Reads what the principals hold: their role assignments in every subscription the group's
+/// scopes (and the target) live in, and their group memberships.
+async fn read_grants(
+    exec: &Executor,
+    graph: Option<&GraphClient>,
+    group: &[DesiredObject],
+    target_subscription: &str,
+    principals: &BTreeSet<String>,
+) -> Result<LiveGrants, EngineError> {
+    let mut subs: BTreeSet<String> = BTreeSet::new();
+    subs.insert(target_subscription.to_ascii_lowercase());
+    let wants_groups = group
+        .iter()
+        .any(|o| !o.spec.group_memberships.is_empty() || !o.applied.group_memberships.is_empty());
+    for o in group {
+        subs.extend(
+            o.spec
+                .role_assignments
+                .iter()
+                .filter_map(|r| subscription_of(&r.scope)),
+        );
+        subs.extend(
+            o.applied
+                .role_assignments
+                .iter()
+                .filter_map(|r| subscription_of(&r.scope)),
+        );
+    }
+    let mut live = LiveGrants::default();
+    for p in principals
+        .iter()
+        .filter(|p| p.as_str() != KNOWN_AFTER_APPLY)
+    {
+        for sub in &subs {
+            for ra in exec
+                .client()
+                .list_role_assignments_for_principal(sub, p)
+                .await?
+            {
+                let role_guid = ra.role_guid();
+                live.role_assignments.push(LiveRoleAssignment {
+                    id: ra.id,
+                    scope: ra.scope,
+                    role_guid,
+                    principal_id: ra.principal_id,
+                });
+            }
+        }
+        if wants_groups {
+            let graph = graph.ok_or(EngineError::NoGraph)?;
+            let groups = graph.member_of(p).await?;
+            live.memberships
+                .insert(p.clone(), groups.into_iter().collect());
+        }
+    }
+    // The same assignment may be listed from two subscriptions (an inherited scope).
+    live.role_assignments
+        .sort_by_key(|a| a.id.to_ascii_lowercase());
+    live.role_assignments
+        .dedup_by(|a, b| a.id.eq_ignore_ascii_case(&b.id));
+    Ok(live)
+}
+
+/// Sends one grant write. For a PUT whose assignment already exists under another name,
+/// returns the existing assignment's ID (to adopt it).
+async fn send_grant(
+    exec: &Executor,
+    graph: Option<&GraphClient>,
+    w: &Write,
+) -> Result<Option<String>, EngineError> {
+    if let Some(rest) = w.id.strip_prefix("/groups/") {
+        let graph = graph.ok_or(EngineError::NoGraph)?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        let group = parts.first().copied().unwrap_or_default();
+        match w.method.as_str() {
+            "POST" => {
+                let principal = w.body["@odata.id"]
+                    .as_str()
+                    .and_then(|s| s.rsplit('/').next())
+                    .unwrap_or_default();
+                graph.add_member(group, principal).await?;
+            }
+            _ => {
+                let principal = parts.get(2).copied().unwrap_or_default();
+                graph.remove_member(group, principal).await?;
+            }
+        }
+        return Ok(None);
+    }
+    match w.method.as_str() {
+        "DELETE" => {
+            exec.client().delete_role_assignment(&w.id).await?;
+            Ok(None)
+        }
+        _ => {
+            let (scope, name) =
+                w.id.rsplit_once("/providers/Microsoft.Authorization/roleAssignments/")
+                    .unwrap_or((w.id.as_str(), ""));
+            let props = &w.body["properties"];
+            let role_guid = props["roleDefinitionId"]
+                .as_str()
+                .and_then(|s| s.rsplit('/').next())
+                .unwrap_or_default();
+            let principal = props["principalId"].as_str().unwrap_or_default();
+            let principal_type = props["principalType"].as_str();
+            match exec
+                .client()
+                .put_role_assignment(scope, name, role_guid, principal, principal_type)
+                .await?
+            {
+                PutRoleAssignment::Created(_) => Ok(None),
+                PutRoleAssignment::Exists => {
+                    // Adopt the existing one: find it among the principal's assignments.
+                    let sub = subscription_of(scope).unwrap_or_default();
+                    let existing = exec
+                        .client()
+                        .list_role_assignments_for_principal(&sub, principal)
+                        .await?
+                        .into_iter()
+                        .find(|ra| ra.matches(scope, role_guid));
+                    Ok(existing.map(|ra| ra.id))
+                }
+            }
+        }
     }
 }
 
@@ -71,10 +332,41 @@ pub fn plan_offline(objects: Vec<DesiredObject>, lives: &LiveSet) -> Vec<TargetR
         .map(|(key, group)| {
             let target = group[0].spec.target.to_string();
             let objects: Vec<ObjectRef> = group.iter().map(|o| o.object.clone()).collect();
+            let mut grant_writes = Vec::new();
+            let mut grants_plan = None;
             let (plan, error) = match lives.get(&key) {
                 None => (None, Some(EngineError::MissingLive(target.clone()))),
                 Some(live) => match plan_target(&group, live) {
-                    Ok(p) => (Some(p), None),
+                    Ok(p) => {
+                        if has_grants(&group) {
+                            // Offline there is nothing to read: existing grants are assumed
+                            // to be what the objects recorded.
+                            let resolved = resolve_offline(&group, live, &p);
+                            let mut known = LiveGrants::default();
+                            for o in &group {
+                                for r in &o.applied.role_assignments {
+                                    known.role_assignments.push(LiveRoleAssignment {
+                                        id: r.id.clone(),
+                                        scope: r.scope.clone(),
+                                        role_guid: r.role_definition_id.clone(),
+                                        principal_id: r.principal_id.clone(),
+                                    });
+                                }
+                                for g in &o.applied.group_memberships {
+                                    known
+                                        .memberships
+                                        .entry(g.principal_id.to_ascii_lowercase())
+                                        .or_default()
+                                        .insert(g.group_object_id.to_ascii_lowercase());
+                                }
+                            }
+                            let gp = grants::plan_grants(&group, &resolved, &known);
+                            grant_writes =
+                                gp.removals.iter().chain(&gp.additions).cloned().collect();
+                            grants_plan = Some(gp);
+                        }
+                        (Some(p), None)
+                    }
                     Err(e) => (None, Some(e.into())),
                 },
             };
@@ -84,6 +376,8 @@ pub fn plan_offline(objects: Vec<DesiredObject>, lives: &LiveSet) -> Vec<TargetR
                 plan,
                 error,
                 live_after: None,
+                grant_writes,
+                grants: grants_plan,
             }
         })
         .collect()
@@ -93,12 +387,13 @@ pub fn plan_offline(objects: Vec<DesiredObject>, lives: &LiveSet) -> Vec<TargetR
 /// one GET and at most one PATCH; one target's failure does not stop the others.
 pub async fn apply(
     exec: &Executor,
+    graph: Option<&GraphClient>,
     objects: Vec<DesiredObject>,
     concurrency: usize,
 ) -> Vec<TargetResult> {
     let groups = group_by_target(objects);
     let mut results: Vec<TargetResult> = futures::stream::iter(groups.into_values())
-        .map(|group| apply_target(exec, group))
+        .map(|group| apply_target(exec, graph, group))
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
@@ -110,7 +405,11 @@ pub async fn apply(
     results
 }
 
-async fn apply_target(exec: &Executor, group: Vec<DesiredObject>) -> TargetResult {
+async fn apply_target(
+    exec: &Executor,
+    graph: Option<&GraphClient>,
+    group: Vec<DesiredObject>,
+) -> TargetResult {
     let target_id = group[0].spec.target.clone();
     let mut result = TargetResult {
         target: target_id.to_string(),
@@ -118,6 +417,8 @@ async fn apply_target(exec: &Executor, group: Vec<DesiredObject>) -> TargetResul
         plan: None,
         error: None,
         live_after: None,
+        grant_writes: Vec::new(),
+        grants: None,
     };
     let live = match exec.read_target(&target_id, &read_version(&group)).await {
         Ok(l) => l,
@@ -133,14 +434,95 @@ async fn apply_target(exec: &Executor, group: Vec<DesiredObject>) -> TargetResul
             return result;
         }
     };
-    if !plan.is_converged() {
-        match exec.execute(&plan).await {
-            Ok(outcome) => result.live_after = outcome.live,
-            Err(e) => result.error = Some(e.into()),
-        }
+    result.plan = Some(plan.clone());
+    if let Err(e) = write_target(exec, graph, &group, &live, &plan, &mut result).await {
+        result.error = Some(e);
     }
-    result.plan = Some(plan);
     result
+}
+
+/// Sends a target's writes in order: grant removals (before the identity that holds them
+/// goes), the identity PATCH, then grant additions (once the principals exist).
+pub async fn write_target(
+    exec: &Executor,
+    graph: Option<&GraphClient>,
+    group: &[DesiredObject],
+    live: &LiveResource,
+    plan: &TargetPlan,
+    result: &mut TargetResult,
+) -> Result<(), EngineError> {
+    let grants_too = has_grants(group);
+    let mut roles = Resolved::default();
+    let mut before = None;
+    if grants_too {
+        let mut resolved = principals_of(live);
+        resolve_roles(exec, group, &mut resolved).await?;
+        roles.roles = resolved.roles.clone();
+        let principals = grants::principals_to_read(group, &resolved);
+        let held = read_grants(exec, graph, group, target_subscription(plan), &principals).await?;
+        let gp = grants::plan_grants(group, &resolved, &held);
+        for w in &gp.removals {
+            send_grant(exec, graph, w).await?;
+            result.grant_writes.push(w.clone());
+        }
+        before = Some((principals, held));
+    }
+    let live_after = if plan.is_converged() {
+        live.clone()
+    } else {
+        let outcome = exec.execute(plan).await?;
+        match outcome.live {
+            Some(l) => l,
+            None => exec.read_target(&plan.target, &plan.api_version).await?,
+        }
+    };
+    result.live_after = (!plan.is_converged()).then(|| live_after.clone());
+    if let Some((read_before, held_before)) = before {
+        let mut resolved = principals_of(&live_after);
+        resolved.roles = roles.roles;
+        let principals = grants::principals_to_read(group, &resolved);
+        // New principals (an identity just attached or enabled) are read afresh.
+        let held = if principals == read_before {
+            let mut h = held_before;
+            let removed: BTreeSet<String> = result
+                .grant_writes
+                .iter()
+                .map(|w| w.id.to_ascii_lowercase())
+                .collect();
+            h.role_assignments
+                .retain(|r| !removed.contains(&r.id.to_ascii_lowercase()));
+            h
+        } else {
+            read_grants(exec, graph, group, target_subscription(plan), &principals).await?
+        };
+        let mut gp = grants::plan_grants(group, &resolved, &held);
+        for w in gp
+            .removals
+            .clone()
+            .iter()
+            .chain(gp.additions.clone().iter())
+        {
+            let adopted = send_grant(exec, graph, w).await?;
+            result.grant_writes.push(w.clone());
+            if let Some(id) = adopted {
+                let planned = w.id.to_ascii_lowercase();
+                for recs in gp.role_assignments.values_mut() {
+                    for r in recs
+                        .iter_mut()
+                        .filter(|r| r.id.to_ascii_lowercase() == planned)
+                    {
+                        r.id = id.clone();
+                    }
+                }
+            }
+        }
+        result.grants = Some(gp);
+    }
+    Ok(())
+}
+
+fn target_subscription(plan: &TargetPlan) -> &str {
+    plan.target.subscription()
 }
 
 /// Ownership records kept between one-shot runs (`apply --state FILE`), keyed `ns/name`.

@@ -192,9 +192,14 @@ pub fn role_definition_id(scope: &str, role_guid: &str) -> String {
 }
 
 fn put_role(scope: &str, role_guid: &str, principal: &str) -> Write {
+    let name = if principal == KNOWN_AFTER_APPLY {
+        KNOWN_AFTER_APPLY.to_string()
+    } else {
+        assignment_name(scope, role_guid, principal)
+    };
     Write {
         method: "PUT".into(),
-        id: role_assignment_id(scope, &assignment_name(scope, role_guid, principal)),
+        id: role_assignment_id(scope, &name),
         api_version: AUTHORIZATION_API_VERSION.into(),
         body: json!({"properties": {
             "roleDefinitionId": role_definition_id(scope, role_guid),
@@ -281,7 +286,11 @@ pub fn plan_grants(objects: &[DesiredObject], resolved: &Resolved, live: &LiveGr
                 id,
                 scope: ra.scope.clone(),
                 role_definition_id: guid.to_ascii_lowercase(),
-                principal_id: principal.to_ascii_lowercase(),
+                principal_id: if principal == KNOWN_AFTER_APPLY {
+                    principal.to_string()
+                } else {
+                    principal.to_ascii_lowercase()
+                },
                 identity: ra.identity.to_string(),
             };
             wanted_roles.entry(key).or_insert_with(|| rec.clone());
@@ -298,7 +307,11 @@ pub fn plan_grants(objects: &[DesiredObject], resolved: &Resolved, live: &LiveGr
             };
             let rec = AppliedGroupMembership {
                 group_object_id: gm.group_object_id.to_ascii_lowercase(),
-                principal_id: principal.to_ascii_lowercase(),
+                principal_id: if principal == KNOWN_AFTER_APPLY {
+                    principal.to_string()
+                } else {
+                    principal.to_ascii_lowercase()
+                },
                 identity: gm.identity.to_string(),
             };
             wanted_groups
@@ -397,4 +410,49 @@ pub fn principals_to_read(objects: &[DesiredObject], resolved: &Resolved) -> BTr
         );
     }
     out
+}
+
+/// Built-in Azure roles by name (their GUIDs are the same in every tenant), so an offline
+/// `plan` can show exact role assignment writes. `apply` and the controller resolve names
+/// through the roleDefinitions API (which also knows custom roles).
+pub fn builtin_role_guid(name: &str) -> Option<&'static str> {
+    const BUILTIN: &[(&str, &str)] = &[
+        ("owner", "8e3af657-a8ff-443c-a75c-2fe8c4bcb635"),
+        ("contributor", "b24988ac-6180-42a0-ab88-20f7382dd24c"),
+        ("reader", "acdd72a7-3385-48ef-bd42-f606fba81ae7"),
+        (
+            "user access administrator",
+            "18d7d88d-d35e-4fb5-a5c3-7773c20a72d9",
+        ),
+        (
+            "role based access control administrator",
+            "f58310d9-a9f6-439a-9e8d-f62e7b41a168",
+        ),
+        (
+            "storage blob data reader",
+            "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1",
+        ),
+        (
+            "storage blob data contributor",
+            "ba92f5b4-2d11-453d-a403-e96b0029c9fe",
+        ),
+        (
+            "key vault secrets user",
+            "4633458b-17de-408a-b874-0445c86b69e6",
+        ),
+        (
+            "virtual machine contributor",
+            "9980e02c-c2be-4d73-94e8-173b1dc7cf3c",
+        ),
+        (
+            "managed identity operator",
+            "f1a07417-d97a-45cb-824c-7a7467783830",
+        ),
+        (
+            "monitoring metrics publisher",
+            "3913510d-42f4-4e42-8a64-420c390055eb",
+        ),
+    ];
+    let lower = name.to_ascii_lowercase();
+    BUILTIN.iter().find(|(n, _)| *n == lower).map(|(_, g)| *g)
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use vmidentity::engine::{self, TargetResult};
-use vmidentity_azure::{ArmClient, ClientConfig, Executor, StaticToken};
+use vmidentity_azure::{ArmClient, ClientConfig, Executor, GraphClient, StaticToken};
 use vmidentity_planner::{Applied, DesiredObject, ObjectRef, RawSpec};
 use vmidentity_simulator::{SimConfig, SimHandle, WorldSeed};
 
@@ -57,9 +57,12 @@ pub fn test_client_config(endpoint: &str) -> ClientConfig {
     }
 }
 
+pub const GRAPH_TOKEN: &str = "sim-graph-token";
+
 pub struct Harness {
     pub sim: SimHandle,
     pub exec: Executor,
+    pub graph: GraphClient,
 }
 
 impl Harness {
@@ -77,7 +80,15 @@ impl Harness {
             .await
             .expect("simulator starts");
         let exec = Harness::executor(&sim, TOKEN);
-        Harness { sim, exec }
+        let graph = GraphClient::new(
+            ClientConfig {
+                token_scope: vmidentity_azure::GRAPH_SCOPE.to_string(),
+                ..test_client_config(&sim.base_url())
+            },
+            Arc::new(StaticToken::new(GRAPH_TOKEN)),
+        )
+        .expect("graph client");
+        Harness { sim, exec, graph }
     }
 
     pub fn executor(sim: &SimHandle, token: &str) -> Executor {
@@ -92,7 +103,7 @@ impl Harness {
 
     /// One apply pass over the objects.
     pub async fn apply(&self, objects: &[DesiredObject]) -> Vec<TargetResult> {
-        engine::apply(&self.exec, objects.to_vec(), 4).await
+        engine::apply(&self.exec, Some(&self.graph), objects.to_vec(), 4).await
     }
 
     /// Applies, then carries the new ownership records into the returned objects.
@@ -107,8 +118,7 @@ impl Harness {
                 let rec = results
                     .iter()
                     .filter(|r| r.error.is_none())
-                    .filter_map(|r| r.plan.as_ref())
-                    .find_map(|p| p.applied.get(&o.object).cloned());
+                    .find_map(|r| r.applied(&o.object));
                 match rec {
                     Some(a) => o.clone().with_applied(a),
                     None => o.clone(),
