@@ -441,3 +441,54 @@ async fn drift_is_repaired_at_resync_with_an_event_that_says_what_changed() {
     }
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn role_assignments_and_group_memberships_through_the_controller() {
+    let group = "0f6c5a1e-1111-4c7a-9e21-0d4b5a6c7e81";
+    let rg = format!("{SUB}/resourceGroups/rg-e2e");
+    let env = Env::new(
+        "e2e-grants",
+        &world(
+            &["vm1"],
+            &format!("groups:\n  - id: {group}\n    displayName: readers\n"),
+        ),
+    )
+    .await;
+    let _c = env.controller("a");
+    env.create(
+        "web",
+        json!({"target": vm("vm1"), "systemAssigned": true, "userAssignedIdentities": [uai("u1")],
+               "roleAssignments": [{"identity": "SystemAssigned", "role": "Reader", "scope": rg},
+                                   {"identity": uai("u1"), "role": "Storage Blob Data Reader", "scope": rg}],
+               "groupMemberships": [{"identity": uai("u1"), "groupObjectId": group}]}),
+    )
+    .await
+    .expect("web");
+    let o = env
+        .wait_for("web", 30, "Ready with grants", |o| {
+            is_ready(o)
+                && o.status
+                    .as_ref()
+                    .and_then(|s| s.applied.as_ref())
+                    .is_some_and(|a| {
+                        a.role_assignments.len() == 2 && a.group_memberships.len() == 1
+                    })
+        })
+        .await;
+    let principals = o.status.unwrap().principals.unwrap();
+    let sys = principals.system_assigned.unwrap();
+    let u1 = principals.user_assigned[&uai("u1")].clone();
+    assert_eq!(env.sim.role_assignments_of(&sys).len(), 1);
+    assert_eq!(env.sim.role_assignments_of(&u1).len(), 1);
+    assert_eq!(env.sim.member_of(&u1), vec![group.to_string()]);
+    // Detach on deletion: the grants go first, then the identity; the system identity stays.
+    env.api
+        .delete("web", &Default::default())
+        .await
+        .expect("delete");
+    env.wait_gone("web", 30).await;
+    assert!(env.sim.role_assignments_of(&sys).is_empty());
+    assert!(env.sim.member_of(&u1).is_empty());
+    assert_eq!(env.identity(&vm("vm1")), ("SystemAssigned".into(), vec![]));
+    env.cleanup().await;
+}

@@ -16,7 +16,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
 use tracing::{error, info, warn};
-use vmidentity_azure::{ArmClient, ClientConfig, Executor, StaticToken};
+use vmidentity_azure::{ArmClient, ClientConfig, Executor, GraphClient, StaticToken};
 
 use crate::cli::CliError;
 use crate::crd::VirtualMachineIdentity;
@@ -33,6 +33,17 @@ pub struct ControllerArgs {
     /// Bearer token for ARM (static token source).
     #[arg(long, env = "AZURE_ACCESS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Microsoft Graph endpoint (group memberships).
+    #[arg(
+        long,
+        env = "VMIDENTITY_GRAPH_ENDPOINT",
+        default_value = "https://graph.microsoft.com"
+    )]
+    pub graph_endpoint: String,
+    /// Bearer token for Microsoft Graph (static token source); without it groupMemberships
+    /// are refused with reason GraphNotConfigured.
+    #[arg(long, env = "AZURE_GRAPH_ACCESS_TOKEN", hide_env_values = true)]
+    pub graph_token: Option<String>,
     /// Seconds between full resyncs (drift detection and repair).
     #[arg(long, env = "VMIDENTITY_RESYNC_SECONDS", default_value_t = 600)]
     pub resync_seconds: u64,
@@ -109,6 +120,21 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
     )
     .map_err(|e| CliError::Other(e.to_string()))?
     .with_observer(metrics.clone());
+    let graph = match &args.graph_token {
+        Some(t) => Some(GraphClient::from_client(
+            ArmClient::new(
+                ClientConfig {
+                    max_attempts: 3,
+                    max_inline_wait: Duration::ZERO,
+                    ..ClientConfig::graph(&args.graph_endpoint)
+                },
+                Arc::new(StaticToken::new(t.clone())),
+            )
+            .map_err(|e| CliError::Other(e.to_string()))?
+            .with_observer(metrics.clone()),
+        )),
+        None => None,
+    };
 
     let me = identity(&args);
     let elector = (!args.no_leader_election).then(|| {
@@ -146,6 +172,7 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
         client.clone(),
         reader.clone(),
         Executor::new(arm),
+        graph,
         recorder,
         metrics.clone(),
         Duration::from_secs(args.resync_seconds.max(1)),

@@ -13,7 +13,7 @@ use kube::{Resource, ResourceExt};
 use rand::Rng;
 use serde_json::json;
 use tracing::{debug, info, warn};
-use vmidentity_azure::{AzureError, ErrorClass, Executor};
+use vmidentity_azure::{AzureError, ErrorClass, Executor, GraphClient};
 use vmidentity_planner::{
     ApiVersion, ArmId, DeletionPolicy, DesiredObject, LiveResource, Mode, ObjectRef, Spec,
     TargetPlan, plan_target,
@@ -25,7 +25,7 @@ use super::target::{objects_on, target_key};
 use crate::crd::{
     AppliedIdentities, Principals, VirtualMachineIdentity, VirtualMachineIdentityStatus,
 };
-use crate::engine::read_version;
+use crate::engine::{EngineError, TargetResult, read_version, write_target};
 
 pub const FINALIZER: &str = "vmidentity.dev/finalizer";
 
@@ -34,6 +34,8 @@ pub struct Context {
     pub client: kube::Client,
     pub store: Store<VirtualMachineIdentity>,
     pub exec: Executor,
+    /// Microsoft Graph, for group memberships (None when not configured).
+    pub graph: Option<GraphClient>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub resync: Duration,
@@ -57,6 +59,7 @@ impl Context {
         client: kube::Client,
         store: Store<VirtualMachineIdentity>,
         exec: Executor,
+        graph: Option<GraphClient>,
         recorder: Recorder,
         metrics: Arc<Metrics>,
         resync: Duration,
@@ -65,6 +68,7 @@ impl Context {
             client,
             store,
             exec,
+            graph,
             recorder,
             metrics,
             resync,
@@ -450,9 +454,7 @@ async fn reconcile_target(
         }
     };
 
-    let live_after = if plan.is_converged() {
-        live
-    } else {
+    if !plan.is_converged() {
         // Widen the ownership records before writing: a crash after the PATCH must not
         // orphan what it added.
         let claims = plan.claims(&desired);
@@ -467,21 +469,55 @@ async fn reconcile_target(
             }
         }
         info!(%target, changes = plan.changes.len(), "writing the target");
-        match ctx.exec.execute(&plan).await {
-            Ok(outcome) => match outcome.live {
-                Some(l) => l,
-                None => ctx
-                    .exec
-                    .read_target(&target, &plan.api_version)
-                    .await
-                    .unwrap_or(live),
-            },
-            Err(e) => return azure_failure(key, &members, &e, ctx).await,
-        }
+    }
+    let mut result = TargetResult {
+        target: target.to_string(),
+        objects: desired.iter().map(|d| d.object.clone()).collect(),
+        plan: Some(plan.clone()),
+        error: None,
+        live_after: None,
+        grant_writes: Vec::new(),
+        grants: None,
     };
-
-    report_success(&members, &plan, &live_after, ctx).await?;
-    Ok(if plan.is_converged() {
+    match write_target(
+        &ctx.exec,
+        ctx.graph.as_ref(),
+        &desired,
+        &live,
+        &plan,
+        &mut result,
+    )
+    .await
+    {
+        Ok(()) => {}
+        Err(EngineError::Azure(e)) => return azure_failure(key, &members, &e, ctx).await,
+        Err(e) => {
+            for m in members.iter().filter(|m| !m.deleting && m.desired.is_ok()) {
+                let phase = Phase::Stalled {
+                    reason: e.reason().to_string(),
+                    message: e.to_string(),
+                };
+                if stalled_changed(&m.obj, &phase) {
+                    ctx.event(&m.obj, EventType::Warning, e.reason(), e.to_string())
+                        .await;
+                }
+                ctx.set_phase(&m.obj, &phase).await?;
+            }
+            return Ok(Outcome::Stalled);
+        }
+    }
+    let live_after = result.live_after.clone().unwrap_or(live);
+    let pending = result
+        .grants
+        .as_ref()
+        .map(|g| g.pending.clone())
+        .unwrap_or_default();
+    report_success(&members, &plan, &result, &live_after, ctx).await?;
+    if !pending.is_empty() {
+        // A principal Azure has not shown yet (a just-created identity): look again soon.
+        return Ok(Outcome::Retry(jitter(Duration::from_secs(30))));
+    }
+    Ok(if plan.is_converged() && result.grant_writes.is_empty() {
         Outcome::Converged
     } else {
         Outcome::Applied
@@ -511,18 +547,21 @@ fn was_ready(o: &VirtualMachineIdentity) -> bool {
 async fn report_success(
     members: &[Member],
     plan: &TargetPlan,
+    result: &TargetResult,
     live: &LiveResource,
     ctx: &Context,
 ) -> Result<(), Error> {
-    let changes: Vec<String> = plan.changes.iter().map(ToString::to_string).collect();
-    let drift = !plan.is_converged()
+    let mut changes: Vec<String> = plan.changes.iter().map(ToString::to_string).collect();
+    changes.extend(result.grant_writes.iter().map(describe_grant_write));
+    let wrote = !changes.is_empty();
+    let drift = wrote
         && members
             .iter()
             .filter(|m| !m.deleting && m.desired.is_ok())
             .all(|m| was_ready(&m.obj));
     for m in members {
         if m.deleting {
-            if !plan.is_converged() {
+            if wrote {
                 ctx.event(&m.obj, EventType::Normal, "Detached", changes.join("; "))
                     .await;
             }
@@ -530,7 +569,14 @@ async fn report_success(
             continue;
         }
         let Ok(d) = &m.desired else { continue };
-        let applied = plan.applied.get(&d.object).cloned().unwrap_or_default();
+        let applied = result.applied(&d.object).unwrap_or_default();
+        let pending: Vec<String> = result
+            .grants
+            .iter()
+            .flat_map(|g| g.pending.iter())
+            .filter(|p| p.object == d.object)
+            .map(|p| format!("{} ({})", p.what, p.reason))
+            .collect();
         let mut principals = Principals::default();
         if d.spec.system_assigned == Some(true) {
             principals.system_assigned = live.identity.principal_id.clone();
@@ -544,19 +590,21 @@ async fn report_success(
                 }
             }
         }
-        let message = if plan.is_converged() {
+        let message = if !wrote {
             format!("{} is as declared", plan.target.short())
         } else {
             format!("{}: {}", plan.target.short(), changes.join("; "))
         };
-        let phase = Phase::Ready {
-            reason: if plan.is_converged() {
-                "Converged"
-            } else {
-                "Applied"
+        let phase = if pending.is_empty() {
+            Phase::Ready {
+                reason: if wrote { "Applied" } else { "Converged" }.into(),
+                message,
             }
-            .into(),
-            message,
+        } else {
+            Phase::Progressing {
+                reason: "GrantsPending".into(),
+                message: format!("waiting for Azure: {}", pending.join("; ")),
+            }
         };
         let old = m.obj.status.clone().unwrap_or_default();
         let mut conds = conditions::conditions(
@@ -565,7 +613,7 @@ async fn report_success(
             m.obj.meta().generation,
             Timestamp::now(),
         );
-        if plan.is_converged() && conditions::same(&old.conditions, &conds) {
+        if !wrote && conditions::same(&old.conditions, &conds) {
             conds = old.conditions.clone();
         }
         let st = VirtualMachineIdentityStatus {
@@ -577,7 +625,7 @@ async fn report_success(
             user_assigned_count: Some(present),
         };
         ctx.patch_status(&m.obj, &st).await?;
-        if !plan.is_converged() {
+        if wrote {
             let (reason, type_) = if drift {
                 ("DriftRepaired", EventType::Warning)
             } else {
@@ -595,8 +643,32 @@ async fn report_success(
             ctx.event(&m.obj, type_, reason, note).await;
         }
     }
-    debug!(target = %plan.target, writes = plan.writes.len(), "target reconciled");
+    debug!(target = %plan.target, writes = plan.writes.len() + result.grant_writes.len(), "target reconciled");
     Ok(())
+}
+
+fn describe_grant_write(w: &vmidentity_planner::Write) -> String {
+    match (w.method.as_str(), w.id.starts_with("/groups/")) {
+        ("POST", true) => format!(
+            "add to group {}",
+            w.id.split('/').nth(2).unwrap_or_default()
+        ),
+        ("DELETE", true) => format!(
+            "remove from group {}",
+            w.id.split('/').nth(2).unwrap_or_default()
+        ),
+        ("PUT", _) => format!(
+            "assign role {} at {}",
+            w.body["properties"]["roleDefinitionId"]
+                .as_str()
+                .and_then(|r| r.rsplit('/').next())
+                .unwrap_or_default(),
+            w.id.split("/providers/Microsoft.Authorization/")
+                .next()
+                .unwrap_or_default()
+        ),
+        _ => format!("delete role assignment {}", w.id),
+    }
 }
 
 async fn azure_failure(

@@ -125,6 +125,8 @@ impl ControllerProc {
                 ns,
                 "--arm-endpoint",
                 &sim.base_url(),
+                "--graph-endpoint",
+                &sim.base_url(),
                 "--resync-seconds",
                 "3",
                 "--metrics-addr",
@@ -143,6 +145,7 @@ impl ControllerProc {
             .args(extra)
             .env("KUBECONFIG", kubeconfig())
             .env("AZURE_ACCESS_TOKEN", TOKEN)
+            .env("AZURE_GRAPH_ACCESS_TOKEN", "sim-graph-token")
             .env("VMIDENTITY_LOG_FORMAT", "text")
             .env("RUST_LOG", "info,kube=warn")
             .stdout(Stdio::null())
