@@ -34,6 +34,8 @@ pub enum RequestKind {
     Delete,
     /// Polling a long-running operation's status URL.
     Poll,
+    /// A Resource Graph query.
+    Query,
 }
 
 impl RequestKind {
@@ -43,6 +45,7 @@ impl RequestKind {
             RequestKind::Write => "write",
             RequestKind::Delete => "delete",
             RequestKind::Poll => "poll",
+            RequestKind::Query => "query",
         }
     }
 }
@@ -60,6 +63,9 @@ pub struct ClientConfig {
     /// returned to the caller as a throttling error carrying `retry_after`, so a controller
     /// can requeue instead of holding a worker.
     pub max_inline_wait: Duration,
+    /// The client's own per-subscription token buckets, kept under ARM's so that ARM never
+    /// has to throttle (None: no pacing).
+    pub rate_limits: Option<RateLimits>,
     /// Used when ARM throttles without saying for how long.
     pub default_retry_after: Duration,
     /// Interval between LRO polls when ARM gives no `Retry-After`.
@@ -96,7 +102,137 @@ impl Default for ClientConfig {
             lro_poll_interval: Duration::from_secs(5),
             lro_timeout: Duration::from_secs(30 * 60),
             request_timeout: Duration::from_secs(60),
+            rate_limits: Some(RateLimits::default()),
             token_scope: ARM_SCOPE.to_string(),
+        }
+    }
+}
+
+/// A token bucket: `size` tokens, refilled at `per_sec`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bucket {
+    pub size: f64,
+    pub per_sec: f64,
+}
+
+/// The client's per-subscription buckets (ARM's regional limits per principal, ARM-BEHAVIOUR.md
+/// §1.1: reads 250 + 25/s, writes 200 + 10/s, deletes 200 + 10/s). The client also lowers its
+/// buckets to what ARM reports in `x-ms-ratelimit-remaining-subscription-*`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimits {
+    pub reads: Bucket,
+    pub writes: Bucket,
+    pub deletes: Bucket,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            reads: Bucket {
+                size: 250.0,
+                per_sec: 25.0,
+            },
+            writes: Bucket {
+                size: 200.0,
+                per_sec: 10.0,
+            },
+            deletes: Bucket {
+                size: 200.0,
+                per_sec: 10.0,
+            },
+        }
+    }
+}
+
+impl RateLimits {
+    /// The same limits times `f` (benchmarks with scaled simulators).
+    pub fn scaled(f: f64) -> RateLimits {
+        let d = RateLimits::default();
+        let s = |b: Bucket| Bucket {
+            size: b.size * f,
+            per_sec: b.per_sec * f,
+        };
+        RateLimits {
+            reads: s(d.reads),
+            writes: s(d.writes),
+            deletes: s(d.deletes),
+        }
+    }
+
+    fn bucket(&self, kind: BucketKind) -> Bucket {
+        match kind {
+            BucketKind::Reads => self.reads,
+            BucketKind::Writes => self.writes,
+            BucketKind::Deletes => self.deletes,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum BucketKind {
+    Reads,
+    Writes,
+    Deletes,
+}
+
+impl BucketKind {
+    fn of(kind: RequestKind) -> Option<BucketKind> {
+        match kind {
+            RequestKind::Read | RequestKind::Poll => Some(BucketKind::Reads),
+            RequestKind::Write => Some(BucketKind::Writes),
+            RequestKind::Delete => Some(BucketKind::Deletes),
+            RequestKind::Query => None,
+        }
+    }
+
+    fn header(self) -> &'static str {
+        match self {
+            BucketKind::Reads => "x-ms-ratelimit-remaining-subscription-reads",
+            BucketKind::Writes => "x-ms-ratelimit-remaining-subscription-writes",
+            BucketKind::Deletes => "x-ms-ratelimit-remaining-subscription-deletes",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct BucketState {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Per (subscription, kind) token buckets. `acquire` reserves a token and says how long to
+/// wait for it, so concurrent callers queue fairly without a lock held across the wait.
+#[derive(Debug, Default)]
+struct Limiter {
+    state: Mutex<HashMap<(String, BucketKind), BucketState>>,
+}
+
+impl Limiter {
+    fn acquire(&self, limits: &RateLimits, sub: &str, kind: BucketKind) -> Option<Duration> {
+        let b = limits.bucket(kind);
+        let now = Instant::now();
+        let mut st = self.state.lock().ok()?;
+        let e = st.entry((sub.to_string(), kind)).or_insert(BucketState {
+            tokens: b.size,
+            at: now,
+        });
+        let elapsed = now.saturating_duration_since(e.at).as_secs_f64();
+        e.tokens = (e.tokens + elapsed * b.per_sec).min(b.size);
+        e.at = now;
+        e.tokens -= 1.0;
+        if e.tokens >= 0.0 || b.per_sec <= 0.0 {
+            None
+        } else {
+            Some(Duration::from_secs_f64(-e.tokens / b.per_sec))
+        }
+    }
+
+    fn observe(&self, sub: &str, kind: BucketKind, remaining: f64) {
+        if let Ok(mut st) = self.state.lock()
+            && let Some(e) = st.get_mut(&(sub.to_string(), kind))
+            && remaining < e.tokens
+        {
+            e.tokens = remaining;
         }
     }
 }
@@ -108,8 +244,11 @@ pub struct ClientStats {
     pub writes: AtomicU64,
     pub deletes: AtomicU64,
     pub polls: AtomicU64,
+    pub queries: AtomicU64,
     pub retries: AtomicU64,
     pub throttled: AtomicU64,
+    /// Requests held back by the client's own rate limiter (never sent early).
+    pub paced: AtomicU64,
 }
 
 /// A point-in-time copy of [`ClientStats`].
@@ -119,8 +258,10 @@ pub struct StatsSnapshot {
     pub writes: u64,
     pub deletes: u64,
     pub polls: u64,
+    pub queries: u64,
     pub retries: u64,
     pub throttled: u64,
+    pub paced: u64,
 }
 
 impl ClientStats {
@@ -130,8 +271,10 @@ impl ClientStats {
             writes: self.writes.load(Ordering::Relaxed),
             deletes: self.deletes.load(Ordering::Relaxed),
             polls: self.polls.load(Ordering::Relaxed),
+            queries: self.queries.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             throttled: self.throttled.load(Ordering::Relaxed),
+            paced: self.paced.load(Ordering::Relaxed),
         }
     }
 }
@@ -159,6 +302,7 @@ pub struct ArmClient {
     gates: Arc<Mutex<HashMap<(String, RequestKind), Instant>>>,
     stats: Arc<ClientStats>,
     observer: Option<Arc<dyn Observer>>,
+    limiter: Arc<Limiter>,
     /// Role name cache of [`ArmClient::resolve_role`](crate::authorization):
     /// (subscription or scope, role name), case-folded → role definition GUID.
     pub(crate) role_cache: Arc<Mutex<HashMap<String, String>>>,
@@ -222,6 +366,7 @@ impl ArmClient {
             gates: Arc::new(Mutex::new(HashMap::new())),
             stats: Arc::new(ClientStats::default()),
             observer: None,
+            limiter: Arc::new(Limiter::default()),
             role_cache: Arc::new(Mutex::new(HashMap::new())),
         })
     }
@@ -282,6 +427,7 @@ impl ArmClient {
             RequestKind::Write => &self.stats.writes,
             RequestKind::Delete => &self.stats.deletes,
             RequestKind::Poll => &self.stats.polls,
+            RequestKind::Query => &self.stats.queries,
         };
         c.fetch_add(1, Ordering::Relaxed);
     }
@@ -314,6 +460,14 @@ impl ArmClient {
                         retry_after: wait,
                     });
                 }
+                tokio::time::sleep(wait).await;
+            }
+            if let (Some(sub), Some(limits), Some(bk)) =
+                (&sub, &self.cfg.rate_limits, BucketKind::of(kind))
+                && let Some(wait) = self.limiter.acquire(limits, sub, bk)
+            {
+                // Stay under ARM's limit instead of hitting it.
+                self.stats.paced.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(wait).await;
             }
             let token = self.tokens.token(&self.cfg.token_scope).await?;
@@ -354,6 +508,14 @@ impl ArmClient {
                 o.on_response(method.as_str(), kind, Some(status.as_u16()), elapsed);
             }
             let headers = resp.headers().clone();
+            if let (Some(sub), Some(bk)) = (&sub, BucketKind::of(kind))
+                && let Some(remaining) = headers
+                    .get(bk.header())
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            {
+                self.limiter.observe(sub, bk, remaining);
+            }
             let bytes = match resp.bytes().await {
                 Ok(b) => b,
                 Err(e) => {

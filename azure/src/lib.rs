@@ -16,6 +16,7 @@ pub mod client;
 pub mod error;
 pub mod executor;
 pub mod graph;
+pub mod resourcegraph;
 pub mod token;
 
 pub use authorization::{

@@ -492,3 +492,45 @@ async fn role_assignments_and_group_memberships_through_the_controller() {
     assert_eq!(env.identity(&vm("vm1")), ("SystemAssigned".into(), vec![]));
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn resync_reads_resource_graph_pages_not_every_vm_and_gets_only_the_drifted_one() {
+    let vms = ["vm0", "vm1", "vm2", "vm3", "vm4"];
+    let env = Env::new("e2e-fleet", &world(&vms, "")).await;
+    let _c = env.controller("a");
+    for v in vms {
+        env.create(
+            v,
+            json!({"target": vm(v), "userAssignedIdentities": [uai("u1")]}),
+        )
+        .await
+        .expect("create");
+    }
+    for v in vms {
+        env.wait_for(v, 30, "Ready", is_ready).await;
+    }
+    env.sim.reset_counters();
+    // Two resync periods (3 s each) of a converged fleet.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let c = env.sim.counters();
+    assert_eq!(
+        (c.reads, c.writes),
+        (0, 0),
+        "steady state: no VM GETs, no writes: {c:?}"
+    );
+    assert!(c.resource_graph_queries >= 2, "{c:?}");
+    // Drift on one VM: it alone is read (GET) and repaired.
+    env.sim
+        .set_identity(&vm("vm3"), json!({"type": "None"}))
+        .expect("drift");
+    env.wait_until(30, "vm3 repaired", || {
+        env.identity(&vm("vm3")).1 == vec!["u1".to_string()]
+    })
+    .await;
+    for v in ["vm0", "vm1", "vm2", "vm4"] {
+        assert_eq!(env.sim.reads_for(&vm(v)), 0, "{v} was not read");
+    }
+    assert!(env.sim.reads_for(&vm("vm3")) >= 1);
+    assert_eq!(env.sim.writes_for(&vm("vm3")), 1);
+    env.cleanup().await;
+}

@@ -10,6 +10,7 @@
 //! - [`arm`]: a reference model of ARM's PATCH semantics, used to prove the planner right.
 
 pub mod arm;
+pub mod fleet;
 pub mod grants;
 pub mod id;
 pub mod live;

@@ -47,6 +47,9 @@ pub struct Metrics {
     pub objects: Gauge,
     pub in_flight: Gauge,
     pub leader: Gauge,
+    pub fleet_scans: Counter,
+    pub fleet_pages: Counter,
+    pub fleet_drifted: Counter,
     ready: AtomicBool,
 }
 
@@ -68,6 +71,20 @@ impl Metrics {
         let objects = Gauge::default();
         let in_flight = Gauge::default();
         let leader = Gauge::default();
+        let fleet_scans = Counter::default();
+        let fleet_pages = Counter::default();
+        let fleet_drifted = Counter::default();
+        registry.register("fleet_scans", "Resource Graph resyncs", fleet_scans.clone());
+        registry.register(
+            "fleet_pages",
+            "Resource Graph pages read",
+            fleet_pages.clone(),
+        );
+        registry.register(
+            "fleet_drifted",
+            "Targets found drifted or missing by Resource Graph resyncs",
+            fleet_drifted.clone(),
+        );
         registry.register(
             "reconciles",
             "Target reconciles by result",
@@ -124,6 +141,9 @@ impl Metrics {
             objects,
             in_flight,
             leader,
+            fleet_scans,
+            fleet_pages,
+            fleet_drifted,
             ready: AtomicBool::new(false),
         }
     }
@@ -135,6 +155,12 @@ impl Metrics {
             })
             .inc();
         self.reconcile_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn fleet_scanned(&self, _targets: usize, pages: u32, drifted: usize, missing: usize) {
+        self.fleet_scans.inc();
+        self.fleet_pages.inc_by(u64::from(pages));
+        self.fleet_drifted.inc_by((drifted + missing) as u64);
     }
 
     pub fn kube_write(&self, verb: &str) {

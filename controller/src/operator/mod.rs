@@ -2,6 +2,7 @@
 //! calls the planner, hands the plan to the executor and writes status.
 
 pub mod conditions;
+pub mod fleet;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;
@@ -25,6 +26,15 @@ use metrics::Metrics;
 use reconcile::{Context, error_policy, reconcile};
 use target::{objects_on, representative, target_key};
 
+/// How the periodic resync finds drift.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ResyncMode {
+    /// One Resource Graph query per 1,000 targets; only drifted targets get a GET.
+    ResourceGraph,
+    /// One GET per target per resync (no Resource Graph rights needed).
+    Get,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct ControllerArgs {
     /// ARM endpoint.
@@ -47,6 +57,14 @@ pub struct ControllerArgs {
     /// Seconds between full resyncs (drift detection and repair).
     #[arg(long, env = "VMIDENTITY_RESYNC_SECONDS", default_value_t = 600)]
     pub resync_seconds: u64,
+    /// How resyncs detect drift.
+    #[arg(
+        long,
+        env = "VMIDENTITY_RESYNC_MODE",
+        value_enum,
+        default_value = "resource-graph"
+    )]
+    pub resync_mode: ResyncMode,
     /// Targets reconciled at once.
     #[arg(long, env = "VMIDENTITY_CONCURRENCY", default_value_t = 8)]
     pub concurrency: u16,
@@ -168,15 +186,23 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
             instance: Some(me.clone()),
         },
     );
-    let ctx = Arc::new(Context::new(
+    let resync = Duration::from_secs(args.resync_seconds.max(1));
+    let mut ctx = Context::new(
         client.clone(),
         reader.clone(),
-        Executor::new(arm),
+        Executor::new(arm.clone()),
         graph,
         recorder,
         metrics.clone(),
-        Duration::from_secs(args.resync_seconds.max(1)),
-    ));
+        resync,
+    );
+    ctx.per_target_resync = args.resync_mode == ResyncMode::Get;
+    let ctx = Arc::new(ctx);
+    // Resource Graph resync: a scanner triggers only the targets that drifted.
+    let (scan_tx, scan_rx) = futures::channel::mpsc::unbounded();
+    if args.resync_mode == ResyncMode::ResourceGraph {
+        tokio::spawn(fleet::scan_loop(ctx.clone(), arm, scan_tx, resync));
+    }
 
     // Work is keyed by target: every event becomes a trigger for its target's representative.
     let map_ctx = ctx.clone();
@@ -236,6 +262,7 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
     let (grace_tx, grace_rx) = tokio::sync::oneshot::channel::<()>();
     let controller = Controller::for_stream(triggers, reader)
         .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency))
+        .reconcile_on(scan_rx)
         .graceful_shutdown_on(async move {
             let _ = stop_rx.await;
             let _ = grace_tx.send(());

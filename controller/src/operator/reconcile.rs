@@ -39,6 +39,9 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub resync: Duration,
+    /// Requeue every converged target at the resync period (GET-based resync). When false,
+    /// the Resource Graph scanner triggers drifted targets instead.
+    pub per_target_resync: bool,
     /// Consecutive retryable failures per target (for backoff).
     attempts: Mutex<HashMap<String, u32>>,
     /// A safety net: at most one pass per target at a time, even while a target's
@@ -72,6 +75,7 @@ impl Context {
             recorder,
             metrics,
             resync,
+            per_target_resync: true,
             attempts: Mutex::default(),
             locks: Mutex::default(),
             dirty: Mutex::default(),
@@ -329,7 +333,11 @@ pub async fn reconcile(
     match result {
         Ok(Outcome::Converged | Outcome::Applied) => {
             ctx.succeeded(&key);
-            Ok(Action::requeue(jitter(ctx.resync)))
+            if ctx.per_target_resync {
+                Ok(Action::requeue(jitter(ctx.resync)))
+            } else {
+                Ok(Action::await_change())
+            }
         }
         Ok(Outcome::Retry(after)) => Ok(Action::requeue(after)),
         Ok(Outcome::Stalled) => Ok(Action::requeue(jitter(ctx.resync))),
