@@ -21,10 +21,11 @@ cd "$ROOT"
 # ---------------------------------------------------------------- pinned versions
 HELM_MODULE=helm.sh/helm/v3/cmd/helm
 HELM_VERSION=v3.22.0
+HELM_K8S_MAJOR=1 HELM_K8S_MINOR=37   # helm v3.22.0's k8s.io/client-go is v0.37.0
 KUBECONFORM_MODULE=github.com/yannh/kubeconform/cmd/kubeconform
 KUBECONFORM_VERSION=v0.8.0
 KUSTOMIZE_MODULE=sigs.k8s.io/kustomize/kustomize/v5
-KUSTOMIZE_VERSION=v5.8.3
+KUSTOMIZE_VERSION=v5.8.2        # v5.8.3 needs go >= 1.27
 SCHEMA_PKG=kubernetes-validate   # PyPI; ships kubernetes-json-schema/v1.X.0-local[-strict]/
 SCHEMA_PKG_VERSION=1.34.1
 K8S_VERSION=1.34.0               # the schemas kubeconform validates against (k8s-openapi v1_34)
@@ -73,20 +74,21 @@ secs() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(secs)" 'BEGIN { printf "%.1f", b - a }'; }
 
 # ---------------------------------------------------------------- tools
-# go_tool NAME MODULE VERSION: go install MODULE@VERSION unless target/tools/bin/NAME is that version.
+# go_tool NAME MODULE VERSION [LDFLAGS]: go install MODULE@VERSION unless target/tools/bin/NAME
+# is that version (built with those ldflags).
 go_tool() {
-    local name=$1 module=$2 version=$3 stamp=$BIN/.$1.version t0
-    if [[ -x $BIN/$name && -f $stamp && $(<"$stamp") == "$module@$version" ]]; then
+    local name=$1 module=$2 version=$3 ldflags="-s -w ${4:-}" stamp=$BIN/.$1.version t0
+    if [[ -x $BIN/$name && -f $stamp && $(<"$stamp") == "$module@$version $ldflags" ]]; then
         printf '%-12s %s@%s (cached)\n' "$name" "$module" "$version"
         return 0
     fi
     command -v go >/dev/null || { echo "go is not installed" >&2; return 1; }
     t0=$(secs)
-    if ! go install -trimpath -ldflags='-s -w' "$module@$version" >"$TOOLS/$name-build.log" 2>&1; then
+    if ! go install -trimpath -ldflags="$ldflags" "$module@$version" >"$TOOLS/$name-build.log" 2>&1; then
         echo "go install $module@$version failed:" >&2; tail -n 30 "$TOOLS/$name-build.log" >&2
         return 1
     fi
-    echo "$module@$version" >"$stamp"
+    echo "$module@$version $ldflags" >"$stamp"
     local took; took=$(elapsed "$t0")
     printf '%-12s %s@%s built in %ss\n' "$name" "$module" "$version" "$took"
     printf '%s %s@%s %ss (GOFLAGS=%s, load %s)\n' "$(date -u +%FT%TZ)" "$module" "$version" "$took" \
@@ -95,10 +97,11 @@ go_tool() {
 
 # The Kubernetes JSON schemas, from the kubernetes-validate wheel on PyPI (pinned); only the
 # v$K8S_VERSION-local-strict directory is unpacked (~5 MB). Kinds are laid out as
-# {kind}-{group}-{version}.json with $refs into _definitions.json beside them.
+# {kind}-{group}-{version}.json (kubeconform's {{ .ResourceKind }}{{ .KindSuffix }}) with $refs
+# into _definitions.json beside them.
 k8s_schemas() {
     local dir=$SCHEMAS/v$K8S_VERSION-local-strict stamp=$SCHEMAS/.version
-    if [[ -f $dir/deployment-apps-v1.json && -f $stamp && $(<"$stamp") == "$SCHEMA_PKG==$SCHEMA_PKG_VERSION" ]]; then
+    if [[ -f $dir/deployment-apps-v1.json && -f $stamp && $(<"$stamp") == "$SCHEMA_PKG==$SCHEMA_PKG_VERSION local-refs" ]]; then
         printf '%-12s %s==%s, v%s-local-strict (cached)\n' schemas "$SCHEMA_PKG" "$SCHEMA_PKG_VERSION" "$K8S_VERSION"
         return 0
     fi
@@ -107,7 +110,7 @@ k8s_schemas() {
     python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$TOOLS/pip" \
         "$SCHEMA_PKG==$SCHEMA_PKG_VERSION" || return 1
     python3 - "$TOOLS/pip" "$SCHEMA_PKG_VERSION" "$SCHEMAS" "v$K8S_VERSION-local-strict" <<'PY' || return 1
-import glob, os, sys, zipfile
+import glob, json, os, sys, zipfile
 pipdir, version, out, sub = sys.argv[1:]
 whl = glob.glob(os.path.join(pipdir, "kubernetes_validate-%s-*.whl" % version))[0]
 prefix = "kubernetes_validate/kubernetes-json-schema/%s/" % sub
@@ -115,22 +118,35 @@ n = 0
 with zipfile.ZipFile(whl) as z:
     for name in z.namelist():
         if name.startswith(prefix) and name.endswith(".json"):
+            # The files carry "$id": "https://kubernetes.io/api/..." and "$ref":
+            # "/api/_definitions.json#/$defs/...", which resolve to kubernetes.io (no network
+            # here: kubeconform then reports "could not find schema"). Make the refs relative
+            # to the file and drop $id, so they resolve to _definitions.json beside it.
+            doc = json.loads(z.read(name).decode().replace('"/api/_definitions.json#', '"_definitions.json#'))
+            doc.pop("$id", None)
             dest = os.path.join(out, sub, name[len(prefix):])
             os.makedirs(os.path.dirname(dest), exist_ok=True)
-            with open(dest, "wb") as f:
-                f.write(z.read(name))
+            with open(dest, "w") as f:
+                json.dump(doc, f)
             n += 1
 if n < 100:
     sys.exit("only %d schemas under %s in %s" % (n, prefix, whl))
 print("%d schemas unpacked" % n)
 PY
-    echo "$SCHEMA_PKG==$SCHEMA_PKG_VERSION" >"$stamp"
+    echo "$SCHEMA_PKG==$SCHEMA_PKG_VERSION local-refs" >"$stamp"
     printf '%-12s %s==%s, v%s-local-strict in %ss\n' schemas "$SCHEMA_PKG" "$SCHEMA_PKG_VERSION" "$K8S_VERSION" "$(elapsed "$t0")"
 }
 
 step "tools (pinned, cached under target/tools/; GOFLAGS=$GOFLAGS, -trimpath; $(nproc) cores)"
 tools_ok=1
-go_tool helm "$HELM_MODULE" "$HELM_VERSION" || tools_ok=0
+# Like helm's Makefile: its version, and the Kubernetes version `helm template` assumes (from
+# its client-go, v0.37 -> 1.37; without these -X flags it would claim 1.20 and refuse the
+# chart's kubeVersion constraint).
+HELM_LDFLAGS="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    HELM_LDFLAGS+=" -X $pkg.k8sVersionMajor=$HELM_K8S_MAJOR -X $pkg.k8sVersionMinor=$HELM_K8S_MINOR"
+done
+go_tool helm "$HELM_MODULE" "$HELM_VERSION" "$HELM_LDFLAGS" || tools_ok=0
 go_tool kubeconform "$KUBECONFORM_MODULE" "$KUBECONFORM_VERSION" || tools_ok=0
 go_tool kustomize "$KUSTOMIZE_MODULE" "$KUSTOMIZE_VERSION" || tools_ok=0
 k8s_schemas || tools_ok=0
@@ -208,7 +224,7 @@ declare -A BAD=(
     [resources-not-object.yaml]="resources"
     [unknown-key.yaml]="replica"
     [client-secret-no-secret.yaml]="secretName"
-    [two-replicas-no-leader-election.yaml]="leaderElection"
+    [two-replicas-no-leader-election.yaml]="/replicas"
 )
 for f in $(printf '%s\n' "${!BAD[@]}" | sort); do
     [[ -f $CHART/ci/bad/$f ]] || { bad "ci/bad/$f exists"; continue; }
@@ -230,8 +246,12 @@ for f in "$CHART"/ci/*.yaml; do
 done
 check "kubeconform validates the examples against the CRD's schema (examples/*.yaml)" \
     kubeconform examples/*.yaml
+printf 'apiVersion: vmidentity.dev/v1alpha1\nkind: VirtualMachineIdentity\nmetadata: {name: x, namespace: y}\nspec:\n  target: /subscriptions/s/resourceGroups/r/providers/Microsoft.Compute/virtualMachines/v\n  sytemAssigned: true\n' >"$WORK/typo.yaml"
 check_fails "kubeconform refuses an object with an unknown spec field (the CRD schema is strict)" \
-    "additional properties" kubeconform <(printf 'apiVersion: vmidentity.dev/v1alpha1\nkind: VirtualMachineIdentity\nmetadata: {name: x, namespace: y}\nspec:\n  target: /subscriptions/s/resourceGroups/r/providers/Microsoft.Compute/virtualMachines/v\n  sytemAssigned: true\n')
+    "additional properties 'sytemAssigned' not allowed" kubeconform "$WORK/typo.yaml"
+printf 'apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec:\n  replicass: 2\n  selector: {}\n  template: {}\n' >"$WORK/typo-deploy.yaml"
+check_fails "kubeconform refuses a Deployment with an unknown field (the Kubernetes schemas are used, strict)" \
+    "additional properties 'replicass' not allowed" kubeconform "$WORK/typo-deploy.yaml"
 
 step "what the chart renders (assertions on helm template output)"
 python3 - "$WORK" >"$WORK/render-assertions.log" 2>&1 <<'PY'
@@ -333,6 +353,20 @@ cat "$WORK/render-assertions.log"
 pass=$((pass + $(grep -c '^ok ' "$WORK/render-assertions.log")))
 fail=$((fail + $(grep -c '^FAIL ' "$WORK/render-assertions.log")))
 ((rc == 0)) || grep -q '^FAIL ' "$WORK/render-assertions.log" || bad "chart render assertions (the script itself failed)"
+
+# helm template does not render NOTES.txt: render it from a copy of the chart, through tpl.
+notes_chart=$WORK/notes-chart
+rm -rf "$notes_chart"; mkdir -p "$notes_chart"
+cp -r "$CHART" "$notes_chart/"
+cp "$CHART/templates/NOTES.txt" "$notes_chart/vmidentity/notes.txt"
+printf '{{- $n := tpl (.Files.Get "notes.txt") . }}\nnotes: {{ $n | toJson }}\n' >"$notes_chart/vmidentity/templates/zz-notes.yaml"
+for f in "$CHART"/ci/*.yaml; do
+    name=$(basename "$f" .yaml)
+    mode=$(python3 -c 'import sys, yaml; print((yaml.safe_load(open(sys.argv[1])).get("azure") or {}).get("auth", "workloadIdentity"))' "$f")
+    check "NOTES.txt renders with ci/$name.yaml (names the auth mode $mode)" bash -c \
+        '"$1" template vmidentity "$2" -n vmidentity-system -f "$3" --show-only templates/zz-notes.yaml >"$5" && grep -q "Azure authentication: $4" "$5"' \
+        _ "$HELM" "$notes_chart/vmidentity" "$f" "$mode" "$WORK/notes-$name.txt"
+done
 
 # ---------------------------------------------------------------- manifests
 step "manifests/ (kustomize base) is generated from the chart and up to date"
@@ -488,7 +522,7 @@ else
         req() {
             local m=$1 p=$2; shift 2
             CODE=$(k -o "$WORK/resp.json" -w '%{http_code}' -X "$m" "$@" "$API$p") || CODE=000
-            BODY=$(tr -d '\n' <"$WORK/resp.json")
+            BODY=$(tr -d ' \n\t' <"$WORK/resp.json")
         }
         # The CRD exactly as the chart installs it (helm template --include-crds), as JSON.
         "$HELM" template vmidentity "$CHART" --namespace vmidentity-system --include-crds \
@@ -501,7 +535,7 @@ json.dump(crds[0], open(sys.argv[3] + "/crd.json", "w"))
 obj = next(d for d in yaml.safe_load_all(open(sys.argv[2])) if d)
 obj["metadata"]["namespace"] = "vmidentity-packaging-check"
 json.dump(obj, open(sys.argv[3] + "/example.json", "w"))
-print(obj["metadata"]["name"])
+
 PY
         CRDS=/apis/apiextensions.k8s.io/v1/customresourcedefinitions
         CRD_NAME=virtualmachineidentities.vmidentity.dev

@@ -390,6 +390,9 @@ pub fn render_apply(results: &[TargetResult]) -> String {
                         Change::DisableSystemAssigned => "- system-assigned identity".to_string(),
                         Change::AddUserAssigned(id) => format!("+ {}", id.short()),
                         Change::RemoveUserAssigned(id) => format!("- {}", id.short()),
+                        Change::RepairUserAssigned(id) => {
+                            format!("-/+ {} (stale entry re-attached)", id.short())
+                        }
                     };
                     out.push_str(&format!("    {what}{extra}\n"));
                 }

@@ -59,6 +59,9 @@ pub struct TargetResult {
     pub grant_writes: Vec<Write>,
     /// The final grant plan (records with adopted IDs), when the target has grants.
     pub grants: Option<GrantPlan>,
+    /// User-assigned identities ARM refused as nonexistent; the rest was written without
+    /// them, and the objects that list them are told.
+    pub bad_identities: Vec<vmidentity_planner::ArmId>,
 }
 
 impl TargetResult {
@@ -378,6 +381,7 @@ pub fn plan_offline(objects: Vec<DesiredObject>, lives: &LiveSet) -> Vec<TargetR
                 live_after: None,
                 grant_writes,
                 grants: grants_plan,
+                bad_identities: Vec::new(),
             }
         })
         .collect()
@@ -419,6 +423,7 @@ async fn apply_target(
         live_after: None,
         grant_writes: Vec::new(),
         grants: None,
+        bad_identities: Vec::new(),
     };
     let live = match exec.read_target(&target_id, &read_version(&group)).await {
         Ok(l) => l,
@@ -467,15 +472,52 @@ pub async fn write_target(
         }
         before = Some((principals, held));
     }
-    let live_after = if plan.is_converged() {
-        live.clone()
-    } else {
-        let outcome = exec.execute(plan).await?;
-        match outcome.live {
-            Some(l) => l,
-            None => exec.read_target(&plan.target, &plan.api_version).await?,
+    // The identity write. ARM refuses a whole PATCH that names a user-assigned identity that
+    // does not exist: then the rest goes through without it, and its objects are told.
+    let mut group: Vec<DesiredObject> = group.to_vec();
+    let mut plan = plan.clone();
+    let live_after = loop {
+        if plan.is_converged() {
+            break live.clone();
+        }
+        match exec.execute(&plan).await {
+            Ok(outcome) => {
+                break match outcome.live {
+                    Some(l) => l,
+                    None => exec.read_target(&plan.target, &plan.api_version).await?,
+                };
+            }
+            Err(e) if e.class() == vmidentity_azure::ErrorClass::IdentityNotFound => {
+                let message = e.message().to_ascii_lowercase();
+                let bad: Vec<vmidentity_planner::ArmId> = plan
+                    .changes
+                    .iter()
+                    .filter_map(|c| match c {
+                        vmidentity_planner::Change::AddUserAssigned(id) => Some(id.clone()),
+                        _ => None,
+                    })
+                    .filter(|id| {
+                        message.contains(id.key())
+                            || message.contains(&format!("/{}'", id.name().to_ascii_lowercase()))
+                    })
+                    .collect();
+                if bad.is_empty() || result.bad_identities.len() > 16 {
+                    return Err(e.into());
+                }
+                for o in group.iter_mut() {
+                    o.spec.user_assigned.retain(|u| !bad.contains(u));
+                    o.spec.role_assignments.retain(|r| !matches!(&r.identity, vmidentity_planner::model::IdentityRef::UserAssigned(u) if bad.contains(u)));
+                    o.spec.group_memberships.retain(|g| !matches!(&g.identity, vmidentity_planner::model::IdentityRef::UserAssigned(u) if bad.contains(u)));
+                }
+                result.bad_identities.extend(bad);
+                plan = plan_target(&group, live)?;
+            }
+            Err(e) => return Err(e.into()),
         }
     };
+    let group = group.as_slice();
+    let plan = &plan;
+    result.plan = Some(plan.clone());
     result.live_after = (!plan.is_converged()).then(|| live_after.clone());
     if let Some((read_before, held_before)) = before {
         let mut resolved = principals_of(&live_after);

@@ -108,6 +108,7 @@ pub fn apply_patch(
                     id,
                     principal_id: None,
                     client_id: None,
+                    stale: false,
                 });
             } else {
                 user.remove(&key);

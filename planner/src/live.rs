@@ -81,6 +81,10 @@ pub struct LiveUai {
     /// Empty or absent when the identity resource was deleted (and perhaps recreated) under the VM.
     pub principal_id: Option<String>,
     pub client_id: Option<String>,
+    /// ARM shows the entry with an empty principalId and clientId: the identity behind it was
+    /// deleted (and maybe recreated with the same name). Absent fields are not stale: they
+    /// are unknown (a hand-written body, or the 2017-12-01 array).
+    pub stale: bool,
 }
 
 /// The identity block of a target.
@@ -187,7 +191,7 @@ pub fn parse_identity(v: &Value) -> Result<LiveIdentity, LiveError> {
         Some(_) => return Err(err("identity.type", "is not a string")),
     };
     let mut user_assigned = BTreeMap::new();
-    let mut add = |field: String, raw: &str, p: Option<String>, c: Option<String>| {
+    let mut add = |field: String, raw: &str, p: Option<String>, c: Option<String>, stale: bool| {
         let id = ArmId::parse_uai(raw).map_err(|e| err(&field, e.to_string()))?;
         user_assigned.insert(
             id.key().to_string(),
@@ -195,6 +199,7 @@ pub fn parse_identity(v: &Value) -> Result<LiveIdentity, LiveError> {
                 id,
                 principal_id: p,
                 client_id: c,
+                stale,
             },
         );
         Ok::<(), LiveError>(())
@@ -203,11 +208,16 @@ pub fn parse_identity(v: &Value) -> Result<LiveIdentity, LiveError> {
         None | Some(Value::Null) => {}
         Some(Value::Object(map)) => {
             for (k, val) in map {
+                let empty = |f: &str| {
+                    val.get(f)
+                        .is_some_and(|v| v.is_null() || v.as_str() == Some(""))
+                };
                 add(
                     format!("identity.userAssignedIdentities[{k:?}]"),
                     k,
                     opt_str(val.get("principalId")),
                     opt_str(val.get("clientId")),
+                    empty("principalId") && empty("clientId"),
                 )?;
             }
         }
@@ -225,7 +235,7 @@ pub fn parse_identity(v: &Value) -> Result<LiveIdentity, LiveError> {
                 let s = v
                     .as_str()
                     .ok_or_else(|| err(&format!("identity.identityIds[{i}]"), "is not a string"))?;
-                add(format!("identity.identityIds[{i}]"), s, None, None)?;
+                add(format!("identity.identityIds[{i}]"), s, None, None, false)?;
             }
         }
         Some(_) => return Err(err("identity.identityIds", "is not an array")),

@@ -54,6 +54,8 @@ pub enum Change {
     DisableSystemAssigned,
     AddUserAssigned(ArmId),
     RemoveUserAssigned(ArmId),
+    /// The entry is stale (its identity was deleted, maybe recreated): removed and re-added.
+    RepairUserAssigned(ArmId),
 }
 
 impl fmt::Display for Change {
@@ -63,6 +65,9 @@ impl fmt::Display for Change {
             Change::DisableSystemAssigned => f.write_str("disable system-assigned identity"),
             Change::AddUserAssigned(id) => write!(f, "add user-assigned identity {id}"),
             Change::RemoveUserAssigned(id) => write!(f, "remove user-assigned identity {id}"),
+            Change::RepairUserAssigned(id) => {
+                write!(f, "re-attach stale user-assigned identity {id}")
+            }
         }
     }
 }
@@ -89,7 +94,7 @@ pub struct TargetPlan {
     pub before: IdentityState,
     pub after: IdentityState,
     pub changes: Vec<Change>,
-    /// At most one identity PATCH for the target.
+    /// At most one identity PATCH for the target (two when a stale entry is repaired).
     pub writes: Vec<Write>,
     /// The new ownership record of each object once the writes succeeded. Objects being
     /// deleted get an empty record: their finalizer may go once the writes succeeded.
@@ -375,12 +380,53 @@ pub fn plan_target(
             .map(|id| Change::RemoveUserAssigned((*id).clone())),
     );
 
-    let writes = match identity_patch(&before, &after, &added, &removed, &api_version) {
-        None => Vec::new(),
-        Some(body) => {
+    // A wanted identity the target shows with neither principalId nor clientId was deleted
+    // (and maybe recreated with the same name) under the VM: ARM keeps the dead entry, and
+    // re-sending it changes nothing. Repair: remove it, then add it again (two PATCHes).
+    let stale: Vec<ArmId> = match api_version.wire_format() {
+        WireFormat::IdentityIdsArray => Vec::new(),
+        WireFormat::UserAssignedDictionary => live
+            .identity
+            .user_assigned
+            .iter()
+            .filter(|(k, u)| {
+                wanted.contains_key(*k) && after.user_assigned.contains_key(*k) && u.stale
+            })
+            .map(|(_, u)| u.id.clone())
+            .collect(),
+    };
+    changes.extend(
+        stale
+            .iter()
+            .map(|id| Change::RepairUserAssigned(id.clone())),
+    );
+    let steps: Vec<(IdentityState, IdentityState)> = if stale.is_empty() {
+        vec![(before.clone(), after.clone())]
+    } else {
+        let mut mid = after.clone();
+        for id in &stale {
+            mid.user_assigned.remove(id.key());
+        }
+        vec![(before.clone(), mid.clone()), (mid, after.clone())]
+    };
+    let mut writes = Vec::new();
+    for (from, to) in &steps {
+        let added: Vec<&ArmId> = to
+            .user_assigned
+            .iter()
+            .filter(|(k, _)| !from.user_assigned.contains_key(*k))
+            .map(|(_, v)| v)
+            .collect();
+        let removed: Vec<&ArmId> = from
+            .user_assigned
+            .iter()
+            .filter(|(k, _)| !to.user_assigned.contains_key(*k))
+            .map(|(_, v)| v)
+            .collect();
+        if let Some(body) = identity_patch(from, to, &added, &removed, &api_version) {
             let assigned = match api_version.wire_format() {
                 WireFormat::UserAssignedDictionary => added.len(),
-                WireFormat::IdentityIdsArray => after.user_assigned.len(),
+                WireFormat::IdentityIdsArray => to.user_assigned.len(),
             };
             if assigned > MAX_IDENTITIES_PER_REQUEST {
                 return Err(PlanError::TooManyIdentities {
@@ -388,14 +434,14 @@ pub fn plan_target(
                     count: assigned,
                 });
             }
-            vec![Write {
+            writes.push(Write {
                 method: "PATCH".into(),
                 id: target.to_string(),
                 api_version: api_version.to_string(),
                 body,
-            }]
+            });
         }
-    };
+    }
 
     // New ownership records.
     let mut applied = BTreeMap::new();

@@ -33,6 +33,7 @@ pub fn render_target(plan: &TargetPlan) -> String {
             }
             Change::AddUserAssigned(id) => format!("  + {id}"),
             Change::RemoveUserAssigned(id) => format!("  - {id}"),
+            Change::RepairUserAssigned(id) => format!("-/+ {id}   (stale entry: re-attached)"),
         };
         let _ = writeln!(out, "  {line}");
     }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
+use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client};
 use tracing::{error, info, warn};
 use vmidentity_azure::{ArmClient, ClientConfig, Executor, GraphClient, StaticToken};
@@ -211,6 +211,9 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
         .default_backoff()
         .reflect(writer)
         .touched_objects()
+        // Our own status and finalizer writes do not change the generation: they must not
+        // trigger another pass (deletion does bump it).
+        .predicate_filter(predicates::generation, Default::default())
         .map_ok(move |obj| {
             let key = target_key(&obj);
             map_ctx.mark_dirty(&key);

@@ -486,6 +486,7 @@ async fn reconcile_target(
         live_after: None,
         grant_writes: Vec::new(),
         grants: None,
+        bad_identities: Vec::new(),
     };
     match write_target(
         &ctx.exec,
@@ -515,6 +516,8 @@ async fn reconcile_target(
         }
     }
     let live_after = result.live_after.clone().unwrap_or(live);
+    // The plan that was written (without identities ARM refused as nonexistent).
+    let plan = result.plan.clone().unwrap_or(plan);
     let pending = result
         .grants
         .as_ref()
@@ -603,7 +606,22 @@ async fn report_success(
         } else {
             format!("{}: {}", plan.target.short(), changes.join("; "))
         };
-        let phase = if pending.is_empty() {
+        let bad: Vec<String> = d
+            .spec
+            .user_assigned
+            .iter()
+            .filter(|u| result.bad_identities.contains(u))
+            .map(ToString::to_string)
+            .collect();
+        let phase = if !bad.is_empty() {
+            Phase::Stalled {
+                reason: "IdentityNotFound".into(),
+                message: format!(
+                    "user-assigned identity {} does not exist; everything else was applied",
+                    bad.join(", ")
+                ),
+            }
+        } else if pending.is_empty() {
             Phase::Ready {
                 reason: if wrote { "Applied" } else { "Converged" }.into(),
                 message,
