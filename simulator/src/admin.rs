@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State as AxState;
+use axum::extract::{Path, State as AxState};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::faults::{self, FaultRule};
 use crate::state::{Counters, Shared};
+use crate::throttle::ThrottleConfig;
 
 pub(crate) fn router() -> Router<Shared> {
     Router::new()
@@ -23,6 +24,9 @@ pub(crate) fn router() -> Router<Shared> {
         )
         .route("/_sim/operations/complete", post(complete_operations))
         .route("/_sim/world", get(world))
+        .route("/_sim/throttling", get(get_throttling).post(set_throttling))
+        .route("/_sim/buckets/{subscription}", get(bucket_levels))
+        .route("/_sim/clock/advance", post(advance_clock))
 }
 
 async fn counters(AxState(s): AxState<Shared>) -> Json<Counters> {
@@ -82,4 +86,52 @@ async fn complete_operations(AxState(s): AxState<Shared>) -> StatusCode {
 
 async fn world(AxState(s): AxState<Shared>) -> Response {
     Json(s.lock().world.dump()).into_response()
+}
+
+async fn get_throttling(AxState(s): AxState<Shared>) -> Response {
+    Json(s.lock().config.throttling.clone()).into_response()
+}
+
+/// Body: a `ThrottleConfig` (missing members take their defaults, `{}` = the published
+/// limits) or `null` (off). Buckets start full again.
+async fn set_throttling(AxState(s): AxState<Shared>, body: Bytes) -> Response {
+    match serde_json::from_slice::<Option<ThrottleConfig>>(&body) {
+        Ok(cfg) => {
+            let mut st = s.lock();
+            st.config.throttling = cfg.clone();
+            st.buckets.clear();
+            st.compute_buckets.clear();
+            Json(cfg).into_response()
+        }
+        Err(e) => bad_request("InvalidThrottlingConfig", &e.to_string()),
+    }
+}
+
+async fn bucket_levels(AxState(s): AxState<Shared>, Path(sub): Path<String>) -> Response {
+    Json(crate::throttle::levels(&mut s.lock(), &sub)).into_response()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Advance {
+    ms: u64,
+}
+
+/// Body `{"ms": 1000}`: moves the virtual clock forward (see `SimHandle::advance_clock`).
+async fn advance_clock(AxState(s): AxState<Shared>, body: Bytes) -> Response {
+    match serde_json::from_slice::<Advance>(&body) {
+        Ok(a) => {
+            s.lock().clock_offset += std::time::Duration::from_millis(a.ms);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => bad_request("InvalidClockAdvance", &e.to_string()),
+    }
+}
+
+fn bad_request(code: &str, message: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({ "error": { "code": code, "message": message } })),
+    )
+        .into_response()
 }

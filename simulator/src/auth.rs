@@ -10,7 +10,7 @@ fn challenge(description: &str) -> String {
     )
 }
 
-fn unauthorized(code: &str, message: &str, description: &str) -> ArmError {
+pub(crate) fn unauthorized(code: &str, message: &str, description: &str) -> ArmError {
     ArmError::new(StatusCode::UNAUTHORIZED, code, message).with_header(
         HeaderName::from_static("www-authenticate"),
         &challenge(description),

@@ -106,7 +106,7 @@ pub(crate) fn check_auth(headers: &HeaderMap, accepted: &[String]) -> Result<(),
     }
 }
 
-fn with_challenge(e: ArmError) -> ArmError {
+pub(crate) fn with_challenge(e: ArmError) -> ArmError {
     e.with_header(
         HeaderName::from_static("www-authenticate"),
         "Bearer realm=\"\", authorization_uri=\"https://login.microsoftonline.com/common/oauth2/authorize\", client_id=\"00000003-0000-0000-c000-000000000000\"",

@@ -3,7 +3,8 @@
 //! 2018-06-01 and later), Microsoft.ManagedIdentity user-assigned identities,
 //! Compute long-running operations, Microsoft.Authorization role definitions and
 //! assignments, Microsoft Graph v1.0 group memberships, Azure Resource Graph queries,
-//! bearer auth, fault injection, counters.
+//! bearer auth, opt-in ARM / Compute throttling, the Entra and IMDS token endpoints,
+//! fault injection, counters.
 //!
 //! It is an independent implementation of ARM semantics (see README.md for the
 //! sources each rule follows). Start one with [`start`]; it serves real HTTP on
@@ -25,6 +26,8 @@ mod resourcegraph;
 mod scope;
 mod server;
 mod state;
+mod throttle;
+mod token;
 mod world;
 
 use std::collections::{HashMap, VecDeque};
@@ -50,6 +53,12 @@ pub use crate::identity::MAX_UAI_PER_REQUEST;
 pub use crate::msi::MSI_API_VERSIONS;
 pub use crate::resourcegraph::{ARG_DEFAULT_TOP, ARG_MAX_TOP, RESOURCE_GRAPH_API_VERSIONS};
 pub use crate::state::{Counters, RecordedRequest, ResourceCounters};
+pub use crate::throttle::{Bucket, BucketLevels, ComputeLimits, ComputePolicy, ThrottleConfig};
+pub use crate::token::{
+    AppConfig, DEFAULT_FEDERATED_AUDIENCE, DEFAULT_TOKEN_LIFETIME_SECS, FederatedCredential,
+    ImdsConfig, ImdsIdentity, JWT_BEARER_ASSERTION_TYPE, base64url_decode, base64url_encode,
+    make_jwt,
+};
 pub use crate::world::{
     DEFAULT_LOCATION, DEFAULT_TENANT_ID, SeedComputeResource, SeedGroup, SeedIdentity,
     SeedPrincipal, SeedResourceGroup, SeedRoleAssignment, SeedRoleDefinition,
@@ -164,6 +173,17 @@ pub struct SimConfig {
     /// Resource Graph queries per caller per window (ARM-BEHAVIOUR.md §6: 15 per 5 s).
     pub resource_graph_quota: u32,
     pub resource_graph_quota_window: Duration,
+    /// Enforced ARM / Compute throttling (ARM-BEHAVIOUR.md §1, §2). Default `None`:
+    /// nothing is refused; the subscription rate headers are still reported.
+    pub throttling: Option<ThrottleConfig>,
+    /// App registrations the Entra token endpoint `POST /{tenant}/oauth2/v2.0/token`
+    /// knows. Default empty (every client is unknown).
+    pub apps: Vec<AppConfig>,
+    /// Lifetime (`expires_in`) of issued access tokens. Default 3599 s.
+    pub token_lifetime: Duration,
+    /// The IMDS token endpoint `GET /metadata/identity/oauth2/token`. Default `None`:
+    /// not served (the path is an unknown route, as before).
+    pub imds: Option<ImdsConfig>,
 }
 
 impl Default for SimConfig {
@@ -187,6 +207,10 @@ impl Default for SimConfig {
             resource_graph_lag: Duration::ZERO,
             resource_graph_quota: 15,
             resource_graph_quota_window: Duration::from_secs(5),
+            throttling: None,
+            apps: Vec::new(),
+            token_lifetime: Duration::from_secs(DEFAULT_TOKEN_LIFETIME_SECS),
+            imds: None,
         }
     }
 }
@@ -231,6 +255,10 @@ pub async fn start_on(config: SimConfig, addr: SocketAddr) -> Result<SimHandle, 
             arg_lag: config.resource_graph_lag,
             arg_quota: config.resource_graph_quota,
             arg_quota_window: config.resource_graph_quota_window,
+            throttling: config.throttling,
+            apps: config.apps,
+            token_lifetime: config.token_lifetime,
+            imds: config.imds,
         },
         base_url: base_url.clone(),
         counters: Counters::default(),
@@ -238,6 +266,9 @@ pub async fn start_on(config: SimConfig, addr: SocketAddr) -> Result<SimHandle, 
         faults: Vec::new(),
         ops: HashMap::new(),
         buckets: HashMap::new(),
+        compute_buckets: HashMap::new(),
+        clock_offset: Duration::ZERO,
+        issued: HashMap::new(),
         arg_quota: HashMap::new(),
     };
     let shared = Shared(Arc::new(Mutex::new(state)));
@@ -761,6 +792,109 @@ impl SimHandle {
             }
             _ => quota,
         }
+    }
+
+    // ----- Throttling -----
+
+    /// Turns enforced throttling on (`Some`) or off (`None`). Every bucket starts full
+    /// again.
+    pub fn set_throttling(&self, throttling: Option<ThrottleConfig>) {
+        let mut st = self.shared.lock();
+        st.config.throttling = throttling;
+        st.buckets.clear();
+        st.compute_buckets.clear();
+    }
+
+    /// The throttling configuration in force.
+    pub fn throttling(&self) -> Option<ThrottleConfig> {
+        self.shared.lock().config.throttling.clone()
+    }
+
+    /// Tokens left in a subscription's buckets now (ARM reads/writes/deletes and the
+    /// Compute per-subscription buckets used so far).
+    pub fn bucket_levels(&self, subscription: &str) -> BucketLevels {
+        throttle::levels(&mut self.shared.lock(), subscription)
+    }
+
+    /// Tokens left in the Compute per-resource buckets of a VM/VMSS (used ones only,
+    /// keyed by bucket name, e.g. `UpdateVMResource`).
+    pub fn resource_bucket_levels(
+        &self,
+        resource_id: &str,
+    ) -> std::collections::BTreeMap<String, f64> {
+        throttle::resource_levels(&mut self.shared.lock(), &key_of(resource_id))
+    }
+
+    /// Moves the simulator's virtual clock forward: buckets refill and issued tokens
+    /// age as if `d` had passed (LRO timing and Resource Graph lag are not affected).
+    pub fn advance_clock(&self, d: Duration) {
+        self.shared.lock().clock_offset += d;
+    }
+
+    // ----- Token endpoints -----
+
+    /// Issues an access token for `resource` (`https://management.azure.com/` → accepted
+    /// on ARM routes, `https://graph.microsoft.com` → on Graph routes, anything else →
+    /// nowhere) as the app / identity `client_id` (object id from a configured app or
+    /// IMDS identity, else derived). `lifetime` `None` = the configured token lifetime.
+    pub fn issue_token(
+        &self,
+        resource: &str,
+        client_id: &str,
+        lifetime: Option<Duration>,
+    ) -> String {
+        let mut st = self.shared.lock();
+        let object_id = st
+            .config
+            .apps
+            .iter()
+            .find(|a| a.client_id.eq_ignore_ascii_case(client_id))
+            .map(AppConfig::principal_id)
+            .or_else(|| {
+                st.config.imds.as_ref().and_then(|i| {
+                    i.system_assigned
+                        .iter()
+                        .chain(i.user_assigned.iter())
+                        .find(|x| x.client_id.eq_ignore_ascii_case(client_id))
+                        .map(|x| x.object_id.clone())
+                })
+            })
+            .unwrap_or_else(|| AppConfig::with_secret(client_id, "", "").principal_id());
+        let tenant = st.world.tenant_id.clone();
+        let lifetime = lifetime.unwrap_or(st.config.token_lifetime);
+        token::issue(&mut st, resource, &tenant, client_id, &object_id, lifetime).0
+    }
+
+    /// Changes the lifetime of tokens issued from now on.
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        self.shared.lock().config.token_lifetime = lifetime;
+    }
+
+    /// Number of tokens issued so far (Entra, IMDS, `issue_token`).
+    pub fn issued_token_count(&self) -> usize {
+        self.shared.lock().issued.len()
+    }
+
+    /// True when `token` was issued by the simulator and has not expired.
+    pub fn token_valid(&self, token: &str) -> bool {
+        let st = self.shared.lock();
+        let now = st.now();
+        st.issued.get(token).is_some_and(|t| now < t.expires_at)
+    }
+
+    /// Registers (or replaces, by client id and tenant) an app for the Entra endpoint.
+    pub fn add_app(&self, app: AppConfig) {
+        let mut st = self.shared.lock();
+        st.config.apps.retain(|a| {
+            !(a.client_id.eq_ignore_ascii_case(&app.client_id)
+                && a.tenant_id.eq_ignore_ascii_case(&app.tenant_id))
+        });
+        st.config.apps.push(app);
+    }
+
+    /// Turns IMDS on (with these identities) or off.
+    pub fn set_imds(&self, imds: Option<ImdsConfig>) {
+        self.shared.lock().config.imds = imds;
     }
 
     /// The caller configuration an ARM token maps to.

@@ -14,7 +14,7 @@ use crate::graph::{self, GraphVersion};
 use crate::ids::ResourceId;
 use crate::scope::Scope;
 use crate::state::{RecordedRequest, Shared, State, now_rfc3339};
-use crate::{CallerConfig, auth, compute, lro, msi};
+use crate::{CallerConfig, compute, lro, msi};
 
 /// A response before it becomes an HTTP response.
 #[derive(Debug, Clone)]
@@ -94,6 +94,12 @@ pub(crate) enum Route {
     },
     /// `POST /providers/Microsoft.ResourceGraph/resources`.
     ResourceGraph,
+    /// Entra `/{tenant}/oauth2/v2.0/token`.
+    EntraToken {
+        tenant: String,
+    },
+    /// IMDS `/metadata/identity/oauth2/token` (only when `SimConfig::imds` is set).
+    Imds,
     /// Microsoft Graph `/v1.0/…` or `/beta/…` (decoded segments).
     Graph {
         version: GraphVersion,
@@ -104,7 +110,7 @@ pub(crate) enum Route {
 
 impl Route {
     /// The subscription whose ARM rate-limit buckets the request uses.
-    fn subscription(&self) -> Option<String> {
+    pub(crate) fn subscription(&self) -> Option<String> {
         match self {
             Route::Resource(id) => Some(id.subscription.to_ascii_lowercase()),
             Route::Operation { subscription, .. } => Some(subscription.to_ascii_lowercase()),
@@ -119,6 +125,12 @@ impl Route {
 pub(crate) fn parse_route(path: &str) -> Route {
     if let Some((version, segments)) = graph::parse_path(path) {
         return Route::Graph { version, segments };
+    }
+    if let Some(tenant) = crate::token::parse_entra_path(path) {
+        return Route::EntraToken { tenant };
+    }
+    if crate::token::is_imds_path(path) {
+        return Route::Imds;
     }
     let t = path.trim_end_matches('/');
     if t.eq_ignore_ascii_case("/providers/Microsoft.ResourceGraph/resources") {
@@ -224,23 +236,46 @@ pub(crate) async fn arm_entry(
             ),
         }
     };
-    let route = parse_route(&path);
+    let mut route = parse_route(&path);
+    let mut body_json = body_json;
     {
         let mut st = shared.lock();
+        if matches!(route, Route::Imds) && st.config.imds.is_none() {
+            route = Route::Unknown;
+        }
+        if let Route::EntraToken { .. } = route {
+            // Never keep secrets or assertions in the log.
+            body_json = Some(Value::String(crate::token::redacted_form(
+                &String::from_utf8_lossy(&body),
+            )));
+        }
         count_arrival(&mut st, &method, &route);
     }
 
-    let mut resp = handle(
-        &shared,
-        &method,
-        &route,
-        &path,
-        query.as_deref(),
-        &headers,
-        body_json.as_ref(),
-        body_ok,
-    )
-    .await;
+    let mut resp = match &route {
+        Route::EntraToken { tenant } => crate::token::entra_token(
+            &mut shared.lock(),
+            &method,
+            tenant,
+            &String::from_utf8_lossy(&body),
+        ),
+        Route::Imds => {
+            crate::token::imds_token(&mut shared.lock(), &method, query.as_deref(), &headers)
+        }
+        _ => {
+            handle(
+                &shared,
+                &method,
+                &route,
+                &path,
+                query.as_deref(),
+                &headers,
+                body_json.as_ref(),
+                body_ok,
+            )
+            .await
+        }
+    };
 
     let mut st = shared.lock();
     add_standard_headers(&mut st, &method, &route, &mut resp);
@@ -302,7 +337,7 @@ fn count_arrival(st: &mut State, method: &Method, route: &Route) {
             }
         }
         Route::ResourceGraph => st.counters.resource_graph_queries += 1,
-        Route::Unknown => {}
+        Route::EntraToken { .. } | Route::Imds | Route::Unknown => {}
     }
 }
 
@@ -314,39 +349,11 @@ fn add_standard_headers(st: &mut State, method: &Method, route: &Route, resp: &m
         push_header(resp, "client-request-id", &rid);
         return;
     }
+    if let Route::Imds = route {
+        return;
+    }
     if let Some(sub) = route.subscription() {
-        let b = st.buckets.entry(sub).or_default();
-        let (name, global, remaining, cap) = if *method == Method::GET || *method == Method::HEAD {
-            let r = b.reads.take();
-            (
-                "x-ms-ratelimit-remaining-subscription-reads",
-                Some("x-ms-ratelimit-remaining-subscription-global-reads"),
-                r,
-                b.reads.capacity,
-            )
-        } else if *method == Method::DELETE {
-            let r = b.deletes.take();
-            (
-                "x-ms-ratelimit-remaining-subscription-deletes",
-                None,
-                r,
-                b.deletes.capacity,
-            )
-        } else {
-            let r = b.writes.take();
-            (
-                "x-ms-ratelimit-remaining-subscription-writes",
-                None,
-                r,
-                b.writes.capacity,
-            )
-        };
-        push_header(resp, name, &remaining.to_string());
-        if let Some(g) = global {
-            // Global bucket = 15 × the per-principal bucket (ARM-BEHAVIOUR.md §1.1).
-            let global_remaining = remaining + 14 * (cap as u64);
-            push_header(resp, g, &global_remaining.to_string());
-        }
+        crate::throttle::add_rate_headers(st, method, &sub, resp);
     }
     let rid = uuid::Uuid::new_v4().to_string();
     push_header(resp, "x-ms-request-id", &rid);
@@ -374,13 +381,13 @@ async fn handle(
     let caller = {
         let st = shared.lock();
         if is_graph {
-            match graph::check_auth(headers, &st.config.graph_tokens) {
+            match crate::token::authenticate_graph(&st, headers) {
                 Ok(()) => None,
                 Err(e) => return e.into(),
             }
         } else {
-            match auth::check(headers, &st.config.arm_tokens()) {
-                Ok(token) => Some(st.config.caller(&token)),
+            match crate::token::authenticate_arm(&st, headers) {
+                Ok(caller) => Some(caller),
                 Err(e) => return e.into(),
             }
         }
@@ -408,6 +415,15 @@ async fn handle(
     }
     let caller = caller.unwrap_or_else(|| CallerConfig::new(""));
     let mut st = shared.lock();
+    let mut throttle_headers = Vec::new();
+    if st.config.throttling.is_some()
+        && let Some(sub) = route.subscription()
+    {
+        match crate::throttle::charge(&mut st, method, route, &sub, &caller.object_id) {
+            crate::throttle::Verdict::Refused(resp) => return resp,
+            crate::throttle::Verdict::Proceed(h) => throttle_headers = h,
+        }
+    }
     if let Route::ResourceGraph = route {
         if *method != Method::POST {
             return method_not_allowed(method).into();
@@ -422,7 +438,10 @@ async fn handle(
         crate::resourcegraph::quota_headers(&mut resp, remaining, resets);
         return resp;
     }
-    dispatch(&mut st, method, route, path, query, body, body_ok, &caller).unwrap_or_else(Into::into)
+    let mut resp = dispatch(&mut st, method, route, path, query, body, body_ok, &caller)
+        .unwrap_or_else(Into::into);
+    resp.headers.extend(throttle_headers);
+    resp
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -496,8 +515,10 @@ fn dispatch(
                 query_param(query, "monitor").is_some_and(|v| v.eq_ignore_ascii_case("true"));
             lro::poll(st, op_id, monitor)
         }
-        // Answered in `handle` (quota headers); not reached.
-        Route::ResourceGraph => Err(method_not_allowed(method)),
+        // Answered in `handle` (quota headers) / `arm_entry`; not reached.
+        Route::ResourceGraph | Route::EntraToken { .. } | Route::Imds => {
+            Err(method_not_allowed(method))
+        }
         Route::Unknown => Err(ArmError::new(
             StatusCode::NOT_FOUND,
             "NotFound",

@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::faults::FaultRule;
+use crate::throttle::SubscriptionBuckets;
 use crate::world::World;
 use crate::{CallerConfig, LroMode};
 
@@ -41,6 +42,20 @@ pub struct Counters {
     pub resource_graph_queries: u64,
     /// Resource Graph 429s (quota exceeded; also counted in `throttled`).
     pub resource_graph_throttled: u64,
+    /// ARM subscription-bucket 429s of reads (throttling on; also in `throttled`).
+    pub throttled_reads: u64,
+    /// ARM subscription-bucket 429s of writes (PUT/PATCH/POST).
+    pub throttled_writes: u64,
+    /// ARM subscription-bucket 429s of deletes.
+    pub throttled_deletes: u64,
+    /// Compute policy 429s (per-resource or per-subscription bucket empty).
+    pub throttled_compute: u64,
+    /// Requests to the Entra token endpoint `/{tenant}/oauth2/v2.0/token`.
+    pub token_requests: u64,
+    /// Requests to the IMDS token endpoint (when IMDS is on).
+    pub imds_requests: u64,
+    /// Access tokens issued (Entra, IMDS and `SimHandle::issue_token`).
+    pub tokens_issued: u64,
     /// Per resource id (case-folded).
     pub per_resource: BTreeMap<String, ResourceCounters>,
 }
@@ -81,55 +96,6 @@ pub(crate) struct Operation {
     pub min_duration: Duration,
 }
 
-/// A token bucket (reported only; enforcement comes later).
-#[derive(Debug, Clone)]
-pub(crate) struct Bucket {
-    pub capacity: f64,
-    pub refill_per_sec: f64,
-    pub tokens: f64,
-    pub last: Instant,
-}
-
-impl Bucket {
-    pub fn new(capacity: u32, refill_per_sec: u32) -> Bucket {
-        Bucket {
-            capacity: f64::from(capacity),
-            refill_per_sec: f64::from(refill_per_sec),
-            tokens: f64::from(capacity),
-            last: Instant::now(),
-        }
-    }
-
-    /// Takes one token (never below zero) and returns what remains.
-    pub fn take(&mut self) -> u64 {
-        let now = Instant::now();
-        let elapsed = now.duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.refill_per_sec).min(self.capacity);
-        self.tokens = (self.tokens - 1.0).max(0.0);
-        self.tokens.floor() as u64
-    }
-}
-
-/// Per-subscription ARM buckets, sized as the regional token bucket of
-/// ARM-BEHAVIOUR.md §1.1 (reads 250/25 s⁻¹, writes 200/10, deletes 200/10).
-#[derive(Debug, Clone)]
-pub(crate) struct SubscriptionBuckets {
-    pub reads: Bucket,
-    pub writes: Bucket,
-    pub deletes: Bucket,
-}
-
-impl Default for SubscriptionBuckets {
-    fn default() -> Self {
-        SubscriptionBuckets {
-            reads: Bucket::new(250, 25),
-            writes: Bucket::new(200, 10),
-            deletes: Bucket::new(200, 10),
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 pub(crate) struct RuntimeConfig {
     pub accepted_tokens: Vec<String>,
@@ -149,6 +115,14 @@ pub(crate) struct RuntimeConfig {
     pub arg_lag: Duration,
     pub arg_quota: u32,
     pub arg_quota_window: Duration,
+    /// Enforced throttling; `None` = subscription buckets reported only.
+    pub throttling: Option<crate::throttle::ThrottleConfig>,
+    /// App registrations served by the Entra token endpoint.
+    pub apps: Vec<crate::token::AppConfig>,
+    /// Lifetime of issued tokens.
+    pub token_lifetime: Duration,
+    /// IMDS identities; `None` = IMDS not served.
+    pub imds: Option<crate::token::ImdsConfig>,
 }
 
 impl RuntimeConfig {
@@ -185,8 +159,30 @@ pub(crate) struct State {
     pub faults: Vec<ActiveFault>,
     pub ops: HashMap<String, Operation>,
     pub buckets: HashMap<String, SubscriptionBuckets>,
+    /// Compute policy buckets (throttling on only).
+    pub compute_buckets: crate::throttle::ComputeBuckets,
+    /// Added to tokio's clock for throttle buckets and token lifetimes
+    /// (`SimHandle::advance_clock`).
+    pub clock_offset: Duration,
+    /// Tokens issued by the token endpoints (token → audience, expiry, identity).
+    pub issued: crate::token::IssuedTokens,
     /// Resource Graph quota windows per caller token.
     pub arg_quota: HashMap<String, crate::resourcegraph::QuotaWindow>,
+}
+
+impl State {
+    /// The simulator's clock for throttle buckets and token lifetimes: tokio's clock
+    /// (pausable in tests) plus the virtual offset.
+    pub fn now(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.clock_offset
+    }
+
+    /// Wall-clock time on the same virtual clock (for `expires_on`, `exp`).
+    pub fn wall_now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now()
+            + chrono::Duration::from_std(self.clock_offset)
+                .unwrap_or_else(|_| chrono::Duration::zero())
+    }
 }
 
 /// Handle to the shared state.
