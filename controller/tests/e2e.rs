@@ -534,3 +534,93 @@ async fn resync_reads_resource_graph_pages_not_every_vm_and_gets_only_the_drifte
     assert_eq!(env.sim.writes_for(&vm("vm3")), 1);
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn workload_identity_logs_in_and_a_wrong_secret_is_reported_in_status() {
+    use vmidentity_simulator::AppConfig;
+    let tenant = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+    let issuer = "https://oidc.example/cluster/";
+    let subject = "system:serviceaccount:vmidentity-system:vmidentity";
+    let env = Env::with_config("e2e-auth", &world(&["vm1", "vm2"], ""), |c| {
+        c.apps = vec![
+            AppConfig::federated(
+                "aaaaaaaa-0000-0000-0000-000000000001",
+                tenant,
+                issuer,
+                subject,
+            ),
+            AppConfig::with_secret("aaaaaaaa-0000-0000-0000-000000000002", tenant, "right"),
+        ];
+    })
+    .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let jwt = vmidentity_simulator::make_jwt(
+        &json!({"iss": issuer, "sub": subject, "aud": ["api://AzureADTokenExchange"], "exp": now + 3600, "iat": now}),
+    );
+    let file = std::env::temp_dir().join(format!("vmidentity-e2e-token-{}", std::process::id()));
+    std::fs::write(&file, jwt).expect("token file");
+    let url = env.sim.base_url();
+    let _wi = ControllerProc::start_with_env(
+        &env.ns,
+        &env.sim,
+        "wi",
+        &[],
+        &[
+            ("VMIDENTITY_AUTH", "workloadIdentity"),
+            ("AZURE_AUTHORITY_HOST", &url),
+            ("AZURE_TENANT_ID", tenant),
+            ("AZURE_CLIENT_ID", "aaaaaaaa-0000-0000-0000-000000000001"),
+            ("AZURE_FEDERATED_TOKEN_FILE", file.to_str().unwrap()),
+        ],
+    );
+    env.create(
+        "web",
+        json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u1")]}),
+    )
+    .await
+    .expect("web");
+    env.wait_for("web", 30, "Ready through workload identity", is_ready)
+        .await;
+    drop(_wi);
+    // A wrong client secret: a clear reason and message in the status, no crash.
+    let mut bad = ControllerProc::start_with_env(
+        &env.ns,
+        &env.sim,
+        "secret",
+        &[],
+        &[
+            ("VMIDENTITY_AUTH", "clientSecret"),
+            ("AZURE_AUTHORITY_HOST", &url),
+            ("AZURE_TENANT_ID", tenant),
+            ("AZURE_CLIENT_ID", "aaaaaaaa-0000-0000-0000-000000000002"),
+            ("AZURE_CLIENT_SECRET", "wrong"),
+        ],
+    );
+    env.create("db", json!({"target": vm("vm2"), "systemAssigned": true}))
+        .await
+        .expect("db");
+    let o = env
+        .wait_for("db", 30, "Stalled AuthenticationFailed", |o| {
+            stalled_with(o, "AuthenticationFailed")
+        })
+        .await;
+    let msg = o
+        .status
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Stalled")
+        .unwrap()
+        .message
+        .clone();
+    assert!(msg.contains("AADSTS7000215"), "{msg}");
+    assert!(
+        bad.terminate().await.is_some(),
+        "still running until told to stop"
+    );
+    let _ = std::fs::remove_file(&file);
+    env.cleanup().await;
+}

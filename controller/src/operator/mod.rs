@@ -40,7 +40,9 @@ pub struct ControllerArgs {
     /// ARM endpoint.
     #[arg(long, env = "VMIDENTITY_ARM_ENDPOINT", default_value = vmidentity_azure::client::PUBLIC_ARM_ENDPOINT)]
     pub arm_endpoint: String,
-    /// Bearer token for ARM (static token source).
+    /// Bearer token for ARM (static token source). Without it, VMIDENTITY_AUTH chooses:
+    /// workloadIdentity (AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_FEDERATED_TOKEN_FILE),
+    /// managedIdentity (IMDS), or clientSecret (AZURE_CLIENT_SECRET).
     #[arg(long, env = "AZURE_ACCESS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Microsoft Graph endpoint (group memberships).
@@ -123,9 +125,13 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
             }
         });
     }
-    let token = args.token.clone().ok_or_else(|| {
-        CliError::Other("no ARM credentials: set AZURE_ACCESS_TOKEN (static token source)".into())
-    })?;
+    // Credentials: a static token (--token / AZURE_ACCESS_TOKEN), or what VMIDENTITY_AUTH
+    // chooses (workload identity, managed identity, client secret).
+    let tokens: Arc<dyn vmidentity_azure::TokenSource> = match &args.token {
+        Some(t) => Arc::new(StaticToken::new(t.clone())),
+        None => vmidentity_azure::token::from_env(&|k| std::env::var(k).ok())
+            .map_err(|e| CliError::Other(format!("Azure credentials: {e}")))?,
+    };
     let arm = ArmClient::new(
         ClientConfig {
             endpoint: args.arm_endpoint.clone(),
@@ -134,11 +140,18 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
             lro_poll_interval: Duration::from_millis(args.lro_poll_ms),
             ..ClientConfig::default()
         },
-        Arc::new(StaticToken::new(token)),
+        tokens.clone(),
     )
     .map_err(|e| CliError::Other(e.to_string()))?
     .with_observer(metrics.clone());
-    let graph = match &args.graph_token {
+    // Graph: its own static token if given; otherwise the same source (a different audience).
+    let graph_tokens: Option<Arc<dyn vmidentity_azure::TokenSource>> =
+        match (&args.graph_token, &args.token) {
+            (Some(t), _) => Some(Arc::new(StaticToken::new(t.clone()))),
+            (None, Some(_)) => None,
+            (None, None) => Some(tokens.clone()),
+        };
+    let graph = match graph_tokens {
         Some(t) => Some(GraphClient::from_client(
             ArmClient::new(
                 ClientConfig {
@@ -146,7 +159,7 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
                     max_inline_wait: Duration::ZERO,
                     ..ClientConfig::graph(&args.graph_endpoint)
                 },
-                Arc::new(StaticToken::new(t.clone())),
+                t,
             )
             .map_err(|e| CliError::Other(e.to_string()))?
             .with_observer(metrics.clone()),

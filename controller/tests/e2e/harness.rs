@@ -113,6 +113,26 @@ pub struct ControllerProc {
 
 impl ControllerProc {
     pub fn start(ns: &str, sim: &SimHandle, identity: &str, extra: &[&str]) -> ControllerProc {
+        Self::start_with_env(
+            ns,
+            sim,
+            identity,
+            extra,
+            &[
+                ("AZURE_ACCESS_TOKEN", TOKEN),
+                ("AZURE_GRAPH_ACCESS_TOKEN", "sim-graph-token"),
+            ],
+        )
+    }
+
+    /// Starts the controller with these credential variables (and no others).
+    pub fn start_with_env(
+        ns: &str,
+        sim: &SimHandle,
+        identity: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> ControllerProc {
         let port = free_port();
         let log = std::fs::File::create(
             std::env::temp_dir().join(format!("vmidentity-e2e-{ns}-{identity}.log")),
@@ -144,8 +164,9 @@ impl ControllerProc {
             ])
             .args(extra)
             .env("KUBECONFIG", kubeconfig())
-            .env("AZURE_ACCESS_TOKEN", TOKEN)
-            .env("AZURE_GRAPH_ACCESS_TOKEN", "sim-graph-token")
+            .env_remove("AZURE_ACCESS_TOKEN")
+            .env_remove("AZURE_GRAPH_ACCESS_TOKEN")
+            .envs(env.iter().copied())
             .env("VMIDENTITY_LOG_FORMAT", "text")
             .env("RUST_LOG", "info,kube=warn")
             .stdout(Stdio::null())
