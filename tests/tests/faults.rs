@@ -57,7 +57,7 @@ fn assert_fleet_converged(h: &Harness, principals: &[Option<String>]) {
             );
             assert_eq!(
                 principal(h, &id),
-                principals[i],
+                *before,
                 "vm{i}: same system principal"
             );
         } else {
