@@ -123,6 +123,9 @@ pub struct RateLimits {
     pub reads: Bucket,
     pub writes: Bucket,
     pub deletes: Bucket,
+    /// Compute's per-subscription "Update VM" policy (ARM-BEHAVIOUR.md §2.1: 1,500, then 500
+    /// a minute), tighter than ARM's write bucket for VM/VMSS PATCHes.
+    pub compute_writes: Bucket,
 }
 
 impl Default for RateLimits {
@@ -140,6 +143,10 @@ impl Default for RateLimits {
                 size: 200.0,
                 per_sec: 10.0,
             },
+            compute_writes: Bucket {
+                size: 1500.0,
+                per_sec: 500.0 / 60.0,
+            },
         }
     }
 }
@@ -156,6 +163,7 @@ impl RateLimits {
             reads: s(d.reads),
             writes: s(d.writes),
             deletes: s(d.deletes),
+            compute_writes: s(d.compute_writes),
         }
     }
 
@@ -164,6 +172,7 @@ impl RateLimits {
             BucketKind::Reads => self.reads,
             BucketKind::Writes => self.writes,
             BucketKind::Deletes => self.deletes,
+            BucketKind::ComputeWrites => self.compute_writes,
         }
     }
 }
@@ -173,6 +182,7 @@ enum BucketKind {
     Reads,
     Writes,
     Deletes,
+    ComputeWrites,
 }
 
 impl BucketKind {
@@ -190,6 +200,7 @@ impl BucketKind {
             BucketKind::Reads => "x-ms-ratelimit-remaining-subscription-reads",
             BucketKind::Writes => "x-ms-ratelimit-remaining-subscription-writes",
             BucketKind::Deletes => "x-ms-ratelimit-remaining-subscription-deletes",
+            BucketKind::ComputeWrites => "x-ms-ratelimit-remaining-resource",
         }
     }
 }
@@ -509,6 +520,7 @@ impl ArmClient {
             }
             let headers = resp.headers().clone();
             if let (Some(sub), Some(bk)) = (&sub, BucketKind::of(kind))
+                && bk != BucketKind::ComputeWrites
                 && let Some(remaining) = headers
                     .get(bk.header())
                     .and_then(|v| v.to_str().ok())
