@@ -16,7 +16,7 @@
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$ROOT"
+cd "$ROOT" || exit 1
 
 # ---------------------------------------------------------------- pinned versions
 HELM_MODULE=helm.sh/helm/v3/cmd/helm
@@ -30,7 +30,7 @@ SCHEMA_PKG=kubernetes-validate   # PyPI; ships kubernetes-json-schema/v1.X.0-loc
 SCHEMA_PKG_VERSION=1.34.1
 K8S_VERSION=1.34.0               # the schemas kubeconform validates against (k8s-openapi v1_34)
 
-TOOLS=$ROOT/target/tools
+TOOLS=${PACKAGING_TOOLS_DIR:-$ROOT/target/tools}   # override: a cold cache elsewhere
 BIN=$TOOLS/bin
 WORK=$ROOT/target/packaging
 SCHEMAS=$TOOLS/kubernetes-json-schema
@@ -151,6 +151,11 @@ go_tool kubeconform "$KUBECONFORM_MODULE" "$KUBECONFORM_VERSION" || tools_ok=0
 go_tool kustomize "$KUSTOMIZE_MODULE" "$KUSTOMIZE_VERSION" || tools_ok=0
 k8s_schemas || tools_ok=0
 python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml || tools_ok=0
+# The Go build cache (~0.8 GB) is only needed to build them again: dropped, as tests/apiserver/up.sh
+# does, unless PACKAGING_KEEP_GOCACHE=1. The module cache (target/tools/go) stays.
+if ((tools_ok)) && [[ ${PACKAGING_KEEP_GOCACHE:-} != 1 && -d $GOCACHE ]]; then
+    go clean -cache 2>/dev/null; rm -rf "$GOCACHE"
+fi
 if [[ ${1:-} == --tools-only ]]; then
     ((tools_ok)) || exit 1
     exit 0
@@ -206,7 +211,7 @@ kubeconform() { "$KUBECONFORM" "${KC_ARGS[@]}" "$@"; }
 
 # ---------------------------------------------------------------- chart
 step "Helm chart: $CHART"
-check "chart crds/ is identical to crds/$CRD_FILE" cmp "$CHART/crds/$CRD_FILE" "crds/$CRD_FILE"
+check "chart crds/ is identical to crds/$CRD_FILE (fix: cp crds/$CRD_FILE $CHART/crds/)" cmp "$CHART/crds/$CRD_FILE" "crds/$CRD_FILE"
 for f in "$CHART"/ci/*.yaml; do
     check "helm lint --strict -f ${f#"$CHART"/}" "$HELM" lint --strict "$CHART" -f "$f"
 done
@@ -290,6 +295,7 @@ expect(e["VMIDENTITY_AUTH"] == "workloadIdentity" and e["AZURE_CLIENT_ID"] == "1
        and e["AZURE_TENANT_ID"] == "66666666-7777-8888-9999-000000000000", "VMIDENTITY_AUTH, AZURE_CLIENT_ID, AZURE_TENANT_ID")
 expect(all(k in e for k in ["VMIDENTITY_ARM_ENDPOINT", "VMIDENTITY_GRAPH_ENDPOINT", "VMIDENTITY_RESYNC_SECONDS",
        "VMIDENTITY_CONCURRENCY", "RUST_LOG", "VMIDENTITY_METRICS_ADDR"]) and e["VMIDENTITY_LOG_FORMAT"] == "json"
+       and e["VMIDENTITY_RESYNC_MODE"] == "resource-graph" and e["VMIDENTITY_METRICS_ADDR"] == "0.0.0.0:8080"
        and "VMIDENTITY_NAMESPACE" not in e and "AZURE_CLIENT_SECRET" not in e, "controller env")
 expect(pod["metadata"]["labels"].get("azure.workload.identity/use") == "true", "pod label azure.workload.identity/use")
 sa = r[("ServiceAccount", "vmidentity")]
@@ -468,6 +474,8 @@ need(re.match(r"(docker\.io/(library/)?)?rust:1\.\d+(\.\d+)?-(bookworm|trixie)$"
 runs = " ; ".join(r for i, r in builder["instr"] if i == "RUN")
 need("musl-tools" in runs, "builder installs musl-tools")
 need("rustup target add %s" % target in runs, "builder adds the %s target" % target)
+need(re.search(r"strip --strip-debug \S*/target/%s/release/%s" % (target, bin_name), runs) is not None,
+     "builder strips the debug info of the binary (strip --strip-debug)")
 build = re.search(r"cargo build[^;&|]*", runs)
 need(build, "builder runs cargo build")
 if build:
@@ -511,7 +519,7 @@ else
         (source "$AS_DIR/ports.env"; curl -sS --max-time 3 --cacert "$AS_DIR/pki/ca.crt" --cert "$AS_DIR/pki/admin.crt" \
             --key "$AS_DIR/pki/admin.key" "https://127.0.0.1:$APISERVER_PORT/healthz" 2>/dev/null | grep -qx ok) && was_up=1
     fi
-    if KC=$(tests/apiserver/up.sh 2>"$WORK/apiserver-up.log"); then
+    if tests/apiserver/up.sh >/dev/null 2>"$WORK/apiserver-up.log"; then
         ok "tests/apiserver/up.sh ($( ((was_up)) && echo 'already running' || echo started))"
         # shellcheck disable=SC1091
         source "$AS_DIR/ports.env"
@@ -604,11 +612,15 @@ t0=$(secs)
 if $BUILD_CMD >"$WORK/static-build.log" 2>&1; then
     took=$(elapsed "$t0")
     ok "$BUILD_CMD (${took}s)"
-    STATIC=target/$MUSL_TARGET/release/vmidentity
+    mib() { awk -v s="$1" 'BEGIN { printf "%.1f MiB", s / 1048576 }'; }
+    built=target/$MUSL_TARGET/release/vmidentity
+    # As the Dockerfile does (strip --strip-debug), on a copy: cargo's output stays as built.
+    STATIC=$WORK/vmidentity
+    cp "$built" "$STATIC" && strip --strip-debug "$STATIC"
     size=$(stat -c %s "$STATIC")
-    printf 'binary: %s, %s bytes (%s MiB), built in %ss (load %s)\n' "$STATIC" "$size" \
-        "$(awk -v s="$size" 'BEGIN { printf "%.1f", s / 1048576 }')" "$took" "$(cut -d' ' -f1-3 /proc/loadavg)"
-    printf '%s static build %ss, %s bytes\n' "$(date -u +%FT%TZ)" "$took" "$size" >>"$TOOLS/build-times.txt"
+    printf 'binary: %s, %s as built, %s after strip --strip-debug (the image'"'"'s /vmidentity); built in %ss (load %s)\n' \
+        "$built" "$(mib "$(stat -c %s "$built")")" "$(mib "$size")" "$took" "$(cut -d' ' -f1-3 /proc/loadavg)"
+    printf '%s static build %ss, %s bytes stripped\n' "$(date -u +%FT%TZ)" "$took" "$size" >>"$TOOLS/build-times.txt"
     finfo=$(file -b "$STATIC"); echo "file: $finfo"
     [[ $finfo == *"statically linked"* || $finfo == *"static-pie linked"* ]] && ok "file: statically linked" || bad "file: not static ($finfo)"
     lddout=$(ldd "$STATIC" 2>&1); echo "ldd: $lddout"
