@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (README command 2):
-#   formatting, lints, generated CRD freshness, and every test of the workspace.
+#   formatting, lints, generated CRD freshness, every test of the workspace (unit, property,
+#   scenario tests on the ARM simulator, end-to-end tests on a real API server), and the
+#   packaging checks. SKIP_STATIC_BUILD=1 skips the (slow) static musl build locally.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,3 +30,6 @@ trap 'tests/apiserver/down.sh >/dev/null 2>&1 || true' EXIT
 
 step "cargo test --workspace"
 cargo test --workspace --locked
+
+step "packaging: Helm chart, kustomize, kubeconform, Dockerfile, static binary, CRD on the API server (scripts/check-packaging.sh)"
+scripts/check-packaging.sh

@@ -7,6 +7,7 @@
 //! test API server (tests/apiserver) and the ARM simulator; see bench/README.md.
 
 mod controller;
+mod fleet;
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -38,6 +39,22 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// The fleet: cold converge, steady state, 1 % drift, one UAI added everywhere, against
+    /// the simulator with ARM's and Compute's throttling on; beside the peers' strategies.
+    Fleet {
+        #[arg(long, default_value_t = 10_000)]
+        vms: usize,
+        #[arg(long, default_value_t = 100)]
+        vmss: usize,
+        #[arg(long, default_value_t = 20_000)]
+        objects: usize,
+        /// Multiply ARM's and Compute's limits by this (ratios are unaffected; 1 = real limits,
+        /// which makes a cold converge of 10,000 PATCHes take about 20 minutes).
+        #[arg(long, default_value_t = 20.0)]
+        scale: f64,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
     /// The `vmidentity controller` process against a real API server and the ARM simulator:
     /// apply-to-PATCH latency, converge time, RSS, API writes per reconcile.
     Controller {
@@ -66,6 +83,9 @@ enum Cmd {
         /// The controller's --resync-seconds for the resync measurement.
         #[arg(long, default_value_t = 15)]
         resync_secs: u64,
+        /// The controller's --resync-mode values to measure a resync with, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "resource-graph,get")]
+        resync_modes: Vec<String>,
         /// Size of the user-assigned identity pool in the simulated world.
         #[arg(long, default_value_t = 20)]
         identities: usize,
@@ -221,6 +241,25 @@ fn bench_plan(targets: usize, pool: usize, rounds: usize) {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Cmd::Fleet {
+            vms,
+            vmss,
+            objects,
+            scale,
+            concurrency,
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(fleet::run(fleet::FleetArgs {
+                vms,
+                vmss,
+                objects,
+                scale,
+                concurrency,
+            }))
+            .map_err(|e| anyhow::anyhow!(e))?;
+        }
         Cmd::Plan {
             targets,
             identities,
@@ -235,6 +274,7 @@ fn main() -> anyhow::Result<()> {
             create_concurrency,
             concurrency,
             resync_secs,
+            resync_modes,
             identities,
             lro,
         } => {
@@ -251,6 +291,7 @@ fn main() -> anyhow::Result<()> {
                 create_concurrency,
                 controller_concurrency: concurrency,
                 resync_secs,
+                resync_modes,
                 identities,
                 lro,
             }))?;

@@ -55,11 +55,7 @@ fn assert_fleet_converged(h: &Harness, principals: &[Option<String>]) {
                 vec!["id1".to_string(), "id3".into()],
                 "vm{i}: unowned ID3 kept"
             );
-            assert_eq!(
-                principal(h, &id),
-                *before,
-                "vm{i}: same system principal"
-            );
+            assert_eq!(principal(h, &id), *before, "vm{i}: same system principal");
         } else {
             assert_eq!(
                 (ty.as_str(), names),
