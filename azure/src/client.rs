@@ -128,24 +128,29 @@ pub struct RateLimits {
     pub compute_writes: Bucket,
 }
 
+/// The client refills at this fraction of ARM's rates: requests that leave evenly spaced
+/// arrive bunched (network and scheduling jitter), and a bucket kept exactly at ARM's rate
+/// would then meet an empty one.
+pub const RATE_HEADROOM: f64 = 0.92;
+
 impl Default for RateLimits {
     fn default() -> Self {
         RateLimits {
             reads: Bucket {
                 size: 250.0,
-                per_sec: 25.0,
+                per_sec: 25.0 * RATE_HEADROOM,
             },
             writes: Bucket {
                 size: 200.0,
-                per_sec: 10.0,
+                per_sec: 10.0 * RATE_HEADROOM,
             },
             deletes: Bucket {
                 size: 200.0,
-                per_sec: 10.0,
+                per_sec: 10.0 * RATE_HEADROOM,
             },
             compute_writes: Bucket {
                 size: 1500.0,
-                per_sec: 500.0 / 60.0,
+                per_sec: 500.0 / 60.0 * RATE_HEADROOM,
             },
         }
     }

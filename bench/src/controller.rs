@@ -27,7 +27,6 @@ use tokio::process::{Child, Command};
 use vmidentity::crd::{VirtualMachineIdentity, VirtualMachineIdentitySpec};
 use vmidentity_simulator::{Counters, LroMode, SimConfig, SimHandle, WorldSeed};
 
-const SUB: &str = "/subscriptions/00000000-0000-0000-0000-0000000000be";
 const TOKEN: &str = "sim-token";
 const CRD_NAME: &str = "virtualmachineidentities.vmidentity.dev";
 /// Resync period of a controller that must not resync during the measurement.
@@ -46,6 +45,9 @@ pub struct Options {
     /// Values of the controller's `--resync-mode` to measure a resync with.
     pub resync_modes: Vec<String>,
     pub identities: usize,
+    /// VMs per simulated subscription (0: all in one). The controller's ARM client paces
+    /// requests per subscription at ARM's limits.
+    pub vms_per_subscription: usize,
     pub lro: LroMode,
 }
 
@@ -53,35 +55,49 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn vm(name: &str) -> String {
-    format!("{SUB}/resourceGroups/rg-bench/providers/Microsoft.Compute/virtualMachines/{name}")
-}
-
-fn uai(i: usize) -> String {
+fn sub(k: usize) -> String {
     format!(
-        "{SUB}/resourceGroups/rg-bench-identities/providers/Microsoft.ManagedIdentity/userAssignedIdentities/uai-{i}"
+        "/subscriptions/00000000-0000-0000-0000-{:012x}",
+        0xbe00_0000 + k
     )
 }
 
-/// A world with one subscription, the named VMs (no identity yet) and `pool` UAIs.
-fn world_yaml(vms: &[String], pool: usize) -> String {
+/// The id of VM `i`: `per_sub` VMs per subscription (0: all in the first).
+fn vm(i: usize, per_sub: usize) -> String {
+    let k = i.checked_div(per_sub).unwrap_or(0);
+    format!(
+        "{}/resourceGroups/rg-bench/providers/Microsoft.Compute/virtualMachines/vm-{i}",
+        sub(k)
+    )
+}
+
+/// The pool of user-assigned identities lives in the first subscription.
+fn uai(i: usize) -> String {
+    format!(
+        "{}/resourceGroups/rg-bench-identities/providers/Microsoft.ManagedIdentity/userAssignedIdentities/uai-{i}",
+        sub(0)
+    )
+}
+
+/// A world with VMs 0..vms (no identity yet) and `pool` UAIs.
+fn world_yaml(vms: usize, per_sub: usize, pool: usize) -> String {
     let mut s = String::from("userAssignedIdentities:\n");
     for i in 0..pool.max(1) {
         let _ = writeln!(s, "  - id: {}", uai(i));
     }
     s.push_str("virtualMachines:\n");
-    for v in vms {
-        let _ = writeln!(s, "  - id: {}", vm(v));
+    for i in 0..vms {
+        let _ = writeln!(s, "  - id: {}", vm(i, per_sub));
     }
     s
 }
 
-/// The object benchmarked on VM `vm_name`: one UAI of the pool, and the system-assigned
-/// identity on every other object.
-fn object(name: &str, vm_name: &str, i: usize, pool: usize) -> Result<VirtualMachineIdentity> {
+/// The object on VM `i`: one UAI of the pool, and the system-assigned identity on every
+/// other object.
+fn object(name: &str, i: usize, opt: &Options) -> Result<VirtualMachineIdentity> {
     let mut spec = json!({
-        "target": vm(vm_name),
-        "userAssignedIdentities": [uai(i % pool.max(1))],
+        "target": vm(i, opt.vms_per_subscription),
+        "userAssignedIdentities": [uai(i % opt.identities.max(1))],
     });
     if i.is_multiple_of(2) {
         spec["systemAssigned"] = json!(true);
@@ -181,12 +197,12 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-async fn start_sim(vms: &[String], pool: usize, lro: LroMode) -> Result<SimHandle> {
-    let seed =
-        WorldSeed::from_yaml_str(&world_yaml(vms, pool)).map_err(|e| anyhow!("world seed: {e}"))?;
+async fn start_sim(vms: usize, opt: &Options) -> Result<SimHandle> {
+    let yaml = world_yaml(vms, opt.vms_per_subscription, opt.identities);
+    let seed = WorldSeed::from_yaml_str(&yaml).map_err(|e| anyhow!("world seed: {e}"))?;
     vmidentity_simulator::start(SimConfig {
         seed,
-        lro,
+        lro: opt.lro,
         max_logged_requests: 200_000,
         ..SimConfig::default()
     })
@@ -507,39 +523,49 @@ async fn create_with_retry(api: &Api<VirtualMachineIdentity>, o: &VirtualMachine
     false
 }
 
-/// Removes the objects (finalizers first) and the controller's Events of the namespace.
-async fn cleanup(client: &Client, ns: &str, names: Vec<String>, concurrency: usize) {
-    let api: Api<VirtualMachineIdentity> = Api::namespaced(client.clone(), ns);
-    stream::iter(names)
-        .map(|name| {
-            let api = api.clone();
-            async move {
-                let _ = api
-                    .patch(
-                        &name,
-                        &PatchParams::default(),
-                        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-                    )
-                    .await;
-                let _ = api.delete(&name, &DeleteParams::default()).await;
-            }
-        })
-        .buffer_unordered(concurrency.max(1))
-        .collect::<Vec<()>>()
-        .await;
-    // Anything left over (names we did not create, e.g. from an interrupted run).
-    if let Ok(list) = api.list(&ListParams::default()).await {
-        for o in list {
-            let name = o.metadata.name.unwrap_or_default();
-            let _ = api
-                .patch(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-                )
-                .await;
-            let _ = api.delete(&name, &DeleteParams::default()).await;
+/// Names of the objects of the namespace.
+async fn names(api: &Api<VirtualMachineIdentity>) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut lp = ListParams::default().limit(500);
+        if let Some(t) = &token {
+            lp = lp.continue_token(t);
         }
+        let page = api.list_metadata(&lp).await.context("listing objects")?;
+        out.extend(page.items.into_iter().filter_map(|o| o.metadata.name));
+        token = page.metadata.continue_.filter(|t| !t.is_empty());
+        if token.is_none() {
+            return Ok(out);
+        }
+    }
+}
+
+/// Removes every object of the namespace (finalizers first) and the Events there.
+async fn cleanup(client: &Client, ns: &str, concurrency: usize) {
+    let api: Api<VirtualMachineIdentity> = Api::namespaced(client.clone(), ns);
+    for _ in 0..3 {
+        let Ok(list) = names(&api).await else { break };
+        if list.is_empty() {
+            break;
+        }
+        stream::iter(list)
+            .map(|name| {
+                let api = api.clone();
+                async move {
+                    let _ = api
+                        .patch(
+                            &name,
+                            &PatchParams::default(),
+                            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+                        )
+                        .await;
+                    let _ = api.delete(&name, &DeleteParams::default()).await;
+                }
+            })
+            .buffer_unordered(concurrency.max(1))
+            .collect::<Vec<()>>()
+            .await;
     }
     let events: Api<Event> = Api::namespaced(client.clone(), ns);
     let _ = events
@@ -630,21 +656,25 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 async fn latency_phase(b: &Bench, ns: &str) -> Result<Latency> {
     let (opt, client) = (&b.opt, &b.client);
-    let mut vms: Vec<String> = (0..opt.samples).map(|i| format!("vm-{i}")).collect();
-    vms.push("vm-warmup".into());
-    let sim = start_sim(&vms, opt.identities, opt.lro).await?;
+    // VMs 0..samples for the samples, VM `samples` for the warm-up.
+    let warm_vm = opt.samples;
+    let sim = start_sim(opt.samples + 1, opt).await?;
     let mut c = ControllerProc::start(b, ns, &sim, NO_RESYNC_SECS, &[], ns).await?;
     let api: Api<VirtualMachineIdentity> = Api::namespaced(client.clone(), ns);
     let result = async {
         // Warm-up: the watch is established and connections are open.
-        let warm = object("warmup", "vm-warmup", 0, opt.identities)?;
+        let warm = object("warmup", warm_vm, opt)?;
         api.create(&PostParams::default(), &warm)
             .await
             .context("creating the warm-up object")?;
         let per_sample = opt.timeout.min(Duration::from_secs(60));
-        if patch_arrival(&sim, &vm("vm-warmup"), Instant::now() + per_sample)
-            .await
-            .is_none()
+        if patch_arrival(
+            &sim,
+            &vm(warm_vm, opt.vms_per_subscription),
+            Instant::now() + per_sample,
+        )
+        .await
+        .is_none()
         {
             bail!(
                 "the controller did not PATCH the warm-up VM within {per_sample:?} (log: {})",
@@ -660,13 +690,13 @@ async fn latency_phase(b: &Bench, ns: &str) -> Result<Latency> {
         let mut ms = Vec::new();
         let mut timed_out = 0;
         for i in 0..opt.samples {
-            let name = format!("vm-{i}");
-            let o = object(&format!("o-{i}"), &name, i, opt.identities)?;
+            let o = object(&format!("o-{i}"), i, opt)?;
             api.create(&PostParams::default(), &o)
                 .await
                 .with_context(|| format!("creating o-{i}"))?;
             let created = SystemTime::now();
-            match patch_arrival(&sim, &vm(&name), Instant::now() + per_sample).await {
+            let id = vm(i, opt.vms_per_subscription);
+            match patch_arrival(&sim, &id, Instant::now() + per_sample).await {
                 Some(t) => ms.push(ms_between(created, t)),
                 None => timed_out += 1,
             }
@@ -682,9 +712,7 @@ async fn latency_phase(b: &Bench, ns: &str) -> Result<Latency> {
     }
     .await;
     c.stop().await;
-    let mut names: Vec<String> = (0..opt.samples).map(|i| format!("o-{i}")).collect();
-    names.push("warmup".into());
-    cleanup(client, ns, names, opt.create_concurrency).await;
+    cleanup(client, ns, opt.create_concurrency).await;
     sim.shutdown().await;
     result
 }
@@ -741,8 +769,7 @@ async fn scale_phase(b: &Bench, ns: &str, n: usize) -> Scale {
         n,
         ..Scale::default()
     };
-    let vms: Vec<String> = (0..n).map(|i| format!("vm-{i}")).collect();
-    let sim = match start_sim(&vms, opt.identities, opt.lro).await {
+    let sim = match start_sim(n, opt).await {
         Ok(s) => s,
         Err(e) => {
             out.error = Some(format!("{e:#}"));
@@ -753,8 +780,7 @@ async fn scale_phase(b: &Bench, ns: &str, n: usize) -> Scale {
         out.error = Some(format!("{e:#}"));
     }
     eprintln!("[bench] {n} objects: cleaning up namespace {ns}");
-    let names = (0..n).map(|i| format!("o-{i}")).collect();
-    cleanup(client, ns, names, opt.create_concurrency).await;
+    cleanup(client, ns, opt.create_concurrency).await;
     sim.shutdown().await;
     out
 }
@@ -774,7 +800,7 @@ async fn scale_run(b: &Bench, ns: &str, n: usize, sim: &SimHandle, out: &mut Sca
     let started_wall = SystemTime::now();
     let deadline = started + opt.timeout;
     let objs = (0..n)
-        .map(|i| object(&format!("o-{i}"), &format!("vm-{i}"), i, opt.identities))
+        .map(|i| object(&format!("o-{i}"), i, opt))
         .collect::<Result<Vec<_>>>()?;
     let created = stream::iter(objs)
         .map(|o| {
@@ -967,7 +993,8 @@ async fn wait_scans(
     }
 }
 
-/// Waits until the controller has counted `target` reconciles and none is running.
+/// Waits until the controller has counted `target` reconciles. (Not "and none running": with
+/// a resync period shorter than a pass, the next resyncs start before a pass ends.)
 async fn wait_reconciles(
     c: &mut ControllerProc,
     target: f64,
@@ -976,7 +1003,7 @@ async fn wait_reconciles(
     loop {
         c.check_alive()?;
         let m = c.metrics().await?;
-        if m.reconciles() >= target && m.in_flight() == 0.0 {
+        if m.reconciles() >= target {
             return Ok((m, true));
         }
         if Instant::now() > deadline {
@@ -1059,18 +1086,26 @@ fn resync_cell(runs: &[ResyncRun]) -> String {
         .join("; ")
 }
 
-fn print_report(opt: &Options, lat: &Result<Latency>, scales: &[Scale], total: Duration) {
+fn header(opt: &Options) -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!(
-        "controller benchmark (apiextensions-apiserver + etcd on loopback, ARM simulator lro={:?}, {cores} cores, controller --concurrency {})",
+    let subs = if opt.vms_per_subscription == 0 {
+        "all VMs in one subscription".to_string()
+    } else {
+        format!("{} VMs per subscription", opt.vms_per_subscription)
+    };
+    format!(
+        "controller benchmark (apiextensions-apiserver + etcd on loopback, ARM simulator lro={:?}, {subs}, {cores} cores, controller --concurrency {})",
         opt.lro, opt.controller_concurrency
-    );
+    )
+}
+
+fn latency_line(lat: &Result<Latency>) -> String {
     match lat {
         Ok(l) => {
             let mut v = l.ms.clone();
             v.sort_by(f64::total_cmp);
-            let mean = v.iter().sum::<f64>() / (v.len().max(1) as f64);
-            println!(
+            let mean = v.iter().fold(0.0, |a, x| a + x) / (v.len().max(1) as f64);
+            format!(
                 "apply-to-PATCH latency, single object, idle controller: p50 {:.1} ms  p99 {:.1} ms  (n={}; min {:.1}, mean {:.1}, max {:.1} ms{})",
                 percentile(&v, 0.50),
                 percentile(&v, 0.99),
@@ -1083,28 +1118,35 @@ fn print_report(opt: &Options, lat: &Result<Latency>, scales: &[Scale], total: D
                 } else {
                     String::new()
                 }
-            );
+            )
         }
-        Err(e) => println!("apply-to-PATCH latency: failed: {e:#}"),
+        Err(e) => format!("apply-to-PATCH latency: failed: {e:#}"),
     }
-    if !scales.is_empty() {
-        println!(
-            "{:<9} {:<11} {:>8} {:>10}   {:<8} {:<9}  {:<60} (resync)",
-            "objects",
-            "converge",
-            "ARM GET",
-            "ARM PATCH",
-            "RSS",
-            "peak RSS",
-            "API writes/reconcile (converge)",
-        );
+}
+
+fn table(opt: &Options, scales: &[Scale]) -> String {
+    let mut out = String::new();
+    if scales.is_empty() {
+        return out;
     }
+    let _ = writeln!(
+        out,
+        "{:<9} {:<11} {:>8} {:>10}   {:<8} {:<9}  {:<60} (resync)",
+        "objects",
+        "converge",
+        "ARM GET",
+        "ARM PATCH",
+        "RSS",
+        "peak RSS",
+        "API writes/reconcile (converge)",
+    );
     for s in scales {
         let converge = match s.converge_secs {
             Some(t) => format!("{t:.1} s"),
             None => format!(">{:.0} s", opt.timeout.as_secs_f64()),
         };
-        println!(
+        let _ = writeln!(
+            out,
             "{:<9} {:<11} {:>8} {:>10}   {:<8} {:<9}  {:<60} {}",
             s.n,
             converge,
@@ -1116,64 +1158,71 @@ fn print_report(opt: &Options, lat: &Result<Latency>, scales: &[Scale], total: D
             resync_cell(&s.resyncs),
         );
     }
-    for s in scales {
-        println!("{} objects:", s.n);
-        if let Some(e) = &s.error {
-            println!("  ERROR: {e}");
-        }
-        println!(
-            "  created {}/{} in {:.1} s ({:.0}/s); ARM PATCHes {}/{}{}; controller idle {:.1} s after the first create{}; Ready {}",
-            s.created,
-            s.n,
-            s.create_secs,
-            s.created as f64 / s.create_secs.max(1e-9),
-            s.arm_writes_reached,
-            s.n,
-            match s.converge_secs {
-                Some(t) => format!(" (last at {t:.1} s)"),
-                None => " (TIMED OUT)".into(),
-            },
-            s.settle_secs,
-            if s.settled {
-                ""
-            } else {
-                " (NOT idle: timed out)"
-            },
-            s.ready
-                .map_or_else(|| "?".to_string(), |r| format!("{r}/{}", s.n)),
-        );
-        let results: Vec<String> = s
-            .results
-            .iter()
-            .map(|(k, v)| format!("{k} {v:.0}"))
-            .collect();
-        println!(
-            "  converge: {:.0} reconciles ({:.2}/object: {}); API writes/object: {}; controller CPU {:.1} s",
-            s.converge.reconciles,
-            s.converge.reconciles / (s.n as f64).max(1.0),
-            results.join(", "),
-            per_object(&s.converge.writes, s.n),
-            s.cpu_secs
-        );
-        for r in &s.resyncs {
-            println!("  restarted with --resync-mode {}:", r.mode);
-            if let Some(e) = &r.error {
-                println!("    ERROR: {e}");
-            }
-            println!("    start-up pass: {}", pass_line(&r.restart));
-            println!(
-                "    resync ({} s): {}",
-                opt.resync_secs,
-                pass_line(&r.resync)
-            );
-            println!(
-                "    RSS after the resync {} (peak {})",
-                mib(r.rss.rss_kib),
-                mib(r.rss.hwm_kib)
-            );
-        }
+    out
+}
+
+fn details(opt: &Options, s: &Scale) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{} objects:", s.n);
+    if let Some(e) = &s.error {
+        let _ = writeln!(out, "  ERROR: {e}");
     }
-    println!("total run time {:.1} s", total.as_secs_f64());
+    let _ = writeln!(
+        out,
+        "  created {}/{} in {:.1} s ({:.0}/s); ARM PATCHes {}/{}{}; controller idle {:.1} s after the first create{}; Ready {}",
+        s.created,
+        s.n,
+        s.create_secs,
+        s.created as f64 / s.create_secs.max(1e-9),
+        s.arm_writes_reached,
+        s.n,
+        match s.converge_secs {
+            Some(t) => format!(" (last at {t:.1} s)"),
+            None => " (TIMED OUT)".into(),
+        },
+        s.settle_secs,
+        if s.settled {
+            ""
+        } else {
+            " (NOT idle: timed out)"
+        },
+        s.ready
+            .map_or_else(|| "?".to_string(), |r| format!("{r}/{}", s.n)),
+    );
+    let results: Vec<String> = s
+        .results
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.0}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "  converge: {:.0} reconciles ({:.2}/object: {}); API writes/object: {}; controller CPU {:.1} s",
+        s.converge.reconciles,
+        s.converge.reconciles / (s.n as f64).max(1.0),
+        results.join(", "),
+        per_object(&s.converge.writes, s.n),
+        s.cpu_secs
+    );
+    for r in &s.resyncs {
+        let _ = writeln!(out, "  restarted with --resync-mode {}:", r.mode);
+        if let Some(e) = &r.error {
+            let _ = writeln!(out, "    ERROR: {e}");
+        }
+        let _ = writeln!(out, "    start-up pass: {}", pass_line(&r.restart));
+        let _ = writeln!(
+            out,
+            "    resync ({} s): {}",
+            opt.resync_secs,
+            pass_line(&r.resync)
+        );
+        let _ = writeln!(
+            out,
+            "    RSS after the resync {} (peak {})",
+            mib(r.rss.rss_kib),
+            mib(r.rss.hwm_kib)
+        );
+    }
+    out
 }
 
 // ------------------------------------------------------------------------ entry point
@@ -1196,34 +1245,52 @@ pub async fn run(opt: Options) -> Result<()> {
         b.bin.display(),
         b.kubeconfig.display()
     );
-
-    let lat = if b.opt.samples > 0 {
-        let ns = format!("bench-{run_id}-latency");
-        eprintln!(
-            "[bench] latency: {} samples in namespace {ns}",
-            b.opt.samples
-        );
-        latency_phase(&b, &ns).await
-    } else {
-        Ok(Latency {
-            ms: vec![],
-            timed_out: 0,
-        })
-    };
-    if let Err(e) = &lat {
-        eprintln!("[bench] latency phase failed: {e:#}");
-    }
-    let mut scales = Vec::new();
-    for &n in &b.opt.objects {
-        let ns = format!("bench-{run_id}-n{n}");
-        eprintln!("[bench] {n} objects in namespace {ns}");
-        let s = scale_phase(&b, &ns, n).await;
-        if let Some(e) = &s.error {
-            eprintln!("[bench] {n} objects: {e}");
+    let latency_ns = format!("bench-{run_id}-latency");
+    let scale_ns = |n: usize| format!("bench-{run_id}-n{n}");
+    let phases = async {
+        let lat = if b.opt.samples > 0 {
+            eprintln!(
+                "[bench] latency: {} samples in namespace {latency_ns}",
+                b.opt.samples
+            );
+            latency_phase(&b, &latency_ns).await
+        } else {
+            Ok(Latency {
+                ms: vec![],
+                timed_out: 0,
+            })
+        };
+        eprintln!("[bench] {}", latency_line(&lat));
+        let mut scales = Vec::new();
+        for &n in &b.opt.objects {
+            let ns = scale_ns(n);
+            eprintln!("[bench] {n} objects in namespace {ns}");
+            let s = scale_phase(&b, &ns, n).await;
+            eprint!("{}", details(&b.opt, &s));
+            scales.push(s);
         }
-        scales.push(s);
+        (lat, scales)
+    };
+    // Ctrl-C drops the phases (which kills the controller: kill_on_drop) and cleans up.
+    let (lat, scales) = tokio::select! {
+        r = phases => r,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("[bench] interrupted: removing the objects of this run");
+            let mut all = vec![latency_ns.clone()];
+            all.extend(b.opt.objects.iter().map(|&n| scale_ns(n)));
+            for ns in all {
+                cleanup(&b.client, &ns, b.opt.create_concurrency).await;
+            }
+            bail!("interrupted");
+        }
+    };
+    println!("{}", header(&b.opt));
+    println!("{}", latency_line(&lat));
+    print!("{}", table(&b.opt, &scales));
+    for s in &scales {
+        print!("{}", details(&b.opt, s));
     }
-    print_report(&b.opt, &lat, &scales, t0.elapsed());
+    println!("total run time {:.1} s", t0.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -1257,7 +1324,8 @@ mod tests {
 
     #[test]
     fn world_parses() {
-        let vms = vec!["vm-0".to_string(), "vm-1".to_string()];
-        assert!(WorldSeed::from_yaml_str(&world_yaml(&vms, 3)).is_ok());
+        assert!(WorldSeed::from_yaml_str(&world_yaml(5, 2, 3)).is_ok());
+        assert!(vm(5, 2).starts_with(&sub(2)));
+        assert!(vm(5, 0).starts_with(&sub(0)));
     }
 }

@@ -89,6 +89,11 @@ enum Cmd {
         /// Size of the user-assigned identity pool in the simulated world.
         #[arg(long, default_value_t = 20)]
         identities: usize,
+        /// VMs per simulated subscription; 0 puts all of them in one subscription. The
+        /// controller paces ARM requests per subscription (reads 250 + 25/s, writes
+        /// 200 + 10/s), so with one subscription converge measures that pacing.
+        #[arg(long, default_value_t = 100)]
+        vms_per_subscription: usize,
         /// How the simulator answers PATCH: sync, async200 or async202.
         #[arg(long, default_value = "sync")]
         lro: vmidentity_simulator::LroMode,
@@ -276,6 +281,7 @@ fn main() -> anyhow::Result<()> {
             resync_secs,
             resync_modes,
             identities,
+            vms_per_subscription,
             lro,
         } => {
             // Multi-threaded: the simulator serves the controller from this process.
@@ -293,6 +299,7 @@ fn main() -> anyhow::Result<()> {
                 resync_secs,
                 resync_modes,
                 identities,
+                vms_per_subscription,
                 lro,
             }))?;
         }
