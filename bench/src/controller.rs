@@ -344,20 +344,8 @@ impl ControllerProc {
         })
     }
 
-    /// User + system CPU seconds of the process so far.
     fn cpu_secs(&self) -> f64 {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
-            return 0.0;
-        };
-        // Fields after the command name (which is in parentheses and may contain spaces):
-        // state is field 3, utime 14, stime 15.
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            return 0.0;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| f.get(i).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
-        // /proc reports in USER_HZ, which is 100 on Linux.
-        (ticks(11) + ticks(12)) / 100.0
+        cpu_secs_of(&self.pid.to_string()).unwrap_or(0.0)
     }
 
     async fn metrics(&self) -> Result<Prom> {
@@ -370,6 +358,61 @@ impl ControllerProc {
     async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
+}
+
+/// User + system CPU seconds of process `pid` ("self" for this one) so far.
+fn cpu_secs_of(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which is in parentheses and may contain spaces):
+    // state is field 3, utime 14, stime 15.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|s| s.parse::<f64>().ok());
+    // /proc reports in USER_HZ, which is 100 on Linux.
+    Some((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// CPU seconds used so far by this process (the simulator and the object creation), and by
+/// tests/apiserver's apiserver and etcd when the bench talks to them.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuSnap {
+    bench: Option<f64>,
+    apiserver: Option<f64>,
+    etcd: Option<f64>,
+}
+
+impl CpuSnap {
+    fn take(b: &Bench) -> CpuSnap {
+        let dir = root().join("target/apiserver");
+        let ours = b.kubeconfig == dir.join("kubeconfig");
+        let of = |name: &str| -> Option<f64> {
+            if !ours {
+                return None;
+            }
+            let pid = std::fs::read_to_string(dir.join(format!("{name}.pid"))).ok()?;
+            cpu_secs_of(pid.trim())
+        };
+        CpuSnap {
+            bench: cpu_secs_of("self"),
+            apiserver: of("apiserver"),
+            etcd: of("etcd"),
+        }
+    }
+
+    fn since(&self, before: &CpuSnap) -> CpuSnap {
+        let d = |a: Option<f64>, b: Option<f64>| Some(a? - b?);
+        CpuSnap {
+            bench: d(self.bench, before.bench),
+            apiserver: d(self.apiserver, before.apiserver),
+            etcd: d(self.etcd, before.etcd),
+        }
+    }
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 /// A tiny HTTP/1.0 GET of /metrics (plain HTTP on loopback).
@@ -757,6 +800,10 @@ struct Scale {
     arm_writes: u64,
     rss: Rss,
     cpu_secs: f64,
+    /// CPU of the others while converging (first create to idle).
+    cpu_others: CpuSnap,
+    /// Load average when the controller went idle.
+    load: String,
     converge: Pass,
     results: BTreeMap<String, f64>,
     resyncs: Vec<ResyncRun>,
@@ -796,6 +843,7 @@ async fn scale_run(b: &Bench, ns: &str, n: usize, sim: &SimHandle, out: &mut Sca
         "[bench] {n} objects: creating (concurrency {})",
         opt.create_concurrency
     );
+    let cpu0 = CpuSnap::take(b);
     let started = Instant::now();
     let started_wall = SystemTime::now();
     let deadline = started + opt.timeout;
@@ -856,6 +904,8 @@ async fn scale_run(b: &Bench, ns: &str, n: usize, sim: &SimHandle, out: &mut Sca
         started.elapsed().as_secs_f64() - if settled { quiet.as_secs_f64() } else { 0.0 };
     out.rss = c.rss()?;
     out.cpu_secs = c.cpu_secs();
+    out.cpu_others = CpuSnap::take(b).since(&cpu0);
+    out.load = load_average();
     let counters = sim.counters();
     out.arm_reads = counters.reads;
     out.arm_writes = counters.writes;
@@ -1196,12 +1246,22 @@ fn details(opt: &Options, s: &Scale) -> String {
         .collect();
     let _ = writeln!(
         out,
-        "  converge: {:.0} reconciles ({:.2}/object: {}); API writes/object: {}; controller CPU {:.1} s",
+        "  converge: {:.0} reconciles ({:.2}/object: {}); API writes/object: {}",
         s.converge.reconciles,
         s.converge.reconciles / (s.n as f64).max(1.0),
         results.join(", "),
         per_object(&s.converge.writes, s.n),
-        s.cpu_secs
+    );
+    let secs = |v: Option<f64>| v.map_or_else(|| "?".to_string(), |v| format!("{v:.1} s"));
+    let _ = writeln!(
+        out,
+        "  CPU while converging ({:.1} s wall): controller {:.1} s, apiserver {}, etcd {}, bench+simulator {}; load average {}",
+        s.settle_secs,
+        s.cpu_secs,
+        secs(s.cpu_others.apiserver),
+        secs(s.cpu_others.etcd),
+        secs(s.cpu_others.bench),
+        s.load
     );
     for r in &s.resyncs {
         let _ = writeln!(out, "  restarted with --resync-mode {}:", r.mode);

@@ -184,7 +184,45 @@ fn plan(a: PlanArgs) -> Result<i32, CliError> {
                 .iter()
                 .filter_map(|r| r.plan.clone().map(Ok))
                 .collect();
-            crate::out!("{}", render::render(&plans));
+            let mut text = render::render(&plans);
+            let grants: Vec<String> = results
+                .iter()
+                .flat_map(|r| r.grant_writes.iter())
+                .map(|w| {
+                    let sign = if w.method == "DELETE" { "-" } else { "+" };
+                    match w.method.as_str() {
+                        "PUT" => format!(
+                            "{sign} role {} for principal {} at {}",
+                            w.body["properties"]["roleDefinitionId"]
+                                .as_str()
+                                .and_then(|r| r.rsplit('/').next())
+                                .unwrap_or_default(),
+                            w.body["properties"]["principalId"]
+                                .as_str()
+                                .unwrap_or_default(),
+                            w.id.split("/providers/Microsoft.Authorization/")
+                                .next()
+                                .unwrap_or_default()
+                        ),
+                        "POST" => format!(
+                            "{sign} member {} of group {}",
+                            w.body["@odata.id"]
+                                .as_str()
+                                .and_then(|r| r.rsplit('/').next())
+                                .unwrap_or_default(),
+                            w.id.split('/').nth(2).unwrap_or_default()
+                        ),
+                        _ => format!("{sign} {} {}", w.method, w.id),
+                    }
+                })
+                .collect();
+            if !grants.is_empty() {
+                text.push_str("\nRole assignments and group memberships:\n");
+                for g in grants {
+                    text.push_str(&format!("  {g}\n"));
+                }
+            }
+            crate::out!("{text}");
         }
     }
     if print_errors(&results) {
@@ -357,15 +395,20 @@ pub fn render_apply(results: &[TargetResult]) -> String {
             ));
             continue;
         }
+        out.push_str(&format!(
+            "~ {}  ({})\n",
+            plan.target.short(),
+            objs.join(", ")
+        ));
         for w in r.all_writes() {
+            let body = if w.body.is_null() {
+                String::new()
+            } else {
+                format!(" {}", serde_json::to_string(&w.body).unwrap_or_default())
+            };
             out.push_str(&format!(
-                "~ {}  ({})\n    {} {}?api-version={}\n    {}\n",
-                plan.target.short(),
-                objs.join(", "),
-                w.method,
-                w.id,
-                w.api_version,
-                serde_json::to_string(&w.body).unwrap_or_default()
+                "    {} {}?api-version={}{body}\n",
+                w.method, w.id, w.api_version
             ));
         }
         match &r.error {

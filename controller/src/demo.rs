@@ -41,6 +41,14 @@ pub const DEMO_OBJECTS: &[(&str, &str)] = &[
         "examples/exact-legacy.yaml",
         include_str!("../../examples/exact-legacy.yaml"),
     ),
+    (
+        "examples/role-storage.yaml",
+        include_str!("../../examples/role-storage.yaml"),
+    ),
+    (
+        "examples/group-membership.yaml",
+        include_str!("../../examples/group-membership.yaml"),
+    ),
 ];
 
 const SUB: &str = "/subscriptions/00000000-0000-0000-0000-000000000001";
@@ -152,15 +160,17 @@ async fn pass(
     let c = sim.counters();
     let errors = results.iter().filter(|r| r.error.is_some()).count();
     crate::outln!(
-        "   ARM simulator counted: {} GET, {} PATCH, {} operation polls, {} throttled",
+        "   ARM simulator counted: {} GET, {} PATCH, {} operation polls, {} role assignment writes, {} group writes, {} throttled",
         c.reads,
         c.writes,
         c.polls,
+        c.authorization_writes,
+        c.graph_writes,
         c.throttled
     );
     (
         Pass {
-            writes: c.writes,
+            writes: c.writes + c.authorization_writes + c.graph_writes,
             errors,
         },
         results,
@@ -250,7 +260,7 @@ pub async fn run() -> Result<i32, CliError> {
         && p3.writes == 1
         && p4.writes == 0;
     crate::outln!(
-        "\n{}: pass 1 wrote {} PATCHes for {} targets, passes 2 and 4 wrote {} and {}, pass 3 wrote {}.",
+        "\n{}: pass 1 wrote {} times for {} targets, passes 2 and 4 wrote {} and {}, pass 3 wrote {}.",
         if ok { "Converged" } else { "NOT CONVERGED" },
         p1.writes,
         targets,

@@ -292,7 +292,8 @@ fn apply_against_the_simulator_converges_and_keeps_state() {
     let o = run(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     let writes: Value = serde_json::from_str(&stdout(&o)).expect("json");
-    assert_eq!(writes.as_array().map(Vec::len), Some(5));
+    // 7 identity PATCHes, 2 role assignment PUTs, 1 group membership POST.
+    assert_eq!(writes.as_array().map(Vec::len), Some(10), "{writes:#}");
     assert!(
         writes
             .as_array()
@@ -322,7 +323,7 @@ fn demo_converges() {
     let o = run(&["demo"]);
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
     let out = stdout(&o);
-    assert!(out.contains("Converged: pass 1 wrote 5 PATCHes for 5 targets, passes 2 and 4 wrote 0 and 0, pass 3 wrote 1."), "{out}");
+    assert!(out.contains("Converged: pass 1 wrote 10 times for 7 targets, passes 2 and 4 wrote 0 and 0, pass 3 wrote 1."), "{out}");
     assert!(
         out.contains("[ok] vm-db-1 still carries uai-legacy"),
         "{out}"
