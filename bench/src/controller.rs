@@ -384,7 +384,9 @@ struct CpuSnap {
 impl CpuSnap {
     fn take(b: &Bench) -> CpuSnap {
         let dir = root().join("target/apiserver");
-        let ours = b.kubeconfig == dir.join("kubeconfig");
+        let canon = |p: &Path| std::fs::canonicalize(p).ok();
+        let ours = canon(&b.kubeconfig).is_some()
+            && canon(&b.kubeconfig) == canon(&dir.join("kubeconfig"));
         let of = |name: &str| -> Option<f64> {
             if !ours {
                 return None;
@@ -1322,7 +1324,7 @@ pub async fn run(opt: Options) -> Result<()> {
         };
         eprintln!("[bench] {}", latency_line(&lat));
         let mut scales = Vec::new();
-        for &n in &b.opt.objects {
+        for &n in b.opt.objects.iter().filter(|&&n| n > 0) {
             let ns = scale_ns(n);
             eprintln!("[bench] {n} objects in namespace {ns}");
             let s = scale_phase(&b, &ns, n).await;

@@ -61,7 +61,7 @@ enum Cmd {
         /// Single-object apply-to-PATCH samples (0 skips the latency phase).
         #[arg(long, default_value_t = 50)]
         samples: usize,
-        /// Object counts to converge (one object per VM), comma-separated.
+        /// Object counts to converge (one object per VM), comma-separated; 0 skips.
         #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
         objects: Vec<usize>,
         /// Give up waiting (for convergence, for a resync pass) after this long.

@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use tracing::{error, info, warn};
 use vmidentity_azure::{ArmClient, ClientConfig, Executor, GraphClient, StaticToken};
 
@@ -222,6 +222,13 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
     let map_reader = reader.clone();
     let triggers = watcher(api, watcher::Config::default())
         .default_backoff()
+        // The cache keeps what reconciles read: not managedFields nor the last-applied
+        // annotation, which are most of an object's bytes.
+        .modify(|o| {
+            o.managed_fields_mut().clear();
+            o.annotations_mut()
+                .remove("kubectl.kubernetes.io/last-applied-configuration");
+        })
         .reflect(writer)
         .touched_objects()
         // Our own status and finalizer writes do not change the generation: they must not
