@@ -327,6 +327,7 @@ fn demo_world_file_parses() {
     // Contract with the `vmidentity demo` world (examples/demo/world.yaml).
     let text = include_str!("../../examples/demo/world.yaml");
     let seed = WorldSeed::from_yaml_str(text).expect("demo world parses");
-    assert_eq!(seed.virtual_machines.len(), 4);
+    assert_eq!(seed.virtual_machines.len(), 6);
+    assert_eq!(seed.groups.len(), 1);
     assert_eq!(seed.virtual_machine_scale_sets.len(), 1);
 }

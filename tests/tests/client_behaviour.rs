@@ -70,19 +70,32 @@ async fn identities_nobody_applied_survive_and_live_spelling_is_used_for_removal
 }
 
 #[tokio::test]
-async fn a_user_assigned_identity_that_does_not_exist_is_refused_whole() {
+async fn a_user_assigned_identity_that_does_not_exist_is_refused_then_left_out() {
     let h = Harness::new(&one_vm("type: SystemAssigned")).await;
     let o = object("a", &vm("vm1"), |r| {
         r.user_assigned_identities = vec![uai("ID1"), uai("nope")]
     });
     let results = h.apply(&[o]).await;
+    // ARM refuses the whole PATCH (nothing applied), then the rest goes without the bad ID.
+    let statuses: Vec<u16> = h
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses, vec![400, 200]);
+    assert!(results[0].error.is_none(), "{:?}", results[0].error);
+    let bad: Vec<String> = results[0]
+        .bad_identities
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(bad, vec![uai("nope")]);
     assert_eq!(
-        class_of(&results[0]),
-        Some(ErrorClass::IdentityNotFound),
-        "{:?}",
-        results[0].error
+        h.identity(&vm("vm1")),
+        ("SystemAssigned, UserAssigned".into(), vec!["id1".into()])
     );
-    assert_eq!(h.identity(&vm("vm1")), ("SystemAssigned".into(), vec![]));
 }
 
 #[tokio::test]
