@@ -605,17 +605,26 @@ async fn cleanup(client: &Client, ns: &str, concurrency: usize) {
                             &Patch::Merge(json!({"metadata": {"finalizers": null}})),
                         )
                         .await;
-                    let _ = api.delete(&name, &DeleteParams::default()).await;
                 }
             })
             .buffer_unordered(concurrency.max(1))
             .collect::<Vec<()>>()
             .await;
+        // One request instead of one per object.
+        let _ = api
+            .delete_collection(&DeleteParams::default(), &ListParams::default())
+            .await;
     }
     let events: Api<Event> = Api::namespaced(client.clone(), ns);
-    let _ = events
-        .delete_collection(&DeleteParams::default(), &ListParams::default())
-        .await;
+    for _ in 0..3 {
+        let _ = events
+            .delete_collection(&DeleteParams::default(), &ListParams::default())
+            .await;
+        match events.list_metadata(&ListParams::default().limit(1)).await {
+            Ok(l) if l.items.is_empty() => break,
+            _ => {}
+        }
+    }
 }
 
 /// Objects of the namespace whose Ready condition is True for their generation.
@@ -829,7 +838,12 @@ async fn scale_phase(b: &Bench, ns: &str, n: usize) -> Scale {
         out.error = Some(format!("{e:#}"));
     }
     eprintln!("[bench] {n} objects: cleaning up namespace {ns}");
+    let t = Instant::now();
     cleanup(client, ns, opt.create_concurrency).await;
+    eprintln!(
+        "[bench] {n} objects: cleaned up in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     sim.shutdown().await;
     out
 }
@@ -984,7 +998,13 @@ async fn resync_run(
     let result = async {
         let empty = Prom::default();
         let deadline = Instant::now() + opt.timeout;
-        let (m0, ok0) = wait_reconciles(&mut c, n as f64, deadline).await?;
+        // The start-up pass is over when every VM has been read again. (Counting reconciles
+        // is not enough: with a resync period shorter than the pass, early targets come
+        // round again before late ones had their first turn.)
+        let ok0 = wait_all_read(&mut c, sim, &base, n, deadline).await?;
+        // Let the last reconciles write their status.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let m0 = c.metrics().await?;
         let at0 = sim.counters();
         run.restart = Pass {
             secs: restarted.elapsed().as_secs_f64(),
@@ -999,8 +1019,11 @@ async fn resync_run(
         let t1 = Instant::now();
         let deadline = t1 + opt.timeout;
         let (m1, ok1) = match mode.as_str() {
-            // Every converged target is requeued at the resync period.
-            "get" => wait_reconciles(&mut c, m0.reconciles() + n as f64, deadline).await?,
+            // Every converged target is requeued at the resync period: one GET each.
+            "get" => {
+                let ok = wait_all_read(&mut c, sim, &at0, n, deadline).await?;
+                (c.metrics().await?, ok)
+            }
             // One Resource Graph scan, then whatever it triggered.
             "resource-graph" => {
                 let (_, ok) = wait_scans(&mut c, m0.scans() + 1.0, deadline).await?;
@@ -1045,23 +1068,32 @@ async fn wait_scans(
     }
 }
 
-/// Waits until the controller has counted `target` reconciles. (Not "and none running": with
-/// a resync period shorter than a pass, the next resyncs start before a pass ends.)
-async fn wait_reconciles(
+/// Waits until the simulator has answered a GET of each of the `n` VMs since `since`.
+async fn wait_all_read(
     c: &mut ControllerProc,
-    target: f64,
+    sim: &SimHandle,
+    since: &Counters,
+    n: usize,
     deadline: Instant,
-) -> Result<(Prom, bool)> {
+) -> Result<bool> {
     loop {
         c.check_alive()?;
-        let m = c.metrics().await?;
-        if m.reconciles() >= target {
-            return Ok((m, true));
+        let now = sim.counters();
+        let read = now
+            .per_resource
+            .iter()
+            .filter(|(k, v)| {
+                k.contains("/virtualmachines/")
+                    && v.reads > since.per_resource.get(*k).map_or(0, |b| b.reads)
+            })
+            .count();
+        if read >= n {
+            return Ok(true);
         }
         if Instant::now() > deadline {
-            return Ok((m, false));
+            return Ok(false);
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -1153,6 +1185,9 @@ fn header(opt: &Options) -> String {
 
 fn latency_line(lat: &Result<Latency>) -> String {
     match lat {
+        Ok(l) if l.ms.is_empty() && l.timed_out == 0 => {
+            "apply-to-PATCH latency: not measured (--samples 0)".to_string()
+        }
         Ok(l) => {
             let mut v = l.ms.clone();
             v.sort_by(f64::total_cmp);
