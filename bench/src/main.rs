@@ -80,7 +80,8 @@ enum Cmd {
         /// The controller's --concurrency (targets reconciled at once).
         #[arg(long, default_value_t = 8)]
         concurrency: u16,
-        /// The controller's --resync-seconds for the resync measurement.
+        /// The controller's --resync-seconds for the resync measurement (in `get` mode at least
+        /// one second per 100 objects, which the controller can keep up with).
         #[arg(long, default_value_t = 15)]
         resync_secs: u64,
         /// The controller's --resync-mode values to measure a resync with, comma-separated.
