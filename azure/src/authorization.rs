@@ -214,6 +214,17 @@ fn invalid(url: &str, message: String) -> AzureError {
     }
 }
 
+/// What the policy check needs to know about a role definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleDefinitionInfo {
+    /// Lower-cased GUID.
+    pub guid: String,
+    pub name: Option<String>,
+    /// Its permissions include a `Microsoft.Authorization/*/write` action that its
+    /// `notActions` do not take away.
+    pub writes_authorization: bool,
+}
+
 impl ArmClient {
     /// A role given as a name (built-in or custom, case-insensitive), a GUID or a full
     /// role definition id → its GUID, lower-cased. Names are looked up with
@@ -283,6 +294,81 @@ impl ArmClient {
             c.insert(key, guid.clone());
         }
         Ok(guid)
+    }
+
+    /// The definition of a role given as a name, GUID or definition ID, as the policy check
+    /// needs it: GUID, name, and whether its permissions include a
+    /// `Microsoft.Authorization/*/write` action. Names go through [`Self::resolve_role`]; the
+    /// definition is read with `GET {sub}/providers/Microsoft.Authorization/roleDefinitions/{guid}`
+    /// and cached like role names.
+    pub async fn role_definition(
+        &self,
+        scope: &str,
+        role: &str,
+    ) -> Result<RoleDefinitionInfo, AzureError> {
+        let guid = self.resolve_role(scope, role).await?;
+        let key = role_cache_key(scope, &format!("definition:{guid}"));
+        if let Some(hit) = self
+            .role_def_cache
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&key).cloned())
+        {
+            return Ok(hit);
+        }
+        let at = match subscription_of(scope) {
+            Some(sub) => format!("/subscriptions/{sub}"),
+            None => scope_prefix(scope),
+        };
+        let body = match self
+            .get(
+                &format!("{at}{PROVIDER}/roleDefinitions/{guid}"),
+                AUTHORIZATION_API_VERSION,
+            )
+            .await
+        {
+            Ok(b) => b,
+            Err(e) if e.status() == Some(404) => {
+                return Err(AzureError::RoleNotFound {
+                    role: role.to_string(),
+                    scope: scope.to_string(),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let strings = |v: Option<&Value>| -> Vec<String> {
+            v.and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let perms: Vec<(Vec<String>, Vec<String>)> = body
+            .pointer("/properties/permissions")
+            .and_then(Value::as_array)
+            .map(|ps| {
+                ps.iter()
+                    .map(|p| (strings(p.get("actions")), strings(p.get("notActions"))))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let info = RoleDefinitionInfo {
+            guid,
+            name: body
+                .pointer("/properties/roleName")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            writes_authorization: vmidentity_planner::policy::writes_authorization(
+                perms.iter().map(|(a, n)| (a.as_slice(), n.as_slice())),
+            ),
+        };
+        if let Ok(mut c) = self.role_def_cache.lock() {
+            c.insert(key, info.clone());
+        }
+        Ok(info)
     }
 
     /// Every role assignment of `principal_id` in the subscription (at, above and below

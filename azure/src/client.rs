@@ -338,6 +338,8 @@ pub struct ArmClient {
     /// Role name cache of [`ArmClient::resolve_role`](crate::authorization):
     /// (subscription or scope, role name), case-folded → role definition GUID.
     pub(crate) role_cache: Arc<Mutex<HashMap<String, String>>>,
+    pub(crate) role_def_cache:
+        Arc<Mutex<HashMap<String, crate::authorization::RoleDefinitionInfo>>>,
 }
 
 impl std::fmt::Debug for ArmClient {
@@ -400,6 +402,7 @@ impl ArmClient {
             observer: None,
             limiter: Arc::new(Limiter::default()),
             role_cache: Arc::new(Mutex::new(HashMap::new())),
+            role_def_cache: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 

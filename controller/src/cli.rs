@@ -33,7 +33,7 @@ pub enum Command {
     /// Run the whole thing on the built-in ARM simulator with bundled examples.
     Demo(DemoArgs),
     /// Print the CustomResourceDefinition YAML.
-    Crd,
+    Crd(CrdArgs),
     /// Run the Kubernetes controller.
     Controller(crate::operator::ControllerArgs),
 }
@@ -97,6 +97,13 @@ pub struct ApplyArgs {
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {}
 
+#[derive(Debug, clap::Args)]
+pub struct CrdArgs {
+    /// Print the VirtualMachineIdentityPolicy CRD instead of the VirtualMachineIdentity one.
+    #[arg(long)]
+    pub policy: bool,
+}
+
 /// A failure that ends the command: printed as one line, exit code 1.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -113,8 +120,13 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Apply(a) => apply(a).await,
         Command::Demo(_) => crate::demo::run().await,
         Command::Controller(a) => crate::operator::run(a).await,
-        Command::Crd => {
-            let y = crate::crd::crd_yaml().map_err(|e| CliError::Other(e.to_string()))?;
+        Command::Crd(a) => {
+            let y = if a.policy {
+                crate::crd::policy_crd_yaml()
+            } else {
+                crate::crd::crd_yaml()
+            }
+            .map_err(|e| CliError::Other(e.to_string()))?;
             crate::out!("{y}");
             Ok(0)
         }

@@ -7,6 +7,7 @@
 //!   record ([`Applied`]).
 //! - [`live`]: the live identity block of a VM / VMSS, from either wire format.
 //! - [`plan`]: [`plan_target`] plans all objects on one target into at most one PATCH.
+//! - [`policy`]: tenancy guardrails (what objects in a namespace may ask for).
 //! - [`arm`]: a reference model of ARM's PATCH semantics, used to prove the planner right.
 
 pub mod arm;
@@ -16,6 +17,7 @@ pub mod id;
 pub mod live;
 pub mod model;
 pub mod plan;
+pub mod policy;
 pub mod render;
 
 pub use id::{ArmId, IdError, ResourceKind};

@@ -50,6 +50,8 @@ pub struct Metrics {
     pub fleet_scans: Counter,
     pub fleet_pages: Counter,
     pub fleet_drifted: Counter,
+    /// Objects refused by policy (counted per reconcile pass that refused them).
+    pub policy_denied: Counter,
     ready: AtomicBool,
 }
 
@@ -74,6 +76,12 @@ impl Metrics {
         let fleet_scans = Counter::default();
         let fleet_pages = Counter::default();
         let fleet_drifted = Counter::default();
+        let policy_denied = Counter::default();
+        registry.register(
+            "policy_denied",
+            "Objects refused by a VirtualMachineIdentityPolicy (per reconcile pass)",
+            policy_denied.clone(),
+        );
         registry.register("fleet_scans", "Resource Graph resyncs", fleet_scans.clone());
         registry.register(
             "fleet_pages",
@@ -144,6 +152,7 @@ impl Metrics {
             fleet_scans,
             fleet_pages,
             fleet_drifted,
+            policy_denied,
             ready: AtomicBool::new(false),
         }
     }

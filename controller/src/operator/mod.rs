@@ -5,6 +5,7 @@ pub mod conditions;
 pub mod fleet;
 pub mod leader;
 pub mod metrics;
+pub mod policy;
 pub mod reconcile;
 pub mod target;
 
@@ -13,6 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -20,9 +23,10 @@ use tracing::{error, info, warn};
 use vmidentity_azure::{ArmClient, ClientConfig, Executor, GraphClient, StaticToken};
 
 use crate::cli::CliError;
-use crate::crd::VirtualMachineIdentity;
+use crate::crd::{VirtualMachineIdentity, VirtualMachineIdentityPolicy};
 use leader::{Elector, LeaderConfig};
 use metrics::Metrics;
+use policy::PolicyView;
 use reconcile::{Context, error_policy, reconcile};
 use target::{objects_on, representative, target_key};
 
@@ -95,6 +99,15 @@ pub struct ControllerArgs {
     /// Seconds a Lease lasts without renewal.
     #[arg(long, default_value_t = 15)]
     pub lease_seconds: u64,
+    /// Watch Namespace metadata so policies can select namespaces by label. Off: label
+    /// selectors match nothing (policies then cover namespaces by name only).
+    #[arg(
+        long,
+        env = "VMIDENTITY_NAMESPACE_LABELS",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub namespace_labels: bool,
     /// Milliseconds between ARM LRO polls when ARM gives no Retry-After.
     #[arg(long, default_value_t = 5000, hide = true)]
     pub lro_poll_ms: u64,
@@ -200,6 +213,68 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
         },
     );
     let resync = Duration::from_secs(args.resync_seconds.max(1));
+
+    // Guardrails: policies (and namespace labels for their selectors) are cached and ready
+    // before the first reconcile, so nothing is refused (or allowed) for want of a cache.
+    let (policy_reader, policy_writer) = reflector::store::<VirtualMachineIdentityPolicy>();
+    let policy_events = watcher(
+        Api::<VirtualMachineIdentityPolicy>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(policy_writer)
+    .map_ok(|_| ())
+    .boxed();
+    let (ns_reader, ns_events) = if args.namespace_labels {
+        let (r, w) = reflector::store::<PartialObjectMeta<Namespace>>();
+        let events = watcher(
+            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(w)
+        .map_ok(|_| ())
+        .boxed();
+        (Some(r), Some(events))
+    } else {
+        (None, None)
+    };
+    let view = PolicyView {
+        policies: policy_reader.clone(),
+        namespaces: ns_reader.clone(),
+    };
+    let (retrigger_tx, retrigger_rx) = futures::channel::mpsc::unbounded();
+    {
+        let view = view.clone();
+        let objects = reader.clone();
+        let mut events = match ns_events {
+            Some(ns) => futures::stream::select(policy_events, ns).boxed(),
+            None => policy_events,
+        };
+        tokio::spawn(async move {
+            while let Some(ev) = events.next().await {
+                match ev {
+                    Ok(()) => {
+                        for r in policy::affected(&objects, &view) {
+                            if retrigger_tx.unbounded_send(r).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "policy or namespace watch failed (retrying)"),
+                }
+            }
+        });
+    }
+    wait_ready(
+        "VirtualMachineIdentityPolicy (is its CRD installed?)",
+        policy_reader.wait_until_ready(),
+    )
+    .await;
+    if let Some(r) = &ns_reader {
+        wait_ready("Namespace metadata", r.wait_until_ready()).await;
+    }
+
     let mut ctx = Context::new(
         client.clone(),
         reader.clone(),
@@ -207,8 +282,9 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
         graph,
         recorder,
         metrics.clone(),
-        resync,
+        view,
     );
+    ctx.resync = resync;
     ctx.per_target_resync = args.resync_mode == ResyncMode::Get;
     let ctx = Arc::new(ctx);
     // Resource Graph resync: a scanner triggers only the targets that drifted.
@@ -285,7 +361,7 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
     let (grace_tx, grace_rx) = tokio::sync::oneshot::channel::<()>();
     let controller = Controller::for_stream(triggers, reader)
         .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency))
-        .reconcile_on(scan_rx)
+        .reconcile_on(futures::stream::select(scan_rx, retrigger_rx))
         .graceful_shutdown_on(async move {
             let _ = stop_rx.await;
             let _ = grace_tx.send(());
@@ -313,6 +389,22 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
     }
     info!("controller stopped");
     Ok(0)
+}
+
+/// Waits for a reflector's first list, saying every 30 s what it is waiting for.
+async fn wait_ready<F, E>(what: &str, ready: F)
+where
+    F: std::future::Future<Output = Result<(), E>>,
+{
+    tokio::pin!(ready);
+    loop {
+        tokio::select! {
+            _ = &mut ready => return,
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {
+                warn!("still waiting for the first list of {what}; nothing is reconciled until then");
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -21,6 +21,7 @@ use vmidentity_planner::{
 
 use super::conditions::{self, Phase};
 use super::metrics::Metrics;
+use super::policy::{POLICY_DENIED, PolicyView};
 use super::target::{objects_on, target_key};
 use crate::crd::{
     AppliedIdentities, Principals, VirtualMachineIdentity, VirtualMachineIdentityStatus,
@@ -38,6 +39,8 @@ pub struct Context {
     pub graph: Option<GraphClient>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// Policies and namespace labels: checked before any write.
+    pub policy: PolicyView,
     pub resync: Duration,
     /// Requeue every converged target at the resync period (GET-based resync). When false,
     /// the Resource Graph scanner triggers drifted targets instead.
@@ -65,7 +68,7 @@ impl Context {
         graph: Option<GraphClient>,
         recorder: Recorder,
         metrics: Arc<Metrics>,
-        resync: Duration,
+        policy: PolicyView,
     ) -> Self {
         Context {
             client,
@@ -74,7 +77,8 @@ impl Context {
             graph,
             recorder,
             metrics,
-            resync,
+            policy,
+            resync: Duration::from_secs(600),
             per_target_resync: true,
             attempts: Mutex::default(),
             locks: Mutex::default(),
@@ -230,10 +234,18 @@ fn object_ref(o: &VirtualMachineIdentity) -> ObjectRef {
     ObjectRef::new(o.namespace().unwrap_or_default(), o.name_any())
 }
 
+/// Why an object is not planned as it asks.
+#[derive(Debug, Clone)]
+struct Refusal {
+    /// The Stalled reason: InvalidSpec or PolicyDenied.
+    reason: &'static str,
+    message: String,
+}
+
 /// One object of the target, with what the planner makes of it.
 struct Member {
     obj: Arc<VirtualMachineIdentity>,
-    desired: Result<DesiredObject, String>,
+    desired: Result<DesiredObject, Refusal>,
     deleting: bool,
     has_finalizer: bool,
 }
@@ -242,26 +254,23 @@ impl Member {
     fn new(obj: Arc<VirtualMachineIdentity>) -> Member {
         let deleting = obj.meta().deletion_timestamp.is_some();
         let has_finalizer = obj.finalizers().iter().any(|f| f == FINALIZER);
-        let applied = obj
-            .status
-            .as_ref()
-            .and_then(|s| s.applied.as_ref())
-            .map(Into::into)
-            .unwrap_or_default();
         let desired = obj
             .spec
             .to_raw()
             .validate()
             .map(|spec| {
-                let mut d = DesiredObject::new(object_ref(&obj), spec).with_applied(applied);
+                let mut d =
+                    DesiredObject::new(object_ref(&obj), spec).with_applied(applied_of(&obj));
                 d.deleting = deleting;
                 d
             })
-            .map_err(|errs| {
-                errs.iter()
+            .map_err(|errs| Refusal {
+                reason: "InvalidSpec",
+                message: errs
+                    .iter()
                     .map(ToString::to_string)
                     .collect::<Vec<_>>()
-                    .join("; ")
+                    .join("; "),
             });
         Member {
             obj,
@@ -271,18 +280,37 @@ impl Member {
         }
     }
 
-    /// For an invalid object: what it must keep holding on the target (its recorded
-    /// identities stay "wanted" so another object's change cannot remove them), and what it
-    /// releases when deleted with Detach.
-    fn pinned(&self) -> Option<DesiredObject> {
+    /// For a refused object being deleted: what it releases (with Detach), from its record.
+    fn releasing(&self) -> Option<DesiredObject> {
+        let applied = applied_of(&self.obj);
+        let mut d = self.holding(&applied)?;
+        d.deleting = true;
+        Some(d.with_applied(applied))
+    }
+
+    /// For a refused object that stays: it keeps holding what it put on the target and is
+    /// still there, so no other object's change removes it and the refusal itself removes
+    /// nothing; nothing is added or restored on its behalf. Its role assignments and group
+    /// memberships are left out of planning (neither removed nor re-created).
+    fn held(&self, live: &LiveResource) -> Option<DesiredObject> {
+        let mut applied = applied_of(&self.obj);
+        applied.user_assigned_identities.retain(|u| {
+            live.identity
+                .user_assigned
+                .contains_key(&u.to_ascii_lowercase())
+        });
+        applied.system_assigned = applied
+            .system_assigned
+            .filter(|s| *s && live.identity.system_assigned);
+        applied.role_assignments.clear();
+        applied.group_memberships.clear();
+        let mut d = self.holding(&applied)?;
+        d.spec.system_assigned = applied.system_assigned;
+        Some(d.with_applied(applied))
+    }
+
+    fn holding(&self, applied: &vmidentity_planner::Applied) -> Option<DesiredObject> {
         let target = ArmId::parse_target(&self.obj.spec.target).ok()?;
-        let applied: vmidentity_planner::Applied = self
-            .obj
-            .status
-            .as_ref()
-            .and_then(|s| s.applied.as_ref())
-            .map(Into::into)
-            .unwrap_or_default();
         let spec = Spec {
             target,
             api_version: ApiVersion::default(),
@@ -300,10 +328,37 @@ impl Member {
                 _ => DeletionPolicy::Detach,
             },
         };
-        let mut d = DesiredObject::new(object_ref(&self.obj), spec).with_applied(applied);
-        d.deleting = self.deleting;
-        Some(d)
+        Some(DesiredObject::new(object_ref(&self.obj), spec))
     }
+
+    /// Reports a refusal (Stalled + an event when it is new).
+    async fn refuse(&self, r: &Refusal, ctx: &Context) -> Result<(), Error> {
+        let phase = Phase::Stalled {
+            reason: r.reason.into(),
+            message: r.message.clone(),
+        };
+        if stalled_changed(&self.obj, &phase) || stalled_message_changed(&self.obj, &r.message) {
+            ctx.event(&self.obj, EventType::Warning, r.reason, r.message.clone())
+                .await;
+        }
+        ctx.set_phase(&self.obj, &phase).await
+    }
+}
+
+fn applied_of(obj: &VirtualMachineIdentity) -> vmidentity_planner::Applied {
+    obj.status
+        .as_ref()
+        .and_then(|s| s.applied.as_ref())
+        .map(Into::into)
+        .unwrap_or_default()
+}
+
+fn stalled_message_changed(o: &VirtualMachineIdentity, message: &str) -> bool {
+    !o.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == conditions::STALLED && c.message == message)
+    })
 }
 
 /// The controller's reconcile: `rep` stands for its whole target.
@@ -368,7 +423,7 @@ async fn reconcile_target(
     ctx: &Context,
 ) -> Result<Outcome, Error> {
     // Objects deleted before we ever claimed them applied nothing.
-    let members: Vec<Member> = objs
+    let mut members: Vec<Member> = objs
         .into_iter()
         .map(Member::new)
         .filter(|m| !m.deleting || m.has_finalizer)
@@ -377,28 +432,47 @@ async fn reconcile_target(
         return Ok(Outcome::Idle);
     }
 
+    // Guardrails before anything else: an object its namespace's policies do not allow is
+    // refused like an invalid one (no write on its behalf, nothing removed because of it).
+    for m in members.iter_mut().filter(|m| !m.deleting) {
+        let Ok(d) = &m.desired else { continue };
+        let ns = d.object.namespace.clone();
+        match ctx.policy.check(&ctx.exec, &ns, &d.spec).await {
+            Ok(Ok(())) => {}
+            Ok(Err(denied)) => {
+                ctx.metrics.policy_denied.inc();
+                m.desired = Err(Refusal {
+                    reason: POLICY_DENIED,
+                    message: denied.to_string(),
+                });
+            }
+            Err(e) => {
+                let members: Vec<&Member> = vec![&*m];
+                return azure_failure(key, &members, &e, ctx).await;
+            }
+        }
+    }
+
     let mut desired = Vec::new();
     for m in &members {
         match &m.desired {
             Ok(d) => desired.push(d.clone()),
-            Err(msg) => {
-                if !m.deleting {
-                    let phase = Phase::Stalled {
-                        reason: "InvalidSpec".into(),
-                        message: msg.clone(),
-                    };
-                    if stalled_changed(&m.obj, &phase) {
-                        ctx.event(&m.obj, EventType::Warning, "InvalidSpec", msg.clone())
-                            .await;
-                    }
-                    ctx.set_phase(&m.obj, &phase).await?;
+            Err(r) => {
+                if m.deleting {
+                    desired.extend(m.releasing());
+                } else {
+                    m.refuse(r, ctx).await?;
                 }
-                desired.extend(m.pinned());
             }
         }
     }
+    let refused: Vec<&Member> = members
+        .iter()
+        .filter(|m| !m.deleting && m.desired.is_err())
+        .collect();
     if desired.is_empty() {
-        // Not even the target parses: nothing was ever applied through these objects.
+        // Nothing to write: every object is refused (or, being deleted, never applied
+        // anything the controller could release).
         for m in members.iter().filter(|m| m.deleting) {
             ctx.set_finalizer(&m.obj, false).await?;
         }
@@ -440,8 +514,13 @@ async fn reconcile_target(
             }
             return Ok(Outcome::Stalled);
         }
-        Err(e) => return azure_failure(key, &members, &e, ctx).await,
+        Err(e) => return azure_failure(key, &all_of(&members), &e, ctx).await,
     };
+
+    for m in &refused {
+        desired.extend(m.held(&live));
+    }
+    let all: Vec<&Member> = members.iter().collect();
 
     let plan = match plan_target(&desired, &live) {
         Ok(p) => p,
@@ -499,7 +578,7 @@ async fn reconcile_target(
     .await
     {
         Ok(()) => {}
-        Err(EngineError::Azure(e)) => return azure_failure(key, &members, &e, ctx).await,
+        Err(EngineError::Azure(e)) => return azure_failure(key, &all, &e, ctx).await,
         Err(e) => {
             for m in members.iter().filter(|m| !m.deleting && m.desired.is_ok()) {
                 let phase = Phase::Stalled {
@@ -697,9 +776,13 @@ fn describe_grant_write(w: &vmidentity_planner::Write) -> String {
     }
 }
 
+fn all_of(members: &[Member]) -> Vec<&Member> {
+    members.iter().collect()
+}
+
 async fn azure_failure(
     key: &str,
-    members: &[Member],
+    members: &[&Member],
     e: &AzureError,
     ctx: &Context,
 ) -> Result<Outcome, Error> {

@@ -14,7 +14,9 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde_json::{Value, json};
-use vmidentity::crd::{VirtualMachineIdentity, VirtualMachineIdentitySpec};
+use vmidentity::crd::{
+    VirtualMachineIdentity, VirtualMachineIdentityPolicy, VirtualMachineIdentitySpec,
+};
 use vmidentity_simulator::{SimConfig, SimHandle, WorldSeed};
 
 pub const SUB: &str = "/subscriptions/00000000-0000-0000-0000-0000000000e2";
@@ -61,15 +63,30 @@ pub async fn client() -> Client {
     Client::try_from(cfg).expect("client")
 }
 
-/// Installs (server-side apply) the CRD from crds/ and waits until it is Established.
+/// Installs (server-side apply) the CRDs from crds/ and waits until they are Established.
 pub async fn install_crd(client: &Client) {
-    let text =
-        std::fs::read_to_string(root().join("crds/vmidentity.dev_virtualmachineidentities.yaml"))
-            .expect("crds/");
+    for (file, name) in [
+        (
+            "crds/vmidentity.dev_virtualmachineidentities.yaml",
+            "virtualmachineidentities.vmidentity.dev",
+        ),
+        (
+            "crds/vmidentity.dev_virtualmachineidentitypolicies.yaml",
+            "virtualmachineidentitypolicies.vmidentity.dev",
+        ),
+    ] {
+        install_one_crd(client, file, name).await;
+    }
+    // The API server needs a moment before it serves the new (or updated) schema.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+async fn install_one_crd(client: &Client, file: &str, name: &str) {
+    let text = std::fs::read_to_string(root().join(file)).expect("crds/");
     let crd: CustomResourceDefinition = serde_yaml_ng::from_str(&text).expect("crd yaml");
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     api.patch(
-        "virtualmachineidentities.vmidentity.dev",
+        name,
         &PatchParams::apply("vmidentity-e2e").force(),
         &Patch::Apply(&crd),
     )
@@ -77,10 +94,7 @@ pub async fn install_crd(client: &Client) {
     .expect("apply CRD");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let c = api
-            .get("virtualmachineidentities.vmidentity.dev")
-            .await
-            .expect("get CRD");
+        let c = api.get(name).await.expect("get CRD");
         let established = c
             .status
             .and_then(|s| s.conditions)
@@ -93,9 +107,33 @@ pub async fn install_crd(client: &Client) {
         assert!(Instant::now() < deadline, "CRD not Established");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The API server needs a moment before it serves the new (or updated) schema.
-    tokio::time::sleep(Duration::from_millis(500)).await;
 }
+
+/// Whether the API server serves core/v1 Namespaces (kube-apiserver does; the stand-alone
+/// apiextensions-apiserver does not, and the controller then runs without label selectors).
+pub async fn serves_namespaces(client: &Client) -> bool {
+    client
+        .list_core_api_resources("v1")
+        .await
+        .map(|l| l.resources.iter().any(|r| r.name == "namespaces"))
+        .unwrap_or(false)
+}
+
+/// A policy that lets namespace `ns` do everything but lift the built-in deny list.
+pub fn allow_all_policy(ns: &str) -> Value {
+    json!({
+        "namespaces": {"names": [ns]},
+        "targets": {"patterns": ["**"]},
+        "userAssignedIdentities": {"patterns": ["**"]},
+        "allowDisableSystemAssigned": true,
+        "allowExactMode": true,
+        "roleAssignments": [{"roles": ["*"], "scopes": ["/**"]}],
+        "groups": ["*"],
+    })
+}
+
+/// Whether the API server serves Namespaces (set by the first [`Env`]).
+static NAMESPACE_LABELS: OnceLock<bool> = OnceLock::new();
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -161,6 +199,11 @@ impl ControllerProc {
                 "4",
                 "--lro-poll-ms",
                 "50",
+                if NAMESPACE_LABELS.get().copied().unwrap_or(false) {
+                    "--namespace-labels=true"
+                } else {
+                    "--namespace-labels=false"
+                },
             ])
             .args(extra)
             .env("KUBECONFIG", kubeconfig())
@@ -261,6 +304,7 @@ impl Env {
         let sim = vmidentity_simulator::start(cfg).await.expect("simulator");
         let ns = format!("{ns}-{}", std::process::id());
         let api = Api::namespaced(client.clone(), &ns);
+        let _ = NAMESPACE_LABELS.set(serves_namespaces(&client).await);
         let env = Env {
             ns,
             sim,
@@ -268,7 +312,40 @@ impl Env {
             api,
         };
         env.cleanup().await;
+        env.set_policy(allow_all_policy(&env.ns)).await;
         env
+    }
+
+    /// The name of this test's own policy.
+    pub fn policy_name(&self) -> String {
+        format!("e2e-{}", self.ns)
+    }
+
+    /// Creates or replaces this test's policy (cluster-scoped, covering its namespace).
+    pub async fn set_policy(&self, spec: Value) {
+        let api: Api<VirtualMachineIdentityPolicy> = Api::all(self.client.clone());
+        let name = self.policy_name();
+        let body = json!({
+            "apiVersion": "vmidentity.dev/v1alpha1",
+            "kind": "VirtualMachineIdentityPolicy",
+            "metadata": {"name": name},
+            "spec": spec,
+        });
+        api.patch(
+            &name,
+            &PatchParams::apply("vmidentity-e2e").force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .expect("apply policy");
+    }
+
+    /// Deletes this test's policy.
+    pub async fn delete_policy(&self) {
+        let api: Api<VirtualMachineIdentityPolicy> = Api::all(self.client.clone());
+        let _ = api
+            .delete(&self.policy_name(), &DeleteParams::default())
+            .await;
     }
 
     /// Removes every object of the namespace (finalizers included).
