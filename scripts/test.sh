@@ -20,6 +20,11 @@ if ! diff -u crds/vmidentity.dev_virtualmachineidentities.yaml target/crd.yaml; 
   echo "crds/ is stale: run 'cargo run -p vmidentity -- crd > crds/vmidentity.dev_virtualmachineidentities.yaml'" >&2
   exit 1
 fi
+cargo run --quiet --locked -p vmidentity -- crd --policy > target/crd-policy.yaml
+if ! diff -u crds/vmidentity.dev_virtualmachineidentitypolicies.yaml target/crd-policy.yaml; then
+  echo "crds/ is stale: run 'cargo run -p vmidentity -- crd --policy > crds/vmidentity.dev_virtualmachineidentitypolicies.yaml'" >&2
+  exit 1
+fi
 
 step "a real Kubernetes API server for the end-to-end tests (tests/apiserver/up.sh)"
 # Builds k8s.io/apiextensions-apiserver from the Go module proxy on first use (~8 min on 2

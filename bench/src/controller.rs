@@ -138,23 +138,62 @@ async fn client(path: &Path) -> Result<Client> {
     Client::try_from(cfg).context("Kubernetes client")
 }
 
-/// Server-side applies the CRD from crds/ and waits until it is Established.
+/// Server-side applies the CRDs from crds/ and waits until they are Established.
 async fn install_crd(client: &Client) -> Result<()> {
-    let path = root().join("crds/vmidentity.dev_virtualmachineidentities.yaml");
+    install_one_crd(
+        client,
+        "vmidentity.dev_virtualmachineidentities.yaml",
+        CRD_NAME,
+    )
+    .await?;
+    install_one_crd(
+        client,
+        "vmidentity.dev_virtualmachineidentitypolicies.yaml",
+        "virtualmachineidentitypolicies.vmidentity.dev",
+    )
+    .await
+}
+
+/// A policy that lets the bench's namespaces do what the bench asks (the controller fails
+/// closed without one).
+async fn allow_namespaces(client: &Client, name: &str, namespaces: &[String]) -> Result<()> {
+    let api: Api<vmidentity::crd::VirtualMachineIdentityPolicy> = Api::all(client.clone());
+    let body = serde_json::json!({
+        "apiVersion": "vmidentity.dev/v1alpha1",
+        "kind": "VirtualMachineIdentityPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "namespaces": {"names": namespaces},
+            "targets": {"patterns": ["**"]},
+            "userAssignedIdentities": {"patterns": ["**"]},
+        },
+    });
+    api.patch(
+        name,
+        &PatchParams::apply("vmidentity-bench").force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .context("applying the bench's VirtualMachineIdentityPolicy")?;
+    Ok(())
+}
+
+async fn install_one_crd(client: &Client, file: &str, crd_name: &str) -> Result<()> {
+    let path = root().join("crds").join(file);
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let crd: CustomResourceDefinition = serde_yaml_ng::from_str(&text).context("CRD YAML")?;
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     api.patch(
-        CRD_NAME,
+        crd_name,
         &PatchParams::apply("vmidentity-bench").force(),
         &Patch::Apply(&crd),
     )
     .await
-    .context("applying the CRD")?;
+    .context("applying a CRD")?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let c = api.get(CRD_NAME).await.context("reading the CRD")?;
+        let c = api.get(crd_name).await.context("reading the CRD")?;
         let established = c
             .status
             .and_then(|s| s.conditions)
@@ -271,6 +310,8 @@ impl ControllerProc {
             "--identity",
             "bench",
             "--no-leader-election",
+            // Policies name the bench's namespaces; no label selectors to watch.
+            "--namespace-labels=false",
         ]);
         if opt.lro != LroMode::Sync {
             cmd.args(["--lro-poll-ms", "50"]);
@@ -1355,6 +1396,9 @@ pub async fn run(opt: Options) -> Result<()> {
     );
     let latency_ns = format!("bench-{run_id}-latency");
     let scale_ns = |n: usize| format!("bench-{run_id}-n{n}");
+    let mut covered = vec![latency_ns.clone()];
+    covered.extend(b.opt.objects.iter().map(|n| scale_ns(*n)));
+    allow_namespaces(&b.client, &format!("bench-{run_id}"), &covered).await?;
     let phases = async {
         let lat = if b.opt.samples > 0 {
             eprintln!(

@@ -57,6 +57,11 @@ pub struct PlanArgs {
     /// Exit 2 when there are changes (0 when converged, 1 on errors).
     #[arg(long)]
     pub detailed_exitcode: bool,
+    /// VirtualMachineIdentityPolicy YAML (files or directories; `Namespace` documents in them
+    /// give namespace labels for the policies' selectors): every object is checked as the
+    /// controller would check it, and nothing is planned or written when one is denied.
+    #[arg(long = "policy", value_name = "FILE")]
+    pub policy: Vec<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -90,6 +95,12 @@ pub struct ApplyArgs {
     /// Targets worked on at once.
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
+    /// VirtualMachineIdentityPolicy YAML (files or directories; `Namespace` documents in them
+    /// give namespace labels for the policies' selectors): every object is checked as the
+    /// controller would check it, and nothing is planned or written when one is denied.
+    #[arg(long = "policy", value_name = "FILE")]
+    pub policy: Vec<PathBuf>,
+
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     pub output: Output,
 }
@@ -116,7 +127,7 @@ pub enum CliError {
 /// Runs the CLI; returns the process exit code.
 pub async fn run(cli: Cli) -> Result<i32, CliError> {
     match cli.command {
-        Command::Plan(a) => plan(a),
+        Command::Plan(a) => plan(a).await,
         Command::Apply(a) => apply(a).await,
         Command::Demo(_) => crate::demo::run().await,
         Command::Controller(a) => crate::operator::run(a).await,
@@ -138,17 +149,6 @@ fn desired(loaded: &[LoadedObject]) -> Result<Vec<DesiredObject>, CliError> {
         .iter()
         .map(|o| o.to_desired().map_err(CliError::from))
         .collect()
-}
-
-fn warn_unimplemented(objects: &[DesiredObject]) {
-    for o in objects {
-        if !o.spec.role_assignments.is_empty() || !o.spec.group_memberships.is_empty() {
-            eprintln!(
-                "warning: {}: roleAssignments and groupMemberships are validated but not yet acted on by this version",
-                o.object
-            );
-        }
-    }
 }
 
 /// The `-o json` elements of every planned write.
@@ -180,11 +180,47 @@ fn print_errors(results: &[TargetResult]) -> bool {
     any
 }
 
-fn plan(a: PlanArgs) -> Result<i32, CliError> {
+/// Checks every object against `--policy` (if given); prints each denial. True when one was
+/// denied. With `exec`, roles are also checked against their definitions in Azure.
+async fn policy_denies(
+    paths: &[PathBuf],
+    objects: &[DesiredObject],
+    exec: Option<&Executor>,
+) -> Result<bool, CliError> {
+    if paths.is_empty() {
+        return Ok(false);
+    }
+    let set = input::load_policies(paths)?;
+    let mut denied = false;
+    for o in objects.iter().filter(|o| !o.deleting) {
+        let ns = &o.object.namespace;
+        let verdict = crate::operator::policy::check_with_azure(
+            &set.policies,
+            vmidentity_planner::policy::Namespace {
+                name: ns,
+                labels: set.namespace_labels.get(ns),
+            },
+            &o.spec,
+            exec,
+        )
+        .await
+        .map_err(|e| CliError::Other(format!("checking {} against --policy: {e}", o.object)))?;
+        if let Err(d) = verdict {
+            denied = true;
+            eprintln!("error: {}: PolicyDenied: {d}", o.object);
+        }
+    }
+    Ok(denied)
+}
+
+async fn plan(a: PlanArgs) -> Result<i32, CliError> {
     let loaded = input::load_objects(&a.files)?;
     let objects = desired(&loaded)?;
+    let denied = policy_denies(&a.policy, &objects, None).await?;
+    if denied {
+        return Ok(1);
+    }
     let lives = input::load_live(&a.live)?;
-    warn_unimplemented(&objects);
     let results = engine::plan_offline(objects, &lives);
     match a.output {
         Output::Json => crate::outln!(
@@ -278,7 +314,6 @@ pub fn cli_client_config(endpoint: &str) -> ClientConfig {
 async fn apply(a: ApplyArgs) -> Result<i32, CliError> {
     let loaded = input::load_objects(&a.files)?;
     let mut objects = desired(&loaded)?;
-    warn_unimplemented(&objects);
     let state = match &a.state {
         Some(p) => read_state(p)?,
         None => State::new(),
@@ -330,6 +365,10 @@ async fn apply(a: ApplyArgs) -> Result<i32, CliError> {
     )
     .map_err(|e| CliError::Other(e.to_string()))?;
     let exec = Executor::new(client);
+    if policy_denies(&a.policy, &objects, Some(&exec)).await? {
+        eprintln!("error: nothing was written (objects denied by --policy)");
+        return Ok(1);
+    }
     let results = engine::apply(&exec, graph.as_ref(), objects.clone(), a.concurrency).await;
     match a.output {
         Output::Text => crate::out!("{}", render_apply(&results)),

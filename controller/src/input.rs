@@ -384,3 +384,101 @@ mod tests {
         assert!(e.starts_with("l.json: id: is missing"), "{e}");
     }
 }
+
+/// What `--policy` files hold: `VirtualMachineIdentityPolicy` documents, and optionally
+/// `Namespace` documents whose labels the policies' selectors are matched against.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySet {
+    pub policies: Vec<vmidentity_planner::policy::Policy>,
+    pub namespace_labels: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// Reads `--policy` files (multi-document YAML, `kind: List` too).
+pub fn load_policies(paths: &[PathBuf]) -> Result<PolicySet, InputError> {
+    use serde::Deserialize;
+    let mut out = PolicySet::default();
+    for file in expand_paths(paths)? {
+        let text = read(&file)?;
+        let source = file.display().to_string();
+        for (i, doc) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
+            let source_name = format!("{source}#{}", i + 1);
+            let value = Value::deserialize(doc).map_err(|e| InputError::Yaml {
+                source_name: source_name.clone(),
+                message: e.to_string(),
+            })?;
+            let items = match value {
+                Value::Null => continue,
+                Value::Object(ref m) if m.get("kind").and_then(Value::as_str) == Some("List") => m
+                    .get("items")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default(),
+                v => vec![v],
+            };
+            for item in items {
+                add_policy_doc(&source_name, item, &mut out)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn add_policy_doc(source_name: &str, value: Value, out: &mut PolicySet) -> Result<(), InputError> {
+    let name = value
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let err = |field: &str, message: String| InputError::Object {
+        source_name: source_name.to_string(),
+        object: if name.is_empty() {
+            "(unnamed)".into()
+        } else {
+            name.clone()
+        },
+        field: field.to_string(),
+        message,
+    };
+    if name.is_empty() {
+        return Err(err("metadata.name", "is missing".into()));
+    }
+    match value.get("kind").and_then(Value::as_str) {
+        Some("Namespace") => {
+            let labels = value
+                .pointer("/metadata/labels")
+                .cloned()
+                .map(serde_json::from_value::<BTreeMap<String, String>>)
+                .transpose()
+                .map_err(|e| err("metadata.labels", e.to_string()))?
+                .unwrap_or_default();
+            out.namespace_labels.insert(name, labels);
+            Ok(())
+        }
+        Some("VirtualMachineIdentityPolicy") => {
+            let api = value.get("apiVersion").and_then(Value::as_str);
+            if api != Some(API_VERSION) {
+                return Err(err(
+                    "apiVersion",
+                    format!("is {api:?}, expected \"{API_VERSION}\""),
+                ));
+            }
+            let parsed: crate::crd::VirtualMachineIdentityPolicy =
+                serde_path_to_error::deserialize(value).map_err(|e| {
+                    let path = e.path().to_string();
+                    err(&path, e.into_inner().to_string())
+                })?;
+            if let Some(p) = vmidentity_planner::policy::validate(&parsed.spec.policy)
+                .into_iter()
+                .next()
+            {
+                return Err(err("spec", p));
+            }
+            out.policies.push(parsed.to_policy());
+            Ok(())
+        }
+        kind => Err(err(
+            "kind",
+            format!("is {kind:?}, expected \"VirtualMachineIdentityPolicy\" or \"Namespace\""),
+        )),
+    }
+}

@@ -329,3 +329,131 @@ fn demo_converges() {
         "{out}"
     );
 }
+
+#[test]
+fn policy_crd_is_not_stale() {
+    let o = run(&["crd", "--policy"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let checked_in = std::fs::read_to_string(
+        root().join("crds/vmidentity.dev_virtualmachineidentitypolicies.yaml"),
+    )
+    .expect("crds/ file");
+    assert!(
+        stdout(&o) == checked_in,
+        "crds/ is stale: run `cargo run -p vmidentity -- crd --policy > crds/vmidentity.dev_virtualmachineidentitypolicies.yaml`"
+    );
+}
+
+#[test]
+fn apply_with_policy_checks_every_object_first_and_writes_nothing_when_one_is_denied() {
+    // The examples' own policies allow them.
+    let o = run(&[
+        "apply",
+        "-f",
+        "examples",
+        "--simulator",
+        "examples/demo/world.yaml",
+        "--policy",
+        "examples/policies",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // The web team loses uai-web: both its objects are named, nothing is written.
+    let tight = std::fs::read_to_string(root().join("examples/policies/teams.yaml"))
+        .expect("policies")
+        .replace(
+            "userAssignedIdentities/uai-web\n",
+            "userAssignedIdentities/uai-nope\n",
+        );
+    let tight = tmp("tight-policy.yaml", &tight);
+    let o = run(&[
+        "apply",
+        "-f",
+        "examples",
+        "--simulator",
+        "examples/demo/world.yaml",
+        "--policy",
+        tight.to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(
+            "team-web/web-app: PolicyDenied: denied by policy: spec.userAssignedIdentities[0]"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("team-web/web-2: PolicyDenied"), "{err}");
+    assert!(
+        err.contains("(policy team-web, spec.userAssignedIdentities)"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was written"), "{err}");
+    assert_eq!(stdout(&o), "");
+
+    // A namespace no policy covers.
+    let lonely = tmp(
+        "lonely.yaml",
+        &format!(
+            "apiVersion: vmidentity.dev/v1alpha1\nkind: VirtualMachineIdentity\nmetadata:\n  name: x\n  namespace: nobody\nspec:\n  target: {}\n",
+            vm("vm-web-1")
+        ),
+    );
+    let o = run(&[
+        "apply",
+        "-f",
+        lonely.to_str().unwrap(),
+        "--simulator",
+        "examples/demo/world.yaml",
+        "--policy",
+        "examples/policies",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("no VirtualMachineIdentityPolicy covers namespace \"nobody\""),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn a_custom_role_that_can_write_authorization_is_on_the_deny_list() {
+    // Offline the definition is unknown, so only the rules apply; apply reads it from Azure
+    // (here the simulator) and refuses it.
+    let world = std::fs::read_to_string(root().join("examples/demo/world.yaml")).expect("world")
+        + "roleDefinitions:\n  - id: 5b0c3c9e-1111-4b43-9a8e-000000000abc\n    roleName: Access Granter\n    assignableScopes: [/subscriptions/00000000-0000-0000-0000-000000000001]\n    permissions:\n      - actions: [Microsoft.Authorization/roleAssignments/write, '*/read']\n";
+    let world = tmp("granter-world.yaml", &world);
+    let obj = tmp(
+        "granter.yaml",
+        &format!(
+            "apiVersion: vmidentity.dev/v1alpha1\nkind: VirtualMachineIdentity\nmetadata:\n  name: granter\n  namespace: team-data\nspec:\n  target: {}\n  userAssignedIdentities: [{}]\n  roleAssignments:\n    - identity: {}\n      role: Access Granter\n      scope: {SUB}/resourceGroups/rg-data\n",
+            vm("vm-reports-1"),
+            uai("uai-reports"),
+            uai("uai-reports")
+        ),
+    );
+    let policy = tmp(
+        "granter-policy.yaml",
+        &format!(
+            "apiVersion: vmidentity.dev/v1alpha1\nkind: VirtualMachineIdentityPolicy\nmetadata:\n  name: team-data\nspec:\n  namespaces: {{names: [team-data]}}\n  targets: {{subscriptions: [00000000-0000-0000-0000-000000000001]}}\n  userAssignedIdentities: {{ids: [{}]}}\n  roleAssignments:\n    - roles: ['*']\n      scopes: [{SUB}/resourceGroups/rg-data/**]\n",
+            uai("uai-reports")
+        ),
+    );
+    let o = run(&[
+        "apply",
+        "-f",
+        obj.to_str().unwrap(),
+        "--simulator",
+        world.to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("its actions include Microsoft.Authorization/*/write"),
+        "{}",
+        stderr(&o)
+    );
+}

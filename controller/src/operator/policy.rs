@@ -63,9 +63,7 @@ impl PolicyView {
         )
     }
 
-    /// The full check before a write: [`Self::check_static`], then, for the roles the object
-    /// asks for, their definitions from Azure (a custom role that can write
-    /// Microsoft.Authorization is on the deny list too).
+    /// The full check before a write (see [`check_with_azure`]).
     pub async fn check(
         &self,
         exec: &Executor,
@@ -73,55 +71,68 @@ impl PolicyView {
         spec: &Spec,
     ) -> Result<Result<(), Denied>, AzureError> {
         let policies = self.policies();
-        if let Err(d) = self.check_static(&policies, ns, spec) {
-            return Ok(Err(d));
-        }
-        if spec.role_assignments.is_empty() {
-            return Ok(Ok(()));
-        }
-        let mut infos: HashMap<String, RoleInfo> = HashMap::new();
-        for ra in &spec.role_assignments {
-            let key = ra.role.to_string().to_ascii_lowercase();
-            if infos.contains_key(&key) {
-                continue;
-            }
-            match exec
-                .client()
-                .role_definition(&ra.scope, &ra.role.to_string())
-                .await
-            {
-                Ok(d) => {
-                    infos.insert(
-                        key,
-                        RoleInfo {
-                            guid: Some(d.guid),
-                            name: d.name,
-                            writes_authorization: Some(d.writes_authorization),
-                        },
-                    );
-                }
-                // Reported by the write path with its own reason.
-                Err(e) if e.class() == ErrorClass::RoleNotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
         let labels = self.labels(ns);
-        let lookup = |r: &RoleRef| {
-            infos
-                .get(&r.to_string().to_ascii_lowercase())
-                .cloned()
-                .unwrap_or_else(|| RoleInfo::offline(r))
-        };
-        Ok(policy::check(
+        check_with_azure(
             &policies,
             policy::Namespace {
                 name: ns,
                 labels: labels.as_ref(),
             },
             spec,
-            &lookup,
-        ))
+            Some(exec),
+        )
+        .await
     }
+}
+
+/// The check with what Azure says about roles: first every rule with built-in role names,
+/// then, for the roles the object asks for, their definitions (a custom role that can write
+/// Microsoft.Authorization is on the deny list too). Without `exec` only the first part.
+pub async fn check_with_azure(
+    policies: &[Policy],
+    ns: policy::Namespace<'_>,
+    spec: &Spec,
+    exec: Option<&Executor>,
+) -> Result<Result<(), Denied>, AzureError> {
+    if let Err(d) = policy::check(policies, ns, spec, &RoleInfo::offline) {
+        return Ok(Err(d));
+    }
+    let Some(exec) = exec.filter(|_| !spec.role_assignments.is_empty()) else {
+        return Ok(Ok(()));
+    };
+    let mut infos: HashMap<String, RoleInfo> = HashMap::new();
+    for ra in &spec.role_assignments {
+        let key = ra.role.to_string().to_ascii_lowercase();
+        if infos.contains_key(&key) {
+            continue;
+        }
+        match exec
+            .client()
+            .role_definition(&ra.scope, &ra.role.to_string())
+            .await
+        {
+            Ok(d) => {
+                infos.insert(
+                    key,
+                    RoleInfo {
+                        guid: Some(d.guid),
+                        name: d.name,
+                        writes_authorization: Some(d.writes_authorization),
+                    },
+                );
+            }
+            // Reported by the write path with its own reason.
+            Err(e) if e.class() == ErrorClass::RoleNotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let lookup = |r: &RoleRef| {
+        infos
+            .get(&r.to_string().to_ascii_lowercase())
+            .cloned()
+            .unwrap_or_else(|| RoleInfo::offline(r))
+    };
+    Ok(policy::check(policies, ns, spec, &lookup))
 }
 
 /// Whether `o` carries a Stalled condition with reason PolicyDenied.
