@@ -35,6 +35,7 @@ BIN=$TOOLS/bin
 WORK=$ROOT/target/packaging
 SCHEMAS=$TOOLS/kubernetes-json-schema
 CRD_FILE=vmidentity.dev_virtualmachineidentities.yaml
+POLICY_CRD_FILE=vmidentity.dev_virtualmachineidentitypolicies.yaml
 CHART=charts/vmidentity
 MUSL_TARGET=x86_64-unknown-linux-musl
 
@@ -170,10 +171,9 @@ export HELM
 # apiVersion without a schema fails; only ServiceMonitor (prometheus-operator's CRD, which is not
 # on any registry here) is skipped by name.
 CRD_SCHEMAS=$WORK/crd-schemas
-python3 - "crds/$CRD_FILE" "$CRD_SCHEMAS" <<'PY'
+python3 - "crds/$CRD_FILE" "crds/$POLICY_CRD_FILE" "$CRD_SCHEMAS" <<'PY'
 import json, os, sys, yaml
-crd = yaml.safe_load(open(sys.argv[1]))
-out = sys.argv[2]
+out = sys.argv[-1]
 os.makedirs(out, exist_ok=True)
 
 def strict(s):
@@ -192,9 +192,11 @@ def strict(s):
         s["additionalProperties"] = False
     return s
 
-group = crd["spec"]["group"]
-kind = crd["spec"]["names"]["kind"]
-for v in crd["spec"]["versions"]:
+for f in sys.argv[1:-1]:
+  crd = yaml.safe_load(open(f))
+  group = crd["spec"]["group"]
+  kind = crd["spec"]["names"]["kind"]
+  for v in crd["spec"]["versions"]:
     schema = strict(v["schema"]["openAPIV3Schema"])
     props = schema.setdefault("properties", {})
     props["apiVersion"] = {"type": "string", "enum": ["%s/%s" % (group, v["name"])]}
@@ -212,6 +214,7 @@ kubeconform() { "$KUBECONFORM" "${KC_ARGS[@]}" "$@"; }
 # ---------------------------------------------------------------- chart
 step "Helm chart: $CHART"
 check "chart crds/ is identical to crds/$CRD_FILE (fix: cp crds/$CRD_FILE $CHART/crds/)" cmp "$CHART/crds/$CRD_FILE" "crds/$CRD_FILE"
+check "chart crds/ is identical to crds/$POLICY_CRD_FILE (fix: cp crds/$POLICY_CRD_FILE $CHART/crds/)" cmp "$CHART/crds/$POLICY_CRD_FILE" "crds/$POLICY_CRD_FILE"
 for f in "$CHART"/ci/*.yaml; do
     check "helm lint --strict -f ${f#"$CHART"/}" "$HELM" lint --strict "$CHART" -f "$f"
 done
@@ -251,6 +254,8 @@ for f in "$CHART"/ci/*.yaml; do
 done
 check "kubeconform validates the examples against the CRD's schema (examples/*.yaml)" \
     kubeconform examples/*.yaml
+check "kubeconform validates the example policies against the policy CRD's schema (examples/policies/)" \
+    kubeconform examples/policies/*.yaml
 printf 'apiVersion: vmidentity.dev/v1alpha1\nkind: VirtualMachineIdentity\nmetadata: {name: x, namespace: y}\nspec:\n  target: /subscriptions/s/resourceGroups/r/providers/Microsoft.Compute/virtualMachines/v\n  sytemAssigned: true\n' >"$WORK/typo.yaml"
 check_fails "kubeconform refuses an object with an unknown spec field (the CRD schema is strict)" \
     "additional properties 'sytemAssigned' not allowed" kubeconform "$WORK/typo.yaml"
@@ -319,6 +324,23 @@ expect(svc["spec"]["ports"][0]["name"] == "http-metrics" and svc["spec"]["ports"
 pdb = r.get(("PodDisruptionBudget", "vmidentity"))
 expect(pdb is not None and pdb["spec"]["minAvailable"] == 1, "PodDisruptionBudget minAvailable 1 (replicas 2)")
 expect(("CustomResourceDefinition", "virtualmachineidentities.vmidentity.dev") in r, "--include-crds renders the CRD")
+expect(("CustomResourceDefinition", "virtualmachineidentitypolicies.vmidentity.dev") in r, "--include-crds renders the policy CRD")
+pr = r[("ClusterRole", "vmidentity-policy-reader")]["rules"]
+expect(pr == [
+    {"apiGroups": ["vmidentity.dev"], "resources": ["virtualmachineidentitypolicies"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]}], "ClusterRole policy-reader: read-only")
+expect(("ClusterRoleBinding", "vmidentity-policy-reader") in r, "ClusterRoleBinding for the policy reader")
+pol = r.get(("VirtualMachineIdentityPolicy", "vmidentity-default"))
+expect(pol is not None and pol["spec"]["namespaces"]["selector"] == {"matchLabels": {"vmidentity.dev/enabled": "true"}}
+       and not any(pol["spec"]["targets"].values()) and pol["spec"]["allowExactMode"] is False
+       and pol["spec"]["allowDisableSystemAssigned"] is False and "allowPrivilegedRoles" not in pol["spec"],
+       "starting policy: labelled namespaces, nothing allowed until edited")
+vap = r.get(("ValidatingAdmissionPolicy", "vmidentity-guardrails"))
+vapb = r.get(("ValidatingAdmissionPolicyBinding", "vmidentity-guardrails"))
+expect(vap is not None and vap["spec"]["paramKind"] == {"apiVersion": "vmidentity.dev/v1alpha1", "kind": "VirtualMachineIdentityPolicy"}
+       and vap["spec"]["failurePolicy"] == "Fail", "ValidatingAdmissionPolicy with the policy as its parameter, failing closed")
+expect(vapb is not None and vapb["spec"]["validationActions"] == ["Deny"]
+       and vapb["spec"]["paramRef"] == {"selector": {}, "parameterNotFoundAction": "Deny"}, "binding: every policy, Deny")
 expect(not any(k == "ServiceMonitor" for k, _ in r), "no ServiceMonitor by default")
 expect(all(o["metadata"].get("namespace") in (None, "vmidentity-system") for o in r.values()), "namespaced objects in the release namespace")
 
@@ -537,9 +559,14 @@ else
             --set azure.clientId=00000000-0000-0000-0000-000000000000 >"$WORK/render-apiserver.yaml"
         python3 - "$WORK/render-apiserver.yaml" examples/vm-web.yaml "$WORK" <<'PY'
 import json, sys, yaml
-crds = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "CustomResourceDefinition"]
-assert len(crds) == 1, len(crds)
-json.dump(crds[0], open(sys.argv[3] + "/crd.json", "w"))
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+crds = {d["metadata"]["name"]: d for d in docs if d["kind"] == "CustomResourceDefinition"}
+assert len(crds) == 2, sorted(crds)
+json.dump(crds["virtualmachineidentities.vmidentity.dev"], open(sys.argv[3] + "/crd.json", "w"))
+json.dump(crds["virtualmachineidentitypolicies.vmidentity.dev"], open(sys.argv[3] + "/policy-crd.json", "w"))
+pol = next(d for d in docs if d["kind"] == "VirtualMachineIdentityPolicy")
+pol["metadata"] = {"name": "vmidentity-packaging-check"}
+json.dump(pol, open(sys.argv[3] + "/policy.json", "w"))
 obj = next(d for d in yaml.safe_load_all(open(sys.argv[2])) if d)
 obj["metadata"]["namespace"] = "vmidentity-packaging-check"
 json.dump(obj, open(sys.argv[3] + "/example.json", "w"))
@@ -558,6 +585,24 @@ PY
             [[ $BODY == *'"type":"Established","status":"True"'* ]] && break; sleep 0.2
         done
         [[ $BODY == *'"type":"Established","status":"True"'* ]] && ok "CRD Established" || bad "CRD Established"
+        PCRD_NAME=virtualmachineidentitypolicies.vmidentity.dev
+        req PATCH "$CRDS/$PCRD_NAME?fieldManager=vmidentity-packaging&force=true" \
+            -H 'Content-Type: application/apply-patch+yaml' --data-binary "@$WORK/policy-crd.json"
+        if [[ $CODE == 200 || $CODE == 201 ]]; then ok "apply the chart's policy CRD (HTTP $CODE)"
+        else bad "apply the chart's policy CRD (HTTP $CODE: ${BODY:0:400})"; fi
+        for _ in $(seq 150); do
+            req GET "$CRDS/$PCRD_NAME"
+            [[ $BODY == *'"type":"Established","status":"True"'* ]] && break; sleep 0.2
+        done
+        POL=/apis/vmidentity.dev/v1alpha1/virtualmachineidentitypolicies
+        k -o /dev/null -X DELETE "$API$POL/vmidentity-packaging-check" 2>/dev/null || true
+        for _ in $(seq 50); do
+            req POST "$POL" -H 'Content-Type: application/json' --data-binary "@$WORK/policy.json"
+            [[ $CODE == 404 || $CODE == 503 || $CODE == 409 ]] || break; sleep 0.2
+        done
+        [[ $CODE == 201 ]] && ok "the chart's starting policy passes the policy CRD's schema (HTTP 201)" \
+            || bad "create the chart's starting policy (HTTP $CODE: ${BODY:0:400})"
+        k -o /dev/null -X DELETE "$API$POL/vmidentity-packaging-check" 2>/dev/null || true
         OBJ=/apis/vmidentity.dev/v1alpha1/namespaces/vmidentity-packaging-check/virtualmachineidentities
         NAME=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["metadata"]["name"])' "$WORK/example.json")
         k -o /dev/null -X DELETE "$API$OBJ/$NAME" 2>/dev/null || true
@@ -627,6 +672,7 @@ if $BUILD_CMD >"$WORK/static-build.log" 2>&1; then
     [[ $lddout == *"not a dynamic executable"* || $lddout == *"statically linked"* ]] && ok "ldd: no shared libraries" || bad "ldd: $lddout"
     check "$STATIC --version" "$STATIC" --version
     check "$STATIC crd | diff - crds/$CRD_FILE" bash -c "'$STATIC' crd | diff - 'crds/$CRD_FILE'"
+    check "$STATIC crd --policy | diff - crds/$POLICY_CRD_FILE" bash -c "'$STATIC' crd --policy | diff - 'crds/$POLICY_CRD_FILE'"
 else
     bad "$BUILD_CMD"; tail -n 30 "$WORK/static-build.log" | sed 's/^/     | /'
 fi

@@ -57,8 +57,12 @@ for name, docs in files.items():
     with open(os.path.join(out, name), "w") as f:
         f.write(header + "---\n".join(docs))
 
-order = ["namespace.yaml"] + sorted(n for n in files if n.endswith(".dev_virtualmachineidentities.yaml")) + [
-    n for n in ["serviceaccount.yaml", "rbac.yaml", "service.yaml", "deployment.yaml", "pdb.yaml"] if n in files]
+# CRDs first; the starting policy (a custom resource) and the admission policy last: on a
+# fresh cluster `kubectl apply -k` may need a second run for the policy once its CRD is
+# established.
+order = ["namespace.yaml"] + sorted(n for n in files if n.startswith("vmidentity.dev_")) + [
+    n for n in ["serviceaccount.yaml", "rbac.yaml", "service.yaml", "deployment.yaml", "pdb.yaml",
+                "admission.yaml", "policy.yaml"] if n in files]
 extra = sorted(set(files) - set(order))
 if extra:
     sys.exit("gen-manifests: templates not placed in kustomization.yaml: %s" % ", ".join(extra))
