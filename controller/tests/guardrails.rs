@@ -220,3 +220,312 @@ async fn a_namespace_no_policy_covers_may_do_nothing_until_one_does() {
     env.cleanup().await;
     env.delete_policy().await;
 }
+
+const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+const TEAM_CLIENT: &str = "bbbbbbbb-0000-0000-0000-00000000000a";
+
+async fn put_secret(env: &Env, data: Value) {
+    let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(env.client.clone(), &env.ns);
+    let body = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "vmidentity-credential"}, "stringData": data});
+    api.patch(
+        "vmidentity-credential",
+        &kube::api::PatchParams::apply("vmidentity-e2e").force(),
+        &kube::api::Patch::Apply(&body),
+    )
+    .await
+    .expect("secret");
+}
+
+fn patch_attempts(env: &Env, id: &str) -> usize {
+    env.sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH" && r.path.eq_ignore_ascii_case(id))
+        .count()
+}
+
+/// Azure's own RBAC confines the team: the controller acts for the namespace with the
+/// namespace's credential, so what that credential may not do fails with Azure's 403, which
+/// is reported and not retried in a storm.
+#[tokio::test]
+async fn a_namespace_credential_confines_the_team_to_its_own_azure_rights() {
+    use vmidentity_simulator::{AppConfig, CallerConfig};
+    let client = client().await;
+    assert!(
+        serves_namespaces(&client).await,
+        "this test needs Secrets: run it against kube-apiserver (tests/apiserver/kube-up.sh)"
+    );
+    let env = Env::with_config("e2e-nscred", &world(&["vm1", "vm2", "vm3"], ""), |c| {
+        c.apps = vec![AppConfig::with_secret(TEAM_CLIENT, TENANT, "team-secret")];
+        let mut team = CallerConfig::new("team-a-placeholder-token")
+            .with_role_assignment_write_scopes(&[])
+            .with_compute_write_scopes(&[&vm("vm1"), &vm("vm3")]);
+        team.client_id = TEAM_CLIENT.to_string();
+        c.callers = vec![team];
+    })
+    .await;
+    let url = env.sim.base_url();
+    let _c = ControllerProc::start_with_env(
+        &env.ns,
+        &env.sim,
+        "a",
+        &[
+            "--namespace-credentials=required",
+            "--namespace-credential-ttl-seconds=1",
+        ],
+        &[
+            ("AZURE_ACCESS_TOKEN", TOKEN),
+            ("AZURE_AUTHORITY_HOST", &url),
+        ],
+    );
+    // No Secret yet, and credentials are required: refused, nothing sent to ARM.
+    env.create(
+        "web",
+        json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u1")]}),
+    )
+    .await
+    .expect("web");
+    env.wait_for("web", 30, "NoCredential", |o| {
+        stalled_with(o, "NoCredential")
+    })
+    .await;
+    assert_eq!(env.sim.counters().requests, 0);
+
+    put_secret(
+        &env,
+        json!({"AZURE_TENANT_ID": TENANT, "AZURE_CLIENT_ID": TEAM_CLIENT, "AZURE_CLIENT_SECRET": "team-secret"}),
+    )
+    .await;
+    // Allowed by the team's own rights (vm1): converges with the team's token.
+    env.wait_for("web", 30, "Ready with the namespace's credential", is_ready)
+        .await;
+    // vm2 is outside the team's rights: Azure says 403, the object says why.
+    env.create(
+        "db",
+        json!({"target": vm("vm2"), "userAssignedIdentities": [uai("u2")]}),
+    )
+    .await
+    .expect("db");
+    let o = env
+        .wait_for("db", 30, "Stalled AuthorizationFailed", |o| {
+            stalled_with(o, "AuthorizationFailed")
+        })
+        .await;
+    let msg = o
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Stalled")
+        .unwrap()
+        .message;
+    assert!(
+        msg.contains(TEAM_CLIENT),
+        "names the team's identity: {msg}"
+    );
+    assert!(
+        msg.contains("Microsoft.Compute/virtualMachines/write"),
+        "{msg}"
+    );
+    // A role assignment the team's identity may not create: 403 on the PUT.
+    env.create(
+        "grant",
+        json!({"target": vm("vm3"), "userAssignedIdentities": [uai("u3")],
+               "roleAssignments": [{"identity": uai("u3"), "role": "Reader", "scope": format!("{SUB}/resourceGroups/rg-e2e")}]}),
+    )
+    .await
+    .expect("grant");
+    env.wait_for(
+        "grant",
+        30,
+        "Stalled AuthorizationFailed (role assignment)",
+        |o| stalled_with(o, "AuthorizationFailed"),
+    )
+    .await;
+    // Not retried in a storm: at most one attempt per resync period (3 s here, jittered).
+    let before = patch_attempts(&env, &vm("vm2"));
+    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+    let during = patch_attempts(&env, &vm("vm2")) - before;
+    assert!(during <= 4, "{during} PATCH attempts on vm2 in 7 s");
+    assert_eq!(env.identity(&vm("vm2")), ("None".into(), vec![]));
+    env.cleanup().await;
+    env.delete_policy().await;
+}
+
+/// The chart's ValidatingAdmissionPolicy (rendered from the template by hand, bound to this
+/// test's namespace only) refuses at admission what the policy does not allow.
+#[tokio::test]
+async fn the_admission_policy_refuses_at_create_with_the_rule_in_the_message() {
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
+    let client = client().await;
+    assert!(
+        serves_namespaces(&client).await,
+        "this test needs ValidatingAdmissionPolicy: run it against kube-apiserver (tests/apiserver/kube-up.sh)"
+    );
+    let env = Env::new("e2e-vap", &world(&["vm1"], "")).await;
+    env.set_policy(team_policy(&env.ns, &["u1"])).await;
+    let name = format!("vmidentity-{}", env.ns);
+    let (vap, mut binding) = render_admission(&name);
+    binding["spec"]["matchResources"] =
+        json!({"namespaceSelector": {"matchLabels": {"vmidentity-e2e/ns": env.ns}}});
+    let vaps: kube::Api<ValidatingAdmissionPolicy> = kube::Api::all(client.clone());
+    let bindings: kube::Api<ValidatingAdmissionPolicyBinding> = kube::Api::all(client.clone());
+    let pp = kube::api::PatchParams::apply("vmidentity-e2e").force();
+    vaps.patch(
+        &format!("{name}-guardrails"),
+        &pp,
+        &kube::api::Patch::Apply(&vap),
+    )
+    .await
+    .expect("the chart's ValidatingAdmissionPolicy is accepted by the API server");
+    bindings
+        .patch(
+            &format!("{name}-guardrails"),
+            &pp,
+            &kube::api::Patch::Apply(&binding),
+        )
+        .await
+        .expect("binding");
+    let refusals: Vec<(&str, Value, &str)> = vec![
+        (
+            "bad-uai",
+            json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u2")]}),
+            "spec.userAssignedIdentities",
+        ),
+        (
+            "other-rg",
+            json!({"target": other_vm()}),
+            "is not among the allowed targets",
+        ),
+        (
+            "owner",
+            json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u1")],
+                   "roleAssignments": [{"identity": uai("u1"), "role": "owner", "scope": SUB}]}),
+            "built-in deny list",
+        ),
+        (
+            "owner-by-guid",
+            json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u1")],
+                   "roleAssignments": [{"identity": uai("u1"), "role": "8e3af657-a8ff-443c-a75c-2fe8c4bcb635", "scope": SUB}]}),
+            "built-in deny list",
+        ),
+        (
+            "reader-at-sub",
+            json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u1")],
+                   "roleAssignments": [{"identity": uai("u1"), "role": "Reader", "scope": SUB}]}),
+            "not allowed at its scope",
+        ),
+        (
+            "group",
+            json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u1")],
+                   "groupMemberships": [{"identity": uai("u1"), "groupObjectId": OTHER_GROUP}]}),
+            "spec.groups",
+        ),
+        (
+            "exact",
+            json!({"target": vm("vm1"), "mode": "Exact"}),
+            "mode: Exact is not allowed",
+        ),
+        (
+            "system-off",
+            json!({"target": vm("vm1"), "systemAssigned": false}),
+            "systemAssigned: false",
+        ),
+    ];
+    // The binding takes a moment to be enforced.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match env.create("probe", refusals[0].1.clone()).await {
+            Err(_) => break,
+            Ok(_) => {
+                env.cleanup().await;
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the admission policy is never enforced"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
+        }
+    }
+    for (name, spec, fragment) in &refusals {
+        let err = env
+            .create(name, spec.clone())
+            .await
+            .expect_err(&format!("{name} must be refused at admission"));
+        let msg = err.to_string();
+        assert!(msg.contains(fragment), "{name}: {msg}");
+        assert!(
+            msg.contains(&env.policy_name()),
+            "{name}: names the policy: {msg}"
+        );
+    }
+    // What the policy allows is admitted, Reader at the resource group included.
+    env.create(
+        "ok",
+        json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u1")],
+               "roleAssignments": [{"identity": uai("u1"), "role": "acdd72a7-3385-48ef-bd42-f606fba81ae7", "scope": rg()}],
+               "groupMemberships": [{"identity": uai("u1"), "groupObjectId": ALLOWED_GROUP}]}),
+    )
+    .await
+    .expect("an allowed object is admitted");
+    // Tightened later: admission does not block the controller's finalizer/status updates
+    // (only spec changes are checked), so deleting still works.
+    env.set_policy(team_policy(&env.ns, &["u2"])).await;
+    let api = env.api.clone();
+    api.patch(
+        "ok",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"metadata": {"finalizers": ["example.com/x"]}})),
+    )
+    .await
+    .expect("a metadata-only update is not refused");
+    api.patch(
+        "ok",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("finalizer removal");
+    let _ = bindings
+        .delete(&format!("{name}-guardrails"), &Default::default())
+        .await;
+    let _ = vaps
+        .delete(&format!("{name}-guardrails"), &Default::default())
+        .await;
+    env.cleanup().await;
+    env.delete_policy().await;
+}
+
+/// `charts/vmidentity/templates/admission.yaml` with its few template expressions filled in.
+fn render_admission(fullname: &str) -> (Value, Value) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../charts/vmidentity/templates/admission.yaml");
+    let text = std::fs::read_to_string(path).expect("admission template");
+    let rendered: String = text
+        .lines()
+        .filter(|l| {
+            let t = l.trim_start();
+            !(t.starts_with("{{- if") || t.starts_with("{{- end") || t.starts_with("{{- $"))
+        })
+        .map(|l| {
+            if l.contains("include \"vmidentity.labels\"") {
+                "    app.kubernetes.io/name: vmidentity".to_string()
+            } else if l.contains(".Values.admission.validationActions") {
+                "    - Deny".to_string()
+            } else {
+                l.replace("{{ $fullname }}", fullname)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(!rendered.contains("{{"), "unrendered template: {rendered}");
+    let docs: Vec<Value> = rendered
+        .split("\n---\n")
+        .map(|d| serde_yaml_ng::from_str(d).expect("admission YAML"))
+        .collect();
+    (docs[0].clone(), docs[1].clone())
+}

@@ -726,6 +726,39 @@ fn caller_may_write(caller: &CallerConfig, scope_key: &str) -> bool {
     }
 }
 
+/// A VM / VMSS write by a caller without rights there: 403 `AuthorizationFailed` naming the
+/// action (`Microsoft.Compute/virtualMachines/write`, or `/delete`) and the resource.
+pub(crate) fn check_compute_write(
+    caller: &CallerConfig,
+    id: &crate::ids::ResourceId,
+    method: &Method,
+) -> Result<(), ArmError> {
+    let Some(list) = &caller.compute_write_scopes else {
+        return Ok(());
+    };
+    let rid = id.to_string();
+    let key = rid.to_ascii_lowercase();
+    let allowed = list.iter().any(|g| {
+        let gk = Scope::parse(g)
+            .map(|s| s.key())
+            .unwrap_or_else(|| g.to_ascii_lowercase());
+        at_or_above(&gk, &key)
+    });
+    if allowed {
+        return Ok(());
+    }
+    let verb = if *method == Method::DELETE {
+        "delete"
+    } else {
+        "write"
+    };
+    Err(authorization_failed(
+        caller,
+        &format!("{}/{verb}", id.kind.arm_type()),
+        &rid,
+    ))
+}
+
 /// 403 `AuthorizationFailed` (ARM-BEHAVIOUR.md §5 [A33]); scope = the full assignment id.
 fn authorization_failed(caller: &CallerConfig, action: &str, assignment_id: &str) -> ArmError {
     ArmError::new(

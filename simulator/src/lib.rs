@@ -110,6 +110,10 @@ pub struct CallerConfig {
     /// Scopes at (and below) which the caller may PUT/DELETE role assignments;
     /// `None` = everywhere (the default for tokens without a `CallerConfig`).
     pub role_assignment_write_scopes: Option<Vec<String>>,
+    /// Scopes at (and below) which the caller may write (PATCH/PUT/DELETE) VMs and VM scale
+    /// sets; `None` = everywhere. Elsewhere: 403 `AuthorizationFailed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_write_scopes: Option<Vec<String>>,
 }
 
 impl CallerConfig {
@@ -121,7 +125,14 @@ impl CallerConfig {
             object_id: uuid::Uuid::new_v5(&ns, format!("object:{token}").as_bytes()).to_string(),
             client_id: uuid::Uuid::new_v5(&ns, format!("client:{token}").as_bytes()).to_string(),
             role_assignment_write_scopes: None,
+            compute_write_scopes: None,
         }
+    }
+
+    /// Restricts VM / VMSS writes to these scopes (and below); empty = nowhere.
+    pub fn with_compute_write_scopes(mut self, scopes: &[&str]) -> CallerConfig {
+        self.compute_write_scopes = Some(scopes.iter().map(|s| s.to_string()).collect());
+        self
     }
 
     /// Restricts role-assignment writes to these scopes (and below); empty = nowhere.

@@ -487,6 +487,9 @@ fn dispatch(
             if id.kind.is_compute() {
                 let (v, shape) = compute::check_api_version(api_version, &location)?;
                 check_body(writes_body, body_ok)?;
+                if *method != Method::GET {
+                    authz::check_compute_write(caller, id, method)?;
+                }
                 match *method {
                     Method::GET => compute::get(st, id, shape),
                     Method::PATCH => compute::patch(st, id, &v, shape, body),

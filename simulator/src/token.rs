@@ -377,6 +377,7 @@ pub(crate) fn authenticate_arm(st: &State, headers: &HeaderMap) -> Result<Caller
                     object_id: it.object_id.clone(),
                     client_id: it.client_id.clone(),
                     role_assignment_write_scopes: None,
+                    compute_write_scopes: None,
                 });
             Ok(caller)
         }

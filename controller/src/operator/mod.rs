@@ -2,6 +2,7 @@
 //! calls the planner, hands the plan to the executor and writes status.
 
 pub mod conditions;
+pub mod credentials;
 pub mod fleet;
 pub mod leader;
 pub mod metrics;
@@ -108,6 +109,29 @@ pub struct ControllerArgs {
         action = clap::ArgAction::Set
     )]
     pub namespace_labels: bool,
+    /// Use a namespace's own Azure credential (a Secret in that namespace, see
+    /// --namespace-credential-secret) for its objects: off (the controller's own for all),
+    /// optional (the namespace's when it has one), required (namespaces without one are
+    /// refused, reason NoCredential).
+    #[arg(
+        long,
+        env = "VMIDENTITY_NAMESPACE_CREDENTIALS",
+        value_enum,
+        default_value = "off"
+    )]
+    pub namespace_credentials: credentials::Mode,
+    /// Name of the per-namespace credential Secret (keys AZURE_TENANT_ID, AZURE_CLIENT_ID and
+    /// optionally AZURE_CLIENT_SECRET; without a secret: workload identity with the
+    /// controller's federated token).
+    #[arg(
+        long,
+        env = "VMIDENTITY_NAMESPACE_CREDENTIAL_SECRET",
+        default_value = "vmidentity-credential"
+    )]
+    pub namespace_credential_secret: String,
+    /// Seconds a namespace's credential Secret (or its absence) is cached.
+    #[arg(long, default_value_t = 60, hide = true)]
+    pub namespace_credential_ttl_seconds: u64,
     /// Milliseconds between ARM LRO polls when ARM gives no Retry-After.
     #[arg(long, default_value_t = 5000, hide = true)]
     pub lro_poll_ms: u64,
@@ -145,18 +169,21 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
         None => vmidentity_azure::token::from_env(&|k| std::env::var(k).ok())
             .map_err(|e| CliError::Other(format!("Azure credentials: {e}")))?,
     };
-    let arm = ArmClient::new(
-        ClientConfig {
-            endpoint: args.arm_endpoint.clone(),
-            max_attempts: 3,
-            max_inline_wait: Duration::ZERO,
-            lro_poll_interval: Duration::from_millis(args.lro_poll_ms),
-            ..ClientConfig::default()
-        },
-        tokens.clone(),
-    )
-    .map_err(|e| CliError::Other(e.to_string()))?
-    .with_observer(metrics.clone());
+    let arm_config = ClientConfig {
+        endpoint: args.arm_endpoint.clone(),
+        max_attempts: 3,
+        max_inline_wait: Duration::ZERO,
+        lro_poll_interval: Duration::from_millis(args.lro_poll_ms),
+        ..ClientConfig::default()
+    };
+    let graph_config = ClientConfig {
+        max_attempts: 3,
+        max_inline_wait: Duration::ZERO,
+        ..ClientConfig::graph(&args.graph_endpoint)
+    };
+    let arm = ArmClient::new(arm_config.clone(), tokens.clone())
+        .map_err(|e| CliError::Other(e.to_string()))?
+        .with_observer(metrics.clone());
     // Graph: its own static token if given; otherwise the same source (a different audience).
     let graph_tokens: Option<Arc<dyn vmidentity_azure::TokenSource>> =
         match (&args.graph_token, &args.token) {
@@ -166,16 +193,9 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
         };
     let graph = match graph_tokens {
         Some(t) => Some(GraphClient::from_client(
-            ArmClient::new(
-                ClientConfig {
-                    max_attempts: 3,
-                    max_inline_wait: Duration::ZERO,
-                    ..ClientConfig::graph(&args.graph_endpoint)
-                },
-                t,
-            )
-            .map_err(|e| CliError::Other(e.to_string()))?
-            .with_observer(metrics.clone()),
+            ArmClient::new(graph_config.clone(), t)
+                .map_err(|e| CliError::Other(e.to_string()))?
+                .with_observer(metrics.clone()),
         )),
         None => None,
     };
@@ -285,6 +305,25 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
         view,
     );
     ctx.resync = resync;
+    if args.namespace_credentials != credentials::Mode::Off {
+        let env = ["AZURE_AUTHORITY_HOST", "AZURE_FEDERATED_TOKEN_FILE"]
+            .into_iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+            .collect();
+        let mut creds = credentials::Credentials::new(
+            args.namespace_credentials,
+            args.namespace_credential_secret.clone(),
+            client.clone(),
+            (ctx.exec.clone(), ctx.graph.clone()),
+            arm_config.clone(),
+            Some(graph_config.clone()),
+            metrics.clone(),
+            env,
+        );
+        creds.ttl = Duration::from_secs(args.namespace_credential_ttl_seconds);
+        ctx.credentials = Some(Arc::new(creds));
+        info!(mode = ?args.namespace_credentials, secret = %args.namespace_credential_secret, "namespace credentials on");
+    }
     ctx.per_target_resync = args.resync_mode == ResyncMode::Get;
     let ctx = Arc::new(ctx);
     // Resource Graph resync: a scanner triggers only the targets that drifted.

@@ -20,6 +20,7 @@ use vmidentity_planner::{
 };
 
 use super::conditions::{self, Phase};
+use super::credentials::{Chosen, Credentials};
 use super::metrics::Metrics;
 use super::policy::{POLICY_DENIED, PolicyView};
 use super::target::{objects_on, target_key};
@@ -41,6 +42,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Policies and namespace labels: checked before any write.
     pub policy: PolicyView,
+    /// Which Azure credential reconciles which namespace (default: the controller's own).
+    pub credentials: Option<Arc<Credentials>>,
     pub resync: Duration,
     /// Requeue every converged target at the resync period (GET-based resync). When false,
     /// the Resource Graph scanner triggers drifted targets instead.
@@ -78,6 +81,7 @@ impl Context {
             recorder,
             metrics,
             policy,
+            credentials: None,
             resync: Duration::from_secs(600),
             per_target_resync: true,
             attempts: Mutex::default(),
@@ -432,12 +436,23 @@ async fn reconcile_target(
         return Ok(Outcome::Idle);
     }
 
+    // The Azure credential: the controller's own, or the namespace's (one per target).
+    let az = match choose_credential(&members, ctx).await? {
+        Ok(c) => c,
+        Err(r) => {
+            for m in members.iter().filter(|m| !m.deleting && m.desired.is_ok()) {
+                m.refuse(&r, ctx).await?;
+            }
+            return Ok(Outcome::Stalled);
+        }
+    };
+
     // Guardrails before anything else: an object its namespace's policies do not allow is
     // refused like an invalid one (no write on its behalf, nothing removed because of it).
     for m in members.iter_mut().filter(|m| !m.deleting) {
         let Ok(d) = &m.desired else { continue };
         let ns = d.object.namespace.clone();
-        match ctx.policy.check(&ctx.exec, &ns, &d.spec).await {
+        match ctx.policy.check(&az.exec, &ns, &d.spec).await {
             Ok(Ok(())) => {}
             Ok(Err(denied)) => {
                 ctx.metrics.policy_denied.inc();
@@ -485,7 +500,7 @@ async fn reconcile_target(
     }
 
     let target = desired[0].spec.target.clone();
-    let live = match ctx.exec.read_target(&target, &read_version(&desired)).await {
+    let live = match az.exec.read_target(&target, &read_version(&desired)).await {
         Ok(l) => l,
         Err(e) if e.class() == ErrorClass::TargetNotFound => {
             for m in &members {
@@ -568,8 +583,8 @@ async fn reconcile_target(
         bad_identities: Vec::new(),
     };
     match write_target(
-        &ctx.exec,
-        ctx.graph.as_ref(),
+        &az.exec,
+        az.graph.as_ref(),
         &desired,
         &live,
         &plan,
@@ -774,6 +789,49 @@ fn describe_grant_write(w: &vmidentity_planner::Write) -> String {
         ),
         _ => format!("delete role assignment {}", w.id),
     }
+}
+
+/// The credential every object of the target reconciles with: the namespace's own when
+/// namespace credentials are on. Objects whose namespaces use different credentials cannot
+/// share one PATCH: refused (CredentialConflict) until they agree.
+async fn choose_credential(
+    members: &[Member],
+    ctx: &Context,
+) -> Result<Result<Chosen, Refusal>, Error> {
+    let Some(creds) = &ctx.credentials else {
+        return Ok(Ok(Chosen {
+            key: "global".into(),
+            exec: ctx.exec.clone(),
+            graph: ctx.graph.clone(),
+        }));
+    };
+    let mut chosen: Option<Chosen> = None;
+    for m in members {
+        let ns = m.obj.namespace().unwrap_or_default();
+        let c = match creds.for_namespace(&ns).await {
+            Ok(c) => c,
+            Err(e) => {
+                return Ok(Err(Refusal {
+                    reason: e.reason(),
+                    message: e.to_string(),
+                }));
+            }
+        };
+        match &chosen {
+            None => chosen = Some(c),
+            Some(first) if first.key != c.key => {
+                return Ok(Err(Refusal {
+                    reason: "CredentialConflict",
+                    message: format!(
+                        "objects of this target reconcile with different Azure credentials ({} and {}): one PATCH cannot carry both; keep each VM's objects in namespaces that share a credential",
+                        first.key, c.key
+                    ),
+                }));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(Ok(chosen.unwrap_or_else(|| creds.global().clone())))
 }
 
 fn all_of(members: &[Member]) -> Vec<&Member> {

@@ -304,7 +304,22 @@ impl Env {
         let sim = vmidentity_simulator::start(cfg).await.expect("simulator");
         let ns = format!("{ns}-{}", std::process::id());
         let api = Api::namespaced(client.clone(), &ns);
-        let _ = NAMESPACE_LABELS.set(serves_namespaces(&client).await);
+        let real = serves_namespaces(&client).await;
+        let _ = NAMESPACE_LABELS.set(real);
+        if real {
+            // kube-apiserver: objects need their namespace (labelled with its own name, for
+            // tests that select it).
+            let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+            let body = json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": ns, "labels": {"vmidentity-e2e/ns": ns}}});
+            nss.patch(
+                &ns,
+                &PatchParams::apply("vmidentity-e2e").force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .expect("namespace");
+        }
         let env = Env {
             ns,
             sim,
