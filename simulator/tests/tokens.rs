@@ -438,6 +438,7 @@ async fn issue_token_helper_and_caller_mapping() {
             object_id: "0b0b0b0b-0000-4000-8000-000000000001".into(),
             client_id: APP.into(),
             role_assignment_write_scopes: Some(Vec::new()),
+            compute_write_scopes: None,
         }],
         ..SimConfig::default()
     })
