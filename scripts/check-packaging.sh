@@ -233,6 +233,7 @@ declare -A BAD=(
     [unknown-key.yaml]="replica"
     [client-secret-no-secret.yaml]="secretName"
     [two-replicas-no-leader-election.yaml]="/replicas"
+    [namespace-credentials-unknown.yaml]="mode"
 )
 for f in $(printf '%s\n' "${!BAD[@]}" | sort); do
     [[ -f $CHART/ci/bad/$f ]] || { bad "ci/bad/$f exists"; continue; }
@@ -330,6 +331,8 @@ expect(pr == [
     {"apiGroups": ["vmidentity.dev"], "resources": ["virtualmachineidentitypolicies"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]}], "ClusterRole policy-reader: read-only")
 expect(("ClusterRoleBinding", "vmidentity-policy-reader") in r, "ClusterRoleBinding for the policy reader")
+expect(("ClusterRole", "vmidentity-credential-reader") not in r and e["VMIDENTITY_NAMESPACE_CREDENTIALS"] == "off",
+       "namespace credentials off by default: no Secret access")
 pol = r.get(("VirtualMachineIdentityPolicy", "vmidentity-default"))
 expect(pol is not None and pol["spec"]["namespaces"]["selector"] == {"matchLabels": {"vmidentity.dev/enabled": "true"}}
        and not any(pol["spec"]["targets"].values()) and pol["spec"]["allowExactMode"] is False
@@ -353,6 +356,12 @@ expect("azure.workload.identity/use" not in r[("Deployment", "vmidentity")]["spe
        and "azure.workload.identity/client-id" not in (r[("ServiceAccount", "vmidentity")]["metadata"].get("annotations") or {}),
        "clientSecret: no workload identity label/annotation")
 expect(e["VMIDENTITY_NAMESPACE"] == "team-web" and e["VMIDENTITY_LOG_FORMAT"] == "text", "watchNamespace -> VMIDENTITY_NAMESPACE")
+cred = r.get(("ClusterRole", "vmidentity-credential-reader"))
+expect(e["VMIDENTITY_NAMESPACE_CREDENTIALS"] == "required" and e["VMIDENTITY_NAMESPACE_CREDENTIAL_SECRET"] == "vmidentity-credential"
+       and cred is not None and cred["rules"] == [{"apiGroups": [""], "resources": ["secrets"],
+       "resourceNames": ["vmidentity-credential"], "verbs": ["get"]}]
+       and ("ClusterRoleBinding", "vmidentity-credential-reader") in r,
+       "namespace credentials: env, and get of the one Secret name only")
 rb = r.get(("RoleBinding", "vmidentity"))
 expect(rb is not None and rb["metadata"]["namespace"] == "team-web" and rb["roleRef"]["kind"] == "ClusterRole"
        and ("ClusterRoleBinding", "vmidentity") not in r, "watchNamespace: the ClusterRole is bound in that namespace only")
