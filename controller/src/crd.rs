@@ -344,7 +344,6 @@ pub fn crd_yaml() -> Result<String, serde_yaml_ng::Error> {
     kind = "VirtualMachineIdentityPolicy",
     shortname = "vmidpolicy",
     category = "azure",
-    status = "VirtualMachineIdentityPolicyStatus",
     doc = "What VirtualMachineIdentity objects in a set of namespaces may do",
     printcolumn(
         name = "Age",
@@ -358,33 +357,12 @@ pub struct VirtualMachineIdentityPolicySpec {
     pub policy: planner::policy::RawPolicy,
 }
 
-/// Observed state of a policy.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct VirtualMachineIdentityPolicyStatus {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    /// Problems with the policy itself (a policy with problems allows nothing).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub problems: Vec<String>,
-}
-
 impl VirtualMachineIdentityPolicy {
     /// The policy as the planner checks it. A policy with problems allows nothing (it still
-    /// covers its namespaces, so it can only narrow).
+    /// covers its namespaces, so it can only narrow) and says why in every denial.
     pub fn to_policy(&self) -> planner::policy::Policy {
         use kube::ResourceExt;
-        let mut spec = self.spec.policy.clone();
-        if !planner::policy::validate(&spec).is_empty() {
-            spec = planner::policy::RawPolicy {
-                namespaces: spec.namespaces,
-                ..Default::default()
-            };
-        }
-        planner::policy::Policy {
-            name: self.name_any(),
-            spec,
-        }
+        planner::policy::Policy::new(self.name_any(), self.spec.policy.clone())
     }
 }
 

@@ -144,6 +144,24 @@ async fn the_attackers_list_is_refused_with_its_message_and_no_write() {
             "{name}"
         );
     }
+    // Each refusal also left a Warning Event on its object.
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(env.client.clone(), &env.ns);
+    let denied_events: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("PolicyDenied"))
+        .filter_map(|e| e.regarding.and_then(|r| r.name))
+        .collect();
+    for (name, _, _) in &attempts {
+        assert!(
+            denied_events.iter().any(|n| n == name),
+            "no PolicyDenied event for {name}: {denied_events:?}"
+        );
+    }
     let ok = env.wait_for("ok", 30, "Ready", is_ready).await;
     let u1 = ok.status.unwrap().principals.unwrap().user_assigned[&uai("u1")].clone();
 

@@ -210,6 +210,18 @@ pub struct RawPolicy {
 pub struct Policy {
     pub name: String,
     pub spec: RawPolicy,
+    /// What is wrong with the spec ([`validate`]); a policy with problems allows nothing.
+    pub problems: Vec<String>,
+}
+
+impl Policy {
+    pub fn new(name: impl Into<String>, spec: RawPolicy) -> Policy {
+        Policy {
+            name: name.into(),
+            problems: validate(&spec),
+            spec,
+        }
+    }
 }
 
 /// A namespace as the policy engine sees it.
@@ -498,6 +510,18 @@ fn check_one(
     out: &mut Vec<Denial>,
 ) {
     let s = &p.spec;
+    if !p.problems.is_empty() {
+        out.push(Denial {
+            policy: Some(p.name.clone()),
+            rule: Rule::Namespaces,
+            field: "metadata.namespace".into(),
+            message: format!(
+                "the policy is invalid and allows nothing until it is fixed: {}",
+                p.problems.join("; ")
+            ),
+        });
+        return;
+    }
     let mut deny = |rule: Rule, field: String, message: String| {
         out.push(Denial {
             policy: Some(p.name.clone()),
@@ -776,9 +800,9 @@ mod tests {
     }
 
     fn team_a() -> Policy {
-        Policy {
-            name: "team-a".into(),
-            spec: RawPolicy {
+        Policy::new(
+            "team-a",
+            RawPolicy {
                 namespaces: NamespaceSelection {
                     names: vec!["team-a".into()],
                     selector: None,
@@ -800,7 +824,7 @@ mod tests {
                 groups: vec!["11111111-1111-1111-1111-111111111111".into()],
                 ..Default::default()
             },
-        }
+        )
     }
 
     fn spec(f: impl FnOnce(&mut RawSpec)) -> Spec {
@@ -1019,6 +1043,16 @@ mod tests {
         let d = check(&policies, ns(Some(&prod)), &s, &RoleInfo::offline).unwrap_err();
         assert_eq!(d.0.len(), 1);
         assert_eq!(d.0[0].policy.as_deref(), Some("narrow"));
+    }
+
+    #[test]
+    fn an_invalid_policy_allows_nothing_and_says_why() {
+        let mut raw = team_a().spec;
+        raw.role_assignments[0].roles.clear();
+        let p = Policy::new("broken", raw);
+        let d = run(&[p], "team-a", &spec(|_| {})).unwrap_err();
+        assert!(d.to_string().contains("the policy is invalid"), "{d}");
+        assert!(d.to_string().contains("roles: empty"), "{d}");
     }
 
     #[test]
