@@ -475,6 +475,19 @@ impl ArmClient {
         body: Option<&Value>,
         kind: RequestKind,
     ) -> Result<Response, AzureError> {
+        self.send_with_headers(method, url, body, kind, &[]).await
+    }
+
+    /// [`ArmClient::send`] with extra request headers (e.g. `If-Match`). A 412 is never
+    /// re-sent: the precondition will not hold the second time either.
+    pub async fn send_with_headers(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<&Value>,
+        kind: RequestKind,
+        extra_headers: &[(&str, &str)],
+    ) -> Result<Response, AzureError> {
         let path = url
             .strip_prefix(&self.cfg.endpoint)
             .unwrap_or(url)
@@ -511,6 +524,9 @@ impl ArmClient {
                 .request(method.clone(), url)
                 .bearer_auth(&token.token)
                 .header("accept", "application/json");
+            for (name, value) in extra_headers {
+                req = req.header(*name, *value);
+            }
             if let Some(b) = body {
                 req = req.json(b);
             }
@@ -649,9 +665,25 @@ impl ArmClient {
         api_version: &str,
         body: &Value,
     ) -> Result<Value, AzureError> {
+        self.write_if_match(method, path, api_version, body, None)
+            .await
+    }
+
+    /// [`ArmClient::write`], conditional on the resource's entity tag when `if_match` is
+    /// given (`If-Match`): ARM answers 412 ([`ErrorClass::PreconditionFailed`]) and applies
+    /// nothing if the resource changed since that tag was read.
+    pub async fn write_if_match(
+        &self,
+        method: Method,
+        path: &str,
+        api_version: &str,
+        body: &Value,
+        if_match: Option<&str>,
+    ) -> Result<Value, AzureError> {
         let url = self.url(path, api_version);
+        let headers: Vec<(&str, &str)> = if_match.map(|t| ("if-match", t)).into_iter().collect();
         let resp = self
-            .send(method, &url, Some(body), RequestKind::Write)
+            .send_with_headers(method, &url, Some(body), RequestKind::Write, &headers)
             .await?;
         let final_body = self.wait_for_operation(&url, &resp).await?;
         match final_body {

@@ -35,13 +35,20 @@ pub enum ErrorClass {
     RoleNotFound,
     /// The Entra group named by a Graph membership call does not exist.
     GroupNotFound,
+    /// 412: a conditional write (`If-Match`) found the resource changed since it was read
+    /// (another writer got in between). Never re-sent as is: the caller reads the resource
+    /// again, plans again and sends the new write (retryable in that sense).
+    PreconditionFailed,
 }
 
 impl ErrorClass {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            ErrorClass::Throttled | ErrorClass::Transient | ErrorClass::PrincipalNotReplicated
+            ErrorClass::Throttled
+                | ErrorClass::Transient
+                | ErrorClass::PrincipalNotReplicated
+                | ErrorClass::PreconditionFailed
         )
     }
 
@@ -58,6 +65,7 @@ impl ErrorClass {
             ErrorClass::PrincipalNotReplicated => "PrincipalNotReplicated",
             ErrorClass::RoleNotFound => "RoleNotFound",
             ErrorClass::GroupNotFound => "GroupNotFound",
+            ErrorClass::PreconditionFailed => "PreconditionFailed",
         }
     }
 }
@@ -223,6 +231,9 @@ pub fn classify(status: u16, code: &str, message: &str) -> ErrorClass {
         429 => ErrorClass::Throttled,
         401 => ErrorClass::Unauthenticated,
         403 => ErrorClass::Forbidden,
+        // `PreconditionFailed`: "Etag provided in if-match header … does not match etag … of
+        // resource." (CRP, captured in kubernetes-sigs/cloud-provider-azure#9728).
+        412 => ErrorClass::PreconditionFailed,
         404 if code == "RoleDefinitionDoesNotExist" => ErrorClass::RoleNotFound,
         404 if names_identity => ErrorClass::IdentityNotFound,
         404 => ErrorClass::TargetNotFound,
@@ -317,6 +328,15 @@ mod tests {
         assert!(!ErrorClass::RoleNotFound.is_retryable());
         assert_eq!(ErrorClass::RoleNotFound.reason(), "RoleNotFound");
         assert_eq!(ErrorClass::GroupNotFound.reason(), "GroupNotFound");
+        assert_eq!(
+            classify(
+                412,
+                "PreconditionFailed",
+                "Etag provided in if-match header \"2\" does not match etag \"3\" of resource."
+            ),
+            ErrorClass::PreconditionFailed
+        );
+        assert!(ErrorClass::PreconditionFailed.is_retryable());
         assert!(!ErrorClass::GroupNotFound.is_retryable());
         // Graph bodies.
         assert_eq!(

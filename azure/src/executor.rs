@@ -2,6 +2,7 @@
 
 use reqwest::Method;
 use serde_json::Value;
+use tracing::debug;
 use vmidentity_planner::{ApiVersion, ArmId, LiveResource, TargetPlan};
 
 use crate::client::ArmClient;
@@ -43,8 +44,17 @@ impl Executor {
 
     /// Sends the plan's writes in order. Stops at the first failure (later writes depend on
     /// earlier ones: a principal must exist before it is granted anything).
+    ///
+    /// A write with [`Write::if_match`](vmidentity_planner::Write) is sent with `If-Match`:
+    /// the tag the plan was made against for the first write to a target, and for a later
+    /// one the tag ARM answered the previous write to that target with (our own write
+    /// changed it). If that answer carried no tag, the later write goes unconditional.
+    /// A 412 surfaces as [`ErrorClass::PreconditionFailed`](crate::ErrorClass): nothing of
+    /// that write was applied; the caller re-reads the target and plans again.
     pub async fn execute(&self, plan: &TargetPlan) -> Result<Outcome, AzureError> {
         let mut live = None;
+        // (target, the etag ARM answered our last write to it with)
+        let mut last: Option<(String, Option<String>)> = None;
         for w in &plan.writes {
             let method = Method::from_bytes(w.method.as_bytes()).map_err(|_| {
                 AzureError::InvalidResponse {
@@ -52,13 +62,29 @@ impl Executor {
                     message: format!("unknown method {}", w.method),
                 }
             })?;
+            let if_match = match (&w.if_match, &last) {
+                (None, _) => None,
+                (Some(_), Some((id, answered))) if id.eq_ignore_ascii_case(&w.id) => {
+                    if answered.is_none() {
+                        debug!(target = %w.id, "the previous write's answer carried no etag: sending the next one unconditionally");
+                    }
+                    answered.clone()
+                }
+                (Some(planned), _) => Some(planned.clone()),
+            };
             let answer = self
                 .arm
-                .write(method, &w.id, &w.api_version, &w.body)
+                .write_if_match(method, &w.id, &w.api_version, &w.body, if_match.as_deref())
                 .await?;
             if w.method == "PATCH" {
                 live = parse_live(&self.arm.url(&w.id, &w.api_version), &answer).ok();
             }
+            let etag = answer
+                .get("etag")
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
+            last = Some((w.id.clone(), etag));
         }
         Ok(Outcome {
             writes: plan.writes.len(),

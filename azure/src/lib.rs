@@ -30,4 +30,6 @@ pub use client::{
 pub use error::{AzureError, ErrorClass};
 pub use executor::Executor;
 pub use graph::{GRAPH_VERSION, GraphClient};
+/// The HTTP method type [`ArmClient::send`] and [`ArmClient::write`] take.
+pub use reqwest::Method;
 pub use token::{ARM_SCOPE, AccessToken, GRAPH_SCOPE, StaticToken, TokenError, TokenSource};

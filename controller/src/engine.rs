@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 
 use futures::StreamExt;
+use tracing::info;
 use vmidentity_azure::authorization::PutRoleAssignment;
 use vmidentity_azure::{AzureError, Executor, GraphClient};
 use vmidentity_planner::grants::{
@@ -53,7 +54,8 @@ pub struct TargetResult {
     pub plan: Option<TargetPlan>,
     /// Set when the target was refused or a write failed; nothing after the failure was sent.
     pub error: Option<EngineError>,
-    /// The target as ARM answered the write (None when nothing was written).
+    /// The target as ARM answered the write, or as it was read again after a 412 (None when
+    /// nothing was written or re-read).
     pub live_after: Option<LiveResource>,
     /// Role assignment and group membership writes (planned offline, or sent by apply).
     pub grant_writes: Vec<Write>,
@@ -446,8 +448,15 @@ async fn apply_target(
     result
 }
 
+/// How often a target's identity write is sent when ARM keeps answering 412 (another
+/// writer changes the target between our GET and our PATCH): each 412 is followed by a GET
+/// and a new plan; after the last one the error surfaces (and the reconcile is retried).
+pub const MAX_CONDITIONAL_WRITE_ATTEMPTS: u32 = 3;
+
 /// Sends a target's writes in order: grant removals (before the identity that holds them
-/// goes), the identity PATCH, then grant additions (once the principals exist).
+/// goes), the identity PATCH, then grant additions (once the principals exist). On a 412
+/// (the target changed since `live` was read) the target is read and planned again, at most
+/// [`MAX_CONDITIONAL_WRITE_ATTEMPTS`] sends in all; `result.plan` is the plan finally sent.
 pub async fn write_target(
     exec: &Executor,
     graph: Option<&GraphClient>,
@@ -474,8 +483,15 @@ pub async fn write_target(
     }
     // The identity write. ARM refuses a whole PATCH that names a user-assigned identity that
     // does not exist: then the rest goes through without it, and its objects are told.
+    // The PATCH is conditional on the etag the target was read at (api-versions that have
+    // one): if another writer changed the target in between, ARM answers 412 and applies
+    // nothing; the target is read again and planned again, so the other writer's change is
+    // kept (what it did to identities our objects do not manage is never undone).
     let mut group: Vec<DesiredObject> = group.to_vec();
     let mut plan = plan.clone();
+    let mut live = live.clone();
+    let mut refused = 0u32;
+    let mut reread = false;
     let live_after = loop {
         if plan.is_converged() {
             break live.clone();
@@ -510,7 +526,19 @@ pub async fn write_target(
                     o.spec.group_memberships.retain(|g| !matches!(&g.identity, vmidentity_planner::model::IdentityRef::UserAssigned(u) if bad.contains(u)));
                 }
                 result.bad_identities.extend(bad);
-                plan = plan_target(&group, live)?;
+                plan = plan_target(&group, &live)?;
+            }
+            Err(e)
+                if e.class() == vmidentity_azure::ErrorClass::PreconditionFailed
+                    && refused + 1 < MAX_CONDITIONAL_WRITE_ATTEMPTS =>
+            {
+                refused += 1;
+                info!(target = %plan.target, refused, "the target changed since it was read (412): reading it again");
+                live = exec
+                    .read_target(&plan.target, &read_version(&group))
+                    .await?;
+                reread = true;
+                plan = plan_target(&group, &live)?;
             }
             Err(e) => return Err(e.into()),
         }
@@ -518,7 +546,7 @@ pub async fn write_target(
     let group = group.as_slice();
     let plan = &plan;
     result.plan = Some(plan.clone());
-    result.live_after = (!plan.is_converged()).then(|| live_after.clone());
+    result.live_after = (!plan.is_converged() || reread).then(|| live_after.clone());
     if let Some((read_before, held_before)) = before {
         let mut resolved = principals_of(&live_after);
         resolved.roles = roles.roles;

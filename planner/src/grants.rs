@@ -206,6 +206,7 @@ fn put_role(scope: &str, role_guid: &str, principal: &str) -> Write {
             "principalId": principal,
             "principalType": "ServicePrincipal",
         }}),
+        if_match: None,
     }
 }
 
@@ -215,6 +216,7 @@ fn delete(id: &str, api_version: &str) -> Write {
         id: id.to_string(),
         api_version: api_version.into(),
         body: serde_json::Value::Null,
+        if_match: None,
     }
 }
 
@@ -224,6 +226,7 @@ fn add_member(group: &str, principal: &str) -> Write {
         id: format!("/groups/{group}/members/$ref"),
         api_version: GRAPH_VERSION.into(),
         body: json!({"@odata.id": format!("https://graph.microsoft.com/v1.0/directoryObjects/{principal}")}),
+        if_match: None,
     }
 }
 

@@ -113,6 +113,10 @@ pub struct LiveResource {
     pub id: ArmId,
     pub identity: LiveIdentity,
     pub provisioning_state: Option<String>,
+    /// The body's `etag` (Compute api-versions 2023-09-01 and later; e.g. `"3"`, quotes
+    /// included): the version of the resource this state was read at. None when the
+    /// api-version has no entity tags.
+    pub etag: Option<String>,
 }
 
 /// Why a GET body cannot be understood.
@@ -156,10 +160,17 @@ impl LiveResource {
             None | Some(Value::Null) => LiveIdentity::default(),
             Some(v) => parse_identity(v)?,
         };
+        let etag = match obj.get("etag") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.is_empty() => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return Err(err("etag", "is not a string")),
+        };
         Ok(LiveResource {
             id,
             identity,
             provisioning_state,
+            etag,
         })
     }
 
@@ -169,6 +180,7 @@ impl LiveResource {
             id,
             identity: LiveIdentity::default(),
             provisioning_state: None,
+            etag: None,
         }
     }
 }
@@ -295,6 +307,21 @@ mod tests {
         assert_eq!(live.identity.user_assigned.len(), 1);
         let bare = LiveResource::from_arm_json(&json!({"id": VM})).unwrap();
         assert_eq!(bare.identity, LiveIdentity::default());
+        assert_eq!(bare.etag, None);
+    }
+
+    #[test]
+    fn reads_the_etag() {
+        let live = LiveResource::from_arm_json(&json!({"id": VM, "etag": "\"3\""})).unwrap();
+        assert_eq!(live.etag.as_deref(), Some("\"3\""));
+        let empty = LiveResource::from_arm_json(&json!({"id": VM, "etag": ""})).unwrap();
+        assert_eq!(empty.etag, None);
+        assert_eq!(
+            LiveResource::from_arm_json(&json!({"id": VM, "etag": 3}))
+                .unwrap_err()
+                .field,
+            "etag"
+        );
     }
 
     #[test]

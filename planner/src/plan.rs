@@ -73,7 +73,8 @@ impl fmt::Display for Change {
 }
 
 /// One request the executor sends. Serialises to the `vmidentity plan -o json` element:
-/// `{"method":"PATCH","id":"<resource id>","apiVersion":"<version>","body":{...}}`.
+/// `{"method":"PATCH","id":"<resource id>","apiVersion":"<version>","body":{...}}`, plus
+/// `"ifMatch":"<etag>"` when the write is conditional.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Write {
@@ -81,6 +82,14 @@ pub struct Write {
     pub id: String,
     pub api_version: String,
     pub body: Value,
+    /// Optimistic concurrency: the entity tag of the target the write was planned against,
+    /// sent as `If-Match` so ARM refuses it (412) if another writer changed the target in
+    /// between. Set on identity PATCHes when the live body carried an `etag` (Compute
+    /// 2023-09-01 and later); older api-versions have none, and the write is unconditional.
+    /// When a plan has two PATCHes (a stale entry repaired), the executor sends the second
+    /// with the tag ARM answered the first with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub if_match: Option<String>,
 }
 
 /// Everything the planner decided for one target.
@@ -439,6 +448,7 @@ pub fn plan_target(
                 id: target.to_string(),
                 api_version: api_version.to_string(),
                 body,
+                if_match: live.etag.clone(),
             });
         }
     }

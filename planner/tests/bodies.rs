@@ -387,3 +387,58 @@ fn claims_keep_old_and_new_ownership() {
         vec![uai("ID2")]
     );
 }
+
+#[test]
+fn the_patch_is_conditional_on_the_etag_it_was_planned_against() {
+    let o = obj("a", &vm("myVM"), |r| {
+        r.user_assigned_identities = vec![uai("ID1")];
+        r.arm_api_version = Some("2024-11-01".into());
+    });
+    let with_tag = LiveResource::from_arm_json(
+        &json!({"id": vm("myVM"), "etag": "\"7\"", "identity": {"type": "SystemAssigned", "principalId": "p"}}),
+    )
+    .expect("live");
+    let p = plan_target(std::slice::from_ref(&o), &with_tag).expect("plan");
+    assert_eq!(p.writes.len(), 1);
+    assert_eq!(p.writes[0].if_match.as_deref(), Some("\"7\""));
+    assert_eq!(
+        serde_json::to_value(&p.writes[0]).expect("json"),
+        json!({"method": "PATCH", "id": vm("myVM"), "apiVersion": "2024-11-01",
+               "body": {"identity": {"type": "SystemAssigned, UserAssigned",
+                                     "userAssignedIdentities": {uai("ID1"): {}}}},
+               "ifMatch": "\"7\""})
+    );
+    // Without an etag (older api-versions) the write is unconditional and the JSON unchanged.
+    let untagged = live(
+        &vm("myVM"),
+        json!({"type": "SystemAssigned", "principalId": "p"}),
+    );
+    let p = plan_target(std::slice::from_ref(&o), &untagged).expect("plan");
+    assert_eq!(p.writes[0].if_match, None);
+    let v = serde_json::to_value(&p.writes[0]).expect("json");
+    assert!(v.get("ifMatch").is_none(), "{v}");
+    // Converged: nothing to make conditional.
+    let done = LiveResource::from_arm_json(&json!({"id": vm("myVM"), "etag": "\"8\"",
+        "identity": {"type": "UserAssigned", "userAssignedIdentities": {uai("ID1"): {"principalId": "u", "clientId": "c"}}}}))
+    .expect("live");
+    assert!(plan_target(&[o], &done).expect("plan").writes.is_empty());
+}
+
+#[test]
+fn both_patches_of_a_stale_repair_carry_the_planned_etag() {
+    let o = obj("a", &vm("myVM"), |r| {
+        r.user_assigned_identities = vec![uai("ID1")];
+        r.arm_api_version = Some("2024-11-01".into());
+    });
+    let l = LiveResource::from_arm_json(&json!({"id": vm("myVM"), "etag": "\"2\"",
+        "identity": {"type": "UserAssigned", "userAssignedIdentities": {uai("ID1"): {"principalId": "", "clientId": ""}}}}))
+    .expect("live");
+    let p = plan_target(&[o], &l).expect("plan");
+    assert_eq!(p.writes.len(), 2);
+    // The executor substitutes the tag ARM answered the first PATCH with for the second.
+    assert!(
+        p.writes
+            .iter()
+            .all(|w| w.if_match.as_deref() == Some("\"2\""))
+    );
+}

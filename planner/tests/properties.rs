@@ -224,7 +224,7 @@ proptest! {
             .map(|o| o.clone().with_applied(plan.applied[&o.object].clone()))
             .collect();
         if !next.is_empty() {
-            let live1 = LiveResource { id: live0.id.clone(), identity: after_live, provisioning_state: None };
+            let live1 = LiveResource { id: live0.id.clone(), identity: after_live, provisioning_state: None, etag: None };
             let again = plan_target(&next, &live1).unwrap();
             prop_assert!(again.is_converged(), "second plan writes {:?}", again.writes);
             for o in &next {

@@ -38,6 +38,83 @@ pub const COMPUTE_API_VERSIONS: &[&str] = &[
     "2024-11-01",
 ];
 
+/// The first Compute api-version with entity tags: `etag` on VM / VMSS bodies (and the
+/// `ETag` header), `If-Match` / `If-None-Match` on PUT and PATCH. Added to the
+/// `virtualMachine.json` / `virtualMachineScaleSet.json` specs by Azure/azure-rest-api-specs
+/// PR #26368 ("Etag support in crp", 2023-09-01); older api-versions have neither.
+pub const ETAG_API_VERSION: &str = "2023-09-01";
+
+/// True when `api_version` (a served Compute api-version) has entity tags.
+pub fn has_etag(api_version: &str) -> bool {
+    api_version.to_ascii_lowercase().as_str() >= ETAG_API_VERSION
+}
+
+/// The conditional-request headers of a PUT / PATCH (ignored below [`ETAG_API_VERSION`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Preconditions<'a> {
+    pub if_match: Option<&'a str>,
+    pub if_none_match: Option<&'a str>,
+}
+
+/// True when the comma-separated entity-tag list `header` names `etag` (or is `*`).
+/// Strong comparison (RFC 9110 §13.1.1): a weak tag (`W/"3"`) never matches.
+fn list_matches(header: &str, etag: &str) -> bool {
+    header
+        .split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t == etag)
+}
+
+/// Evaluates `If-Match` / `If-None-Match` against the resource as it is (`None`: absent).
+/// Called after the request was validated: RFC 9110 §13.2.1 has a request that would fail
+/// anyway answered with that failure, not 412.
+fn check_preconditions(
+    pre: Preconditions<'_>,
+    api_version: &str,
+    current: Option<&ComputeResource>,
+) -> Result<(), ArmError> {
+    if !has_etag(api_version) {
+        return Ok(());
+    }
+    if let Some(h) = pre.if_match {
+        match current {
+            Some(r) if list_matches(h, &r.etag_value()) => {}
+            Some(r) => {
+                return Err(ArmError::new(
+                    StatusCode::PRECONDITION_FAILED,
+                    "PreconditionFailed",
+                    format!(
+                        "Etag provided in if-match header {h} does not match etag {} of resource.",
+                        r.etag_value()
+                    ),
+                ));
+            }
+            None => {
+                return Err(ArmError::new(
+                    StatusCode::PRECONDITION_FAILED,
+                    "PreconditionFailed",
+                    format!(
+                        "Etag provided in if-match header {h} does not match: the resource does not exist."
+                    ),
+                ));
+            }
+        }
+    }
+    if let (Some(h), Some(r)) = (pre.if_none_match, current)
+        && list_matches(h, &r.etag_value())
+    {
+        return Err(ArmError::new(
+            StatusCode::PRECONDITION_FAILED,
+            "PreconditionFailed",
+            format!(
+                "Etag provided in if-none-match header {h} matches etag {} of resource.",
+                r.etag_value()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Read-only members of `properties` that a client may echo back; ignored on writes.
 const READ_ONLY_PROPERTIES: &[&str] = &[
     "provisioningState",
@@ -128,12 +205,24 @@ fn merge_properties(target: &mut Map<String, Value>, v: &Value) -> Result<(), Ar
     }
 }
 
-pub(crate) fn get(st: &mut State, id: &ResourceId, shape: Shape) -> Result<ArmResponse, ArmError> {
+pub(crate) fn get(
+    st: &mut State,
+    id: &ResourceId,
+    api_version: &str,
+    shape: Shape,
+) -> Result<ArmResponse, ArmError> {
     let res = find(st, id)?;
-    Ok(ArmResponse::json(
-        StatusCode::OK,
-        st.world.render_compute(res, shape),
-    ))
+    let etag = has_etag(api_version);
+    let resp = ArmResponse::json(StatusCode::OK, st.world.render_compute(res, shape, etag));
+    Ok(with_etag_header(resp, res, etag))
+}
+
+fn with_etag_header(resp: ArmResponse, res: &ComputeResource, etag: bool) -> ArmResponse {
+    if etag {
+        resp.header(HeaderName::from_static("etag"), &res.etag_value())
+    } else {
+        resp
+    }
 }
 
 pub(crate) fn patch(
@@ -142,6 +231,7 @@ pub(crate) fn patch(
     api_version: &str,
     shape: Shape,
     body: Option<&Value>,
+    pre: Preconditions<'_>,
 ) -> Result<ArmResponse, ArmError> {
     let current = find(st, id)?.clone();
     let obj = body_object(body, id.kind)?;
@@ -155,7 +245,7 @@ pub(crate) fn patch(
     let mut updated = current.clone();
     for (k, v) in obj {
         match k.to_ascii_lowercase().as_str() {
-            "identity" | "id" | "name" | "type" | "location" => {}
+            "identity" | "id" | "name" | "type" | "location" | "etag" => {}
             "tags" => updated.tags = if v.is_null() { None } else { Some(v.clone()) },
             "properties" => merge_properties(&mut updated.properties, v)?,
             _ => {
@@ -165,6 +255,7 @@ pub(crate) fn patch(
     }
     updated.set_identity(new_identity);
     let changed = updated != current;
+    check_preconditions(pre, api_version, Some(&current))?;
     Ok(commit_write(
         st,
         api_version,
@@ -181,6 +272,7 @@ pub(crate) fn put(
     api_version: &str,
     shape: Shape,
     body: Option<&Value>,
+    pre: Preconditions<'_>,
 ) -> Result<ArmResponse, ArmError> {
     let Some(group) = st.world.groups.get(&id.group_key()).cloned() else {
         return Err(ArmError::resource_group_not_found(&id.resource_group));
@@ -220,7 +312,7 @@ pub(crate) fn put(
     updated.properties = Map::new();
     for (k, v) in obj {
         match k.to_ascii_lowercase().as_str() {
-            "identity" | "id" | "name" | "type" | "location" => {}
+            "identity" | "id" | "name" | "type" | "location" | "etag" => {}
             "tags" => updated.tags = if v.is_null() { None } else { Some(v.clone()) },
             "properties" => merge_properties(&mut updated.properties, v)?,
             _ => {
@@ -229,10 +321,13 @@ pub(crate) fn put(
         }
     }
     updated.set_identity(new_identity);
+    check_preconditions(pre, api_version, existing.as_ref())?;
     Ok(commit_write(st, api_version, shape, updated, true, created))
 }
 
-/// Stores the written resource and answers per the LRO mode (ARM-BEHAVIOUR.md §3).
+/// Stores the written resource and answers per the LRO mode (ARM-BEHAVIOUR.md §3). Every
+/// accepted write of an existing resource bumps its entity tag, even one that changes
+/// nothing (CHOSEN); a created one starts at `"1"`.
 fn commit_write(
     st: &mut State,
     api_version: &str,
@@ -247,6 +342,18 @@ fn commit_write(
     } else {
         StatusCode::OK
     };
+    if !created {
+        res.bump_etag();
+    }
+    let etag = has_etag(api_version);
+    let etag_value = res.etag_value();
+    let tag = |resp: ArmResponse| {
+        if etag {
+            resp.header(HeaderName::from_static("etag"), &etag_value)
+        } else {
+            resp
+        }
+    };
     let mode = st.config.lro;
     let immediate = !changed && st.config.noop_patch_completes_immediately;
     if mode == LroMode::Sync || immediate {
@@ -254,10 +361,10 @@ fn commit_write(
             res.provisioning_state = "Succeeded".to_string();
             res.current_op = None;
         }
-        let body = st.world.render_compute(&res, shape);
+        let body = st.world.render_compute(&res, shape, etag);
         st.world.compute.insert(key.clone(), res);
         st.world.sync_compute_principals(&key);
-        return ArmResponse::json(ok_status, body);
+        return tag(ArmResponse::json(ok_status, body));
     }
     let op = lro::start(st, &key);
     res.current_op = Some(op.clone());
@@ -265,7 +372,7 @@ fn commit_write(
     let async_url = lro::status_url(st, &res.id.subscription, &res.location, &op, api_version);
     let monitor_url = lro::monitor_url(st, &res.id.subscription, &res.location, &op, api_version);
     let retry_after = st.config.retry_after_secs.to_string();
-    let body = st.world.render_compute(&res, shape);
+    let body = st.world.render_compute(&res, shape, etag);
     st.world.compute.insert(key.clone(), res);
     st.world.sync_compute_principals(&key);
     let resp = match mode {
@@ -273,7 +380,8 @@ fn commit_write(
             .header(HeaderName::from_static("location"), &monitor_url),
         _ => ArmResponse::json(ok_status, body),
     };
-    resp.header(HeaderName::from_static("azure-asyncoperation"), &async_url)
+    tag(resp)
+        .header(HeaderName::from_static("azure-asyncoperation"), &async_url)
         .header(HeaderName::from_static("retry-after"), &retry_after)
 }
 

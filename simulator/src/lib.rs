@@ -44,7 +44,7 @@ pub use crate::authz::{
     AUTHORIZATION_API_VERSIONS, DEFAULT_ROLE_ASSIGNMENT_LIMIT,
     MANAGEMENT_GROUP_ROLE_ASSIGNMENT_LIMIT, SeedPermission,
 };
-pub use crate::compute::COMPUTE_API_VERSIONS;
+pub use crate::compute::{COMPUTE_API_VERSIONS, ETAG_API_VERSION, has_etag};
 pub use crate::directory::PrincipalKind;
 pub use crate::errors::SimError;
 pub use crate::faults::{FaultAction, FaultRule};
@@ -428,9 +428,20 @@ impl SimHandle {
             .map(|r| r.provisioning_state.clone())
     }
 
+    /// The entity tag of a VM/VMSS as a 2023-09-01+ GET shows it (e.g. `"3"`, quotes
+    /// included), whatever api-version the callers use.
+    pub fn etag_of(&self, resource_id: &str) -> Option<String> {
+        let st = self.shared.lock();
+        st.world
+            .compute
+            .get(&key_of(resource_id))
+            .map(|r| r.etag_value())
+    }
+
     /// Out-of-band identity write (2018-06-01 shape, full replace): `type`,
     /// optional `principalId` (forces the system principal), optional
     /// `userAssignedIdentities` (map or array of ids; need not exist → stale entries).
+    /// Bumps the resource's entity tag, as any write does.
     pub fn set_identity(&self, resource_id: &str, identity: Value) -> Result<(), SimError> {
         let id = compute_id(resource_id)?;
         let mut identity = identity;
@@ -457,6 +468,7 @@ impl SimHandle {
         let state = st.world.out_of_band_identity(&res, &identity, principal)?;
         if let Some(r) = st.world.compute.get_mut(&id.key()) {
             r.set_identity(state);
+            r.bump_etag();
         }
         st.world.sync_compute_principals(&id.key());
         Ok(())

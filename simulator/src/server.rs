@@ -301,6 +301,7 @@ pub(crate) async fn arm_entry(
                 Route::Resource(id) => Some(id.key()),
                 _ => None,
             },
+            if_match: header_str(&headers, "if-match").map(str::to_string),
         });
     }
     drop(st);
@@ -438,8 +439,14 @@ async fn handle(
         crate::resourcegraph::quota_headers(&mut resp, remaining, resets);
         return resp;
     }
-    let mut resp = dispatch(&mut st, method, route, path, query, body, body_ok, &caller)
-        .unwrap_or_else(Into::into);
+    let pre = compute::Preconditions {
+        if_match: header_str(headers, "if-match"),
+        if_none_match: header_str(headers, "if-none-match"),
+    };
+    let mut resp = dispatch(
+        &mut st, method, route, path, query, body, body_ok, &caller, pre,
+    )
+    .unwrap_or_else(Into::into);
     resp.headers.extend(throttle_headers);
     resp
 }
@@ -454,6 +461,7 @@ fn dispatch(
     body: Option<&Value>,
     body_ok: bool,
     caller: &CallerConfig,
+    pre: compute::Preconditions<'_>,
 ) -> Result<ArmResponse, ArmError> {
     match route {
         Route::Authorization { scope, target } => {
@@ -491,9 +499,9 @@ fn dispatch(
                     authz::check_compute_write(caller, id, method)?;
                 }
                 match *method {
-                    Method::GET => compute::get(st, id, shape),
-                    Method::PATCH => compute::patch(st, id, &v, shape, body),
-                    Method::PUT => compute::put(st, id, &v, shape, body),
+                    Method::GET => compute::get(st, id, &v, shape),
+                    Method::PATCH => compute::patch(st, id, &v, shape, body, pre),
+                    Method::PUT => compute::put(st, id, &v, shape, body, pre),
                     Method::DELETE => compute::delete(st, id),
                     _ => Err(method_not_allowed(method)),
                 }
@@ -528,6 +536,11 @@ fn dispatch(
             format!("The simulator serves no route for '{method} {path}'."),
         )),
     }
+}
+
+/// A request header as text (None when absent or not visible ASCII).
+pub(crate) fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 fn check_body(writes_body: bool, body_ok: bool) -> Result<(), ArmError> {

@@ -81,6 +81,9 @@ pub struct RecordedRequest {
     pub timestamp: String,
     /// Case-folded id of the VM/VMSS/UAI addressed, if any.
     pub resource_id: Option<String>,
+    /// The `If-Match` header, when the request carried one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub if_match: Option<String>,
 }
 
 /// Status of a long-running operation.

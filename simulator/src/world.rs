@@ -317,6 +317,9 @@ pub(crate) struct ComputeResource {
     pub principal_history: Vec<String>,
     /// The long-running operation currently running on it.
     pub current_op: Option<String>,
+    /// Entity tag counter: `"{etag}"` on the wire (2023-09-01 and later); 1 when created,
+    /// bumped by every accepted PATCH / PUT and every out-of-band write.
+    pub etag: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -911,7 +914,9 @@ impl World {
         Some(Value::Object(m))
     }
 
-    pub fn render_compute(&self, res: &ComputeResource, shape: Shape) -> Value {
+    /// A VM / VMSS as GET shows it; `with_etag` adds `etag` (after `tags`, as in
+    /// `compute/2024-11-01/examples/VirtualMachine_Get.json`) for api-versions that have it.
+    pub fn render_compute(&self, res: &ComputeResource, shape: Shape, with_etag: bool) -> Value {
         let mut m = Map::new();
         m.insert("name".into(), Value::String(res.id.name.clone()));
         m.insert("id".into(), Value::String(res.id.to_string()));
@@ -919,6 +924,9 @@ impl World {
         m.insert("location".into(), Value::String(res.location.clone()));
         if let Some(t) = &res.tags {
             m.insert("tags".into(), t.clone());
+        }
+        if with_etag {
+            m.insert("etag".into(), Value::String(res.etag_value()));
         }
         for (k, v) in &res.extra {
             m.insert(k.clone(), v.clone());
@@ -961,7 +969,7 @@ impl World {
                 .values()
                 .filter(|r| r.id.kind == kind)
                 .map(|r| {
-                    let mut v = self.render_compute(r, Shape::Dictionary);
+                    let mut v = self.render_compute(r, Shape::Dictionary, true);
                     if let Value::Object(m) = &mut v {
                         m.insert("principalHistory".into(), json!(r.principal_history));
                     }
@@ -1017,7 +1025,18 @@ impl ComputeResource {
             identity: IdentityState::default(),
             principal_history: Vec::new(),
             current_op: None,
+            etag: 1,
         }
+    }
+
+    /// The entity tag as ARM sends it: a quoted counter, e.g. `"3"`.
+    pub fn etag_value(&self) -> String {
+        format!("\"{}\"", self.etag)
+    }
+
+    /// A write was accepted: the entity tag changes.
+    pub fn bump_etag(&mut self) {
+        self.etag += 1;
     }
 
     /// Installs a new identity state, recording a new system principal in the history.

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use vmidentity_azure::ErrorClass;
+use vmidentity_azure::{ErrorClass, Method};
 use vmidentity_simulator::{FaultRule, LroMode, SimConfig, WorldSeed};
 use vmidentity_tests::*;
 
@@ -233,4 +233,46 @@ async fn long_running_operations_are_polled_not_resent() {
     lro_case(LroMode::Async200, 3, Duration::ZERO).await;
     lro_case(LroMode::Async202, 2, Duration::ZERO).await;
     lro_case(LroMode::Async200, 1, Duration::from_millis(600)).await;
+}
+
+#[tokio::test]
+async fn a_conditional_write_sends_if_match_and_a_412_is_sent_once() {
+    let h = Harness::new(&one_vm("")).await;
+    let client = h.exec.client();
+    let body = json!({"identity": {"type": "SystemAssigned"}});
+    let err = client
+        .write_if_match(
+            Method::PATCH,
+            &vm("vm1"),
+            "2024-11-01",
+            &body,
+            Some("\"9\""),
+        )
+        .await
+        .expect_err("stale tag refused");
+    assert_eq!(err.class(), ErrorClass::PreconditionFailed);
+    assert_eq!(err.status(), Some(412));
+    assert_eq!(err.code(), Some("PreconditionFailed"));
+    // Not retried by the client: the precondition would not hold the second time either.
+    assert_eq!(h.sim.writes_for(&vm("vm1")), 1);
+    assert_eq!(h.identity(&vm("vm1")).0, "None", "nothing applied");
+    let answer = client
+        .write_if_match(
+            Method::PATCH,
+            &vm("vm1"),
+            "2024-11-01",
+            &body,
+            Some("\"1\""),
+        )
+        .await
+        .expect("current tag accepted");
+    assert_eq!(answer["etag"], "\"2\"");
+    let sent: Vec<Option<String>> = h
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| r.if_match)
+        .collect();
+    assert_eq!(sent, vec![Some("\"9\"".into()), Some("\"1\"".into())]);
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::channel::mpsc::UnboundedSender;
 use kube::runtime::reflector::ObjectRef;
 use tracing::{info, warn};
-use vmidentity_azure::ArmClient;
+use vmidentity_azure::{ArmClient, AzureError};
 use vmidentity_planner::{DesiredObject, ObjectRef as PlannerRef, fleet};
 
 use super::reconcile::Context;
@@ -34,25 +34,40 @@ fn desired(o: &VirtualMachineIdentity) -> Option<DesiredObject> {
     Some(d)
 }
 
+/// The Resource Graph half of a scan, without Kubernetes: queries the identity blocks of
+/// every subscription the objects' targets live in and compares them with the objects
+/// (`groups`: objects by case-folded target ID). Returns the scan and the pages read.
+/// Rows may lag behind ARM: the targets it names are reconciled (GET first), never
+/// written from a row.
+pub async fn scan_targets(
+    arm: &ArmClient,
+    groups: &BTreeMap<String, Vec<DesiredObject>>,
+) -> Result<(fleet::Scan, u32), AzureError> {
+    let subs: BTreeSet<String> = groups
+        .values()
+        .flatten()
+        .map(|d| d.spec.target.subscription().to_ascii_lowercase())
+        .collect();
+    let subs: Vec<String> = subs.into_iter().collect();
+    let (rows, pages) = arm.query_identities(&subs).await?;
+    let rows: Vec<(String, serde_json::Value)> =
+        rows.into_iter().map(|r| (r.id, r.identity)).collect();
+    Ok((fleet::scan(groups, &rows), pages))
+}
+
 /// One scan: returns the targets to reconcile (all of them if Resource Graph failed).
 pub async fn scan_once(ctx: &Context, arm: &ArmClient) -> BTreeSet<String> {
     let mut groups: BTreeMap<String, Vec<DesiredObject>> = BTreeMap::new();
-    let mut subs: BTreeSet<String> = BTreeSet::new();
     for o in ctx.store.state() {
         if let Some(d) = desired(&o) {
-            subs.insert(d.spec.target.subscription().to_ascii_lowercase());
             groups.entry(target_key(&o)).or_default().push(d);
         }
     }
     if groups.is_empty() {
         return BTreeSet::new();
     }
-    let subs: Vec<String> = subs.into_iter().collect();
-    match arm.query_identities(&subs).await {
-        Ok((rows, pages)) => {
-            let rows: Vec<(String, serde_json::Value)> =
-                rows.into_iter().map(|r| (r.id, r.identity)).collect();
-            let s = fleet::scan(&groups, &rows);
+    match scan_targets(arm, &groups).await {
+        Ok((s, pages)) => {
             ctx.metrics
                 .fleet_scanned(groups.len(), pages, s.drifted.len(), s.missing.len());
             info!(

@@ -109,11 +109,25 @@ impl Client {
     }
 
     pub async fn send(&self, method: &str, path_and_query: &str, body: Option<&Value>) -> Resp {
+        self.send_with(method, path_and_query, body, &[]).await
+    }
+
+    /// `send` with extra request headers.
+    pub async fn send_with(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Resp {
         let url = format!("{}{}", self.base, path_and_query);
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut req = self.http.request(method, &url);
         if let Some(t) = &self.token {
             req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
         }
         if let Some(b) = body {
             req = req.json(b);
