@@ -539,22 +539,22 @@ PY
 check ".dockerignore leaves out target/ and .git" bash -c 'grep -qxE "/?target/?" .dockerignore && grep -qxE "/?\.git/?" .dockerignore'
 
 # ---------------------------------------------------------------- API server
-step "the chart's CRD and an example object on a real API server (tests/apiserver/up.sh)"
+step "the chart's CRDs, its starting policy and an example object on a real API server (tests/apiserver/kube-up.sh)"
 if [[ ${SKIP_APISERVER:-} == 1 ]]; then
     echo "skipped (SKIP_APISERVER=1)"
 else
-    AS_DIR=$ROOT/target/apiserver
+    AS_DIR=${KAS_DIR:-$ROOT/target/kube-apiserver}
     was_up=0
     if [[ -f $AS_DIR/ports.env && -f $AS_DIR/pki/admin.crt ]]; then
         # shellcheck disable=SC1091
         (source "$AS_DIR/ports.env"; curl -sS --max-time 3 --cacert "$AS_DIR/pki/ca.crt" --cert "$AS_DIR/pki/admin.crt" \
-            --key "$AS_DIR/pki/admin.key" "https://127.0.0.1:$APISERVER_PORT/healthz" 2>/dev/null | grep -qx ok) && was_up=1
+            --key "$AS_DIR/pki/admin.key" "https://127.0.0.1:$KAS_PORT/healthz" 2>/dev/null | grep -qx ok) && was_up=1
     fi
-    if tests/apiserver/up.sh >/dev/null 2>"$WORK/apiserver-up.log"; then
-        ok "tests/apiserver/up.sh ($( ((was_up)) && echo 'already running' || echo started))"
+    if tests/apiserver/kube-up.sh >/dev/null 2>"$WORK/apiserver-up.log"; then
+        ok "tests/apiserver/kube-up.sh ($( ((was_up)) && echo 'already running' || echo started))"
         # shellcheck disable=SC1091
         source "$AS_DIR/ports.env"
-        API=https://127.0.0.1:$APISERVER_PORT
+        API=https://127.0.0.1:$KAS_PORT
         PKI=$AS_DIR/pki
         k() { curl -sS --max-time 20 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" "$@"; }
         # req METHOD PATH [curl args]: sets CODE, BODY
@@ -612,6 +612,10 @@ PY
         [[ $CODE == 201 ]] && ok "the chart's starting policy passes the policy CRD's schema (HTTP 201)" \
             || bad "create the chart's starting policy (HTTP $CODE: ${BODY:0:400})"
         k -o /dev/null -X DELETE "$API$POL/vmidentity-packaging-check" 2>/dev/null || true
+        # kube-apiserver: the namespace must exist (409 when it does).
+        req POST /api/v1/namespaces -H 'Content-Type: application/json' \
+            -d '{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"vmidentity-packaging-check"}}'
+        [[ $CODE == 201 || $CODE == 409 ]] || bad "create namespace vmidentity-packaging-check (HTTP $CODE)"
         OBJ=/apis/vmidentity.dev/v1alpha1/namespaces/vmidentity-packaging-check/virtualmachineidentities
         NAME=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["metadata"]["name"])' "$WORK/example.json")
         k -o /dev/null -X DELETE "$API$OBJ/$NAME" 2>/dev/null || true
@@ -634,9 +638,9 @@ PY
         if [[ $CODE != 404 ]]; then  # a controller that happened to run may have added its finalizer
             k -o /dev/null -X PATCH -H 'Content-Type: application/merge-patch+json' -d '{"metadata":{"finalizers":null}}' "$API$OBJ/$NAME"
         fi
-        ((was_up)) || tests/apiserver/down.sh >/dev/null 2>&1 || true
+        ((was_up)) || tests/apiserver/kube-down.sh >/dev/null 2>&1 || true
     else
-        bad "tests/apiserver/up.sh"; tail -n 20 "$WORK/apiserver-up.log" | sed 's/^/     | /'
+        bad "tests/apiserver/kube-up.sh"; tail -n 20 "$WORK/apiserver-up.log" | sed 's/^/     | /'
     fi
 fi
 

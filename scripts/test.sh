@@ -26,12 +26,14 @@ if ! diff -u crds/vmidentity.dev_virtualmachineidentitypolicies.yaml target/crd-
   exit 1
 fi
 
-step "a real Kubernetes API server for the end-to-end tests (tests/apiserver/up.sh)"
-# Builds k8s.io/apiextensions-apiserver from the Go module proxy on first use (~8 min on 2
-# cores, cached under target/apiserver/) and starts it with etcd on loopback.
-VMIDENTITY_E2E_KUBECONFIG=$(tests/apiserver/up.sh)
+step "a real Kubernetes API server for the end-to-end tests (tests/apiserver/kube-up.sh)"
+# Builds kube-apiserver (k8s.io/kubernetes, pinned in tests/apiserver/kube-apiserver/go.mod)
+# from the Go module proxy on first use (cached under target/kube-apiserver/) and starts it
+# with etcd on loopback: Namespaces, Secrets, Events, Leases and ValidatingAdmissionPolicy are
+# real, which the guardrails tests need.
+VMIDENTITY_E2E_KUBECONFIG=$(tests/apiserver/kube-up.sh)
 export VMIDENTITY_E2E_KUBECONFIG
-trap 'tests/apiserver/down.sh >/dev/null 2>&1 || true' EXIT
+trap 'tests/apiserver/kube-down.sh >/dev/null 2>&1 || true' EXIT
 
 step "cargo test --workspace"
 cargo test --workspace --locked

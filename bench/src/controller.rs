@@ -1,5 +1,5 @@
 //! `bench controller`: the real `vmidentity controller` process against a real Kubernetes API
-//! server (tests/apiserver: apiextensions-apiserver + etcd on loopback) and the ARM simulator
+//! server (tests/apiserver/kube-up.sh: kube-apiserver + etcd on loopback) and the ARM simulator
 //! running in this process. Prints numbers, never asserts.
 //!
 //! 1. Apply-to-PATCH latency of single objects on an idle controller.
@@ -115,7 +115,7 @@ async fn kubeconfig(opt: &Options) -> Result<PathBuf> {
     if let Ok(p) = std::env::var("VMIDENTITY_E2E_KUBECONFIG") {
         return Ok(PathBuf::from(p));
     }
-    let script = root().join("tests/apiserver/up.sh");
+    let script = root().join("tests/apiserver/kube-up.sh");
     let out = Command::new("bash")
         .arg(&script)
         .stderr(Stdio::inherit())
@@ -424,7 +424,7 @@ struct CpuSnap {
 
 impl CpuSnap {
     fn take(b: &Bench) -> CpuSnap {
-        let dir = root().join("target/apiserver");
+        let dir = root().join("target/kube-apiserver");
         let canon = |p: &Path| std::fs::canonicalize(p).ok();
         let ours = canon(&b.kubeconfig).is_some()
             && canon(&b.kubeconfig) == canon(&dir.join("kubeconfig"));
@@ -437,7 +437,7 @@ impl CpuSnap {
         };
         CpuSnap {
             bench: cpu_secs_of("self"),
-            apiserver: of("apiserver"),
+            apiserver: of("kube-apiserver"),
             etcd: of("etcd"),
         }
     }
@@ -1235,7 +1235,7 @@ fn header(opt: &Options) -> String {
         format!("{} VMs per subscription", opt.vms_per_subscription)
     };
     format!(
-        "controller benchmark (apiextensions-apiserver + etcd on loopback, ARM simulator lro={:?}, {subs}, {cores} cores, controller --concurrency {})",
+        "controller benchmark (kube-apiserver + etcd on loopback, ARM simulator lro={:?}, {subs}, {cores} cores, controller --concurrency {})",
         opt.lro, opt.controller_concurrency
     )
 }

@@ -68,7 +68,7 @@ enum Cmd {
         #[arg(long, default_value_t = 600)]
         timeout_secs: u64,
         /// Kubeconfig of the API server (default: $VMIDENTITY_E2E_KUBECONFIG, else what
-        /// tests/apiserver/up.sh prints).
+        /// tests/apiserver/kube-up.sh prints).
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
         /// The `vmidentity` binary (default: next to this binary; `cargo build --release -p vmidentity`).

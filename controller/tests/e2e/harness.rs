@@ -1,4 +1,4 @@
-//! End-to-end harness: a real API server (tests/apiserver/up.sh), the ARM simulator in this
+//! End-to-end harness: a real API server (tests/apiserver/kube-up.sh), the ARM simulator in this
 //! process, and the real `vmidentity controller` binary as a child process.
 
 #![allow(dead_code)]
@@ -37,7 +37,7 @@ fn root() -> PathBuf {
 }
 
 /// The kubeconfig of the test API server: `VMIDENTITY_E2E_KUBECONFIG`, or what
-/// `tests/apiserver/up.sh` prints (it is idempotent and fast once built).
+/// `tests/apiserver/kube-up.sh` prints (it is idempotent and fast once built).
 pub fn kubeconfig() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
@@ -45,11 +45,11 @@ pub fn kubeconfig() -> PathBuf {
             return PathBuf::from(p);
         }
         let out = Command::new("bash")
-            .arg(root().join("tests/apiserver/up.sh"))
+            .arg(root().join("tests/apiserver/kube-up.sh"))
             .stderr(Stdio::inherit())
             .output()
-            .expect("tests/apiserver/up.sh runs");
-        assert!(out.status.success(), "tests/apiserver/up.sh failed");
+            .expect("tests/apiserver/kube-up.sh runs");
+        assert!(out.status.success(), "tests/apiserver/kube-up.sh failed");
         PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string())
     })
     .clone()
