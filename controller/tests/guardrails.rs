@@ -203,6 +203,34 @@ async fn the_attackers_list_is_refused_with_its_message_and_no_write() {
         "the ownership record is kept"
     );
 
+    // While "ok" is denied, an allowed object in Exact mode (which removes what no object
+    // wants) must not take u1 away: the denied object still holds its place on vm1, so the
+    // Exact object is refused as sharing the target, and nothing is written.
+    let mut exact_allowed = team_policy(&env.ns, &["u2"]);
+    exact_allowed["allowExactMode"] = json!(true);
+    env.set_policy(exact_allowed).await;
+    env.create(
+        "exact-co",
+        json!({"target": vm("vm1"), "mode": "Exact", "systemAssigned": true,
+               "userAssignedIdentities": [uai("u2")]}),
+    )
+    .await
+    .expect("exact-co");
+    env.wait_for("exact-co", 30, "Conflict", |o| stalled_with(o, "Conflict"))
+        .await;
+    assert_eq!(
+        env.identity(&vm("vm1")),
+        ("SystemAssigned, UserAssigned".into(), vec!["u1".into()]),
+        "u1 is held by the denied object"
+    );
+    assert_eq!(env.sim.counters().writes, writes_before);
+    env.api
+        .delete("exact-co", &Default::default())
+        .await
+        .expect("delete exact-co");
+    env.wait_gone("exact-co", 30).await;
+    let writes_before = env.sim.counters().writes;
+
     // Loosened again: Ready without a write (it was all still there).
     env.set_policy(team_policy(&env.ns, &["u1", "u2"])).await;
     env.wait_for("ok", 30, "Ready again", is_ready).await;
