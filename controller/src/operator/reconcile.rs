@@ -733,7 +733,13 @@ async fn report_success(
             m.obj.meta().generation,
             Timestamp::now(),
         );
-        if !wrote && conditions::same(&old.conditions, &conds) {
+        // Nothing written and already Ready for this generation: keep the conditions as they
+        // are (an "Applied" Ready does not turn into "Converged"), so a restart or a resync
+        // pass over converged objects costs no status write.
+        if !wrote
+            && (conditions::same(&old.conditions, &conds)
+                || (matches!(phase, Phase::Ready { .. }) && was_ready(&m.obj)))
+        {
             conds = old.conditions.clone();
         }
         let st = VirtualMachineIdentityStatus {
