@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
@@ -243,7 +243,7 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
     )
     .default_backoff()
     .reflect(policy_writer)
-    .map_ok(|_| ())
+    .map_ok(|e| changed(&e))
     .boxed();
     let (ns_reader, ns_events) = if args.namespace_labels {
         let (r, w) = reflector::store::<PartialObjectMeta<Namespace>>();
@@ -253,7 +253,7 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
         )
         .default_backoff()
         .reflect(w)
-        .map_ok(|_| ())
+        .map_ok(|e| changed(&e))
         .boxed();
         (Some(r), Some(events))
     } else {
@@ -273,15 +273,24 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
         };
         tokio::spawn(async move {
             while let Some(ev) = events.next().await {
-                match ev {
-                    Ok(()) => {
-                        for r in policy::affected(&objects, &view) {
-                            if retrigger_tx.unbounded_send(r).is_err() {
-                                return;
-                            }
-                        }
+                let mut any = match ev {
+                    Ok(c) => c,
+                    Err(e) => {
+                        warn!(error = %e, "policy or namespace watch failed (retrying)");
+                        false
                     }
-                    Err(e) => warn!(error = %e, "policy or namespace watch failed (retrying)"),
+                };
+                // A burst (a relist, many namespaces labelled at once) is one re-check.
+                while let Some(Some(more)) = events.next().now_or_never() {
+                    any |= more.unwrap_or(false);
+                }
+                if !any {
+                    continue;
+                }
+                for r in policy::affected(&objects, &view) {
+                    if retrigger_tx.unbounded_send(r).is_err() {
+                        return;
+                    }
                 }
             }
         });
@@ -428,6 +437,12 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
     }
     info!("controller stopped");
     Ok(0)
+}
+
+/// Whether a watch event can change what policies allow: a change, a deletion, or the end of
+/// a (re)list; not each object of a list.
+fn changed<K>(e: &watcher::Event<K>) -> bool {
+    !matches!(e, watcher::Event::Init | watcher::Event::InitApply(_))
 }
 
 /// Waits for a reflector's first list, saying every 30 s what it is waiting for.
