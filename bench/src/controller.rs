@@ -157,6 +157,19 @@ async fn install_crd(client: &Client) -> Result<()> {
 /// A policy that lets the bench's namespaces do what the bench asks (the controller fails
 /// closed without one).
 async fn allow_namespaces(client: &Client, name: &str, namespaces: &[String]) -> Result<()> {
+    // kube-apiserver refuses objects in a namespace that does not exist.
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    for ns in namespaces {
+        let body =
+            serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+        nss.patch(
+            ns,
+            &PatchParams::apply("vmidentity-bench").force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .with_context(|| format!("creating namespace {ns}"))?;
+    }
     let api: Api<vmidentity::crd::VirtualMachineIdentityPolicy> = Api::all(client.clone());
     let body = serde_json::json!({
         "apiVersion": "vmidentity.dev/v1alpha1",
