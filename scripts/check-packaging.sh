@@ -583,26 +583,22 @@ json.dump(obj, open(sys.argv[3] + "/example.json", "w"))
 PY
         CRDS=/apis/apiextensions.k8s.io/v1/customresourcedefinitions
         CRD_NAME=virtualmachineidentities.vmidentity.dev
-        # Server-side apply (forced, like the e2e tests' install): creates it, or applies the
-        # chart's version over an existing one. The CRD is left installed (the e2e tests share it).
-        req PATCH "$CRDS/$CRD_NAME?fieldManager=vmidentity-packaging&force=true" \
-            -H 'Content-Type: application/apply-patch+yaml' --data-binary "@$WORK/crd.json"
-        if [[ $CODE == 200 || $CODE == 201 ]]; then ok "apply the chart's CRD (HTTP $CODE)"
-        else bad "apply the chart's CRD (HTTP $CODE: ${BODY:0:400})"; fi
-        for _ in $(seq 150); do
-            req GET "$CRDS/$CRD_NAME"
-            [[ $BODY == *'"type":"Established","status":"True"'* ]] && break; sleep 0.2
-        done
-        [[ $BODY == *'"type":"Established","status":"True"'* ]] && ok "CRD Established" || bad "CRD Established"
-        PCRD_NAME=virtualmachineidentitypolicies.vmidentity.dev
-        req PATCH "$CRDS/$PCRD_NAME?fieldManager=vmidentity-packaging&force=true" \
-            -H 'Content-Type: application/apply-patch+yaml' --data-binary "@$WORK/policy-crd.json"
-        if [[ $CODE == 200 || $CODE == 201 ]]; then ok "apply the chart's policy CRD (HTTP $CODE)"
-        else bad "apply the chart's policy CRD (HTTP $CODE: ${BODY:0:400})"; fi
-        for _ in $(seq 150); do
-            req GET "$CRDS/$PCRD_NAME"
-            [[ $BODY == *'"type":"Established","status":"True"'* ]] && break; sleep 0.2
-        done
+        # apply_crd NAME FILE WHAT: server-side apply (forced, like the e2e tests' install):
+        # creates it, or applies the chart's version over an existing one, then waits until it
+        # is Established. CRDs are left installed (the e2e tests share them).
+        apply_crd() {
+            req PATCH "$CRDS/$1?fieldManager=vmidentity-packaging&force=true" \
+                -H 'Content-Type: application/apply-patch+yaml' --data-binary "@$2"
+            if [[ $CODE == 200 || $CODE == 201 ]]; then ok "apply the chart's $3 (HTTP $CODE)"
+            else bad "apply the chart's $3 (HTTP $CODE: ${BODY:0:400})"; fi
+            for _ in $(seq 150); do
+                req GET "$CRDS/$1"
+                [[ $BODY == *'"type":"Established","status":"True"'* ]] && break; sleep 0.2
+            done
+            [[ $BODY == *'"type":"Established","status":"True"'* ]] && ok "$3 Established" || bad "$3 Established"
+        }
+        apply_crd "$CRD_NAME" "$WORK/crd.json" CRD
+        apply_crd virtualmachineidentitypolicies.vmidentity.dev "$WORK/policy-crd.json" "policy CRD"
         POL=/apis/vmidentity.dev/v1alpha1/virtualmachineidentitypolicies
         k -o /dev/null -X DELETE "$API$POL/vmidentity-packaging-check" 2>/dev/null || true
         for _ in $(seq 50); do
