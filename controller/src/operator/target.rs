@@ -18,12 +18,24 @@ fn order_key(o: &VirtualMachineIdentity) -> (String, String) {
     (o.namespace().unwrap_or_default(), o.name_any())
 }
 
+/// Whether `o` is on the target `key` (a [`target_key`]). Called for every cached object on
+/// every reconcile, so it allocates nothing and compares from the end, where the IDs of a
+/// fleet differ (they share their subscription and resource group prefix).
+pub fn is_on(o: &VirtualMachineIdentity, key: &str) -> bool {
+    let t = o.spec.target.trim().as_bytes();
+    t.len() == key.len()
+        && t.iter()
+            .rev()
+            .zip(key.as_bytes().iter().rev())
+            .all(|(a, b)| a.to_ascii_lowercase() == *b)
+}
+
 /// All cached objects on a target, sorted by namespace/name.
 pub fn objects_on(
     store: &Store<VirtualMachineIdentity>,
     key: &str,
 ) -> Vec<Arc<VirtualMachineIdentity>> {
-    let mut objs = store.state_filter(|o| target_key(o) == key);
+    let mut objs = store.state_filter(|o| is_on(o, key));
     objs.sort_by_key(|o| order_key(o));
     objs
 }
@@ -69,6 +81,19 @@ mod tests {
             "/subscriptions/s/resourcegroups/rg/providers/microsoft.compute/virtualmachines/vm",
         );
         assert_eq!(target_key(&a), target_key(&b));
+        assert!(is_on(&a, &target_key(&b)) && is_on(&b, &target_key(&a)));
+        let other = obj(
+            "a-ns",
+            "z",
+            "/subscriptions/s/resourcegroups/rg/providers/microsoft.compute/virtualmachines/vm2",
+        );
+        assert!(!is_on(&other, &target_key(&a)) && !is_on(&a, &target_key(&other)));
+        let padded = obj(
+            "a-ns",
+            "p",
+            " /subscriptions/S/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/VM ",
+        );
+        assert!(is_on(&padded, &target_key(&a)));
         let r = representative(&[a.clone(), b.clone()]).unwrap();
         assert_eq!(r.name_any(), "y");
         assert_eq!(representative(&[b, a]).unwrap().name_any(), "y");
