@@ -477,7 +477,11 @@ async fn role_assignments_and_group_memberships_through_the_controller() {
         .await;
     let principals = o.status.unwrap().principals.unwrap();
     let sys = principals.system_assigned.unwrap();
-    let u1 = principals.user_assigned[&uai("u1")].clone();
+    let u1 = principals
+        .user_assigned
+        .get(&uai("u1"))
+        .expect("u1's principal")
+        .to_string();
     assert_eq!(env.sim.role_assignments_of(&sys).len(), 1);
     assert_eq!(env.sim.role_assignments_of(&u1).len(), 1);
     assert_eq!(env.sim.member_of(&u1), vec![group.to_string()]);
@@ -622,5 +626,81 @@ async fn workload_identity_logs_in_and_a_wrong_secret_is_reported_in_status() {
         "still running until told to stop"
     );
     let _ = std::fs::remove_file(&file);
+    env.cleanup().await;
+}
+
+/// The controller's event recorder on a real API server: a repeat counts on the first Event
+/// (series), a different note is a new Event, and a deleted Event is created afresh.
+#[tokio::test]
+async fn repeated_events_count_on_one_event() {
+    use k8s_openapi::api::events::v1::Event;
+    use kube::Resource;
+    use vmidentity::operator::events::{EventRecorder, EventType, Published};
+
+    let env = Env::new("e2e-events", &world(&["vm1"], "")).await;
+    let o = env
+        .create("web", json!({"target": vm("vm1")}))
+        .await
+        .expect("create");
+    let regarding = o.object_ref(&());
+    let rec = EventRecorder::new(env.client.clone(), "vmidentity-e2e", "test-instance");
+    let publish = |note: &'static str| {
+        let rec = &rec;
+        let regarding = regarding.clone();
+        async move {
+            rec.publish(
+                &regarding,
+                EventType::Warning,
+                "Reconcile",
+                "ArmThrottled",
+                note,
+            )
+            .await
+            .expect("publish")
+        }
+    };
+    assert_eq!(publish("throttled (429)").await, Published::Created);
+    assert_eq!(publish("throttled (429)").await, Published::Counted);
+    assert_eq!(publish("throttled (429)").await, Published::Counted);
+    assert_eq!(publish("unavailable (503)").await, Published::Created);
+
+    let events: kube::Api<Event> = kube::Api::namespaced(env.client.clone(), &env.ns);
+    let ours = || async {
+        let mut list: Vec<Event> = events
+            .list(&Default::default())
+            .await
+            .expect("events")
+            .items
+            .into_iter()
+            .filter(|e| e.reporting_controller.as_deref() == Some("vmidentity-e2e"))
+            .collect();
+        list.sort_by_key(|e| e.note.clone());
+        list
+    };
+    let list = ours().await;
+    assert_eq!(list.len(), 2, "{list:?}");
+    let first = &list[0];
+    assert_eq!(first.note.as_deref(), Some("throttled (429)"));
+    assert_eq!(first.type_.as_deref(), Some("Warning"));
+    assert_eq!(first.reason.as_deref(), Some("ArmThrottled"));
+    assert_eq!(first.reporting_instance.as_deref(), Some("test-instance"));
+    assert_eq!(
+        first.regarding.as_ref().and_then(|r| r.uid.clone()),
+        o.metadata.uid
+    );
+    assert_eq!(first.series.as_ref().map(|s| s.count), Some(3));
+    assert!(list[1].series.is_none());
+
+    // The Event goes (expired, or deleted by hand): the next repeat starts a new one.
+    let name = first.metadata.name.clone().expect("name");
+    events
+        .delete(&name, &Default::default())
+        .await
+        .expect("delete");
+    assert_eq!(publish("throttled (429)").await, Published::Created);
+    let list = ours().await;
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert_ne!(list[0].metadata.name.as_deref(), Some(name.as_str()));
+    assert!(list[0].series.is_none());
     env.cleanup().await;
 }

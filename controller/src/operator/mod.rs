@@ -3,6 +3,7 @@
 
 pub mod conditions;
 pub mod credentials;
+pub mod events;
 pub mod fleet;
 pub mod leader;
 pub mod metrics;
@@ -17,9 +18,8 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::core::PartialObjectMeta;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client};
 use tracing::{error, info, warn};
 use vmidentity_azure::{ArmClient, ClientConfig, Executor, GraphClient, StaticToken};
 
@@ -225,13 +225,7 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
         None => Api::all(client.clone()),
     };
     let (reader, writer) = reflector::store();
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "vmidentity".into(),
-            instance: Some(me.clone()),
-        },
-    );
+    let recorder = events::EventRecorder::new(client.clone(), "vmidentity", &me);
     let resync = Duration::from_secs(args.resync_seconds.max(1));
 
     // Guardrails: policies (and namespace labels for their selectors) are cached and ready
@@ -346,12 +340,14 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
     let map_reader = reader.clone();
     let triggers = watcher(api, watcher::Config::default())
         .default_backoff()
-        // The cache keeps what reconciles read: not managedFields nor the last-applied
-        // annotation, which are most of an object's bytes.
+        // The cache keeps what reconciles read. Nothing reads an object's labels or
+        // annotations (policies select namespaces), and managedFields and the annotations
+        // that kubectl, Argo CD or Helm add are most of an object's bytes.
         .modify(|o| {
-            o.managed_fields_mut().clear();
-            o.annotations_mut()
-                .remove("kubectl.kubernetes.io/last-applied-configuration");
+            let m = &mut o.metadata;
+            m.managed_fields = None;
+            m.annotations = None;
+            m.labels = None;
         })
         .reflect(writer)
         .touched_objects()

@@ -7,7 +7,6 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use rand::Rng;
@@ -21,6 +20,7 @@ use vmidentity_planner::{
 
 use super::conditions::{self, Phase};
 use super::credentials::{Chosen, Credentials};
+use super::events::{EventRecorder, EventType, Published};
 use super::metrics::Metrics;
 use super::policy::{POLICY_DENIED, PolicyView};
 use super::target::{objects_on, target_key};
@@ -38,7 +38,7 @@ pub struct Context {
     pub exec: Executor,
     /// Microsoft Graph, for group memberships (None when not configured).
     pub graph: Option<GraphClient>,
-    pub recorder: Recorder,
+    pub recorder: EventRecorder,
     pub metrics: Arc<Metrics>,
     /// Policies and namespace labels: checked before any write.
     pub policy: PolicyView,
@@ -69,7 +69,7 @@ impl Context {
         store: Store<VirtualMachineIdentity>,
         exec: Executor,
         graph: Option<GraphClient>,
-        recorder: Recorder,
+        recorder: EventRecorder,
         metrics: Arc<Metrics>,
         policy: PolicyView,
     ) -> Self {
@@ -97,6 +97,20 @@ impl Context {
         }
     }
 
+    /// Forgets a target's lock once nobody holds or waits for it, so the map holds the
+    /// targets being worked on rather than every target ever seen. Clones are only taken
+    /// under the map's lock, so a count of 2 (the map's and `lock`) means no one else has it.
+    fn release_lock(&self, key: &str, lock: Arc<tokio::sync::Mutex<()>>) {
+        if let Ok(mut m) = self.locks.lock()
+            && Arc::strong_count(&lock) == 2
+        {
+            m.remove(key);
+            if sparse(m.len(), m.capacity()) {
+                m.shrink_to_fit();
+            }
+        }
+    }
+
     /// Records that a target was triggered (for the queue depth gauge).
     pub fn mark_dirty(&self, key: &str) {
         if let Ok(mut d) = self.dirty.lock() {
@@ -108,6 +122,9 @@ impl Context {
     fn mark_started(&self, key: &str) {
         if let Ok(mut d) = self.dirty.lock() {
             d.remove(key);
+            if sparse(d.len(), d.capacity()) {
+                d.shrink_to_fit();
+            }
             self.metrics.queue_depth.set(d.len() as i64);
         }
     }
@@ -142,17 +159,14 @@ impl Context {
         reason: &str,
         note: String,
     ) {
-        let ev = Event {
-            type_,
-            reason: reason.to_string(),
-            note: Some(note.chars().take(1000).collect()),
-            action: "Reconcile".to_string(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, &o.object_ref(&())).await {
-            warn!(object = %o.name_any(), error = %e, "cannot publish event");
-        } else {
-            self.metrics.kube_write("create-event");
+        let published = self
+            .recorder
+            .publish(&o.object_ref(&()), type_, "Reconcile", reason, &note)
+            .await;
+        match published {
+            Ok(Published::Created) => self.metrics.kube_write("create-event"),
+            Ok(Published::Counted) => self.metrics.kube_write("patch-event"),
+            Err(e) => warn!(object = %o.name_any(), error = %e, "cannot publish event"),
         }
     }
 
@@ -373,12 +387,14 @@ pub async fn reconcile(
     let key = target_key(&rep);
     ctx.mark_started(&key);
     let lock = ctx.lock_for(&key);
-    let _guard = lock.lock().await;
+    let guard = lock.lock().await;
     ctx.metrics.in_flight.inc();
     let started = std::time::Instant::now();
     let objs = objects_on(&ctx.store, &key);
     let result = reconcile_target(&key, objs, &ctx).await;
     ctx.metrics.in_flight.dec();
+    drop(guard);
+    ctx.release_lock(&key, lock);
     ctx.metrics.objects.set(ctx.store.len() as i64);
     let label = match &result {
         Ok(Outcome::Converged) => "converged",
@@ -403,6 +419,12 @@ pub async fn reconcile(
         Ok(Outcome::Idle) => Ok(Action::await_change()),
         Err(e) => Err(e),
     }
+}
+
+/// A table left mostly empty by a burst (10,000 targets triggered at start-up) keeps its
+/// size until shrunk.
+fn sparse(len: usize, capacity: usize) -> bool {
+    capacity > 64 && len < capacity / 4
 }
 
 /// Kubernetes API failures (status or finalizer writes): back off and try again.
