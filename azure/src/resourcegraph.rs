@@ -36,6 +36,25 @@ impl ArmClient {
         subscriptions: &[String],
     ) -> Result<(Vec<IdentityRow>, u32), AzureError> {
         let mut rows = Vec::new();
+        let pages = self
+            .query_identities_each(subscriptions, |id, identity| {
+                rows.push(IdentityRow {
+                    id: id.to_string(),
+                    identity: identity.clone(),
+                })
+            })
+            .await?;
+        Ok((rows, pages))
+    }
+
+    /// Like [`query_identities`](Self::query_identities), but hands each row to `on_row`
+    /// (its `id` and identity block, `Null` when none) as its page arrives, so no more than
+    /// one page (1,000 rows) is held at a time. Returns the number of requests.
+    pub async fn query_identities_each(
+        &self,
+        subscriptions: &[String],
+        mut on_row: impl FnMut(&str, &Value),
+    ) -> Result<u32, AzureError> {
         let mut pages = 0u32;
         let url = self.url(
             "/providers/Microsoft.ResourceGraph/resources",
@@ -54,18 +73,10 @@ impl ArmClient {
                     .send(Method::POST, &url, Some(&body), RequestKind::Query)
                     .await?;
                 pages += 1;
-                let data = resp
-                    .body
-                    .get("data")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                for row in data {
+                let data = resp.body.get("data").and_then(Value::as_array);
+                for row in data.into_iter().flatten() {
                     if let Some(id) = row.get("id").and_then(Value::as_str) {
-                        rows.push(IdentityRow {
-                            id: id.to_string(),
-                            identity: row.get("identity").cloned().unwrap_or(Value::Null),
-                        });
+                        on_row(id, row.get("identity").unwrap_or(&Value::Null));
                     }
                 }
                 skip_token = resp
@@ -79,6 +90,6 @@ impl ArmClient {
                 }
             }
         }
-        Ok((rows, pages))
+        Ok(pages)
     }
 }

@@ -37,39 +37,70 @@ impl Scan {
     }
 }
 
+/// What one Resource Graph row says about its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The row agrees with the objects.
+    Converged,
+    /// The row disagrees (or cannot be read): the target gets a GET.
+    Drifted,
+    /// The objects conflict: not drift, their objects are already Stalled.
+    Refused,
+}
+
+/// Whether Resource Graph cannot tell if `group` is converged: role assignments and group
+/// memberships are not in the identity block, so such targets are re-read at every scan.
+pub fn has_grants(group: &[DesiredObject]) -> bool {
+    group.iter().any(|o| {
+        !o.spec.role_assignments.is_empty()
+            || !o.spec.group_memberships.is_empty()
+            || !o.applied.role_assignments.is_empty()
+            || !o.applied.group_memberships.is_empty()
+    })
+}
+
+/// Compares one row (`id` and its identity block as Resource Graph shows it) with the
+/// objects on that target.
+pub fn judge(group: &[DesiredObject], id: &str, identity: &Value) -> Verdict {
+    let live = match LiveResource::from_arm_json(&json!({"id": id, "identity": identity})) {
+        Ok(l) => l,
+        Err(_) => return Verdict::Drifted,
+    };
+    match plan_target(group, &live) {
+        Ok(p) if p.is_converged() && !group.iter().any(|o| o.deleting) => Verdict::Converged,
+        Err(_) => Verdict::Refused,
+        Ok(_) => Verdict::Drifted,
+    }
+}
+
+impl Scan {
+    /// Records a target's verdict (`key`: its case-folded ID).
+    pub fn record(&mut self, key: &str, verdict: Verdict) {
+        match verdict {
+            Verdict::Converged => self.converged += 1,
+            Verdict::Drifted => {
+                self.drifted.insert(key.to_string());
+            }
+            Verdict::Refused => {}
+        }
+    }
+}
+
 /// Compares `rows` (`(id, identity block)` as Resource Graph returns them) with `groups`
-/// (objects by case-folded target ID).
+/// (objects by case-folded target ID). A scan that reads page by page uses [`judge`],
+/// [`has_grants`] and [`Scan::record`] instead, and holds no more than a page of rows.
 pub fn scan(groups: &BTreeMap<String, Vec<DesiredObject>>, rows: &[(String, Value)]) -> Scan {
     let rows: BTreeMap<String, &(String, Value)> =
         rows.iter().map(|r| (r.0.to_ascii_lowercase(), r)).collect();
     let mut out = Scan::default();
     for (key, group) in groups {
-        let has_grants = group.iter().any(|o| {
-            !o.spec.role_assignments.is_empty()
-                || !o.spec.group_memberships.is_empty()
-                || !o.applied.role_assignments.is_empty()
-                || !o.applied.group_memberships.is_empty()
-        });
-        if has_grants {
+        if has_grants(group) {
             out.with_grants.insert(key.clone());
         }
-        let Some((id, identity)) = rows.get(key).map(|r| (&r.0, &r.1)) else {
-            out.missing.insert(key.clone());
-            continue;
-        };
-        let live = match LiveResource::from_arm_json(&json!({"id": id, "identity": identity})) {
-            Ok(l) => l,
-            Err(_) => {
-                out.drifted.insert(key.clone());
-                continue;
-            }
-        };
-        match plan_target(group, &live) {
-            Ok(p) if p.is_converged() && !group.iter().any(|o| o.deleting) => out.converged += 1,
-            // A refused plan (a conflict) is not drift: its objects are already Stalled.
-            Err(_) => {}
-            Ok(_) => {
-                out.drifted.insert(key.clone());
+        match rows.get(key) {
+            Some((id, identity)) => out.record(key, judge(group, id, identity)),
+            None => {
+                out.missing.insert(key.clone());
             }
         }
     }

@@ -2,7 +2,8 @@
 //! (one query per 1,000 targets), and trigger a reconcile (GET, then maybe a PATCH) only for
 //! the targets that drifted, are missing, or carry grants Resource Graph cannot show.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use futures::channel::mpsc::UnboundedSender;
 use kube::runtime::reflector::ObjectRef;
 use tracing::{info, warn};
 use vmidentity_azure::{ArmClient, AzureError};
-use vmidentity_planner::{DesiredObject, ObjectRef as PlannerRef, fleet};
+use vmidentity_planner::{ArmId, DesiredObject, ObjectRef as PlannerRef, fleet};
 
 use super::reconcile::Context;
 use super::target::{objects_on, representative, target_key};
@@ -43,30 +44,76 @@ pub async fn scan_targets(
     arm: &ArmClient,
     groups: &BTreeMap<String, Vec<DesiredObject>>,
 ) -> Result<(fleet::Scan, u32), AzureError> {
+    scan_groups(arm, groups, borrowed).await
+}
+
+/// The scan, page by page: each row is compared with its target's objects as it arrives,
+/// so the scan holds one page of rows, the groups as the caller keeps them (`desired`
+/// turns one into planner objects when its row comes) and the names of drifted targets.
+async fn scan_groups<G>(
+    arm: &ArmClient,
+    groups: &BTreeMap<String, G>,
+    desired: impl for<'g> Fn(&'g G) -> Option<Cow<'g, [DesiredObject]>>,
+) -> Result<(fleet::Scan, u32), AzureError> {
     let subs: BTreeSet<String> = groups
-        .values()
-        .flatten()
-        .map(|d| d.spec.target.subscription().to_ascii_lowercase())
+        .keys()
+        .filter_map(|k| ArmId::parse(k).ok())
+        .map(|id| id.subscription().to_ascii_lowercase())
         .collect();
     let subs: Vec<String> = subs.into_iter().collect();
-    let (rows, pages) = arm.query_identities(&subs).await?;
-    let rows: Vec<(String, serde_json::Value)> =
-        rows.into_iter().map(|r| (r.id, r.identity)).collect();
-    Ok((fleet::scan(groups, &rows), pages))
+    let mut scan = fleet::Scan::default();
+    let mut seen: HashSet<String> = HashSet::new();
+    let pages = arm
+        .query_identities_each(&subs, |id, identity| {
+            let key = id.to_ascii_lowercase();
+            let Some(group) = groups.get(&key).and_then(&desired) else {
+                return;
+            };
+            if fleet::has_grants(&group) {
+                scan.with_grants.insert(key.clone());
+            }
+            scan.record(&key, fleet::judge(&group, id, identity));
+            seen.insert(key);
+        })
+        .await?;
+    for (key, g) in groups {
+        if seen.contains(key) {
+            continue;
+        }
+        if let Some(group) = desired(g) {
+            if fleet::has_grants(&group) {
+                scan.with_grants.insert(key.clone());
+            }
+            scan.missing.insert(key.clone());
+        }
+    }
+    Ok((scan, pages))
+}
+
+// `&Vec`: the groups' value type, as `scan_groups` hands it over.
+#[allow(clippy::ptr_arg)]
+fn borrowed(g: &Vec<DesiredObject>) -> Option<Cow<'_, [DesiredObject]>> {
+    Some(Cow::Borrowed(g.as_slice()))
+}
+
+#[allow(clippy::ptr_arg)]
+fn cached(objs: &Vec<Arc<VirtualMachineIdentity>>) -> Option<Cow<'_, [DesiredObject]>> {
+    let ds: Vec<DesiredObject> = objs.iter().filter_map(|o| desired(o)).collect();
+    (!ds.is_empty()).then_some(Cow::Owned(ds))
 }
 
 /// One scan: returns the targets to reconcile (all of them if Resource Graph failed).
 pub async fn scan_once(ctx: &Context, arm: &ArmClient) -> BTreeSet<String> {
-    let mut groups: BTreeMap<String, Vec<DesiredObject>> = BTreeMap::new();
+    // The cached objects by target (shared with the cache, not copied): each group becomes
+    // planner objects only while its row is compared.
+    let mut groups: BTreeMap<String, Vec<Arc<VirtualMachineIdentity>>> = BTreeMap::new();
     for o in ctx.store.state() {
-        if let Some(d) = desired(&o) {
-            groups.entry(target_key(&o)).or_default().push(d);
-        }
+        groups.entry(target_key(&o)).or_default().push(o);
     }
     if groups.is_empty() {
         return BTreeSet::new();
     }
-    match scan_targets(arm, &groups).await {
+    match scan_groups(arm, &groups, cached).await {
         Ok((s, pages)) => {
             ctx.metrics
                 .fleet_scanned(groups.len(), pages, s.drifted.len(), s.missing.len());
@@ -82,7 +129,11 @@ pub async fn scan_once(ctx: &Context, arm: &ArmClient) -> BTreeSet<String> {
         }
         Err(e) => {
             warn!(error = %e, "Resource Graph query failed: falling back to a GET per target");
-            groups.into_keys().collect()
+            groups
+                .into_iter()
+                .filter(|(_, objs)| objs.iter().any(|o| desired(o).is_some()))
+                .map(|(k, _)| k)
+                .collect()
         }
     }
 }
