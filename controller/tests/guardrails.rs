@@ -163,7 +163,15 @@ async fn the_attackers_list_is_refused_with_its_message_and_no_write() {
         );
     }
     let ok = env.wait_for("ok", 30, "Ready", is_ready).await;
-    let u1 = ok.status.unwrap().principals.unwrap().user_assigned[&uai("u1")].clone();
+    let u1 = ok
+        .status
+        .unwrap()
+        .principals
+        .unwrap()
+        .user_assigned
+        .get(&uai("u1"))
+        .expect("u1's principal")
+        .to_string();
 
     // No write to any denied target, no grant beyond the allowed object's.
     for v in ["vm2", "vm3", "vm4", "vm5", "vm6", "vm7"] {
