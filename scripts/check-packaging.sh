@@ -152,7 +152,7 @@ go_tool kubeconform "$KUBECONFORM_MODULE" "$KUBECONFORM_VERSION" || tools_ok=0
 go_tool kustomize "$KUSTOMIZE_MODULE" "$KUSTOMIZE_VERSION" || tools_ok=0
 k8s_schemas || tools_ok=0
 python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml || tools_ok=0
-# The Go build cache (~0.8 GB) is only needed to build them again: dropped, as tests/apiserver/up.sh
+# The Go build cache (~0.8 GB) is only needed to build them again: dropped, as tests/apiserver/kube-up.sh
 # does, unless PACKAGING_KEEP_GOCACHE=1. The module cache (target/tools/go) stays.
 if ((tools_ok)) && [[ ${PACKAGING_KEEP_GOCACHE:-} != 1 && -d $GOCACHE ]]; then
     go clean -cache 2>/dev/null; rm -rf "$GOCACHE"

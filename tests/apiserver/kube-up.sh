@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Bring up a real kube-apiserver (Kubernetes 1.34, built from Go modules) + etcd
-# on loopback for tests. Unlike up.sh (apiextensions-apiserver only) this serves
-# the full built-in API: core/v1 (Namespaces, ConfigMaps, Events, ...),
+# on loopback for tests. It serves the full built-in API: core/v1 (Namespaces, ConfigMaps, Events, ...),
 # coordination.k8s.io Leases, events.k8s.io Events, RBAC, admissionregistration
 # (ValidatingAdmissionPolicy is enforced), CRDs, discovery (/api, /apis).
 # No controller-manager runs (see README: namespace deletion, GC, default
