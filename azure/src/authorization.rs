@@ -13,10 +13,16 @@
 //! `RoleAssignmentExists` ([`PutRoleAssignment::Exists`]; list the principal's assignments
 //! to adopt it — the 409 body does not name the existing assignment).
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use tokio::time::Instant;
 use uuid::Uuid;
+use vmidentity_planner::policy::{Escalation, PermissionBlock};
 
 use crate::client::{ArmClient, RequestKind, percent_encode, subscription_of};
 use crate::error::AzureError;
@@ -207,6 +213,22 @@ fn role_cache_key(scope: &str, role: &str) -> String {
     format!("{at}|{}", role.to_ascii_lowercase())
 }
 
+/// The scope ARM answered a PUT with must be the one requested: a mismatch means the
+/// assignment landed elsewhere (a path resolved on the way), and recording the requested
+/// scope would never match the live one again.
+fn check_scope_echo(url: &str, requested: &str, a: &RoleAssignment) -> Result<(), AzureError> {
+    if same_scope(&a.scope, requested) {
+        Ok(())
+    } else {
+        Err(AzureError::ScopeMismatch {
+            url: url.to_string(),
+            requested: requested.to_string(),
+            applied: a.scope.clone(),
+            id: a.id.clone(),
+        })
+    }
+}
+
 fn invalid(url: &str, message: String) -> AzureError {
     AzureError::InvalidResponse {
         url: url.to_string(),
@@ -220,9 +242,74 @@ pub struct RoleDefinitionInfo {
     /// Lower-cased GUID.
     pub guid: String,
     pub name: Option<String>,
-    /// Its permissions include a `Microsoft.Authorization/*/write` action that its
-    /// `notActions` do not take away.
-    pub writes_authorization: bool,
+    /// Its permission blocks, as read.
+    pub permissions: Vec<PermissionBlock>,
+    /// How its permissions let a holder escalate (an authorization write or an identity
+    /// takeover, [`vmidentity_planner::policy::escalation`]); None: they do not.
+    pub escalation: Option<Escalation>,
+}
+
+/// A cached value read less than `ttl` ago.
+fn cache_get<V: Clone>(
+    cache: &Mutex<HashMap<String, (Instant, V)>>,
+    key: &str,
+    ttl: Duration,
+) -> Option<V> {
+    let c = cache.lock().ok()?;
+    let (at, v) = c.get(key)?;
+    (at.elapsed() < ttl).then(|| v.clone())
+}
+
+/// Caches `v` (unless `ttl` is zero), dropping the entries that have expired.
+fn cache_put<V>(cache: &Mutex<HashMap<String, (Instant, V)>>, key: String, v: V, ttl: Duration) {
+    if ttl.is_zero() {
+        return;
+    }
+    if let Ok(mut c) = cache.lock() {
+        c.retain(|_, (at, _)| at.elapsed() < ttl);
+        c.insert(key, (Instant::now(), v));
+    }
+}
+
+/// The permission blocks of a role definition answer (`properties.permissions`), all four
+/// lists of each. Anything else than an array of objects whose lists are arrays of strings is
+/// malformed: the caller cannot judge the role and must not guess.
+fn permission_blocks(body: &Value) -> Result<Vec<PermissionBlock>, String> {
+    let blocks = body
+        .pointer("/properties/permissions")
+        .and_then(Value::as_array)
+        .ok_or("the answer has no properties.permissions array")?;
+    let list = |b: &Value, i: usize, name: &str| -> Result<Vec<String>, String> {
+        match b.get(name) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|x| {
+                    x.as_str().map(str::to_string).ok_or_else(|| {
+                        format!("properties.permissions[{i}].{name} holds a non-string: {x}")
+                    })
+                })
+                .collect(),
+            Some(other) => Err(format!(
+                "properties.permissions[{i}].{name} is not an array: {other}"
+            )),
+        }
+    };
+    blocks
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if !b.is_object() {
+                return Err(format!("properties.permissions[{i}] is not an object"));
+            }
+            Ok(PermissionBlock {
+                actions: list(b, i, "actions")?,
+                not_actions: list(b, i, "notActions")?,
+                data_actions: list(b, i, "dataActions")?,
+                not_data_actions: list(b, i, "notDataActions")?,
+            })
+        })
+        .collect()
 }
 
 impl ArmClient {
@@ -230,8 +317,10 @@ impl ArmClient {
     /// role definition id → its GUID, lower-cased. Names are looked up with
     /// `GET {scope}/providers/Microsoft.Authorization/roleDefinitions?$filter=roleName eq '…'`
     /// and cached per (subscription of the scope, or the scope itself outside
-    /// subscriptions; name) in the client, shared by its clones. An unknown name →
-    /// [`AzureError::RoleNotFound`] (class `RoleNotFound`).
+    /// subscriptions; name) in the client, shared by its clones, for
+    /// [`ClientConfig::role_cache_ttl`](crate::ClientConfig::role_cache_ttl) (a renamed or
+    /// re-created custom role is then looked up again). An unknown name →
+    /// [`AzureError::RoleNotFound`] (class `RoleNotFound`, not cached).
     pub async fn resolve_role(&self, scope: &str, role: &str) -> Result<String, AzureError> {
         let role = role.trim();
         let not_found = || AzureError::RoleNotFound {
@@ -253,12 +342,8 @@ impl ArmClient {
             return Err(not_found());
         }
         let key = role_cache_key(scope, role);
-        if let Some(g) = self
-            .role_cache
-            .lock()
-            .ok()
-            .and_then(|c| c.get(&key).cloned())
-        {
+        let ttl = self.config().role_cache_ttl;
+        if let Some(g) = cache_get(&self.role_cache, &key, ttl) {
             return Ok(g);
         }
         let url = format!(
@@ -266,7 +351,7 @@ impl ArmClient {
             self.url(
                 &format!("{}{PROVIDER}/roleDefinitions", scope_prefix(scope)),
                 AUTHORIZATION_API_VERSION
-            ),
+            )?,
             percent_encode(&format!("roleName eq {}", odata_quote(role)))
         );
         let defs = self.get_all_pages(&url, "nextLink").await?;
@@ -290,17 +375,21 @@ impl ArmClient {
                     .map(str::to_ascii_lowercase)
             })
             .ok_or_else(not_found)?;
-        if let Ok(mut c) = self.role_cache.lock() {
-            c.insert(key, guid.clone());
-        }
+        cache_put(&self.role_cache, key, guid.clone(), ttl);
         Ok(guid)
     }
 
     /// The definition of a role given as a name, GUID or definition ID, as the policy check
-    /// needs it: GUID, name, and whether its permissions include a
-    /// `Microsoft.Authorization/*/write` action. Names go through [`Self::resolve_role`]; the
-    /// definition is read with `GET {sub}/providers/Microsoft.Authorization/roleDefinitions/{guid}`
-    /// and cached like role names.
+    /// needs it: GUID, name, permission blocks and whether they let a holder escalate
+    /// ([`vmidentity_planner::policy::escalation`]). Names go through [`Self::resolve_role`];
+    /// the definition is read with
+    /// `GET {sub}/providers/Microsoft.Authorization/roleDefinitions/{guid}` and cached like
+    /// role names, for [`ClientConfig::role_cache_ttl`](crate::ClientConfig::role_cache_ttl):
+    /// a custom role edited in Azure is judged again once its entry expires.
+    ///
+    /// A 404 → [`AzureError::RoleNotFound`]. An answer that is not a role definition of that
+    /// GUID with well-formed permission blocks → [`AzureError::InvalidResponse`] (never read
+    /// as "no permissions": the caller fails closed).
     pub async fn role_definition(
         &self,
         scope: &str,
@@ -308,25 +397,16 @@ impl ArmClient {
     ) -> Result<RoleDefinitionInfo, AzureError> {
         let guid = self.resolve_role(scope, role).await?;
         let key = role_cache_key(scope, &format!("definition:{guid}"));
-        if let Some(hit) = self
-            .role_def_cache
-            .lock()
-            .ok()
-            .and_then(|c| c.get(&key).cloned())
-        {
+        let ttl = self.config().role_cache_ttl;
+        if let Some(hit) = cache_get(&self.role_def_cache, &key, ttl) {
             return Ok(hit);
         }
         let at = match subscription_of(scope) {
             Some(sub) => format!("/subscriptions/{sub}"),
             None => scope_prefix(scope),
         };
-        let body = match self
-            .get(
-                &format!("{at}{PROVIDER}/roleDefinitions/{guid}"),
-                AUTHORIZATION_API_VERSION,
-            )
-            .await
-        {
+        let path = format!("{at}{PROVIDER}/roleDefinitions/{guid}");
+        let body = match self.get(&path, AUTHORIZATION_API_VERSION).await {
             Ok(b) => b,
             Err(e) if e.status() == Some(404) => {
                 return Err(AzureError::RoleNotFound {
@@ -336,38 +416,23 @@ impl ArmClient {
             }
             Err(e) => return Err(e),
         };
-        let strings = |v: Option<&Value>| -> Vec<String> {
-            v.and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        let perms: Vec<(Vec<String>, Vec<String>)> = body
-            .pointer("/properties/permissions")
-            .and_then(Value::as_array)
-            .map(|ps| {
-                ps.iter()
-                    .map(|p| (strings(p.get("actions")), strings(p.get("notActions"))))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let malformed = |why: String| invalid(&path, format!("role definition {guid}: {why}"));
+        if let Some(name) = body.get("name").and_then(Value::as_str)
+            && !name.eq_ignore_ascii_case(&guid)
+        {
+            return Err(malformed(format!("the answer is the definition of {name}")));
+        }
+        let permissions = permission_blocks(&body).map_err(malformed)?;
         let info = RoleDefinitionInfo {
             guid,
             name: body
                 .pointer("/properties/roleName")
                 .and_then(Value::as_str)
                 .map(str::to_string),
-            writes_authorization: vmidentity_planner::policy::writes_authorization(
-                perms.iter().map(|(a, n)| (a.as_slice(), n.as_slice())),
-            ),
+            escalation: vmidentity_planner::policy::escalation(&permissions),
+            permissions,
         };
-        if let Ok(mut c) = self.role_def_cache.lock() {
-            c.insert(key, info.clone());
-        }
+        cache_put(&self.role_def_cache, key, info.clone(), ttl);
         Ok(info)
     }
 
@@ -387,7 +452,7 @@ impl ArmClient {
                     percent_encode(subscription_id)
                 ),
                 AUTHORIZATION_API_VERSION
-            ),
+            )?,
             percent_encode(&format!("principalId eq {}", odata_quote(principal_id)))
         );
         let items = self.get_all_pages(&url, "nextLink").await?;
@@ -409,6 +474,12 @@ impl ArmClient {
     /// `PrincipalNotReplicated`, retryable) until Entra has replicated it.
     /// 200/201 → [`PutRoleAssignment::Created`]; 409 `RoleAssignmentExists` →
     /// [`PutRoleAssignment::Exists`]; other failures are classified errors.
+    ///
+    /// Refused without sending: a `name` that is not a GUID, a scope with `.`/`..`/empty
+    /// segments, `%`, `\`, `?`, `#` or control characters ([`ArmClient::url`]). When ARM
+    /// answers with another `properties.scope` than `scope` (compared case-insensitively,
+    /// trailing `/` ignored), the answer is [`AzureError::ScopeMismatch`], not `Created`:
+    /// the assignment is not where it was asked for, and must not be recorded as such.
     pub async fn put_role_assignment(
         &self,
         scope: &str,
@@ -429,14 +500,15 @@ impl ArmClient {
         let mut body = Map::new();
         body.insert("properties".into(), Value::Object(props));
         let body = Value::Object(body);
+        if !is_guid(name) {
+            return Err(AzureError::InvalidArgument {
+                message: format!("role assignment name {name:?} is not a GUID"),
+            });
+        }
         let url = self.url(
-            &format!(
-                "{}{PROVIDER}/roleAssignments/{}",
-                scope_prefix(scope),
-                percent_encode(name)
-            ),
+            &format!("{}{PROVIDER}/roleAssignments/{name}", scope_prefix(scope)),
             AUTHORIZATION_API_VERSION,
-        );
+        )?;
         match self
             .send(Method::PUT, &url, Some(&body), RequestKind::Write)
             .await
@@ -445,6 +517,7 @@ impl ArmClient {
                 let a: RoleAssignment = serde_json::from_value(resp.body).map_err(|e| {
                     invalid(&url, format!("HTTP {} role assignment: {e}", resp.status))
                 })?;
+                check_scope_echo(&url, scope, &a)?;
                 Ok(PutRoleAssignment::Created(a))
             }
             Err(e) if e.status() == Some(409) && e.code() == Some("RoleAssignmentExists") => {
@@ -471,7 +544,7 @@ impl ArmClient {
                 message: format!("'{id}' is not a role assignment id"),
             });
         }
-        let url = self.url(id, AUTHORIZATION_API_VERSION);
+        let url = self.url(id, AUTHORIZATION_API_VERSION)?;
         match self
             .send(Method::DELETE, &url, None, RequestKind::Delete)
             .await
@@ -566,6 +639,47 @@ mod tests {
         assert_eq!(a.scope, "/subscriptions/s");
         assert_eq!(a.name, "n2");
         assert_eq!(a.principal_type, None);
+    }
+
+    #[test]
+    fn the_scope_arm_answers_must_be_the_one_requested() {
+        let answer = |scope: &str| -> RoleAssignment {
+            serde_json::from_value(serde_json::json!({
+                "id": format!("{scope}/providers/Microsoft.Authorization/roleAssignments/n1"),
+                "properties": {
+                    "roleDefinitionId": "/providers/Microsoft.Authorization/roleDefinitions/x",
+                    "principalId": "p",
+                    "scope": scope
+                }
+            }))
+            .unwrap()
+        };
+        let requested = "/subscriptions/S/resourceGroups/rg-a";
+        // Case and a trailing '/' do not matter.
+        check_scope_echo(
+            "u",
+            requested,
+            &answer("/subscriptions/s/resourcegroups/RG-A/"),
+        )
+        .unwrap();
+        let err = check_scope_echo(
+            "u",
+            requested,
+            &answer("/subscriptions/S/resourceGroups/rg-prod"),
+        )
+        .unwrap_err();
+        assert!(matches!(err, AzureError::ScopeMismatch { .. }), "{err:?}");
+        assert_eq!(err.class(), crate::ErrorClass::Invalid);
+        let msg = err.to_string();
+        assert!(msg.contains("differs from the one requested"), "{msg}");
+        assert!(msg.contains("rg-prod") && msg.contains("rg-a"), "{msg}");
+        // A scope derived from the id (ARM omitted properties.scope) is checked too.
+        let a: RoleAssignment = serde_json::from_value(serde_json::json!({
+            "id": "/subscriptions/S/resourceGroups/rg-prod/providers/Microsoft.Authorization/roleAssignments/n1",
+            "properties": {"roleDefinitionId": "x", "principalId": "p"}
+        }))
+        .unwrap();
+        assert!(check_scope_echo("u", requested, &a).is_err());
     }
 
     #[test]

@@ -76,6 +76,10 @@ pub struct ClientConfig {
     /// The scope asked of the token source for every request: [`ARM_SCOPE`] for ARM,
     /// [`GRAPH_SCOPE`] for Microsoft Graph.
     pub token_scope: String,
+    /// How long a role name → GUID resolution and a role definition stay cached
+    /// ([`ArmClient::resolve_role`], [`ArmClient::role_definition`]); after that they are read
+    /// again, so a changed custom role is seen. Zero: never cached.
+    pub role_cache_ttl: Duration,
 }
 
 impl ClientConfig {
@@ -104,6 +108,7 @@ impl Default for ClientConfig {
             request_timeout: Duration::from_secs(60),
             rate_limits: Some(RateLimits::default()),
             token_scope: ARM_SCOPE.to_string(),
+            role_cache_ttl: Duration::from_secs(10 * 60),
         }
     }
 }
@@ -226,46 +231,31 @@ impl BucketKind {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct BucketState {
-    tokens: f64,
-    at: Instant,
-}
-
-/// Per (subscription, kind) token buckets. `acquire` reserves a token and says how long to
-/// wait for it, so concurrent callers queue fairly without a lock held across the wait.
+/// Per (subscription, kind) token buckets, shared fairly between the tenants (namespaces)
+/// that wait for them ([`crate::fair`]).
 #[derive(Debug, Default)]
 struct Limiter {
-    state: Mutex<HashMap<(String, BucketKind), BucketState>>,
+    fair: crate::fair::FairLimiter<(String, BucketKind)>,
 }
 
 impl Limiter {
-    fn acquire(&self, limits: &RateLimits, sub: &str, kind: BucketKind) -> Option<Duration> {
+    /// Takes a token, waiting for the current tenant's fair turn; true when it had to wait.
+    async fn acquire(&self, limits: &RateLimits, sub: &str, kind: BucketKind) -> bool {
         let b = limits.bucket(kind);
-        let now = Instant::now();
-        let mut st = self.state.lock().ok()?;
-        let e = st.entry((sub.to_string(), kind)).or_insert(BucketState {
-            tokens: b.size,
-            at: now,
-        });
-        let elapsed = now.saturating_duration_since(e.at).as_secs_f64();
-        e.tokens = (e.tokens + elapsed * b.per_sec).min(b.size);
-        e.at = now;
-        e.tokens -= 1.0;
-        if e.tokens >= 0.0 || b.per_sec <= 0.0 {
-            None
-        } else {
-            Some(Duration::from_secs_f64(-e.tokens / b.per_sec))
-        }
+        self.fair
+            .acquire(
+                &(sub.to_string(), kind),
+                crate::fair::Rate {
+                    size: b.size,
+                    per_sec: b.per_sec,
+                },
+                &crate::fair::current_tenant(),
+            )
+            .await
     }
 
     fn observe(&self, sub: &str, kind: BucketKind, remaining: f64) {
-        if let Ok(mut st) = self.state.lock()
-            && let Some(e) = st.get_mut(&(sub.to_string(), kind))
-            && remaining < e.tokens
-        {
-            e.tokens = remaining;
-        }
+        self.fair.observe(&(sub.to_string(), kind), remaining);
     }
 }
 
@@ -336,10 +326,12 @@ pub struct ArmClient {
     observer: Option<Arc<dyn Observer>>,
     limiter: Arc<Limiter>,
     /// Role name cache of [`ArmClient::resolve_role`](crate::authorization):
-    /// (subscription or scope, role name), case-folded → role definition GUID.
-    pub(crate) role_cache: Arc<Mutex<HashMap<String, String>>>,
+    /// (subscription or scope, role name), case-folded → (when read, role definition GUID).
+    pub(crate) role_cache: Arc<Mutex<HashMap<String, (Instant, String)>>>,
+    /// Role definition cache of [`ArmClient::role_definition`]: key → (when read, info).
+    /// Both expire after [`ClientConfig::role_cache_ttl`].
     pub(crate) role_def_cache:
-        Arc<Mutex<HashMap<String, crate::authorization::RoleDefinitionInfo>>>,
+        Arc<Mutex<HashMap<String, (Instant, crate::authorization::RoleDefinitionInfo)>>>,
 }
 
 impl std::fmt::Debug for ArmClient {
@@ -419,14 +411,25 @@ impl ArmClient {
         self.stats.snapshot()
     }
 
-    /// `endpoint + path?api-version=...`
-    pub fn url(&self, path: &str, api_version: &str) -> String {
-        format!("{}{}?api-version={}", self.cfg.endpoint, path, api_version)
+    /// `endpoint + path?api-version=...`, built segment by segment ([`Self::endpoint_url`]).
+    /// Callers may append further query parameters (`&$filter=...`) to the answer.
+    pub fn url(&self, path: &str, api_version: &str) -> Result<String, AzureError> {
+        let query = format!("api-version={}", percent_encode(api_version));
+        build_url(&self.cfg.endpoint, path, Some(&query))
     }
 
     /// `endpoint + path`, without an api-version (Graph carries its version in the path).
-    pub fn endpoint_url(&self, path: &str) -> String {
-        format!("{}{}", self.cfg.endpoint, path)
+    ///
+    /// The URL is built from the endpoint by pushing each `/`-separated segment of `path`
+    /// (the `url` crate percent-encodes what a segment may not carry as is; `$` stays
+    /// literal). Refused with [`AzureError::InvalidArgument`], before anything is sent, is
+    /// a `path` that does not start with `/` or has empty, `.` or `..` segments, `%`, `\`,
+    /// `?`, `#` or control characters ([`vmidentity_planner::id::path_problem`]): a URL
+    /// parser would resolve or decode those into another path than the one asked for (and
+    /// approved by policy). The built URL's path is then checked to be exactly `path`
+    /// (after the endpoint's own path, if any).
+    pub fn endpoint_url(&self, path: &str) -> Result<String, AzureError> {
+        build_url(&self.cfg.endpoint, path, None)
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
@@ -512,11 +515,10 @@ impl ArmClient {
             }
             if let (Some(sub), Some(limits), Some(bk)) =
                 (&sub, &self.cfg.rate_limits, BucketKind::of(kind))
-                && let Some(wait) = self.limiter.acquire(limits, sub, bk)
+                && self.limiter.acquire(limits, sub, bk).await
             {
-                // Stay under ARM's limit instead of hitting it.
+                // Held back to stay under ARM's limit instead of hitting it.
                 self.stats.paced.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(wait).await;
             }
             let token = self.tokens.token(&self.cfg.token_scope).await?;
             let mut req = self
@@ -647,7 +649,7 @@ impl ArmClient {
 
     /// GET a resource.
     pub async fn get(&self, path: &str, api_version: &str) -> Result<Value, AzureError> {
-        let url = self.url(path, api_version);
+        let url = self.url(path, api_version)?;
         Ok(self
             .send(Method::GET, &url, None, RequestKind::Read)
             .await?
@@ -680,7 +682,7 @@ impl ArmClient {
         body: &Value,
         if_match: Option<&str>,
     ) -> Result<Value, AzureError> {
-        let url = self.url(path, api_version);
+        let url = self.url(path, api_version)?;
         let headers: Vec<(&str, &str)> = if_match.map(|t| ("if-match", t)).into_iter().collect();
         let resp = self
             .send_with_headers(method, &url, Some(body), RequestKind::Write, &headers)
@@ -832,6 +834,68 @@ impl ArmClient {
     }
 }
 
+/// `endpoint` + `path` (+ `?query`), `path` pushed segment by segment. See
+/// [`ArmClient::endpoint_url`] for what is refused.
+pub(crate) fn build_url(
+    endpoint: &str,
+    path: &str,
+    query: Option<&str>,
+) -> Result<String, AzureError> {
+    let refuse = |why: String| AzureError::InvalidArgument {
+        message: format!("refusing to send a request to path {path:?}: {why}"),
+    };
+    if let Some(problem) = vmidentity_planner::id::path_problem(path) {
+        return Err(refuse(format!(
+            "it {problem}; '.' and '..' segments, empty segments, '%', '\\', '?', '#' and control characters are not allowed in request paths"
+        )));
+    }
+    let mut url = url::Url::parse(endpoint)
+        .map_err(|e| refuse(format!("the endpoint {endpoint:?} is not a URL: {e}")))?;
+    let base = url.path().trim_end_matches('/').to_string();
+    {
+        let mut segs = url
+            .path_segments_mut()
+            .map_err(|()| refuse(format!("the endpoint {endpoint:?} cannot carry a path")))?;
+        segs.pop_if_empty();
+        for seg in path[1..].split('/') {
+            segs.push(seg);
+        }
+    }
+    url.set_query(query);
+    // The path the request will go to must be exactly the one asked for: nothing resolved,
+    // dropped or decoded on the way (`push` silently skips `.` and `..`, for one).
+    let wanted = format!("{base}{path}");
+    match percent_decode(url.path()) {
+        Some(got) if got == wanted => Ok(url.into()),
+        _ => Err(refuse(format!(
+            "the URL built from it has the path {:?}, not {wanted:?}",
+            url.path()
+        ))),
+    }
+}
+
+/// `%XX` sequences decoded; None if that is not valid UTF-8 or a `%` is not followed by two
+/// hex digits.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Percent-encodes everything but RFC 3986 unreserved characters (`A-Z a-z 0-9 - . _ ~`):
 /// for query values (`$filter`) and path segments built from caller input. Spaces become
 /// `%20` (never `+`), quotes `%27`.
@@ -890,6 +954,109 @@ mod tests {
         assert_eq!(c.token_scope, GRAPH_SCOPE);
         assert_eq!(c.endpoint, "https://graph.microsoft.com");
         assert_eq!(ClientConfig::default().token_scope, ARM_SCOPE);
+    }
+
+    const EP: &str = "https://management.azure.com";
+
+    fn refused(path: &str) -> String {
+        match build_url(EP, path, Some("api-version=2022-04-01")) {
+            Err(AzureError::InvalidArgument { message }) => message,
+            other => panic!("{path:?}: expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn builds_urls_segment_by_segment() {
+        assert_eq!(
+            build_url(
+                EP,
+                "/subscriptions/S1/resourceGroups/RG-a/providers/Microsoft.Compute/virtualMachines/vm1",
+                Some("api-version=2024-11-01"),
+            )
+            .unwrap(),
+            "https://management.azure.com/subscriptions/S1/resourceGroups/RG-a/providers/Microsoft.Compute/virtualMachines/vm1?api-version=2024-11-01"
+        );
+        // `$` stays literal; a trailing '/' on the endpoint is not doubled.
+        assert_eq!(
+            build_url(
+                "https://graph.microsoft.com/",
+                "/v1.0/groups/33333333-3333-4333-8333-333333333333/members/$ref",
+                None
+            )
+            .unwrap(),
+            "https://graph.microsoft.com/v1.0/groups/33333333-3333-4333-8333-333333333333/members/$ref"
+        );
+        // An endpoint with a path keeps it.
+        assert_eq!(
+            build_url("http://127.0.0.1:8080/arm/", "/subscriptions/s", None).unwrap(),
+            "http://127.0.0.1:8080/arm/subscriptions/s"
+        );
+        // Characters a segment may not carry as is are encoded, and the check still holds.
+        assert_eq!(
+            build_url(EP, "/subscriptions/s/resourceGroups/r\u{e9}s {x}", None).unwrap(),
+            "https://management.azure.com/subscriptions/s/resourceGroups/r%C3%A9s%20%7Bx%7D"
+        );
+    }
+
+    #[test]
+    fn refuses_paths_a_url_parser_would_change() {
+        let attack =
+            "/subscriptions/S/resourceGroups/rg-a/providers/../../../resourceGroups/rg-prod";
+        let m = refused(attack);
+        assert!(m.contains("contains a '..' segment"), "{m}");
+        assert!(m.contains("not allowed in request paths"), "{m}");
+        for (bad, problem) in [
+            (
+                "/subscriptions/S/resourceGroups/rg-a/providers/Microsoft.Authorization/roleAssignments/..",
+                "'..' segment",
+            ),
+            ("/subscriptions/S/./resourceGroups/rg", "'.' segment"),
+            (
+                "/subscriptions/S/resourceGroups/rg-a/providers/%2e%2e/%2e%2e/%2e%2e/resourceGroups/rg-prod",
+                "'%'",
+            ),
+            ("/subscriptions/S/resourceGroups/rg-a%2F..%2Frg-prod", "'%'"),
+            ("/subscriptions/S/resourceGroups/rg-a%2f", "'%'"),
+            (
+                "/subscriptions/S/resourceGroups/rg-a/providers\\..\\..\\resourceGroups\\rg-prod",
+                "'\\'",
+            ),
+            ("/subscriptions/S/resourceGroups/.\t.", "control character"),
+            (
+                "/subscriptions/S/resourceGroups/rg\r\nHost: evil",
+                "control character",
+            ),
+            ("/subscriptions/S/resourceGroups/rg?api-version=x", "'?'"),
+            ("/subscriptions/S/resourceGroups/rg#frag", "'#'"),
+            ("/subscriptions//resourceGroups/rg", "empty segment"),
+            ("/subscriptions/S/", "empty segment"),
+            ("subscriptions/S", "does not start with '/'"),
+            ("", "does not start with '/'"),
+            ("//evil.example/x", "empty segment"),
+        ] {
+            let m = refused(bad);
+            assert!(m.contains(problem), "{bad:?}: {m}");
+        }
+    }
+
+    #[test]
+    fn url_push_drops_dot_segments_which_the_path_check_catches() {
+        // Why the refusal comes first and the final check exists: `push` skips `.` and `..`
+        // silently, so without them the URL would go to another path.
+        let mut u = url::Url::parse(EP).unwrap();
+        u.path_segments_mut()
+            .unwrap()
+            .extend(["subscriptions", "s", "..", "x", "."]);
+        assert_eq!(u.path(), "/subscriptions/s/x");
+        assert_ne!(percent_decode(u.path()).unwrap(), "/subscriptions/s/../x/.");
+    }
+
+    #[test]
+    fn decodes_percent_escapes() {
+        assert_eq!(percent_decode("/a%20b/%C3%A9").as_deref(), Some("/a b/é"));
+        assert_eq!(percent_decode("/a%2").as_deref(), None);
+        assert_eq!(percent_decode("/a%+1").as_deref(), None);
+        assert_eq!(percent_decode("/a%FF").as_deref(), None);
     }
 
     #[test]

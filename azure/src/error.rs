@@ -115,6 +115,18 @@ pub enum AzureError {
     /// assignment id" given another kind of id). Nothing was sent.
     #[error("invalid argument: {message}")]
     InvalidArgument { message: String },
+    /// ARM answered a role-assignment PUT with a `properties.scope` other than the one
+    /// requested (compared case-insensitively, trailing `/` ignored): the assignment is not
+    /// where it was asked for. Not recorded; `id` names what ARM created, for an operator.
+    #[error(
+        "{url}: the scope ARM applied the role assignment at ({applied:?}) differs from the one requested ({requested:?}); not recording it (ARM's assignment id: {id:?})"
+    )]
+    ScopeMismatch {
+        url: String,
+        requested: String,
+        applied: String,
+        id: String,
+    },
 }
 
 impl AzureError {
@@ -129,6 +141,7 @@ impl AzureError {
             AzureError::SubscriptionThrottled { .. } => ErrorClass::Throttled,
             AzureError::RoleNotFound { .. } => ErrorClass::RoleNotFound,
             AzureError::InvalidArgument { .. } => ErrorClass::Invalid,
+            AzureError::ScopeMismatch { .. } => ErrorClass::Invalid,
         }
     }
 

@@ -38,8 +38,9 @@ impl Executor {
         target: &ArmId,
         api_version: &ApiVersion,
     ) -> Result<LiveResource, AzureError> {
+        let url = self.arm.url(target.as_str(), api_version.as_str())?;
         let body = self.arm.get(target.as_str(), api_version.as_str()).await?;
-        parse_live(&self.arm.url(target.as_str(), api_version.as_str()), &body)
+        parse_live(&url, &body)
     }
 
     /// Sends the plan's writes in order. Stops at the first failure (later writes depend on
@@ -77,7 +78,11 @@ impl Executor {
                 .write_if_match(method, &w.id, &w.api_version, &w.body, if_match.as_deref())
                 .await?;
             if w.method == "PATCH" {
-                live = parse_live(&self.arm.url(&w.id, &w.api_version), &answer).ok();
+                live = self
+                    .arm
+                    .url(&w.id, &w.api_version)
+                    .and_then(|url| parse_live(&url, &answer))
+                    .ok();
             }
             let etag = answer
                 .get("etag")

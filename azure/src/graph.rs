@@ -7,14 +7,18 @@
 //! (the group → `GroupNotFound`, the member being added → `PrincipalNotReplicated`).
 //!
 //! Paths are sent as written: `$ref` stays a literal `$` (reqwest / `url` do not encode `$`
-//! in paths; ids are percent-encoded as path segments, a no-op for GUIDs).
+//! in paths). Group object IDs and principal IDs must be GUIDs (principal IDs can come from a
+//! tenant-writable status record): anything else is refused with
+//! [`AzureError::InvalidArgument`] before a URL is built from it, and URLs are built segment
+//! by segment ([`ArmClient::endpoint_url`]).
 
 use std::sync::Arc;
 
 use reqwest::Method;
 use serde_json::{Map, Value};
 
-use crate::client::{ArmClient, ClientConfig, RequestKind, percent_encode};
+use crate::authorization::is_guid;
+use crate::client::{ArmClient, ClientConfig, RequestKind};
 use crate::error::{AzureError, ErrorClass};
 use crate::token::TokenSource;
 
@@ -45,7 +49,7 @@ impl GraphClient {
         &self.0
     }
 
-    fn url(&self, path: &str) -> String {
+    fn url(&self, path: &str) -> Result<String, AzureError> {
         self.0.endpoint_url(&format!("/{GRAPH_VERSION}{path}"))
     }
 
@@ -54,19 +58,16 @@ impl GraphClient {
     /// `https://graph.microsoft.com` in the public cloud). 204 → Ok; "One or more added
     /// object references already exist" (400) → Ok (already a member). A 404 naming the
     /// group → class `GroupNotFound`; naming the principal → `PrincipalNotReplicated`
-    /// (Graph does not know it yet, or it was deleted; retryable).
+    /// (Graph does not know it yet, or it was deleted; retryable). Both IDs must be GUIDs
+    /// ([`AzureError::InvalidArgument`], nothing sent, otherwise).
     pub async fn add_member(&self, group_id: &str, principal_id: &str) -> Result<(), AzureError> {
-        let url = self.url(&format!(
-            "/groups/{}/members/$ref",
-            percent_encode(group_id)
-        ));
+        require_guid("group object ID", group_id)?;
+        require_guid("principal ID", principal_id)?;
+        let url = self.url(&format!("/groups/{group_id}/members/$ref"))?;
         let mut body = Map::new();
         body.insert(
             "@odata.id".into(),
-            Value::String(
-                self.0
-                    .endpoint_url(&format!("/{GRAPH_VERSION}/directoryObjects/{principal_id}")),
-            ),
+            Value::String(self.url(&format!("/directoryObjects/{principal_id}"))?),
         );
         match self
             .0
@@ -88,17 +89,16 @@ impl GraphClient {
     /// `DELETE /v1.0/groups/{gid}/members/{pid}/$ref`. 204 → Ok; 404 → Ok (Graph answers
     /// 404 naming the group both when the principal is not a member and when the group
     /// does not exist; either way the principal is not a member); the 400 "One or more
-    /// removed object references do not exist" some tenants answer → Ok.
+    /// removed object references do not exist" some tenants answer → Ok. Both IDs must be
+    /// GUIDs ([`AzureError::InvalidArgument`], nothing sent, otherwise).
     pub async fn remove_member(
         &self,
         group_id: &str,
         principal_id: &str,
     ) -> Result<(), AzureError> {
-        let url = self.url(&format!(
-            "/groups/{}/members/{}/$ref",
-            percent_encode(group_id),
-            percent_encode(principal_id)
-        ));
+        require_guid("group object ID", group_id)?;
+        require_guid("principal ID", principal_id)?;
+        let url = self.url(&format!("/groups/{group_id}/members/{principal_id}/$ref"))?;
         match self
             .0
             .send(Method::DELETE, &url, None, RequestKind::Delete)
@@ -126,12 +126,11 @@ impl GraphClient {
     /// A 404 for the principal gives an **empty list**: Graph does not know the object
     /// (deleted, or not replicated yet — graph/GRAPH-MEMBERS.md §5), and an object Graph
     /// does not know is a member of nothing. Adding it will then answer the
-    /// `PrincipalNotReplicated` error of [`GraphClient::add_member`].
+    /// `PrincipalNotReplicated` error of [`GraphClient::add_member`]. The principal ID must
+    /// be a GUID ([`AzureError::InvalidArgument`], nothing sent, otherwise).
     pub async fn member_of(&self, principal_id: &str) -> Result<Vec<String>, AzureError> {
-        let url = self.url(&format!(
-            "/servicePrincipals/{}/memberOf",
-            percent_encode(principal_id)
-        ));
+        require_guid("principal ID", principal_id)?;
+        let url = self.url(&format!("/servicePrincipals/{principal_id}/memberOf"))?;
         let items = match self.0.get_all_pages(&url, "@odata.nextLink").await {
             Ok(items) => items,
             Err(e) if e.status() == Some(404) => return Ok(Vec::new()),
@@ -143,6 +142,18 @@ impl GraphClient {
             .filter_map(|o| o.get("id").and_then(Value::as_str))
             .map(str::to_ascii_lowercase)
             .collect())
+    }
+}
+
+/// Graph object IDs vmidentity sends are GUIDs; anything else (a path, a `..`, an encoded
+/// slash) is refused before a URL is built from it.
+fn require_guid(what: &str, id: &str) -> Result<(), AzureError> {
+    if is_guid(id) {
+        Ok(())
+    } else {
+        Err(AzureError::InvalidArgument {
+            message: format!("{what} {id:?} is not a GUID; no Graph request is built from it"),
+        })
     }
 }
 

@@ -59,7 +59,7 @@ impl ArmClient {
         let url = self.url(
             "/providers/Microsoft.ResourceGraph/resources",
             RESOURCE_GRAPH_API_VERSION,
-        );
+        )?;
         for chunk in subscriptions.chunks(SUBSCRIPTIONS_PER_QUERY) {
             let mut skip_token: Option<String> = None;
             loop {

@@ -69,6 +69,7 @@ pub struct VirtualMachineIdentitySpec {
     /// set (`.../virtualMachineScaleSets/<name>`). Immutable.
     #[x_kube(
         validation = Rule::new("self.matches('(?i)^/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\\\\.compute/(virtualmachines|virtualmachinescalesets)/[^/]+$')").message("spec.target must be a VM or VMSS resource ID: /subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.Compute/virtualMachines/<name> (or virtualMachineScaleSets/<name>)"),
+        validation = Rule::new("!self.matches('/[.]{1,2}(/|$)') && !self.matches('[%?#[:cntrl:][:space:]]') && !self.contains('\\\\')").message("spec.target must not contain '.' or '..' segments, '%', '\\', '?', '#', whitespace or control characters"),
         validation = Rule::new("self == oldSelf").message("spec.target is immutable: create a new object for another VM or VMSS")
     )]
     #[schemars(length(min = 1, max = 1024))]
@@ -96,6 +97,7 @@ pub struct VirtualMachineIdentitySpec {
     #[schemars(length(max = 150), inner(length(min = 1, max = 350)))]
     #[x_kube(
         validation = Rule::new("self.all(id, id.matches('(?i)^/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\\\\.managedidentity/userassignedidentities/[^/]+$'))").message("each userAssignedIdentities entry must be a user-assigned identity ID: /subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>"),
+        validation = Rule::new("self.all(id, !id.matches('/[.]{1,2}(/|$)') && !id.matches('[%?#[:cntrl:][:space:]]') && !id.contains('\\\\'))").message("each userAssignedIdentities entry must not contain '.' or '..' segments, '%', '\\', '?', '#', whitespace or control characters"),
         validation = Rule::new("self.all(a, self.filter(b, b.lowerAscii() == a.lowerAscii()).size() == 1)").message("userAssignedIdentities must not list the same identity twice (resource IDs are case-insensitive)")
     )]
     pub user_assigned_identities: Vec<UserAssignedIdentityId>,
@@ -103,6 +105,9 @@ pub struct VirtualMachineIdentitySpec {
     /// Azure RBAC role assignments the identities must hold.
     #[serde(default)]
     #[schemars(length(max = 64))]
+    #[x_kube(
+        validation = Rule::new("self.all(r, r.scope.startsWith('/') && !r.scope.endsWith('/') && !r.scope.contains('//') && !r.scope.matches('/[.]{1,2}(/|$)') && !r.scope.matches('[%?#[:cntrl:][:space:]]') && !r.scope.contains('\\\\'))").message("each roleAssignments[].scope must be an ARM scope ID starting with '/', without a trailing '/', empty, '.' or '..' segments, '%', '\\', '?', '#', whitespace or control characters")
+    )]
     pub role_assignments: Vec<RoleAssignment>,
 
     /// Entra ID groups the identities must be members of.

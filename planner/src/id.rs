@@ -40,6 +40,64 @@ pub enum IdError {
         found: &'static str,
         expected: &'static str,
     },
+    /// The ID has a segment or character that a URL parser could resolve or decode into
+    /// another path (`.`, `..`, `%`, `\`, control characters, ...): refused outright, so a
+    /// policy can never approve one path while a request goes to another.
+    #[error(
+        "{id:?} {problem}; '.' and '..' segments, empty segments, '%', '\\', '?', '#', whitespace and control characters are not allowed in ARM IDs"
+    )]
+    Unsafe { id: String, problem: &'static str },
+}
+
+/// Why `path` (an ARM ID, scope or request path: `/seg/seg/...`) cannot be used as is in a
+/// URL, or None. Refused: no leading `/`, empty segments (`//`, a trailing `/`), `.` and
+/// `..` segments, `%` (percent-encoded dots and slashes), `\` (a separator to URL
+/// parsers), `?`, `#` and control characters. Everything else (`$`, `(`, non-ASCII
+/// letters, ...) is left to the URL encoder. Shared with the Azure client, which checks
+/// every path it builds a URL from.
+pub fn path_problem(path: &str) -> Option<&'static str> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return Some("does not start with '/'");
+    };
+    for seg in rest.split('/') {
+        let problem = match seg {
+            "" => Some("contains an empty segment ('//' or a trailing '/')"),
+            "." => Some("contains a '.' segment"),
+            ".." => Some("contains a '..' segment"),
+            _ => seg.chars().find_map(|c| match c {
+                '%' => Some("contains '%' (percent-encoding)"),
+                '\\' => Some("contains '\\'"),
+                '?' => Some("contains '?'"),
+                '#' => Some("contains '#'"),
+                c if c.is_control() => Some("contains a control character"),
+                _ => None,
+            }),
+        };
+        if problem.is_some() {
+            return problem;
+        }
+    }
+    None
+}
+
+/// [`path_problem`], plus whitespace (never part of an ARM ID): Ok, or
+/// [`IdError::Unsafe`] naming the problem ([`IdError::Malformed`] without a leading `/`).
+pub fn check_id_path(s: &str) -> Result<(), IdError> {
+    if !s.starts_with('/') {
+        return Err(IdError::Malformed(s.to_string()));
+    }
+    let problem = path_problem(s).or_else(|| {
+        s.chars()
+            .any(char::is_whitespace)
+            .then_some("contains whitespace")
+    });
+    match problem {
+        Some(problem) => Err(IdError::Unsafe {
+            id: s.to_string(),
+            problem,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// An ARM resource ID. Keeps the spelling it was given (`raw`) for display and for the
@@ -56,17 +114,9 @@ impl ArmId {
     /// `/subscriptions/{sub}/resourceGroups/{rg}/providers/{ns}/{type}/{name}[/{type}/{name}...]`.
     pub fn parse(s: &str) -> Result<ArmId, IdError> {
         let malformed = || IdError::Malformed(s.to_string());
-        let raw = s.trim();
-        if raw != s || !raw.starts_with('/') || raw.ends_with('/') {
-            return Err(malformed());
-        }
+        check_id_path(s)?;
+        let raw = s;
         let segs: Vec<&str> = raw[1..].split('/').collect();
-        if segs
-            .iter()
-            .any(|p| p.is_empty() || p.chars().any(|c| c.is_whitespace() || c == '?' || c == '#'))
-        {
-            return Err(malformed());
-        }
         if segs.len() < 2 || !segs[0].eq_ignore_ascii_case("subscriptions") {
             return Err(malformed());
         }
@@ -280,5 +330,160 @@ mod tests {
                 .contains("expected a Microsoft.Compute/virtualMachines")
         );
         assert!(ArmId::parse_uai(VM).is_err());
+    }
+
+    /// The review's attack: a scope under rg-a that URL parsers resolve to rg-prod.
+    const ATTACK: &str =
+        "/subscriptions/S/resourceGroups/rg-a/providers/../../../resourceGroups/rg-prod";
+
+    fn unsafe_problem(s: &str) -> &'static str {
+        match ArmId::parse(s) {
+            Err(IdError::Unsafe { problem, .. }) => problem,
+            other => panic!("{s:?}: expected IdError::Unsafe, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn refuses_the_dot_segment_attack_scope() {
+        let err = ArmId::parse(ATTACK).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("contains a '..' segment"), "{msg}");
+        assert!(msg.contains("'%', '\\'"), "{msg}");
+        assert!(msg.contains("not allowed in ARM IDs"), "{msg}");
+        assert!(ArmId::parse_target(ATTACK).is_err());
+        assert!(ArmId::parse_uai(ATTACK).is_err());
+    }
+
+    #[test]
+    fn refuses_dot_segments() {
+        for bad in [
+            "/subscriptions/s1/resourceGroups/..",
+            "/subscriptions/../resourceGroups/rg",
+            "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/..",
+            "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm1/..",
+        ] {
+            assert_eq!(unsafe_problem(bad), "contains a '..' segment", "{bad}");
+        }
+        for bad in [
+            "/subscriptions/s1/resourceGroups/.",
+            "/subscriptions/s1/resourceGroups/rg/providers/./virtualMachines/vm1",
+            "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/.",
+        ] {
+            assert_eq!(unsafe_problem(bad), "contains a '.' segment", "{bad}");
+        }
+        // Dots inside a name are fine.
+        for good in [
+            "/subscriptions/s1/resourceGroups/rg..x",
+            "/subscriptions/s1/resourceGroups/.rg",
+            "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm...",
+        ] {
+            assert!(ArmId::parse(good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn refuses_percent_encoding() {
+        for bad in [
+            "/subscriptions/s1/resourceGroups/rg-a/providers/%2e%2e/%2E%2E/%2e%2e/resourceGroups/rg-prod",
+            "/subscriptions/s1/resourceGroups/%2e%2e",
+            "/subscriptions/s1/resourceGroups/rg-a%2F..%2F..%2FresourceGroups%2Frg-prod",
+            "/subscriptions/s1/resourceGroups/rg-a%2f",
+            "/subscriptions/s1/resourceGroups/rg%20a",
+            "/subscriptions/s1/resourceGroups/rg%",
+        ] {
+            assert_eq!(
+                unsafe_problem(bad),
+                "contains '%' (percent-encoding)",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_backslashes() {
+        for bad in [
+            "/subscriptions/s1/resourceGroups/rg-a/providers\\..\\..\\..\\resourceGroups\\rg-prod",
+            "/subscriptions/s1/resourceGroups/rg-a\\..",
+            "/subscriptions/s1/resourceGroups/rg\\x",
+        ] {
+            assert_eq!(unsafe_problem(bad), "contains '\\'", "{bad}");
+        }
+        // A backslash-separated `..` after a slash-separated one: the first problem wins.
+        assert_eq!(
+            unsafe_problem("/subscriptions/s1/resourceGroups/../x\\.."),
+            "contains a '..' segment"
+        );
+    }
+
+    #[test]
+    fn refuses_control_characters_whitespace_queries_fragments_and_empty_segments() {
+        for (bad, problem) in [
+            (
+                "/subscriptions/s1/resourceGroups/rg\u{0}",
+                "contains a control character",
+            ),
+            (
+                "/subscriptions/s1/resourceGroups/.\t.",
+                "contains a control character",
+            ),
+            (
+                "/subscriptions/s1/resourceGroups/rg\n",
+                "contains a control character",
+            ),
+            (
+                "/subscriptions/s1/resourceGroups/rg\u{7f}",
+                "contains a control character",
+            ),
+            (
+                "/subscriptions/s1/resourceGroups/rg\u{85}",
+                "contains a control character",
+            ),
+            (
+                "/subscriptions/s1/resourceGroups/rg a",
+                "contains whitespace",
+            ),
+            (
+                "/subscriptions/s1/resourceGroups/rg\u{a0}",
+                "contains whitespace",
+            ),
+            ("/subscriptions/s1/resourceGroups/rg?x=1", "contains '?'"),
+            ("/subscriptions/s1/resourceGroups/rg#x", "contains '#'"),
+            (
+                "/subscriptions/s1//rg",
+                "contains an empty segment ('//' or a trailing '/')",
+            ),
+            (
+                "/subscriptions/s1/resourceGroups/rg/",
+                "contains an empty segment ('//' or a trailing '/')",
+            ),
+        ] {
+            assert_eq!(unsafe_problem(bad), problem, "{bad:?}");
+        }
+        assert!(matches!(
+            ArmId::parse("subscriptions/s1"),
+            Err(IdError::Malformed(_))
+        ));
+        assert!(matches!(
+            ArmId::parse(" /subscriptions/s1"),
+            Err(IdError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn path_problem_accepts_request_paths() {
+        for good in [
+            "/subscriptions/S1/resourceGroups/RG/providers/Microsoft.Authorization/roleAssignments",
+            "/v1.0/groups/33333333-3333-4333-8333-333333333333/members/$ref",
+            "/providers/Microsoft.Management/managementGroups/mg(1)",
+            "/subscriptions/s1/resourceGroups/r\u{e9}sum\u{e9}",
+            "/a",
+        ] {
+            assert_eq!(path_problem(good), None, "{good}");
+        }
+        for bad in [
+            "", "a/b", "/", "//", "/a/", "/./a", "/a/..", "/a%2e", "/a\\b",
+        ] {
+            assert!(path_problem(bad).is_some(), "{bad:?}");
+        }
     }
 }

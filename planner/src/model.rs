@@ -293,9 +293,17 @@ fn is_guid(s: &str) -> bool {
         })
 }
 
+/// A role-assignment scope: a subscription, resource group or resource ID, or a management
+/// group (`/providers/Microsoft.Management/managementGroups/<id>`). Every form is refused
+/// with `.`/`..`/empty segments, `%`, `\`, `?`, `#`, whitespace or control characters
+/// ([`crate::id::check_id_path`]): a URL parser would resolve or decode such a scope into
+/// another one than the policy approved.
 fn parse_scope(s: &str) -> Result<String, String> {
     if s.len() > 1 && s.ends_with('/') {
         return Err(format!("scope {s:?} must not end with '/'"));
+    }
+    if let Err(e @ IdError::Unsafe { .. }) = crate::id::check_id_path(s) {
+        return Err(format!("scope {e}"));
     }
     let lower = s.to_ascii_lowercase();
     if let Some(rest) = lower.strip_prefix("/providers/microsoft.management/managementgroups/")
@@ -327,6 +335,9 @@ fn parse_role(s: &str) -> Result<RoleRef, String> {
         let guid = lower
             .rsplit_once("/providers/microsoft.authorization/roledefinitions/")
             .map(|(_, g)| g);
+        if let Err(e @ IdError::Unsafe { .. }) = crate::id::check_id_path(t) {
+            return Err(format!("role {e}"));
+        }
         return match guid {
             Some(g) if is_guid(g) => Ok(RoleRef::DefinitionId(t.to_string())),
             _ => Err(format!(
@@ -640,5 +651,122 @@ mod tests {
         assert!(parse_role("/subscriptions/s1/foo").is_err());
         assert!(parse_scope("/providers/Microsoft.Management/managementGroups/mg1").is_ok());
         assert!(parse_scope("rg").is_err());
+    }
+
+    #[test]
+    fn scopes_with_dot_segments_percent_or_backslash_are_refused() {
+        let attack =
+            "/subscriptions/S/resourceGroups/rg-a/providers/../../../resourceGroups/rg-prod";
+        let err = parse_scope(attack).unwrap_err();
+        assert!(err.contains("contains a '..' segment"), "{err}");
+        assert!(err.contains("not allowed in ARM IDs"), "{err}");
+        for (bad, problem) in [
+            (
+                "/subscriptions/S/resourceGroups/rg-a/providers/%2e%2e/%2e%2e/%2e%2e/resourceGroups/rg-prod",
+                "'%'",
+            ),
+            ("/subscriptions/S/resourceGroups/rg-a%2F..%2Frg-prod", "'%'"),
+            (
+                "/subscriptions/S/resourceGroups/rg-a/providers\\..\\..\\..\\resourceGroups\\rg-prod",
+                "'\\'",
+            ),
+            ("/subscriptions/S/resourceGroups/.", "'.' segment"),
+            (
+                "/subscriptions/S/resourceGroups/rg\u{1}",
+                "control character",
+            ),
+            // The management-group form too.
+            (
+                "/providers/Microsoft.Management/managementGroups/..",
+                "'..' segment",
+            ),
+            (
+                "/providers/Microsoft.Management/managementGroups/.",
+                "'.' segment",
+            ),
+            (
+                "/providers/Microsoft.Management/managementGroups/%2e%2e",
+                "'%'",
+            ),
+            (
+                "/providers/Microsoft.Management/managementGroups/mg\\..",
+                "'\\'",
+            ),
+            (
+                "/providers/Microsoft.Management/managementGroups/mg 1",
+                "whitespace",
+            ),
+            (
+                "/providers/Microsoft.Management/managementGroups/mg?x",
+                "'?'",
+            ),
+            (
+                "/providers/Microsoft.Management/managementGroups/mg#x",
+                "'#'",
+            ),
+            (
+                "/providers/Microsoft.Management//managementGroups/mg",
+                "empty segment",
+            ),
+        ] {
+            let err = parse_scope(bad).unwrap_err();
+            assert!(err.contains(problem), "{bad:?}: {err}");
+        }
+        assert!(
+            parse_scope("/subscriptions/S/resourceGroups/rg-a/")
+                .unwrap_err()
+                .contains("must not end with '/'")
+        );
+        // Mixed case and dotted names stay fine.
+        for good in [
+            "/SUBSCRIPTIONS/S/resourcegroups/RG-A",
+            "/subscriptions/S/resourceGroups/rg.a/providers/Microsoft.Storage/storageAccounts/sa",
+            "/providers/Microsoft.Management/managementGroups/mg.1",
+        ] {
+            assert_eq!(parse_scope(good).unwrap(), good);
+        }
+        assert!(
+            parse_role("/subscriptions/s1/providers/../providers/Microsoft.Authorization/roleDefinitions/acdd72a7-3385-48ef-bd42-f606fba81ae7")
+                .unwrap_err()
+                .contains("'..' segment")
+        );
+    }
+
+    #[test]
+    fn spec_validation_names_the_unsafe_field() {
+        let mut r = raw();
+        r.role_assignments.push(RawRoleAssignment {
+            identity: U1.into(),
+            role: "Reader".into(),
+            scope: "/subscriptions/s1/resourceGroups/rg/providers/../../../resourceGroups/prod"
+                .into(),
+        });
+        r.user_assigned_identities.push(
+            "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/%2e%2e".into(),
+        );
+        let errs = r.validate().unwrap_err();
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.userAssignedIdentities[1]",
+                "spec.roleAssignments[0].scope"
+            ]
+        );
+        assert!(errs[0].message.contains("'%'"), "{}", errs[0].message);
+        assert!(
+            errs[1].message.contains("'..' segment"),
+            "{}",
+            errs[1].message
+        );
+        let mut r = raw();
+        r.target = format!("{VM}/..");
+        let errs = r.validate().unwrap_err();
+        assert_eq!(errs[0].field, "spec.target");
+        assert!(
+            errs[0].message.contains("'..' segment"),
+            "{}",
+            errs[0].message
+        );
     }
 }
