@@ -452,7 +452,9 @@ fn a_custom_role_that_can_write_authorization_is_on_the_deny_list() {
     ]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("its actions include Microsoft.Authorization/*/write"),
+        stderr(&o).contains(
+            "authorization write: its actions grant Microsoft.Authorization/roleAssignments/write"
+        ),
         "{}",
         stderr(&o)
     );
