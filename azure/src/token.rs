@@ -166,6 +166,49 @@ async fn token_response(scope: &str, resp: reqwest::Response) -> Result<AccessTo
     })
 }
 
+/// A federated token is a JWT of a few KiB; a file larger than this is refused unread (a
+/// misconfigured path such as `/dev/zero` must not exhaust memory).
+pub const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
+
+/// Reads a federated token file without blocking the runtime, at most
+/// [`MAX_TOKEN_FILE_BYTES`] of it; refuses a larger file, an empty one and one that is not
+/// text.
+pub async fn read_token_file(path: &std::path::Path) -> Result<String, String> {
+    use tokio::io::AsyncReadExt;
+    let cannot = |e: std::io::Error| {
+        format!(
+            "cannot read the federated token file {}: {e}",
+            path.display()
+        )
+    };
+    let file = tokio::fs::File::open(path).await.map_err(cannot)?;
+    let mut buf = Vec::new();
+    file.take(MAX_TOKEN_FILE_BYTES + 1)
+        .read_to_end(&mut buf)
+        .await
+        .map_err(cannot)?;
+    if buf.len() as u64 > MAX_TOKEN_FILE_BYTES {
+        return Err(format!(
+            "the federated token file {} is larger than {MAX_TOKEN_FILE_BYTES} bytes: not a token",
+            path.display()
+        ));
+    }
+    let text = String::from_utf8(buf).map_err(|_| {
+        format!(
+            "the federated token file {} is not text: not a token",
+            path.display()
+        )
+    })?;
+    let jwt = text.trim();
+    if jwt.is_empty() || jwt.chars().any(char::is_control) {
+        return Err(format!(
+            "the federated token file {} holds no token",
+            path.display()
+        ));
+    }
+    Ok(jwt.to_string())
+}
+
 /// How an app proves who it is to Entra ID.
 #[derive(Clone)]
 enum Assertion {
@@ -238,20 +281,14 @@ impl TokenSource for EntraToken {
         match &self.assertion {
             Assertion::Secret(s) => form.push(("client_secret", s.clone())),
             Assertion::FederatedTokenFile(path) => {
-                let jwt = std::fs::read_to_string(path).map_err(|e| {
-                    unavailable(
-                        scope,
-                        format!(
-                            "cannot read the federated token file {}: {e}",
-                            path.display()
-                        ),
-                    )
-                })?;
+                let jwt = read_token_file(path)
+                    .await
+                    .map_err(|message| unavailable(scope, message))?;
                 form.push((
                     "client_assertion_type",
                     "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
                 ));
-                form.push(("client_assertion", jwt.trim().to_string()));
+                form.push(("client_assertion", jwt));
             }
         }
         let resp = self
@@ -370,4 +407,45 @@ pub fn from_env(
             ));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn token_files_are_read_with_a_size_cap() {
+        let dir = std::env::temp_dir().join(format!("vmid-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = dir.join("ok");
+        std::fs::write(&ok, "eyJhbGciOi.x.y\n").unwrap();
+        assert_eq!(read_token_file(&ok).await.unwrap(), "eyJhbGciOi.x.y");
+        let big = dir.join("big");
+        std::fs::write(&big, vec![b'a'; MAX_TOKEN_FILE_BYTES as usize + 1]).unwrap();
+        assert!(
+            read_token_file(&big)
+                .await
+                .unwrap_err()
+                .contains("larger than")
+        );
+        let empty = dir.join("empty");
+        std::fs::write(&empty, "  \n").unwrap();
+        assert!(
+            read_token_file(&empty)
+                .await
+                .unwrap_err()
+                .contains("no token")
+        );
+        // An endless file (a tenant once could point the token file at /dev/zero) stops at
+        // the cap instead of exhausting memory.
+        if std::path::Path::new("/dev/zero").exists() {
+            let err = read_token_file(std::path::Path::new("/dev/zero"))
+                .await
+                .unwrap_err();
+            assert!(err.contains("larger than"), "{err}");
+        }
+        let environ = read_token_file(std::path::Path::new("/proc/self/environ")).await;
+        assert!(environ.is_err(), "NUL-separated text is no token");
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }

@@ -320,6 +320,10 @@ async fn a_namespace_credential_confines_the_team_to_its_own_azure_rights() {
         c.callers = vec![team];
     })
     .await;
+    // The platform admin binds the team's identity to its namespace.
+    let mut policy = allow_all_policy(&env.ns);
+    policy["credentials"] = json!({"clientIds": [TEAM_CLIENT]});
+    env.set_policy(policy).await;
     let url = env.sim.base_url();
     let _c = ControllerProc::start_with_env(
         &env.ns,
@@ -582,4 +586,448 @@ fn render_admission(fullname: &str) -> (Value, Value) {
         .map(|d| serde_yaml_ng::from_str(d).expect("admission YAML"))
         .collect();
     (docs[0].clone(), docs[1].clone())
+}
+
+/// A tiny HTTP server standing in for an attacker's Entra authority: counts every connection
+/// (and answers 400), so a test can prove the controller never called it.
+async fn attacker_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    (url, hits)
+}
+
+fn stalled_message(o: &VirtualMachineIdentity) -> String {
+    o.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Stalled"))
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
+/// Attacks 1 and 3 of the security review: a tenant's credential Secret may not change the
+/// controller's own token settings (authority host, token file), and may not name an Azure
+/// identity the platform admin did not bind to the namespace — another team's, or the
+/// controller's own — even though all of them trust the controller's federated token.
+#[tokio::test]
+async fn a_tenant_secret_cannot_redirect_the_controllers_token_or_borrow_an_identity() {
+    use std::sync::atomic::Ordering;
+    use vmidentity_simulator::AppConfig;
+    let client = client().await;
+    assert!(
+        serves_namespaces(&client).await,
+        "this test needs Secrets: run it against kube-apiserver (tests/apiserver/kube-up.sh)"
+    );
+    const CONTROLLER_CLIENT: &str = "cccccccc-0000-0000-0000-0000000000c0";
+    const OTHER_TEAM_CLIENT: &str = "cccccccc-0000-0000-0000-0000000000c2";
+    let issuer = "https://oidc.example/cluster/";
+    let subject = "system:serviceaccount:vmidentity-system:vmidentity";
+    let env = Env::with_config("e2e-secret", &world(&["vm1"], ""), |c| {
+        // Every identity trusts the controller's service account (as it must, for workload
+        // identity): only the binding stops a tenant from choosing one that is not theirs.
+        c.apps = [CONTROLLER_CLIENT, TEAM_CLIENT, OTHER_TEAM_CLIENT]
+            .iter()
+            .map(|id| AppConfig::federated(id, TENANT, issuer, subject))
+            .collect();
+    })
+    .await;
+    let mut policy = allow_all_policy(&env.ns);
+    policy["credentials"] = json!({"clientIds": [TEAM_CLIENT, CONTROLLER_CLIENT]});
+    env.set_policy(policy).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let jwt = vmidentity_simulator::make_jwt(
+        &json!({"iss": issuer, "sub": subject, "aud": ["api://AzureADTokenExchange"], "exp": now + 3600, "iat": now}),
+    );
+    let token_file =
+        std::env::temp_dir().join(format!("vmidentity-e2e-sa-token-{}", std::process::id()));
+    std::fs::write(&token_file, &jwt).expect("token file");
+    let (evil, evil_hits) = attacker_server().await;
+    let url = env.sim.base_url();
+    let c = ControllerProc::start_with_env(
+        &env.ns,
+        &env.sim,
+        "a",
+        &[
+            "--namespace-credentials=required",
+            "--namespace-credential-ttl-seconds=1",
+        ],
+        &[
+            ("VMIDENTITY_AUTH", "workloadIdentity"),
+            ("AZURE_AUTHORITY_HOST", &url),
+            ("AZURE_TENANT_ID", TENANT),
+            ("AZURE_CLIENT_ID", CONTROLLER_CLIENT),
+            ("AZURE_FEDERATED_TOKEN_FILE", token_file.to_str().unwrap()),
+        ],
+    );
+    let secret = |extra: Value| {
+        let mut d = json!({"AZURE_TENANT_ID": TENANT, "AZURE_CLIENT_ID": TEAM_CLIENT});
+        for (k, v) in extra.as_object().unwrap() {
+            d[k] = v.clone();
+        }
+        d
+    };
+    env.put_secret_in(
+        &env.ns,
+        "vmidentity-credential",
+        secret(json!({"AZURE_AUTHORITY_HOST": evil})),
+    )
+    .await;
+    env.create(
+        "web",
+        json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u1")]}),
+    )
+    .await
+    .expect("web");
+    // 1a. The authority host: refused, and the attacker's server never hears from us.
+    let o = env
+        .wait_for("web", 30, "CredentialInvalid (authority)", |o| {
+            stalled_with(o, "CredentialInvalid")
+                && stalled_message(o).contains("AZURE_AUTHORITY_HOST")
+        })
+        .await;
+    assert!(
+        stalled_message(&o).contains("not allowed"),
+        "{}",
+        stalled_message(&o)
+    );
+    assert_eq!(
+        evil_hits.load(Ordering::SeqCst),
+        0,
+        "the federated token went to the attacker"
+    );
+    // 1b. The token file (any file of the pod; /dev/zero to exhaust memory): refused unread.
+    for (file, fragment) in [
+        ("/dev/zero", "AZURE_FEDERATED_TOKEN_FILE"),
+        (
+            "/var/run/secrets/kubernetes.io/serviceaccount/token",
+            "AZURE_FEDERATED_TOKEN_FILE",
+        ),
+    ] {
+        env.put_secret_in(
+            &env.ns,
+            "vmidentity-credential",
+            secret(
+                json!({"AZURE_FEDERATED_TOKEN_FILE": file, "VMIDENTITY_AUTH": "workloadIdentity"}),
+            ),
+        )
+        .await;
+        env.wait_for("web", 30, "CredentialInvalid (token file)", |o| {
+            stalled_with(o, "CredentialInvalid")
+                && stalled_message(o).contains(fragment)
+                && stalled_message(o).contains("VMIDENTITY_AUTH")
+        })
+        .await;
+    }
+    assert!(
+        !c.metrics().await.is_empty(),
+        "the controller is still alive"
+    );
+    // 3a. Another team's identity (it trusts the controller's token too): not bound here.
+    env.put_secret_in(
+        &env.ns,
+        "vmidentity-credential",
+        json!({"AZURE_TENANT_ID": TENANT, "AZURE_CLIENT_ID": OTHER_TEAM_CLIENT}),
+    )
+    .await;
+    let o = env
+        .wait_for("web", 30, "CredentialNotBound (other team)", |o| {
+            stalled_with(o, "CredentialNotBound") && stalled_message(o).contains(OTHER_TEAM_CLIENT)
+        })
+        .await;
+    assert!(
+        stalled_message(&o).contains("spec.credentials.clientIds"),
+        "{}",
+        stalled_message(&o)
+    );
+    // 3b. The controller's own identity, even though the (careless) policy lists it.
+    env.put_secret_in(
+        &env.ns,
+        "vmidentity-credential",
+        json!({"AZURE_TENANT_ID": TENANT, "AZURE_CLIENT_ID": CONTROLLER_CLIENT}),
+    )
+    .await;
+    env.wait_for("web", 30, "CredentialNotBound (controller's own)", |o| {
+        stalled_with(o, "CredentialNotBound")
+            && stalled_message(o).contains("controller's own identity")
+    })
+    .await;
+    // No token was ever asked for an identity that is not the team's, and nothing was
+    // written to ARM.
+    let logins_for = |client_id: &str| {
+        env.sim
+            .requests()
+            .into_iter()
+            .filter(|r| {
+                r.path.contains("oauth2")
+                    && r.body
+                        .as_ref()
+                        .is_some_and(|b| b.to_string().contains(client_id))
+            })
+            .count()
+    };
+    assert_eq!(logins_for(OTHER_TEAM_CLIENT), 0);
+    assert_eq!(writes_to(&env, &vm("vm1")), 0);
+    // The bound identity works: Ready, through the controller's federated token.
+    env.put_secret_in(&env.ns, "vmidentity-credential", secret(json!({})))
+        .await;
+    env.wait_for("web", 30, "Ready with the team's identity", is_ready)
+        .await;
+    assert!(logins_for(TEAM_CLIENT) >= 1);
+    assert_eq!(evil_hits.load(Ordering::SeqCst), 0);
+    let _ = std::fs::remove_file(&token_file);
+    env.cleanup().await;
+    env.delete_policy().await;
+}
+
+/// Attack 6: `status.applied` is writable by whoever may write the status subresource. A
+/// record forged there naming another principal's role assignment and group membership must
+/// not make the controller read, delete or un-assign them.
+#[tokio::test]
+async fn a_forged_status_record_cannot_remove_another_principals_grants() {
+    const VICTIM: &str = "dddddddd-0000-0000-0000-0000000000d1";
+    const GROUP: &str = "dddddddd-0000-0000-0000-0000000000f1";
+    const READER: &str = "acdd72a7-3385-48ef-bd42-f606fba81ae7";
+    let scope = rg();
+    let victim_name = vmidentity_planner::grants::assignment_name(&scope, READER, VICTIM);
+    let victim_id =
+        format!("{scope}/providers/Microsoft.Authorization/roleAssignments/{victim_name}");
+    let extra = format!(
+        "principals:\n  - id: {VICTIM}\n    type: ServicePrincipal\n    displayName: victim\ngroups:\n  - id: {GROUP}\n    displayName: prod-admins\n    members: [{VICTIM}]\nroleAssignments:\n  - name: {victim_name}\n    scope: {scope}\n    roleDefinitionId: {READER}\n    principalId: {VICTIM}\n"
+    );
+    let env = Env::new("e2e-forged", &world(&["vm1"], &extra)).await;
+    let _c = env.controller("a");
+    env.create(
+        "web",
+        json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u1")],
+               "roleAssignments": [{"identity": uai("u1"), "role": "Reader", "scope": scope}]}),
+    )
+    .await
+    .expect("web");
+    let o = env.wait_for("web", 30, "Ready", is_ready).await;
+    // The attacker (who may write status) adds the victim's grants to the record.
+    let mut applied = serde_json::to_value(o.status.unwrap().applied.unwrap()).unwrap();
+    applied["roleAssignments"].as_array_mut().unwrap().push(
+        json!({"id": victim_id, "scope": scope, "roleDefinitionId": READER,
+                     "principalId": VICTIM, "identity": uai("u1")}),
+    );
+    applied["groupMemberships"] = json!([{"groupObjectId": GROUP, "principalId": VICTIM,
+                                          "identity": uai("u1")}]);
+    env.api
+        .patch_status(
+            "web",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"status": {"applied": applied}})),
+        )
+        .await
+        .expect("forge status");
+    // A spec edit makes the controller plan the record at once (a resync would too).
+    env.patch_spec(
+        "web",
+        json!({"userAssignedIdentities": [uai("u1"), uai("u2")],
+        "roleAssignments": [{"identity": uai("u1"), "role": "Reader", "scope": scope}]}),
+    )
+    .await;
+    env.wait_for("web", 30, "Ready with u2", |o| {
+        is_ready(o) && env.identity(&vm("vm1")).1 == vec!["u1".to_string(), "u2".to_string()]
+    })
+    .await;
+    // Two more resync periods for good measure.
+    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+    assert_eq!(
+        env.sim.role_assignments_of(VICTIM).len(),
+        1,
+        "the victim's role assignment was deleted"
+    );
+    assert!(
+        env.sim
+            .group_members(GROUP)
+            .unwrap_or_default()
+            .iter()
+            .any(|m| m.eq_ignore_ascii_case(VICTIM)),
+        "the victim was removed from the group"
+    );
+    let touched = env
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            let q = r.query.clone().unwrap_or_default().to_ascii_lowercase();
+            r.path.to_ascii_lowercase().contains(VICTIM) || q.contains(VICTIM)
+        })
+        .count();
+    assert_eq!(touched, 0, "the victim's grants were not even read");
+    // The forged records leave the record, with a Warning saying why.
+    let o = env.get("web").await.unwrap();
+    let rec = o.status.unwrap().applied.unwrap();
+    assert!(
+        rec.role_assignments
+            .iter()
+            .all(|r| r.principal_id != VICTIM)
+    );
+    assert!(rec.group_memberships.is_empty());
+    env.cleanup().await;
+    env.delete_policy().await;
+}
+
+/// Attack 2 at the earliest door: the CRD's CEL rules refuse dot segments, '%' and '\' in a
+/// role assignment's scope (and in targets and identity IDs) before anything is stored.
+#[tokio::test]
+async fn dot_segments_in_ids_and_scopes_are_refused_at_admission() {
+    let env = Env::new("e2e-dots", &world(&["vm1"], "")).await;
+    let escape = format!("{}/providers/../../../resourceGroups/rg-prod", rg());
+    let attempts: Vec<(&str, Value)> = vec![
+        (
+            "scope-dots",
+            json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u1")],
+                   "roleAssignments": [{"identity": uai("u1"), "role": "Reader", "scope": escape}]}),
+        ),
+        (
+            "scope-percent",
+            json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u1")],
+                   "roleAssignments": [{"identity": uai("u1"), "role": "Reader",
+                       "scope": format!("{}/providers/%2e%2e/%2e%2e/%2e%2e/resourceGroups/rg-prod", rg())}]}),
+        ),
+        (
+            "scope-backslash",
+            json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u1")],
+                   "roleAssignments": [{"identity": uai("u1"), "role": "Reader",
+                       "scope": format!("{}/providers\\..\\..\\..\\resourceGroups\\rg-prod", rg())}]}),
+        ),
+        (
+            "target-dots",
+            json!({"target": format!("{SUB}/resourceGroups/rg-e2e/providers/Microsoft.Compute/virtualMachines/.."), "systemAssigned": true}),
+        ),
+        (
+            "uai-dots",
+            json!({"target": vm("vm1"), "userAssignedIdentities": [format!("{SUB}/resourceGroups/rg-e2e/providers/Microsoft.ManagedIdentity/userAssignedIdentities/..")]}),
+        ),
+    ];
+    for (name, spec) in attempts {
+        let err = env
+            .create_raw(
+                json!({"apiVersion": "vmidentity.dev/v1alpha1", "kind": "VirtualMachineIdentity",
+                "metadata": {"name": name}, "spec": spec}),
+            )
+            .await
+            .expect_err(name);
+        let msg = err.to_string();
+        assert!(
+            msg.contains("Invalid") || msg.contains("invalid"),
+            "{name}: {msg}"
+        );
+    }
+    assert_eq!(env.sim.counters().requests, 0);
+    env.cleanup().await;
+    env.delete_policy().await;
+}
+
+/// The example tenant roles (examples/rbac/tenant-roles.yaml), bound to a tenant user on the
+/// real API server: the tenant manages its objects but cannot write their status (the
+/// ownership record the controller acts on) nor policies.
+#[tokio::test]
+async fn the_example_tenant_roles_do_not_grant_the_status_subresource() {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
+    use kube::api::{Patch, PatchParams};
+    use serde::Deserialize;
+    let env = Env::new("e2e-rbac", &world(&["vm1"], "")).await;
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/rbac/tenant-roles.yaml"),
+    )
+    .expect("example roles");
+    let roles: kube::Api<ClusterRole> = kube::Api::all(env.client.clone());
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+        let role = ClusterRole::deserialize(doc).expect("a ClusterRole");
+        let name = role.metadata.name.clone().expect("name");
+        roles
+            .patch(
+                &name,
+                &PatchParams::apply("vmidentity-e2e").force(),
+                &Patch::Apply(&role),
+            )
+            .await
+            .expect("apply role");
+    }
+    let user = format!("tenant-{}", env.ns);
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "tenant-edit", "namespace": env.ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "vmidentity-tenant-edit"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]
+    }))
+    .unwrap();
+    kube::Api::<RoleBinding>::namespaced(env.client.clone(), &env.ns)
+        .patch(
+            "tenant-edit",
+            &PatchParams::apply("vmidentity-e2e").force(),
+            &Patch::Apply(&binding),
+        )
+        .await
+        .expect("binding");
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig()).expect("kubeconfig");
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("config");
+    cfg.auth_info.impersonate = Some(user.clone());
+    let tenant = kube::Client::try_from(cfg).expect("tenant client");
+    let api: kube::Api<VirtualMachineIdentity> = kube::Api::namespaced(tenant.clone(), &env.ns);
+    // RBAC bindings take effect within a moment.
+    let spec: vmidentity::crd::VirtualMachineIdentitySpec =
+        serde_json::from_value(json!({"target": vm("vm1"), "systemAssigned": true})).unwrap();
+    let obj = VirtualMachineIdentity::new("mine", spec);
+    let mut created = None;
+    for _ in 0..50 {
+        match api.create(&Default::default(), &obj).await {
+            Ok(o) => {
+                created = Some(o);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    assert!(created.is_some(), "the tenant may create its objects");
+    let forged = api
+        .patch_status(
+            "mine",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"applied": {"userAssignedIdentities": [uai("u1")]}}})),
+        )
+        .await
+        .expect_err("the tenant may not write status");
+    assert!(
+        matches!(forged, kube::Error::Api(ref e) if e.code == 403),
+        "{forged}"
+    );
+    let policies: kube::Api<vmidentity::crd::VirtualMachineIdentityPolicy> = kube::Api::all(tenant);
+    let p = serde_json::from_value(json!({"apiVersion": "vmidentity.dev/v1alpha1",
+        "kind": "VirtualMachineIdentityPolicy", "metadata": {"name": format!("{}-mine", env.ns)},
+        "spec": allow_all_policy(&env.ns)}))
+    .unwrap();
+    let err = policies
+        .create(&Default::default(), &p)
+        .await
+        .expect_err("the tenant may not write policies");
+    assert!(
+        matches!(err, kube::Error::Api(ref e) if e.code == 403),
+        "{err}"
+    );
+    env.cleanup().await;
+    env.delete_policy().await;
 }

@@ -133,6 +133,23 @@ impl Resolved {
             .filter(|p| !p.is_empty())
     }
 
+    /// Whether an ownership record names a principal of this target's own identities: its
+    /// `identity` is `SystemAssigned` or a user-assigned identity the target carries, and the
+    /// recorded principal is that identity's principal as the live target shows it.
+    /// `status.applied` can be written by whoever may write the status subresource, so only
+    /// such records are ever acted on: a forged record cannot make the controller read,
+    /// remove or un-assign another principal's grants.
+    pub fn owns_principal(&self, identity: &str, principal: &str) -> bool {
+        let key = if identity.eq_ignore_ascii_case("SystemAssigned") {
+            "systemassigned".to_string()
+        } else {
+            identity.to_ascii_lowercase()
+        };
+        self.principals.get(&key).is_some_and(|p| {
+            !p.is_empty() && p != KNOWN_AFTER_APPLY && p.eq_ignore_ascii_case(principal)
+        })
+    }
+
     pub fn role(&self, role: &str, scope: &str) -> Option<&str> {
         self.roles
             .get(&(role.to_ascii_lowercase(), scope.to_ascii_lowercase()))
@@ -160,6 +177,12 @@ pub struct GrantPlan {
     pub role_assignments: BTreeMap<ObjectRef, Vec<AppliedRoleAssignment>>,
     pub group_memberships: BTreeMap<ObjectRef, Vec<AppliedGroupMembership>>,
     pub pending: Vec<Pending>,
+    /// Records not acted on: their principal is not one of the target's identities (see
+    /// [`Resolved::owns_principal`]: a forged record, or the principal of a recycled system
+    /// identity or of an identity detached by someone else), or the role assignment they
+    /// name is neither under the deterministic name nor the one the record adopted. Nothing
+    /// is removed for them; they leave the object's record and are reported.
+    pub untrusted: Vec<Pending>,
 }
 
 impl GrantPlan {
@@ -347,7 +370,9 @@ pub fn plan_grants(objects: &[DesiredObject], resolved: &Resolved, live: &LiveGr
         }
     }
 
-    // Removals: recorded, released by its object, wanted by nobody, and still held.
+    // Removals: recorded, released by its object, wanted by nobody, and still held — and
+    // only records the controller can trust (the target's own principals; a role assignment
+    // under vmidentity's deterministic name, or the very one the record adopted).
     let mut removed: BTreeSet<GrantKey> = BTreeSet::new();
     for o in &objects {
         let detach = !o.deleting || o.spec.deletion_policy == DeletionPolicy::Detach;
@@ -356,16 +381,56 @@ pub fn plan_grants(objects: &[DesiredObject], resolved: &Resolved, live: &LiveGr
         }
         for rec in &o.applied.role_assignments {
             let key = rec.key();
-            if wanted_roles.contains_key(&key) || !removed.insert(key.clone()) {
+            if wanted_roles.contains_key(&key) {
+                continue;
+            }
+            if !resolved.owns_principal(&rec.identity, &rec.principal_id) {
+                plan.untrusted.push(Pending {
+                    object: o.object.clone(),
+                    what: format!("role assignment {}", rec.id),
+                    reason: "PrincipalNotOfTarget",
+                });
+                continue;
+            }
+            if !removed.insert(key.clone()) {
                 continue;
             }
             if let Some(l) = live_roles.get(&key) {
-                plan.removals.push(delete(&l.id, AUTHORIZATION_API_VERSION));
+                let deterministic = l.id.rsplit('/').next().is_some_and(|n| {
+                    n.eq_ignore_ascii_case(&assignment_name(
+                        &l.scope,
+                        &l.role_guid,
+                        &l.principal_id,
+                    ))
+                });
+                if deterministic || l.id.eq_ignore_ascii_case(&rec.id) {
+                    plan.removals.push(delete(&l.id, AUTHORIZATION_API_VERSION));
+                } else {
+                    plan.untrusted.push(Pending {
+                        object: o.object.clone(),
+                        what: format!("role assignment {}", l.id),
+                        reason: "AssignmentNotOwned",
+                    });
+                }
             }
         }
         for rec in &o.applied.group_memberships {
             let key = GrantKey::group(&rec.group_object_id, &rec.principal_id);
-            if wanted_groups.contains_key(&key) || !removed.insert(key.clone()) {
+            if wanted_groups.contains_key(&key) {
+                continue;
+            }
+            if !resolved.owns_principal(&rec.identity, &rec.principal_id) {
+                plan.untrusted.push(Pending {
+                    object: o.object.clone(),
+                    what: format!(
+                        "group {} membership of {}",
+                        rec.group_object_id, rec.principal_id
+                    ),
+                    reason: "PrincipalNotOfTarget",
+                });
+                continue;
+            }
+            if !removed.insert(key.clone()) {
                 continue;
             }
             if is_member(&rec.group_object_id, &rec.principal_id) {
@@ -383,7 +448,7 @@ pub fn plan_grants(objects: &[DesiredObject], resolved: &Resolved, live: &LiveGr
 }
 
 /// The principals whose grants must be read to plan: those of the identities now known, and
-/// those named in any record.
+/// those named in records of the target's own principals.
 pub fn principals_to_read(objects: &[DesiredObject], resolved: &Resolved) -> BTreeSet<String> {
     let mut out: BTreeSet<String> = BTreeSet::new();
     for o in objects {
@@ -399,16 +464,20 @@ pub fn principals_to_read(objects: &[DesiredObject], resolved: &Resolved) -> BTr
                 }
             }
         }
+        // Only records of the target's own principals (a forged record naming another
+        // principal is not even read).
         out.extend(
             o.applied
                 .role_assignments
                 .iter()
+                .filter(|r| resolved.owns_principal(&r.identity, &r.principal_id))
                 .map(|r| r.principal_id.to_ascii_lowercase()),
         );
         out.extend(
             o.applied
                 .group_memberships
                 .iter()
+                .filter(|g| resolved.owns_principal(&g.identity, &g.principal_id))
                 .map(|g| g.principal_id.to_ascii_lowercase()),
         );
     }

@@ -8,9 +8,11 @@
 //! - [`live`]: the live identity block of a VM / VMSS, from either wire format.
 //! - [`plan`]: [`plan_target`] plans all objects on one target into at most one PATCH.
 //! - [`policy`]: tenancy guardrails (what objects in a namespace may ask for).
+//! - [`credential`]: what a namespace credential Secret may say, and its binding by policy.
 //! - [`arm`]: a reference model of ARM's PATCH semantics, used to prove the planner right.
 
 pub mod arm;
+pub mod credential;
 pub mod fleet;
 pub mod grants;
 pub mod id;

@@ -246,7 +246,10 @@ fn a_grant_another_object_still_wants_is_kept() {
 }
 
 #[test]
-fn a_recycled_system_identity_gets_new_assignments_and_the_old_ones_go() {
+fn a_recycled_system_identity_gets_new_assignments_and_the_old_ones_stay_untouched() {
+    // The old principal is no longer one of the target's identities: its assignments are
+    // not removed (nothing ties that principal to the target any more, and a record is
+    // writable by whoever may write the status), only reported and dropped from the record.
     let o = with_grants(true);
     let first = plan_grants(
         std::slice::from_ref(&o),
@@ -264,14 +267,120 @@ fn a_recycled_system_identity_gets_new_assignments_and_the_old_ones_go() {
         &resolved(Some("new-p"), Some("uai-p")),
         &live,
     );
-    assert_eq!(p.removals.len(), 1);
-    assert!(
-        p.removals[0]
-            .id
-            .ends_with(&assignment_name(RG, READER, "old-p"))
-    );
+    assert!(p.removals.is_empty(), "{:?}", p.removals);
     assert_eq!(p.additions.len(), 1);
     assert_eq!(p.additions[0].body["properties"]["principalId"], "new-p");
+    assert_eq!(
+        p.untrusted.iter().map(|u| u.reason).collect::<Vec<_>>(),
+        vec!["PrincipalNotOfTarget"]
+    );
+    assert!(
+        p.role_assignments[&o.object]
+            .iter()
+            .all(|r| r.principal_id != "old-p")
+    );
+}
+
+/// A record forged through the status subresource: another team's principal, a role
+/// assignment and a group membership it holds. Nothing of it is read or removed.
+#[test]
+fn a_forged_record_naming_another_principal_is_never_acted_on() {
+    let o = with_grants(false);
+    let r = resolved(None, Some("uai-p"));
+    let victim = "victim-p";
+    let victim_assignment = format!(
+        "{RG}/providers/Microsoft.Authorization/roleAssignments/{}",
+        assignment_name(RG, READER, victim)
+    );
+    let mut live = LiveGrants::default();
+    live.role_assignments.push(LiveRoleAssignment {
+        id: victim_assignment.clone(),
+        scope: RG.into(),
+        role_guid: READER.into(),
+        principal_id: victim.into(),
+    });
+    live.memberships
+        .entry(victim.into())
+        .or_default()
+        .insert(GROUP.into());
+    let forged = Applied {
+        user_assigned_identities: vec![uai("ID1")],
+        role_assignments: vec![AppliedRoleAssignment {
+            id: victim_assignment.clone(),
+            scope: RG.into(),
+            role_definition_id: READER.into(),
+            principal_id: victim.into(),
+            identity: uai("ID1"),
+        }],
+        group_memberships: vec![AppliedGroupMembership {
+            group_object_id: GROUP.into(),
+            principal_id: victim.into(),
+            identity: "SystemAssigned".into(),
+        }],
+        ..Applied::default()
+    };
+    let edited = obj("a", &vm("myVM"), |x| {
+        x.user_assigned_identities = vec![uai("ID1")]
+    })
+    .with_applied(forged.clone());
+    assert!(
+        !principals_to_read(std::slice::from_ref(&edited), &r).contains(victim),
+        "another principal is not even read"
+    );
+    let p = plan_grants(std::slice::from_ref(&edited), &r, &live);
+    assert!(p.removals.is_empty(), "{:?}", p.removals);
+    assert_eq!(p.untrusted.len(), 2, "{:?}", p.untrusted);
+    // Deleting the object (Detach) does not remove them either.
+    let gone = o.with_applied(forged).deleting();
+    assert!(plan_grants(&[gone], &r, &live).removals.is_empty());
+}
+
+/// A record of the target's own principal that names an assignment vmidentity did not make
+/// (not under the deterministic name, not the one the record adopted): left alone.
+#[test]
+fn a_record_of_an_assignment_someone_else_made_does_not_remove_it() {
+    let r = resolved(None, Some("uai-p"));
+    let theirs = format!(
+        "{RG}/providers/Microsoft.Authorization/roleAssignments/33333333-3333-3333-3333-333333333333"
+    );
+    let mut live = LiveGrants::default();
+    live.role_assignments.push(LiveRoleAssignment {
+        id: theirs.clone(),
+        scope: RG.into(),
+        role_guid: READER.into(),
+        principal_id: "uai-p".into(),
+    });
+    let record = |id: String| AppliedRoleAssignment {
+        id,
+        scope: RG.into(),
+        role_definition_id: READER.into(),
+        principal_id: "uai-p".into(),
+        identity: uai("ID1"),
+    };
+    let forged = obj("a", &vm("myVM"), |x| {
+        x.user_assigned_identities = vec![uai("ID1")]
+    })
+    .with_applied(Applied {
+        role_assignments: vec![record(format!(
+            "{RG}/providers/Microsoft.Authorization/roleAssignments/{}",
+            assignment_name(RG, READER, "uai-p")
+        ))],
+        ..Applied::default()
+    });
+    let p = plan_grants(std::slice::from_ref(&forged), &r, &live);
+    assert!(p.removals.is_empty(), "{:?}", p.removals);
+    assert_eq!(p.untrusted[0].reason, "AssignmentNotOwned");
+    // Adopted (the record holds exactly that assignment): released as usual.
+    let adopted = obj("a", &vm("myVM"), |x| {
+        x.user_assigned_identities = vec![uai("ID1")]
+    })
+    .with_applied(Applied {
+        role_assignments: vec![record(theirs.clone())],
+        ..Applied::default()
+    });
+    let p = plan_grants(std::slice::from_ref(&adopted), &r, &live);
+    assert_eq!(p.removals.len(), 1);
+    assert_eq!(p.removals[0].id, theirs);
 }
 
 #[test]

@@ -309,10 +309,6 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
     );
     ctx.resync = resync;
     if args.namespace_credentials != credentials::Mode::Off {
-        let env = ["AZURE_AUTHORITY_HOST", "AZURE_FEDERATED_TOKEN_FILE"]
-            .into_iter()
-            .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
-            .collect();
         let mut creds = credentials::Credentials::new(
             args.namespace_credentials,
             args.namespace_credential_secret.clone(),
@@ -321,7 +317,8 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
             arm_config.clone(),
             Some(graph_config.clone()),
             metrics.clone(),
-            env,
+            credentials::TokenSettings::from_env(),
+            ctx.policy.clone(),
         );
         creds.ttl = Duration::from_secs(args.namespace_credential_ttl_seconds);
         ctx.credentials = Some(Arc::new(creds));

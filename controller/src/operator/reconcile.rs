@@ -209,7 +209,15 @@ impl Context {
         if o.status.as_ref() == Some(status) {
             return Ok(());
         }
-        let patch = json!({"status": status});
+        // A merge patch keeps what it does not mention: fields the new status leaves out
+        // (an emptied list, a cleared field) must be sent as null, or the old value stays.
+        let old = o
+            .status
+            .as_ref()
+            .and_then(|s| serde_json::to_value(s).ok())
+            .unwrap_or(serde_json::Value::Null);
+        let new = serde_json::to_value(status).unwrap_or(serde_json::Value::Null);
+        let patch = json!({ "status": merge_patch(&old, &new) });
         match self
             .api(o)
             .patch_status(
@@ -244,6 +252,31 @@ impl Context {
     }
 }
 
+/// The JSON merge patch (RFC 7386) that turns `old` into `new`: `new` with every key of
+/// `old` that `new` lacks set to null, recursively in objects present in both.
+fn merge_patch(old: &serde_json::Value, new: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match (old, new) {
+        (Value::Object(o), Value::Object(n)) => {
+            let mut out = serde_json::Map::new();
+            for (k, v) in n {
+                let patched = match o.get(k) {
+                    Some(ov) => merge_patch(ov, v),
+                    None => v.clone(),
+                };
+                out.insert(k.clone(), patched);
+            }
+            for k in o.keys() {
+                if !n.contains_key(k) {
+                    out.insert(k.clone(), Value::Null);
+                }
+            }
+            Value::Object(out)
+        }
+        _ => new.clone(),
+    }
+}
+
 fn jitter(d: Duration) -> Duration {
     d.mul_f64(rand::rng().random_range(0.8..=1.2))
 }
@@ -266,6 +299,8 @@ struct Member {
     desired: Result<DesiredObject, Refusal>,
     deleting: bool,
     has_finalizer: bool,
+    /// The Azure credential of the object's namespace, once the object is allowed.
+    credential: Option<Chosen>,
 }
 
 impl Member {
@@ -295,6 +330,7 @@ impl Member {
             desired,
             deleting,
             has_finalizer,
+            credential: None,
         }
     }
 
@@ -322,9 +358,23 @@ impl Member {
             .filter(|s| *s && live.identity.system_assigned);
         applied.role_assignments.clear();
         applied.group_memberships.clear();
+        if applied.is_empty() {
+            // Holds nothing on the target: takes no part (it cannot stand in anyone's way).
+            return None;
+        }
         let mut d = self.holding(&applied)?;
         d.spec.system_assigned = applied.system_assigned;
         Some(d.with_applied(applied))
+    }
+
+    /// Owns something on the target (its ownership record is not empty).
+    fn owns_something(&self) -> bool {
+        !applied_of(&self.obj).is_empty()
+    }
+
+    /// Allowed, not being deleted: the object's own spec is planned.
+    fn is_active(&self) -> bool {
+        !self.deleting && self.desired.is_ok()
     }
 
     fn holding(&self, applied: &vmidentity_planner::Applied) -> Option<DesiredObject> {
@@ -391,7 +441,11 @@ pub async fn reconcile(
     ctx.metrics.in_flight.inc();
     let started = std::time::Instant::now();
     let objs = objects_on(&ctx.store, &key);
-    let result = reconcile_target(&key, objs, &ctx).await;
+    // Azure requests of this pass draw on the subscription's budget as the namespace's: when
+    // namespaces compete for it, each gets a fair share (vmidentity_azure::fair).
+    let tenant = rep.namespace().unwrap_or_default();
+    let result =
+        vmidentity_azure::fair::with_tenant(tenant, reconcile_target(&key, objs, &ctx)).await;
     ctx.metrics.in_flight.dec();
     drop(guard);
     ctx.release_lock(&key, lock);
@@ -458,24 +512,32 @@ async fn reconcile_target(
         return Ok(Outcome::Idle);
     }
 
-    // The Azure credential: the controller's own, or the namespace's (one per target).
-    let az = match choose_credential(&members, ctx).await? {
-        Ok(c) => c,
-        Err(r) => {
-            for m in members.iter().filter(|m| !m.deleting && m.desired.is_ok()) {
-                m.refuse(&r, ctx).await?;
-            }
-            return Ok(Outcome::Stalled);
-        }
-    };
-
-    // Guardrails before anything else: an object its namespace's policies do not allow is
-    // refused like an invalid one (no write on its behalf, nothing removed because of it).
+    // Guardrails first, each object on its own: its validity (Member::new), the policy
+    // without Azure, its namespace's credential, then the policy with the role definitions
+    // read with that credential. A refusal concerns only the refused object: an object that
+    // is invalid or denied and owns nothing takes no part in credential choice or planning,
+    // so it can never stall or freeze another tenant's objects on the same target.
+    let policies = ctx.policy.policies();
     for m in members.iter_mut().filter(|m| !m.deleting) {
         let Ok(d) = &m.desired else { continue };
         let ns = d.object.namespace.clone();
+        if let Err(denied) = ctx.policy.check_static(&policies, &ns, &d.spec) {
+            ctx.metrics.policy_denied.inc();
+            m.desired = Err(Refusal {
+                reason: POLICY_DENIED,
+                message: denied.to_string(),
+            });
+            continue;
+        }
+        let az = match credential_for(&ns, ctx).await {
+            Ok(c) => c,
+            Err(r) => {
+                m.desired = Err(r);
+                continue;
+            }
+        };
         match ctx.policy.check(&az.exec, &ns, &d.spec).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => m.credential = Some(az),
             Ok(Err(denied)) => {
                 ctx.metrics.policy_denied.inc();
                 m.desired = Err(Refusal {
@@ -489,18 +551,78 @@ async fn reconcile_target(
             }
         }
     }
+    // Objects being deleted release what they applied, with their own namespace's credential.
+    for m in members
+        .iter_mut()
+        .filter(|m| m.deleting && m.owns_something())
+    {
+        let ns = m.obj.namespace().unwrap_or_default();
+        match credential_for(&ns, ctx).await {
+            Ok(c) => m.credential = Some(c),
+            Err(r) => {
+                // Cannot release without a credential: keep the finalizer, say why.
+                warn!(object = %m.obj.name_any(), reason = r.reason, "cannot release: {}", r.message);
+                m.refuse(&r, ctx).await?;
+            }
+        }
+    }
+    for m in members.iter().filter(|m| !m.deleting) {
+        if let Err(r) = &m.desired {
+            m.refuse(r, ctx).await?;
+        }
+    }
+    // Objects that owned nothing and are gone (or cannot be released) need nothing more.
+    for m in members.iter().filter(|m| m.deleting && !m.owns_something()) {
+        ctx.set_finalizer(&m.obj, false).await?;
+    }
+    members.retain(|m| {
+        if m.deleting {
+            m.credential.is_some()
+        } else {
+            m.desired.is_ok() || m.owns_something()
+        }
+    });
+
+    // One credential per target: the writers' (allowed objects and releasing ones). A refused
+    // object that still holds identities is planned with them but never written for.
+    let az = {
+        let mut chosen: Option<Chosen> = None;
+        let mut clash: Option<String> = None;
+        for c in members.iter().filter_map(|m| m.credential.as_ref()) {
+            match &chosen {
+                None => chosen = Some(c.clone()),
+                Some(first) if first.key != c.key => {
+                    clash = Some(format!(
+                        "objects of this target reconcile with different Azure credentials ({} and {}): one PATCH cannot carry both; keep each VM's objects in namespaces that share a credential",
+                        first.key, c.key
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(message) = clash {
+            let r = Refusal {
+                reason: "CredentialConflict",
+                message,
+            };
+            for m in members.iter().filter(|m| m.is_active()) {
+                m.refuse(&r, ctx).await?;
+            }
+            return Ok(Outcome::Stalled);
+        }
+        match chosen {
+            Some(c) => c,
+            // Nobody writes: only refused objects that hold what they applied.
+            None => return Ok(Outcome::Stalled),
+        }
+    };
 
     let mut desired = Vec::new();
     for m in &members {
         match &m.desired {
             Ok(d) => desired.push(d.clone()),
-            Err(r) => {
-                if m.deleting {
-                    desired.extend(m.releasing());
-                } else {
-                    m.refuse(r, ctx).await?;
-                }
-            }
+            Err(_) if m.deleting => desired.extend(m.releasing()),
+            Err(_) => {}
         }
     }
     let refused: Vec<&Member> = members
@@ -514,6 +636,19 @@ async fn reconcile_target(
             ctx.set_finalizer(&m.obj, false).await?;
         }
         return Ok(Outcome::Stalled);
+    }
+    // Released and held objects use the wire format the writers chose (they state nothing
+    // of their own, so they never make an api-version conflict).
+    let writers: Vec<DesiredObject> = desired.iter().filter(|d| !d.deleting).cloned().collect();
+    let version = read_version(if writers.is_empty() {
+        &desired
+    } else {
+        &writers
+    });
+    for d in desired.iter_mut() {
+        if d.deleting && d.spec.api_version.wire_format() != version.wire_format() {
+            d.spec.api_version = version.clone();
+        }
     }
 
     // Claim before the first write to ARM.
@@ -555,7 +690,10 @@ async fn reconcile_target(
     };
 
     for m in &refused {
-        desired.extend(m.held(&live));
+        desired.extend(m.held(&live).map(|mut d| {
+            d.spec.api_version = version.clone();
+            d
+        }));
     }
     let all: Vec<&Member> = members.iter().collect();
 
@@ -696,6 +834,25 @@ async fn report_success(
             continue;
         }
         let Ok(d) = &m.desired else { continue };
+        for u in result
+            .grants
+            .iter()
+            .flat_map(|g| g.untrusted.iter())
+            .filter(|u| u.object == d.object)
+        {
+            warn!(object = %d.object, target = %plan.target, reason = u.reason, "{} is recorded in status.applied but not acted on: its principal is not one of the target's identities, or vmidentity did not make it; dropped from the record", u.what);
+            ctx.event(
+                &m.obj,
+                EventType::Warning,
+                u.reason,
+                format!(
+                    "{} is recorded in status.applied but not acted on (not one of {}'s own identities, or not made by vmidentity); dropped from the record",
+                    u.what,
+                    plan.target.short()
+                ),
+            )
+            .await;
+        }
         let applied = result.applied(&d.object).unwrap_or_default();
         let pending: Vec<String> = result
             .grants
@@ -819,47 +976,20 @@ fn describe_grant_write(w: &vmidentity_planner::Write) -> String {
     }
 }
 
-/// The credential every object of the target reconciles with: the namespace's own when
-/// namespace credentials are on. Objects whose namespaces use different credentials cannot
-/// share one PATCH: refused (CredentialConflict) until they agree.
-async fn choose_credential(
-    members: &[Member],
-    ctx: &Context,
-) -> Result<Result<Chosen, Refusal>, Error> {
+/// The credential objects of namespace `ns` reconcile with: the controller's own, or the
+/// namespace's when namespace credentials are on.
+async fn credential_for(ns: &str, ctx: &Context) -> Result<Chosen, Refusal> {
     let Some(creds) = &ctx.credentials else {
-        return Ok(Ok(Chosen {
+        return Ok(Chosen {
             key: "global".into(),
             exec: ctx.exec.clone(),
             graph: ctx.graph.clone(),
-        }));
+        });
     };
-    let mut chosen: Option<Chosen> = None;
-    for m in members {
-        let ns = m.obj.namespace().unwrap_or_default();
-        let c = match creds.for_namespace(&ns).await {
-            Ok(c) => c,
-            Err(e) => {
-                return Ok(Err(Refusal {
-                    reason: e.reason(),
-                    message: e.to_string(),
-                }));
-            }
-        };
-        match &chosen {
-            None => chosen = Some(c),
-            Some(first) if first.key != c.key => {
-                return Ok(Err(Refusal {
-                    reason: "CredentialConflict",
-                    message: format!(
-                        "objects of this target reconcile with different Azure credentials ({} and {}): one PATCH cannot carry both; keep each VM's objects in namespaces that share a credential",
-                        first.key, c.key
-                    ),
-                }));
-            }
-            Some(_) => {}
-        }
-    }
-    Ok(Ok(chosen.unwrap_or_else(|| creds.global().clone())))
+    creds.for_namespace(ns).await.map_err(|e| Refusal {
+        reason: e.reason(),
+        message: e.to_string(),
+    })
 }
 
 fn all_of(members: &[Member]) -> Vec<&Member> {
@@ -919,4 +1049,46 @@ async fn azure_failure(
         }
         _ => Outcome::Idle,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_patch;
+    use serde_json::json;
+
+    #[test]
+    fn a_status_patch_clears_what_the_new_status_leaves_out() {
+        let old = json!({"observedGeneration": 2, "applied": {
+            "systemAssigned": true, "userAssignedIdentities": ["a"],
+            "groupMemberships": [{"groupObjectId": "g"}]}, "principals": {"systemAssigned": "p"}});
+        let new = json!({"observedGeneration": 3, "applied": {"userAssignedIdentities": []}});
+        assert_eq!(
+            merge_patch(&old, &new),
+            json!({"observedGeneration": 3, "applied": {
+                "userAssignedIdentities": [], "systemAssigned": null, "groupMemberships": null},
+                "principals": null})
+        );
+        // Applying it as a merge patch gives exactly the new status.
+        let mut doc = old.clone();
+        apply(&mut doc, &merge_patch(&old, &new));
+        assert_eq!(doc, new);
+    }
+
+    /// RFC 7386 application, for the test.
+    fn apply(doc: &mut serde_json::Value, patch: &serde_json::Value) {
+        match (doc.as_object_mut(), patch.as_object()) {
+            (Some(d), Some(p)) => {
+                for (k, v) in p {
+                    if v.is_null() {
+                        d.remove(k);
+                    } else if v.is_object() && d.get(k).is_some_and(|x| x.is_object()) {
+                        apply(d.get_mut(k).unwrap(), v);
+                    } else {
+                        d.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            _ => *doc = patch.clone(),
+        }
+    }
 }

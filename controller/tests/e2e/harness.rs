@@ -171,16 +171,42 @@ impl ControllerProc {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> ControllerProc {
+        Self::spawn(Some(ns), ns, sim, identity, extra, env)
+    }
+
+    /// Starts a controller that watches every namespace (its Lease in `lease_ns`). Only for
+    /// tests that run alone in their binary: it reconciles every object of the cluster.
+    pub fn start_cluster_wide(
+        lease_ns: &str,
+        sim: &SimHandle,
+        identity: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> ControllerProc {
+        Self::spawn(None, lease_ns, sim, identity, extra, env)
+    }
+
+    fn spawn(
+        watch: Option<&str>,
+        ns: &str,
+        sim: &SimHandle,
+        identity: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> ControllerProc {
         let port = free_port();
         let log = std::fs::File::create(
             std::env::temp_dir().join(format!("vmidentity-e2e-{ns}-{identity}.log")),
         )
         .expect("log file");
+        let watch_args: Vec<&str> = match watch {
+            Some(w) => vec!["--namespace", w],
+            None => vec![],
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_vmidentity"))
+            .arg("controller")
+            .args(watch_args)
             .args([
-                "controller",
-                "--namespace",
-                ns,
                 "--arm-endpoint",
                 &sim.base_url(),
                 "--graph-endpoint",
@@ -390,9 +416,115 @@ impl Env {
         name: &str,
         spec: Value,
     ) -> Result<VirtualMachineIdentity, kube::Error> {
+        self.create_in(&self.ns, name, spec).await
+    }
+
+    /// Creates another namespace of this test, `<ns>-<suffix>` (labelled like the test's own),
+    /// covered by no policy unless the test adds one; removed objects first on reuse.
+    pub async fn namespace(&self, suffix: &str) -> String {
+        let ns = format!("{}-{suffix}", self.ns);
+        let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
+        let body = json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": ns, "labels": {"vmidentity-e2e/ns": ns}}});
+        nss.patch(
+            &ns,
+            &PatchParams::apply("vmidentity-e2e").force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .expect("namespace");
+        self.cleanup_in(&ns).await;
+        ns
+    }
+
+    fn api_in(&self, ns: &str) -> Api<VirtualMachineIdentity> {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    /// [`Env::create`] in another namespace.
+    pub async fn create_in(
+        &self,
+        ns: &str,
+        name: &str,
+        spec: Value,
+    ) -> Result<VirtualMachineIdentity, kube::Error> {
         let spec: VirtualMachineIdentitySpec = serde_json::from_value(spec).expect("spec");
         let o = VirtualMachineIdentity::new(name, spec);
-        self.api.create(&PostParams::default(), &o).await
+        self.api_in(ns).create(&PostParams::default(), &o).await
+    }
+
+    /// [`Env::get`] in another namespace.
+    pub async fn get_in(&self, ns: &str, name: &str) -> Option<VirtualMachineIdentity> {
+        self.api_in(ns).get_opt(name).await.expect("get")
+    }
+
+    /// [`Env::wait_for`] in another namespace.
+    pub async fn wait_for_in(
+        &self,
+        ns: &str,
+        name: &str,
+        secs: u64,
+        what: &str,
+        f: impl Fn(&VirtualMachineIdentity) -> bool,
+    ) -> VirtualMachineIdentity {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(o) = self.get_in(ns, name).await
+                && f(&o)
+            {
+                return o;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{ns}/{name}: timed out waiting for {what}; last: {:#?}",
+                    self.get_in(ns, name).await.map(|o| o.status)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// [`Env::cleanup`] of another namespace.
+    pub async fn cleanup_in(&self, ns: &str) {
+        let api = self.api_in(ns);
+        if let Ok(list) = api.list(&Default::default()).await {
+            for o in list {
+                let name = o.metadata.name.clone().unwrap_or_default();
+                let _ = api
+                    .patch(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+                    )
+                    .await;
+                let _ = api.delete(&name, &DeleteParams::default()).await;
+            }
+        }
+    }
+
+    /// Creates or replaces the credential Secret of namespace `ns`.
+    pub async fn put_secret_in(&self, ns: &str, name: &str, data: Value) {
+        let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(self.client.clone(), ns);
+        let body = json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name}, "stringData": data});
+        // Replace, so keys of an earlier version do not linger.
+        let _ = api.delete(name, &DeleteParams::default()).await;
+        for _ in 0..50 {
+            match api
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(body.clone()).expect("secret"),
+                )
+                .await
+            {
+                Ok(_) => return,
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => panic!("secret: {e}"),
+            }
+        }
+        panic!("secret {ns}/{name} still being deleted");
     }
 
     /// Creates an object from raw JSON (so the API server, not serde, judges it).
@@ -416,7 +548,7 @@ impl Env {
     }
 
     pub async fn get(&self, name: &str) -> Option<VirtualMachineIdentity> {
-        self.api.get_opt(name).await.expect("get")
+        self.get_in(&self.ns, name).await
     }
 
     /// Waits until `f` holds for the object (or fails the test after `secs`).
@@ -427,21 +559,8 @@ impl Env {
         what: &str,
         f: impl Fn(&VirtualMachineIdentity) -> bool,
     ) -> VirtualMachineIdentity {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(o) = self.get(name).await
-                && f(&o)
-            {
-                return o;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "{name}: timed out waiting for {what}; last: {:#?}",
-                    self.get(name).await.map(|o| o.status)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.wait_for_in(&self.ns.clone(), name, secs, what, f)
+            .await
     }
 
     pub async fn wait_gone(&self, name: &str, secs: u64) {

@@ -1,0 +1,279 @@
+//! The tenancy boundary across namespaces, end to end: a controller that watches every
+//! namespace (the chart's default), the real API server, the ARM simulator. An object that
+//! policy denies (or that is invalid) and owns nothing must take no part in credential choice
+//! or planning: it can never stall, freeze or block the deletion of another tenant's objects
+//! on the same VM, whatever it asks for.
+//!
+//! The controller here reconciles every object of the cluster, so these tests run one at a
+//! time (a lock), in a binary of their own.
+
+#[path = "e2e/harness.rs"]
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use harness::*;
+use serde_json::{Value, json};
+use vmidentity::crd::VirtualMachineIdentity;
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+const TEAM_CLIENT: &str = "bbbbbbbb-0000-0000-0000-0000000000b1";
+const OTHER_CLIENT: &str = "bbbbbbbb-0000-0000-0000-0000000000b2";
+
+fn denied(o: &VirtualMachineIdentity) -> bool {
+    stalled_with(o, "PolicyDenied")
+}
+
+fn stalled_reason(o: &VirtualMachineIdentity) -> Option<String> {
+    condition(o, "Stalled")
+        .filter(|(s, _)| s == "True")
+        .map(|(_, r)| r)
+}
+
+/// Holds for `secs`: every named object of `ns` stays Ready (never Stalled) at its current
+/// generation.
+async fn stay_ready(env: &Env, ns: &str, names: &[&str], secs: u64) {
+    let until = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < until {
+        for n in names {
+            let o = env.get_in(ns, n).await.expect("object");
+            assert!(
+                is_ready(&o) && stalled_reason(&o).is_none(),
+                "{ns}/{n} lost Ready because of another namespace's object: {:#?}",
+                o.status
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn not_serving_namespaces() -> bool {
+    !serves_namespaces(&client().await).await
+}
+
+/// Every conflict kind a denied newcomer could cause (Exact beside it, api-versions with
+/// different wire formats, systemAssigned true vs false), with namespace credentials off.
+#[tokio::test]
+async fn a_denied_newcomer_in_another_namespace_cannot_freeze_a_tenants_vm() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    if not_serving_namespaces().await {
+        panic!(
+            "this test needs Namespaces: run it against kube-apiserver (tests/apiserver/kube-up.sh)"
+        );
+    }
+    let env = Env::new("e2e-tenancy", &world(&["vm1", "vm2", "vm3"], "")).await;
+    let intruder = env.namespace("intruder").await;
+    let _c = ControllerProc::start_cluster_wide(
+        &env.ns,
+        &env.sim,
+        "a",
+        &[],
+        &[
+            ("AZURE_ACCESS_TOKEN", TOKEN),
+            ("AZURE_GRAPH_ACCESS_TOKEN", "sim-graph-token"),
+        ],
+    );
+    let team = env.ns.clone();
+    // The team's objects, Ready before anyone else shows up.
+    let team_objects: Vec<(&str, Value)> = vec![
+        (
+            "exact",
+            json!({"target": vm("vm1"), "mode": "Exact", "userAssignedIdentities": [uai("u1")]}),
+        ),
+        (
+            "legacy",
+            json!({"target": vm("vm2"), "armApiVersion": "2017-12-01", "userAssignedIdentities": [uai("u1")]}),
+        ),
+        (
+            "system",
+            json!({"target": vm("vm3"), "systemAssigned": true, "userAssignedIdentities": [uai("u2")]}),
+        ),
+    ];
+    for (name, spec) in &team_objects {
+        env.create_in(&team, name, spec.clone()).await.expect(name);
+    }
+    for (name, _) in &team_objects {
+        env.wait_for_in(&team, name, 30, "Ready", is_ready).await;
+    }
+    // A namespace no policy covers aims at the same VMs with every kind of conflict.
+    let intruders: Vec<(&str, Value)> = vec![
+        (
+            "beside-exact",
+            json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u3")]}),
+        ),
+        (
+            "other-format",
+            json!({"target": vm("vm2"), "userAssignedIdentities": [uai("u3")]}),
+        ),
+        (
+            "system-off",
+            json!({"target": vm("vm3"), "systemAssigned": false}),
+        ),
+        (
+            "exact-too",
+            json!({"target": vm("vm3"), "mode": "Exact", "userAssignedIdentities": [uai("u4")]}),
+        ),
+    ];
+    for (name, spec) in &intruders {
+        env.create_in(&intruder, name, spec.clone())
+            .await
+            .expect(name);
+    }
+    for (name, _) in &intruders {
+        env.wait_for_in(&intruder, name, 30, "PolicyDenied", denied)
+            .await;
+    }
+    // Several resync periods (3 s): the team's objects stay Ready, their VMs untouched.
+    let names: Vec<&str> = team_objects.iter().map(|(n, _)| *n).collect();
+    stay_ready(&env, &team, &names, 8).await;
+    assert_eq!(
+        env.identity(&vm("vm1")),
+        ("UserAssigned".into(), vec!["u1".into()])
+    );
+    assert_eq!(
+        env.identity(&vm("vm3")),
+        ("SystemAssigned, UserAssigned".into(), vec!["u2".into()])
+    );
+    // The team can still change its VMs...
+    env.api
+        .patch(
+            "exact",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"spec": {"userAssignedIdentities": [uai("u1"), uai("u4")]}}),
+            ),
+        )
+        .await
+        .expect("edit");
+    env.wait_for_in(&team, "exact", 30, "Ready with u4", |o| {
+        is_ready(o) && env.identity(&vm("vm1")).1 == vec!["u1".to_string(), "u4".to_string()]
+    })
+    .await;
+    // ... and delete its objects: the deletion does not hang behind the intruders.
+    env.api
+        .delete("legacy", &Default::default())
+        .await
+        .expect("delete");
+    env.wait_gone("legacy", 30).await;
+    assert_eq!(env.identity(&vm("vm2")), ("None".into(), vec![]));
+    // Nothing was ever written for the intruders, nor claimed: no finalizer.
+    for (name, _) in &intruders {
+        let o = env.get_in(&intruder, name).await.expect("intruder");
+        assert!(
+            o.metadata.finalizers.unwrap_or_default().is_empty(),
+            "{name}"
+        );
+    }
+    env.cleanup_in(&intruder).await;
+    env.cleanup().await;
+    env.delete_policy().await;
+}
+
+/// With namespace credentials required, a newcomer without a Secret (NoCredential) or with
+/// another identity's Secret (CredentialConflict) in a namespace no policy covers does not
+/// stall the team's object: its credential is never even looked up.
+#[tokio::test]
+async fn a_denied_newcomer_without_or_with_another_credential_cannot_stall_a_tenant() {
+    use vmidentity_simulator::AppConfig;
+    let _one = ONE_AT_A_TIME.lock().await;
+    if not_serving_namespaces().await {
+        panic!(
+            "this test needs Secrets: run it against kube-apiserver (tests/apiserver/kube-up.sh)"
+        );
+    }
+    let env = Env::with_config("e2e-tenancy-cred", &world(&["vm1"], ""), |c| {
+        c.apps = vec![
+            AppConfig::with_secret(TEAM_CLIENT, TENANT, "team-secret"),
+            AppConfig::with_secret(OTHER_CLIENT, TENANT, "other-secret"),
+        ];
+    })
+    .await;
+    let mut policy = allow_all_policy(&env.ns);
+    policy["credentials"] = json!({"clientIds": [TEAM_CLIENT]});
+    env.set_policy(policy).await;
+    let team = env.ns.clone();
+    env.put_secret_in(
+        &team,
+        "vmidentity-credential",
+        json!({"AZURE_TENANT_ID": TENANT, "AZURE_CLIENT_ID": TEAM_CLIENT, "AZURE_CLIENT_SECRET": "team-secret"}),
+    )
+    .await;
+    let no_secret = env.namespace("nosecret").await;
+    let other_secret = env.namespace("othersecret").await;
+    env.put_secret_in(
+        &other_secret,
+        "vmidentity-credential",
+        json!({"AZURE_TENANT_ID": TENANT, "AZURE_CLIENT_ID": OTHER_CLIENT, "AZURE_CLIENT_SECRET": "other-secret"}),
+    )
+    .await;
+    let url = env.sim.base_url();
+    let _c = ControllerProc::start_cluster_wide(
+        &env.ns,
+        &env.sim,
+        "a",
+        &[
+            "--namespace-credentials=required",
+            "--namespace-credential-ttl-seconds=1",
+        ],
+        &[
+            ("AZURE_ACCESS_TOKEN", TOKEN),
+            ("AZURE_AUTHORITY_HOST", &url),
+        ],
+    );
+    env.create_in(
+        &team,
+        "web",
+        json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u1")]}),
+    )
+    .await
+    .expect("web");
+    env.wait_for_in(
+        &team,
+        "web",
+        30,
+        "Ready with the team's credential",
+        is_ready,
+    )
+    .await;
+    for ns in [&no_secret, &other_secret] {
+        env.create_in(
+            ns,
+            "squat",
+            json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u2")]}),
+        )
+        .await
+        .expect("squat");
+        env.wait_for_in(ns, "squat", 30, "PolicyDenied", denied)
+            .await;
+    }
+    stay_ready(&env, &team, &["web"], 8).await;
+    assert_eq!(
+        env.identity(&vm("vm1")),
+        ("UserAssigned".into(), vec!["u1".into()])
+    );
+    // The other identity was never used: no token was asked for it.
+    let other_logins = env
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.path.contains("oauth2")
+                && r.body
+                    .as_ref()
+                    .is_some_and(|b| b.to_string().contains(OTHER_CLIENT))
+        })
+        .count();
+    assert_eq!(other_logins, 0);
+    env.api
+        .delete("web", &Default::default())
+        .await
+        .expect("delete");
+    env.wait_gone("web", 30).await;
+    assert_eq!(env.identity(&vm("vm1")), ("None".into(), vec![]));
+    env.cleanup_in(&no_secret).await;
+    env.cleanup_in(&other_secret).await;
+    env.cleanup().await;
+    env.delete_policy().await;
+}
