@@ -15,6 +15,7 @@ pub mod authorization;
 pub mod client;
 pub mod error;
 pub mod executor;
+pub mod fair;
 pub mod graph;
 pub mod resourcegraph;
 pub mod token;
