@@ -9,11 +9,6 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use vmidentity_planner as planner;
 
-/// RE2 pattern (CEL `matches`) of a VM or VMSS resource ID.
-pub const TARGET_PATTERN: &str = r"(?i)^/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\.compute/(virtualmachines|virtualmachinescalesets)/[^/]+$";
-/// RE2 pattern (CEL `matches`) of a user-assigned identity resource ID.
-pub const UAI_PATTERN: &str = r"(?i)^/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\.managedidentity/userassignedidentities/[^/]+$";
-
 /// Which managed identities (and, with them, role assignments and group memberships) an Azure
 /// virtual machine or VM scale set must carry.
 // The printcolumn(...) entries repeat keys by design; clippy reads them as duplicates.

@@ -1,6 +1,9 @@
 //! Microsoft.Authorization (api-version 2022-04-01): role definitions and role
-//! assignments. Spec: `authorization/2022-04-01/*.json` and examples; error codes and
-//! messages: ARM-BEHAVIOUR.md §5 (see README.md for each rule's source).
+//! assignments. Spec: `specification/authorization/resource-manager/Microsoft.Authorization/stable/2022-04-01/`
+//! (`authorization-RoleAssignmentsCalls.json`, `authorization-RoleDefinitionsCalls.json` and
+//! their examples) in Azure/azure-rest-api-specs; error codes and messages: "Troubleshoot
+//! Azure RBAC" (<https://learn.microsoft.com/azure/role-based-access-control/troubleshooting>)
+//! and captured ARM responses (see the simulator's README.md for each rule's source).
 
 use std::collections::BTreeMap;
 
@@ -25,9 +28,10 @@ pub const AUTHORIZATION_API_VERSIONS: &[&str] = &[
     "2022-04-01",
 ];
 
-/// Role assignments per subscription (ARM-BEHAVIOUR.md §5 [A29]).
+/// Role assignments per subscription ("Troubleshoot Azure RBAC limits",
+/// <https://learn.microsoft.com/azure/role-based-access-control/troubleshoot-limits>).
 pub const DEFAULT_ROLE_ASSIGNMENT_LIMIT: usize = 4000;
-/// Role assignments per management group (ARM-BEHAVIOUR.md §5 [A29]).
+/// Role assignments per management group (same page).
 pub const MANAGEMENT_GROUP_ROLE_ASSIGNMENT_LIMIT: usize = 500;
 
 const RA_TYPE: &str = "Microsoft.Authorization/roleAssignments";
@@ -337,7 +341,8 @@ impl RoleAssignment {
 #[derive(Debug, Clone)]
 pub(crate) struct Authorization {
     pub definitions: BTreeMap<String, RoleDefinition>,
-    /// By case-folded name: names are globally unique (ARM-BEHAVIOUR.md §5 [A25]).
+    /// By case-folded name: names are globally unique ("Troubleshoot Azure RBAC",
+    /// <https://learn.microsoft.com/azure/role-based-access-control/troubleshooting>).
     pub assignments: BTreeMap<String, RoleAssignment>,
     pub next_seq: u64,
 }
@@ -694,7 +699,7 @@ pub(crate) fn encode(s: &str) -> String {
 }
 
 fn not_found_assignment(name: &str) -> ArmError {
-    // CHOSEN (ARM-BEHAVIOUR.md §5: UNCONFIRMED).
+    // CHOSEN: no public source gives ARM's answer to a GET of a missing role assignment.
     ArmError::new(
         StatusCode::NOT_FOUND,
         "RoleAssignmentNotFound",
@@ -759,7 +764,8 @@ pub(crate) fn check_compute_write(
     ))
 }
 
-/// 403 `AuthorizationFailed` (ARM-BEHAVIOUR.md §5 [A33]); scope = the full assignment id.
+/// 403 `AuthorizationFailed`; scope = the full assignment id (observed: the captured 403 in
+/// Azure/azure-powershell#10917).
 fn authorization_failed(caller: &CallerConfig, action: &str, assignment_id: &str) -> ArmError {
     ArmError::new(
         StatusCode::FORBIDDEN,
@@ -982,7 +988,9 @@ pub(crate) fn create_assignment(
         .filter(|p| p.replicated(delay));
     let principal_type = match (&req.principal_type, principal) {
         // principalType given: ARM skips the directory lookup, so a principal still
-        // replicating is accepted (ARM-BEHAVIOUR.md §5 [A25]).
+        // replicating is accepted ("Troubleshoot Azure RBAC": set principalType to avoid
+        // PrincipalNotFound after a replication delay,
+        // https://learn.microsoft.com/azure/role-based-access-control/troubleshooting).
         (Some(t), Some(p)) if !t.eq_ignore_ascii_case(p.kind.principal_type()) => {
             // CHOSEN code/message.
             return Err(ArmError::bad_request(

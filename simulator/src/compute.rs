@@ -325,7 +325,7 @@ pub(crate) fn put(
     Ok(commit_write(st, api_version, shape, updated, true, created))
 }
 
-/// Stores the written resource and answers per the LRO mode (ARM-BEHAVIOUR.md §3). Every
+/// Stores the written resource and answers per the LRO mode (see [`crate::LroMode`]). Every
 /// accepted write of an existing resource bumps its entity tag, even one that changes
 /// nothing (CHOSEN); a created one starts at `"1"`.
 fn commit_write(

@@ -3,7 +3,13 @@
 //!
 //! Every user-assigned identity's `principalId` and every system-assigned principal is
 //! the object id of a service principal with `servicePrincipalType: ManagedIdentity`
-//! (graph/GRAPH-MEMBERS.md §0). A principal is created when the identity is created /
+//! (the Microsoft.ManagedIdentity spec describes `principalId` as "The id of the service
+//! principal object associated with the created identity.":
+//! `specification/msi/resource-manager/Microsoft.ManagedIdentity/stable/2018-11-30/ManagedIdentity.json`
+//! in Azure/azure-rest-api-specs; the `servicePrincipalType` value is documented in the
+//! Microsoft Graph servicePrincipal resource type,
+//! <https://learn.microsoft.com/graph/api/resources/serviceprincipal?view=graph-rest-1.0>).
+//! A principal is created when the identity is created /
 //! enabled and deleted (and removed from every group) when the identity is deleted /
 //! disabled.
 
@@ -67,7 +73,10 @@ impl Principal {
         }
     }
 
-    /// The object as Microsoft Graph v1.0 returns it (graph/GRAPH-MEMBERS.md §4, §5).
+    /// The object as Microsoft Graph v1.0 returns it ("List group members",
+    /// <https://learn.microsoft.com/graph/api/group-list-members?view=graph-rest-1.0>; "List
+    /// servicePrincipal memberOf",
+    /// <https://learn.microsoft.com/graph/api/serviceprincipal-list-memberof?view=graph-rest-1.0>).
     pub fn render_graph(&self, group: Option<&EntraGroup>) -> Value {
         let mut m = Map::new();
         m.insert("@odata.type".into(), json!(self.kind.odata_type()));
@@ -87,7 +96,8 @@ impl Principal {
                 m.insert("displayName".into(), json!(self.display_name));
             }
             PrincipalKind::Group => {
-                // Item shape of the memberOf example (graph/GRAPH-MEMBERS.md §5).
+                // Item shape of the response example of "List servicePrincipal memberOf"
+                // (https://learn.microsoft.com/graph/api/serviceprincipal-list-memberof).
                 m.insert("createdDateTime".into(), Value::Null);
                 m.insert(
                     "description".into(),

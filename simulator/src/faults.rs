@@ -17,7 +17,8 @@ use crate::state::{ActiveFault, State, now_rfc3339};
     deny_unknown_fields
 )]
 pub enum FaultAction {
-    /// 429 with `Retry-After` and CRP's throttling body (ARM-BEHAVIOUR.md §2.3).
+    /// 429 with `Retry-After` and CRP's throttling body, as captured in microsoft/AzureTRE#2777
+    /// and Azure/AKS#1187 (observed).
     Throttle { retry_after_secs: u64 },
     /// An error status (500 → `InternalServerError`, 503 → `ServiceUnavailable`, …).
     Status { code: u16 },
@@ -114,7 +115,10 @@ pub(crate) fn take(st: &mut State, method: &str, path: &str) -> Option<FaultActi
 }
 
 /// The operation group named in a CRP 429 for this request (names from captured
-/// traffic, ARM-BEHAVIOUR.md §2.2; the pick per request kind is the simulator's).
+/// traffic: Azure/AKS#1187, Azure/azure-libraries-for-java#1252, and "Troubleshooting API
+/// throttling errors",
+/// <https://learn.microsoft.com/azure/virtual-machines/troubleshooting/troubleshooting-throttling-errors>;
+/// the pick per request kind is the simulator's).
 fn operation_group(method: &str, path: &str) -> &'static str {
     let p = path.to_ascii_lowercase();
     let vmss = p.contains("/virtualmachinescalesets/");
@@ -126,7 +130,9 @@ fn operation_group(method: &str, path: &str) -> &'static str {
     }
 }
 
-/// The 429 response (body per ARM-BEHAVIOUR.md §2.3).
+/// The 429 response. Body as Compute sends it (observed: microsoft/AzureTRE#2777 for the
+/// `error` envelope, `details` and `innererror`; Azure/AKS#1187 for the top-level code and
+/// message; the same fields without the envelope in "Troubleshooting API throttling errors").
 pub(crate) fn throttle_error(method: &str, path: &str, retry_after_secs: u64) -> ArmError {
     let group = operation_group(method, path);
     let start = chrono::Utc::now();

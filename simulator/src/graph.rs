@@ -1,6 +1,9 @@
 //! Microsoft Graph v1.0 (and beta) for group memberships of managed identities, served
-//! on the same server under `/v1.0/…` (`/beta/…`). Shapes, codes and messages:
-//! graph/GRAPH-MEMBERS.md (see README.md for each rule's source).
+//! on the same server under `/v1.0/…` (`/beta/…`). Shapes, codes and messages: the
+//! Microsoft Graph v1.0 API reference ("Add members", "Remove member", "List group members",
+//! "Get servicePrincipal", "List servicePrincipal memberOf" under
+//! <https://learn.microsoft.com/graph/api/overview?view=graph-rest-1.0>) and captured Graph
+//! responses (see the simulator's README.md for each rule's source).
 
 use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
 use serde_json::{Map, Value, json};
@@ -10,7 +13,8 @@ use crate::errors::ArmError;
 use crate::server::{ArmResponse, query_decoded};
 use crate::state::State;
 
-/// Graph page size ceiling (graph/GRAPH-MEMBERS.md §5 [G5]).
+/// Graph page size ceiling (999: "List servicePrincipal memberOf",
+/// <https://learn.microsoft.com/graph/api/serviceprincipal-list-memberof?view=graph-rest-1.0>).
 pub const GRAPH_MAX_PAGE_SIZE: usize = 999;
 
 /// Which Graph version a path addresses.
@@ -45,7 +49,9 @@ pub(crate) fn parse_path(path: &str) -> Option<(GraphVersion, Vec<String>)> {
     Some((version, segs.map(decode_segment).collect()))
 }
 
-/// Graph's error envelope with `innerError` (graph/GRAPH-MEMBERS.md §2 [G14]).
+/// Graph's error envelope with `innerError` (`date`, `request-id`, `client-request-id`), as
+/// in "Microsoft Graph error responses and resource types"
+/// (<https://learn.microsoft.com/graph/errors>) and the captured 400 in pnp/pnpframework#139.
 pub(crate) fn graph_error(status: StatusCode, code: &str, message: impl Into<String>) -> ArmError {
     let message = message.into();
     let rid = uuid::Uuid::new_v4().to_string();
@@ -113,7 +119,8 @@ pub(crate) fn with_challenge(e: ArmError) -> ArmError {
     )
 }
 
-/// Graph's 429 (graph/GRAPH-MEMBERS.md §6 [G11]).
+/// Graph's 429 with `Retry-After` and code `TooManyRequests` ("Microsoft Graph throttling
+/// guidance", <https://learn.microsoft.com/graph/throttling>).
 pub(crate) fn throttle_error(retry_after_secs: u64) -> ArmError {
     graph_error(
         StatusCode::TOO_MANY_REQUESTS,
@@ -248,7 +255,8 @@ fn group<'a>(st: &'a State, gid: &str) -> Result<&'a EntraGroup, ArmError> {
 }
 
 /// Members as listed: on v1.0 service principals are omitted when
-/// `graph_members_omit_service_principals` (KNOWN ISSUE, graph/GRAPH-MEMBERS.md §4 [G4]).
+/// `graph_members_omit_service_principals` (a known issue: "Known issues with Microsoft
+/// Graph", <https://learn.microsoft.com/graph/known-issues>).
 fn visible_members(st: &State, g: &EntraGroup, omit_sps: bool) -> Vec<Value> {
     g.members
         .iter()
@@ -272,7 +280,7 @@ fn get_group(
         .ok_or_else(|| not_found(gid))?;
     let mut v = st.world.directory.render(p);
     // `$expand=members` is the documented workaround of the v1.0 known issue: it lists
-    // service principals too (graph/GRAPH-MEMBERS.md §4 [G4]).
+    // service principals too (https://learn.microsoft.com/graph/known-issues).
     if query_decoded(query, "$expand").is_some_and(|e| e.eq_ignore_ascii_case("members"))
         && let Value::Object(m) = &mut v
     {
@@ -453,7 +461,8 @@ fn remove_member(st: &mut State, gid: &str, mid: &str) -> Result<ArmResponse, Ar
     let before = g.members.len();
     g.members.retain(|m| *m != mkey);
     if g.members.len() == before {
-        // 404 naming the group (graph/GRAPH-MEMBERS.md §3 [G15]).
+        // 404 `Request_ResourceNotFound` naming the group (observed:
+        // microsoftgraph/microsoft-graph-docs#18714).
         return Err(not_found(gid));
     }
     Ok(ArmResponse::empty(StatusCode::NO_CONTENT))

@@ -1,11 +1,16 @@
 //! Identity semantics of Microsoft.Compute VM/VMSS (`identity` block).
 //!
 //! * api-version 2018-06-01 and later: `userAssignedIdentities` dictionary; PATCH merges
-//!   (`{}` adds/keeps, `null` removes, unlisted keys stay). Source:
-//!   `compute/2018-06-01/compute.json` + ARM-BEHAVIOUR.md §4.1 (REST recipes [A17]).
+//!   (`{}` adds/keeps, `null` removes, unlisted keys stay). Sources: the Compute spec
+//!   `specification/compute/resource-manager/Microsoft.Compute/stable/2018-06-01/compute.json`
+//!   (`VirtualMachineIdentity`, `VirtualMachineScaleSetIdentity`) in Azure/azure-rest-api-specs,
+//!   and the REST recipes of "Configure managed identities on Azure virtual machines (VMs)",
+//!   <https://learn.microsoft.com/entra/identity/managed-identities-azure-resources/how-to-configure-managed-identities?pivots=qs-configure-rest-vm>
 //! * api-version 2017-12-01: `identityIds` array replacing the whole set when present.
-//!   Source: `compute/2017-12-01/compute.json`, ARM-BEHAVIOUR.md §4.2.
-//! * Refusals: ARM-BEHAVIOUR.md §4.3/§4.4 and the issue threads cited in README.md.
+//!   Sources: `specification/compute/resource-manager/Microsoft.Compute/stable/2017-12-01/compute.json`
+//!   and the same page.
+//! * Refusals: what ARM answered in the field, as captured in the issue threads cited in the
+//!   simulator's README.md (observed; the specs do not list these errors).
 
 use serde_json::{Map, Value};
 
@@ -13,7 +18,9 @@ use crate::errors::ArmError;
 use crate::ids::{IdError, ResourceId, ResourceKind};
 use crate::world::{ComputeResource, World, new_uuid};
 
-/// Maximum user-assigned identities in one request (ARM-BEHAVIOUR.md §4.3).
+/// Maximum user-assigned identities in one request: above it ARM answers 400 `BadRequest`
+/// "User Assigned Identities Number '151' Assign exceed limit '150' in one request."
+/// (observed: Azure/bicep#16559, Azure/aad-pod-identity#813).
 pub const MAX_UAI_PER_REQUEST: usize = 150;
 
 /// How the identity block is spelled at an api-version.

@@ -70,7 +70,11 @@ use crate::ids::{ResourceId, ResourceKind, key_of};
 use crate::state::{RuntimeConfig, Shared, State};
 use crate::world::World;
 
-/// How VM/VMSS PATCH/PUT answer (ARM-BEHAVIOUR.md §3).
+/// How VM/VMSS PATCH/PUT answer. The Compute spec declares `VirtualMachines_Update` (200, 201)
+/// and `VirtualMachineScaleSets_Update` (200) long-running
+/// (`specification/compute/resource-manager/Microsoft.Compute/stable/2018-06-01/compute.json`);
+/// clients follow "Track asynchronous Azure operations",
+/// <https://learn.microsoft.com/azure/azure-resource-manager/management/async-operations>.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum LroMode {
@@ -155,8 +159,8 @@ pub struct SimConfig {
     pub retry_after_secs: u64,
     /// An operation stays `InProgress` at least this long (besides `lro_polls`).
     pub min_operation_duration: Duration,
-    /// A PATCH that changes nothing answers 200 without LRO headers (ARM-BEHAVIOUR.md §3,
-    /// [A14]/[A15]). Default true.
+    /// A PATCH that changes nothing answers 200 without LRO headers (observed:
+    /// Azure/azure-sdk-for-ruby#2795, Azure/azure-sdk-for-python#14111). Default true.
     pub noop_patch_completes_immediately: bool,
     /// Size of the request log ring (oldest dropped first). 0 disables the log.
     pub max_logged_requests: usize,
@@ -171,20 +175,27 @@ pub struct SimConfig {
     pub principal_replication_delay: Duration,
     /// Role assignments per list page before `nextLink`. Default 1000.
     pub role_assignment_page_size: usize,
-    /// Role assignments per subscription (ARM-BEHAVIOUR.md §5: 4000).
+    /// Role assignments per subscription (4000: "Troubleshoot Azure RBAC limits",
+    /// <https://learn.microsoft.com/azure/role-based-access-control/troubleshoot-limits>).
     pub role_assignment_limit: usize,
-    /// Default Graph page size when `$top` is absent (graph/GRAPH-MEMBERS.md §5: 100).
+    /// Default Graph page size when `$top` is absent (100: "List servicePrincipal memberOf",
+    /// <https://learn.microsoft.com/graph/api/serviceprincipal-list-memberof?view=graph-rest-1.0>).
     pub graph_page_size: usize,
-    /// v1.0 `GET /groups/{id}/members` omits service principals (documented known
-    /// issue, graph/GRAPH-MEMBERS.md §4). Default true; `/beta` and `$expand=members`
-    /// always list them.
+    /// v1.0 `GET /groups/{id}/members` omits service principals (documented in "Known issues
+    /// with Microsoft Graph", <https://learn.microsoft.com/graph/known-issues>). Default true;
+    /// `/beta` and `$expand=members` (the documented workarounds) always list them.
     pub graph_members_omit_service_principals: bool,
     /// Resource Graph rows show the world as it was this long ago. Default 0.
     pub resource_graph_lag: Duration,
-    /// Resource Graph queries per caller per window (ARM-BEHAVIOUR.md §6: 15 per 5 s).
+    /// Resource Graph queries per caller per window (15 per 5 s, the example quota of
+    /// "Guidance for throttled requests in Azure Resource Graph",
+    /// <https://learn.microsoft.com/azure/governance/resource-graph/concepts/guidance-for-throttled-requests>).
     pub resource_graph_quota: u32,
     pub resource_graph_quota_window: Duration,
-    /// Enforced ARM / Compute throttling (ARM-BEHAVIOUR.md §1, §2). Default `None`:
+    /// Enforced ARM / Compute throttling ("Understand how Azure Resource Manager throttles
+    /// requests", <https://learn.microsoft.com/azure/azure-resource-manager/management/request-limits-and-throttling>;
+    /// "Compute throttling limits", <https://learn.microsoft.com/azure/virtual-machines/compute-throttling-limits>).
+    /// Default `None`:
     /// nothing is refused; the subscription rate headers are still reported.
     pub throttling: Option<ThrottleConfig>,
     /// App registrations the Entra token endpoint `POST /{tenant}/oauth2/v2.0/token`
@@ -223,15 +234,6 @@ impl Default for SimConfig {
             token_lifetime: Duration::from_secs(DEFAULT_TOKEN_LIFETIME_SECS),
             imds: None,
         }
-    }
-}
-
-/// Namespace type for callers that prefer `Simulator::start(config)`.
-pub struct Simulator;
-
-impl Simulator {
-    pub async fn start(config: SimConfig) -> Result<SimHandle, SimError> {
-        start(config).await
     }
 }
 

@@ -1,4 +1,7 @@
-//! Long-running operations of VM/VMSS PUT/PATCH (ARM-BEHAVIOUR.md §3) and the
+//! Long-running operations of VM/VMSS PUT/PATCH (declared long-running in
+//! `specification/compute/resource-manager/Microsoft.Compute/stable/2018-06-01/compute.json`;
+//! status URL and polling as in "Track asynchronous Azure operations",
+//! <https://learn.microsoft.com/azure/azure-resource-manager/management/async-operations>) and the
 //! Compute operation-status endpoint
 //! `/subscriptions/{sub}/providers/Microsoft.Compute/locations/{loc}/operations/{id}`.
 

@@ -1,7 +1,11 @@
 //! Azure Resource Graph query API (`POST /providers/Microsoft.ResourceGraph/resources`,
 //! api-version 2021-03-01): a small KQL subset over the VMs / VMSS of the world, paging,
 //! per-caller quota (`x-ms-user-quota-*`) and a configurable lag.
-//! Spec: `resourcegraph/2021-03-01/resourcegraph.json` + examples; ARM-BEHAVIOUR.md §6.
+//! Spec: `specification/resourcegraph/resource-manager/Microsoft.ResourceGraph/stable/2021-03-01/resourcegraph.json`
+//! and its examples in Azure/azure-rest-api-specs; paging: "Working with large Azure resource
+//! data sets" (<https://learn.microsoft.com/azure/governance/resource-graph/concepts/work-with-data>);
+//! quota: "Guidance for throttled requests in Azure Resource Graph"
+//! (<https://learn.microsoft.com/azure/governance/resource-graph/concepts/guidance-for-throttled-requests>).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -24,7 +28,8 @@ pub const RESOURCE_GRAPH_API_VERSIONS: &[&str] = &[
     "2024-04-01",
 ];
 
-/// Default / maximum `$top` (spec; ARM-BEHAVIOUR.md §6 [A30]).
+/// Default / maximum `$top`: 100 rows by default ("Working with large Azure resource data
+/// sets"); `$top` ranges over 1–1000 (`QueryRequestOptions` in the 2021-03-01 spec).
 pub const ARG_DEFAULT_TOP: usize = 100;
 pub const ARG_MAX_TOP: usize = 1000;
 
@@ -586,7 +591,8 @@ pub(crate) fn query(
     let mut out = Map::new();
     out.insert("totalRecords".into(), json!(total));
     out.insert("count".into(), json!(data.len()));
-    // Without `id` no $skipToken can be issued and the result is truncated (§6 [A30]).
+    // Without `id` no $skipToken can be issued and the result is truncated ("Working with
+    // large Azure resource data sets": the query must project `id` for paging).
     out.insert(
         "resultTruncated".into(),
         json!(if more && !has_id { "true" } else { "false" }),

@@ -1,5 +1,8 @@
-//! Opt-in throttling: ARM's per-subscription token buckets (ARM-BEHAVIOUR.md §1) and
-//! Compute's per-resource / per-subscription policies (§2). Off (`None`) by default;
+//! Opt-in throttling: ARM's per-subscription token buckets ("Understand how Azure Resource
+//! Manager throttles requests",
+//! <https://learn.microsoft.com/azure/azure-resource-manager/management/request-limits-and-throttling>)
+//! and Compute's per-resource / per-subscription policies ("Compute throttling limits",
+//! <https://learn.microsoft.com/azure/virtual-machines/compute-throttling-limits>). Off (`None`) by default;
 //! the subscription buckets are then only reported in headers, as before.
 //!
 //! Time comes from [`crate::state::State::now`] (tokio's clock plus a virtual offset that
@@ -34,7 +37,7 @@ impl Bucket {
         }
     }
 
-    /// A bucket refilled by `refill_per_min` tokens per minute (Compute's unit, §2.1).
+    /// A bucket refilled by `refill_per_min` tokens per minute (Compute's unit).
     pub fn per_minute(size: u32, refill_per_min: f64) -> Bucket {
         Bucket::new(size, refill_per_min / 60.0)
     }
@@ -52,7 +55,7 @@ impl Bucket {
     }
 }
 
-/// One Compute throttling policy (ARM-BEHAVIOUR.md §2.1): a per-resource and a
+/// One Compute throttling policy ("Compute throttling limits"): a per-resource and a
 /// per-subscription bucket. `name` is what `x-ms-ratelimit-remaining-resource` and the
 /// 429 body show, suffixed `Resource` / `Subscription` (names **CHOSEN**).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,7 +68,7 @@ pub struct ComputePolicy {
 
 impl ComputePolicy {
     /// A policy with per-minute refills: `(resource refill, resource max)`,
-    /// `(subscription refill, subscription max)`, as §2.1 tabulates them.
+    /// `(subscription refill, subscription max)`, as "Compute throttling limits" tabulates them.
     pub fn per_minute(name: &str, resource: (u32, u32), subscription: (u32, u32)) -> Self {
         ComputePolicy {
             name: name.to_string(),
@@ -93,7 +96,8 @@ impl ComputePolicy {
     }
 }
 
-/// Compute (CRP) policies for VMs and scale sets (ARM-BEHAVIOUR.md §2.1).
+/// Compute (CRP) policies for VMs and scale sets ("Compute throttling limits",
+/// <https://learn.microsoft.com/azure/virtual-machines/compute-throttling-limits>).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct ComputeLimits {
@@ -153,8 +157,9 @@ impl ComputeLimits {
 }
 
 /// Enforced throttling (`SimConfig::throttling`). `Default` = the published limits:
-/// ARM-BEHAVIOUR.md §1.1 (reads 250 / 25 s⁻¹, writes 200 / 10 s⁻¹, deletes 200 / 10 s⁻¹)
-/// and the Compute policies of §2.1.
+/// "Understand how Azure Resource Manager throttles requests" (subscription reads
+/// 250 / 25 s⁻¹, writes 200 / 10 s⁻¹, deletes 200 / 10 s⁻¹) and the Compute policies of
+/// "Compute throttling limits".
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct ThrottleConfig {
@@ -349,7 +354,9 @@ impl OpKind {
 }
 
 /// Pushes the subscription rate header(s) for `remaining` (and the global read header,
-/// 15 × the bucket, ARM-BEHAVIOUR.md §1.1 / [A3]).
+/// 15 × the bucket: the global subscription limit of "Understand how Azure Resource Manager
+/// throttles requests"; the header `x-ms-ratelimit-remaining-subscription-global-reads` was
+/// observed in Azure/azure-powershell#26256).
 fn rate_headers(resp: &mut ArmResponse, kind: OpKind, remaining: u64, capacity: f64) {
     push(resp, kind.header(), &remaining.to_string());
     if kind == OpKind::Read {
@@ -561,7 +568,7 @@ fn arm_throttled(kind: OpKind, sub: &str, actor: &str, retry: u64) -> ArmError {
     .with_header(HeaderName::from_static("retry-after"), &retry.to_string())
 }
 
-/// CRP's 429 (ARM-BEHAVIOUR.md §2.3) naming the exhausted bucket.
+/// CRP's 429 naming the exhausted bucket (body as in `faults::throttle_error`).
 fn crp_throttled(bucket: &str, allowed: u32, retry: u64) -> ArmError {
     let start = chrono::Utc::now();
     let end = start + chrono::Duration::seconds(i64::try_from(retry).unwrap_or(3600));

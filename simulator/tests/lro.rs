@@ -1,4 +1,5 @@
-//! Long-running operation modes (ARM-BEHAVIOUR.md §3).
+//! Long-running operation modes (`LroMode`; "Track asynchronous Azure operations",
+//! <https://learn.microsoft.com/azure/azure-resource-manager/management/async-operations>).
 
 mod common;
 

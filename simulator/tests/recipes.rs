@@ -1,5 +1,9 @@
-//! The documented REST recipes (ARM-BEHAVIOUR.md §4.1/§4.2, docs 004 "REST"), for a VM
-//! and a VMSS, at api-versions 2018-06-01 (dictionary) and 2017-12-01 (array).
+//! The documented REST recipes ("Configure managed identities on Azure virtual machines
+//! (VMs)", REST tab,
+//! <https://learn.microsoft.com/entra/identity/managed-identities-azure-resources/how-to-configure-managed-identities?pivots=qs-configure-rest-vm>,
+//! and its scale-set counterpart,
+//! <https://learn.microsoft.com/entra/identity/managed-identities-azure-resources/how-to-configure-managed-identities-scale-sets?pivots=qs-configure-rest-vmss>),
+//! for a VM and a VMSS, at api-versions 2018-06-01 (dictionary) and 2017-12-01 (array).
 
 mod common;
 

@@ -1,4 +1,7 @@
-//! Opt-in ARM subscription and Compute throttling (ARM-BEHAVIOUR.md §1, §2).
+//! Opt-in ARM subscription and Compute throttling ("Understand how Azure Resource Manager
+//! throttles requests",
+//! <https://learn.microsoft.com/azure/azure-resource-manager/management/request-limits-and-throttling>;
+//! "Compute throttling limits", <https://learn.microsoft.com/azure/virtual-machines/compute-throttling-limits>).
 //!
 //! Refill rates are slow (one token per 100 s) and time is moved with
 //! `SimHandle::advance_clock`, so the wall time a test takes does not matter.
@@ -61,7 +64,8 @@ async fn read_burst_beyond_the_bucket_gets_429_with_retry_after_then_refills() {
                 .as_deref(),
             Some(expected)
         );
-        // Global bucket = 15 × the per-principal bucket (ARM-BEHAVIOUR.md §1.1).
+        // Global bucket = 15 × the per-principal bucket ("Understand how Azure Resource
+        // Manager throttles requests").
         let global: u64 = expected.parse::<u64>().unwrap() + 14 * 5;
         assert_eq!(
             r.header("x-ms-ratelimit-remaining-subscription-global-reads"),

@@ -1,5 +1,10 @@
-//! The REST how-to (qs-configure-rest-vm / qs-configure-rest-vmss, in ../shared/docs/), step by
-//! step, through the real client and the ARM simulator: for each example, the exact request
+//! The REST how-to, step by step ("Configure managed identities on Azure virtual machines
+//! (VMs)", REST tab,
+//! <https://learn.microsoft.com/entra/identity/managed-identities-azure-resources/how-to-configure-managed-identities?pivots=qs-configure-rest-vm>,
+//! and its scale-set counterpart,
+//! <https://learn.microsoft.com/entra/identity/managed-identities-azure-resources/how-to-configure-managed-identities-scale-sets?pivots=qs-configure-rest-vmss>;
+//! the PATCH bodies are written out below), through the real client and the ARM simulator:
+//! for each example, the exact request
 //! body the simulator received and the identity the resource ends up with. Both api-versions,
 //! VM and VMSS.
 
