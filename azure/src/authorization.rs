@@ -7,33 +7,32 @@
 //! `/providers/Microsoft.Authorization/roleDefinitions/{guid}` depending on the endpoint
 //! and version, so [`RoleAssignment::role_guid`] is what callers should compare.
 //!
-//! Role assignment names are deterministic ([`assignment_name`]), which makes a PUT
-//! idempotent: a re-sent PUT of the same assignment answers 200, and the same
-//! (scope, role, principal) created by someone else under another name answers 409
-//! `RoleAssignmentExists` ([`PutRoleAssignment::Exists`]; list the principal's assignments
-//! to adopt it — the 409 body does not name the existing assignment).
+//! Role assignment writes are [`Write`](vmidentity_planner::Write)s sent by the
+//! [`Executor`](crate::Executor); this module interprets their answers. Names are
+//! deterministic ([`assignment_name`], the planner's), which makes a PUT idempotent: a
+//! re-sent PUT of the same assignment answers 200, and the same (scope, role, principal)
+//! created by someone else under another name answers 409 `RoleAssignmentExists`
+//! ([`Sent::RoleAssignmentExists`]: the executor lists the principal's assignments to adopt
+//! it — the 409 body does not name the existing assignment).
+//!
+//! The api-version ([`AUTHORIZATION_API_VERSION`]), the assignment names and the role
+//! definition IDs are the planner's ([`vmidentity_planner::grants`]), defined once.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use reqwest::Method;
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::time::Instant;
-use uuid::Uuid;
+use vmidentity_planner::grants::AUTHORIZATION_API_VERSION;
+#[cfg(doc)]
+use vmidentity_planner::grants::assignment_name;
 use vmidentity_planner::policy::{Escalation, PermissionBlock};
 
-use crate::client::{ArmClient, RequestKind, percent_encode, subscription_of};
+use crate::client::{ArmClient, Response, percent_encode, subscription_of};
 use crate::error::AzureError;
-
-/// The Microsoft.Authorization api-version used for role definitions and assignments.
-pub const AUTHORIZATION_API_VERSION: &str = "2022-04-01";
-
-/// Namespace of [`assignment_name`]'s UUIDv5 (vmidentity's own; never change it: names of
-/// existing assignments are derived from it).
-pub const ASSIGNMENT_NAME_NAMESPACE: Uuid =
-    Uuid::from_u128(0x6d1c_57a0_2a3c_4c6e_9f0b_7e5d_1a2b_3c4d);
+use crate::executor::Sent;
 
 const PROVIDER: &str = "/providers/Microsoft.Authorization";
 const ROLE_DEFINITIONS_MARKER: &str = "/providers/microsoft.authorization/roledefinitions/";
@@ -119,49 +118,6 @@ impl TryFrom<WireAssignment> for RoleAssignment {
             principal_id: w.properties.principal_id,
             principal_type: w.properties.principal_type,
         })
-    }
-}
-
-/// What a role-assignment PUT did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PutRoleAssignment {
-    /// Created (201), or already present under the same name (200).
-    Created(RoleAssignment),
-    /// 409 `RoleAssignmentExists`: the same (scope, role, principal) exists under another
-    /// name. ARM does not say which; list the principal's assignments to adopt it.
-    Exists,
-}
-
-/// The deterministic name (a GUID) of the assignment of `role_guid` to `principal_id` at
-/// `scope`: UUIDv5 in [`ASSIGNMENT_NAME_NAMESPACE`] over exactly
-/// `format!("{}|{}|{}", scope.to_ascii_lowercase(), role_guid.to_ascii_lowercase(), principal_id.to_ascii_lowercase())`
-/// (no other normalisation: pass the scope without a trailing `/` and the role as a bare
-/// GUID). The planner computes the same string; keep both in step.
-pub fn assignment_name(scope: &str, role_guid: &str, principal_id: &str) -> String {
-    let input = format!(
-        "{}|{}|{}",
-        scope.to_ascii_lowercase(),
-        role_guid.to_ascii_lowercase(),
-        principal_id.to_ascii_lowercase()
-    );
-    Uuid::new_v5(&ASSIGNMENT_NAME_NAMESPACE, input.as_bytes()).to_string()
-}
-
-/// The `roleDefinitionId` to send in a PUT for `role_guid` at `scope`:
-/// `/subscriptions/{sub}/providers/Microsoft.Authorization/roleDefinitions/{guid}` when
-/// the scope lies in a subscription (`scope` may also be a bare subscription id), else
-/// (management group, root) `/providers/Microsoft.Authorization/roleDefinitions/{guid}`.
-pub fn role_definition_id(scope: &str, role_guid: &str) -> String {
-    let guid = last_segment(role_guid).to_ascii_lowercase();
-    let scope = scope.trim();
-    let sub = if !scope.is_empty() && !scope.contains('/') {
-        Some(scope.to_ascii_lowercase())
-    } else {
-        subscription_of(scope)
-    };
-    match sub {
-        Some(sub) => format!("/subscriptions/{sub}{PROVIDER}/roleDefinitions/{guid}"),
-        None => format!("{PROVIDER}/roleDefinitions/{guid}"),
     }
 }
 
@@ -466,149 +422,91 @@ impl ArmClient {
         }
         Ok(out)
     }
+}
 
-    /// `PUT {scope}/providers/Microsoft.Authorization/roleAssignments/{name}` with
-    /// `{"properties":{"roleDefinitionId","principalId"[,"principalType"]}}`. Send
-    /// `principal_type` (e.g. `ServicePrincipal`) for principals created moments ago:
-    /// without it ARM looks the principal up and may answer `PrincipalNotFound` (class
-    /// `PrincipalNotReplicated`, retryable) until Entra has replicated it.
-    /// 200/201 → [`PutRoleAssignment::Created`]; 409 `RoleAssignmentExists` →
-    /// [`PutRoleAssignment::Exists`]; other failures are classified errors.
-    ///
-    /// Refused without sending: a `name` that is not a GUID, a scope with `.`/`..`/empty
-    /// segments, `%`, `\`, `?`, `#` or control characters ([`ArmClient::url`]). When ARM
-    /// answers with another `properties.scope` than `scope` (compared case-insensitively,
-    /// trailing `/` ignored), the answer is [`AzureError::ScopeMismatch`], not `Created`:
-    /// the assignment is not where it was asked for, and must not be recorded as such.
-    pub async fn put_role_assignment(
-        &self,
-        scope: &str,
-        name: &str,
-        role_guid: &str,
-        principal_id: &str,
-        principal_type: Option<&str>,
-    ) -> Result<PutRoleAssignment, AzureError> {
-        let mut props = Map::new();
-        props.insert(
-            "roleDefinitionId".into(),
-            Value::String(role_definition_id(scope, role_guid)),
-        );
-        props.insert("principalId".into(), Value::String(principal_id.into()));
-        if let Some(t) = principal_type {
-            props.insert("principalType".into(), Value::String(t.into()));
-        }
-        let mut body = Map::new();
-        body.insert("properties".into(), Value::Object(props));
-        let body = Value::Object(body);
-        if !is_guid(name) {
-            return Err(AzureError::InvalidArgument {
-                message: format!("role assignment name {name:?} is not a GUID"),
-            });
-        }
-        let url = self.url(
-            &format!("{}{PROVIDER}/roleAssignments/{name}", scope_prefix(scope)),
-            AUTHORIZATION_API_VERSION,
-        )?;
-        match self
-            .send(Method::PUT, &url, Some(&body), RequestKind::Write)
-            .await
-        {
-            Ok(resp) => {
-                let a: RoleAssignment = serde_json::from_value(resp.body).map_err(|e| {
-                    invalid(&url, format!("HTTP {} role assignment: {e}", resp.status))
-                })?;
-                check_scope_echo(&url, scope, &a)?;
-                Ok(PutRoleAssignment::Created(a))
-            }
-            Err(e) if e.status() == Some(409) && e.code() == Some("RoleAssignmentExists") => {
-                Ok(PutRoleAssignment::Exists)
-            }
-            Err(e) => Err(e),
-        }
+/// Refuses, before a URL is built from it, a role assignment name that is not a GUID (the
+/// names vmidentity writes are, [`assignment_name`]).
+pub(crate) fn check_put(name: &str) -> Result<(), AzureError> {
+    if is_guid(name) {
+        Ok(())
+    } else {
+        Err(AzureError::InvalidArgument {
+            message: format!("role assignment name {name:?} is not a GUID"),
+        })
     }
+}
 
-    /// `DELETE {id}` of a role assignment by its full id. 200, 204 (already gone) and
-    /// 404 are success. Refuses (without sending anything) an id that is not a role
-    /// assignment id.
-    pub async fn delete_role_assignment(&self, id: &str) -> Result<(), AzureError> {
-        let lower = id.to_ascii_lowercase();
-        let valid = id.starts_with('/')
-            && !id.contains('?')
-            && !id.contains('#')
-            && lower.rfind(ROLE_ASSIGNMENTS_MARKER).is_some_and(|i| {
-                let name = &id[i + ROLE_ASSIGNMENTS_MARKER.len()..];
-                !name.is_empty() && !name.contains('/')
-            });
-        if !valid {
-            return Err(AzureError::InvalidArgument {
-                message: format!("'{id}' is not a role assignment id"),
-            });
+/// Refuses, before anything is sent, a DELETE of something that is not a role assignment
+/// ID (`{scope}/providers/Microsoft.Authorization/roleAssignments/{name}`).
+pub(crate) fn check_delete(id: &str) -> Result<(), AzureError> {
+    let lower = id.to_ascii_lowercase();
+    let valid = id.starts_with('/')
+        && !id.contains('?')
+        && !id.contains('#')
+        && lower.rfind(ROLE_ASSIGNMENTS_MARKER).is_some_and(|i| {
+            let name = &id[i + ROLE_ASSIGNMENTS_MARKER.len()..];
+            !name.is_empty() && !name.contains('/')
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(AzureError::InvalidArgument {
+            message: format!("'{id}' is not a role assignment id"),
+        })
+    }
+}
+
+/// The answer to a role assignment PUT at `scope` (sent to `url`).
+///
+/// 200/201 → [`Sent::RoleAssignment`]; when ARM answers with another `properties.scope`
+/// than `scope` (compared case-insensitively, trailing `/` ignored) the answer is
+/// [`AzureError::ScopeMismatch`] instead: the assignment is not where it was asked for, and
+/// must not be recorded as such. 409 `RoleAssignmentExists` (the same scope, role and
+/// principal under another name) → the principal's assignments in the scope's subscription
+/// are listed and the one granting `role_definition_id` at exactly `scope` is returned to
+/// be adopted ([`Sent::RoleAssignmentExists`]). A principal ARM cannot see yet answers 400
+/// `PrincipalNotFound`: class `PrincipalNotReplicated`, retryable (send `principalType`
+/// for principals created moments ago). Other failures are classified errors.
+pub(crate) async fn put_answer(
+    arm: &ArmClient,
+    url: &str,
+    scope: &str,
+    role_definition_id: &str,
+    principal_id: &str,
+    sent: Result<Response, AzureError>,
+) -> Result<Sent, AzureError> {
+    match sent {
+        Ok(resp) => {
+            let a: RoleAssignment = serde_json::from_value(resp.body)
+                .map_err(|e| invalid(url, format!("HTTP {} role assignment: {e}", resp.status)))?;
+            check_scope_echo(url, scope, &a)?;
+            Ok(Sent::RoleAssignment(a))
         }
-        let url = self.url(id, AUTHORIZATION_API_VERSION)?;
-        match self
-            .send(Method::DELETE, &url, None, RequestKind::Delete)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.status() == Some(404) => Ok(()),
-            Err(e) => Err(e),
+        Err(e) if e.status() == Some(409) && e.code() == Some("RoleAssignmentExists") => {
+            let sub = subscription_of(scope).unwrap_or_default();
+            let existing = arm
+                .list_role_assignments_for_principal(&sub, principal_id)
+                .await?
+                .into_iter()
+                .find(|ra| ra.matches(scope, role_definition_id));
+            Ok(Sent::RoleAssignmentExists(existing))
         }
+        Err(e) => Err(e),
+    }
+}
+
+/// The answer to a role assignment DELETE: 200, 204 (already gone) and 404 are success.
+pub(crate) fn delete_answer(sent: Result<Response, AzureError>) -> Result<Sent, AzureError> {
+    match sent {
+        Ok(_) => Ok(Sent::Done),
+        Err(e) if e.status() == Some(404) => Ok(Sent::Done),
+        Err(e) => Err(e),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_are_deterministic() {
-        let a = assignment_name(
-            "/subscriptions/S/resourceGroups/RG",
-            "ACDD72A7-3385-48EF-BD42-F606FBA81AE7",
-            "P",
-        );
-        let b = assignment_name(
-            "/subscriptions/s/resourcegroups/rg",
-            "acdd72a7-3385-48ef-bd42-f606fba81ae7",
-            "p",
-        );
-        assert_eq!(a, b);
-        assert!(is_guid(&a));
-        let expected = Uuid::new_v5(
-            &Uuid::from_u128(0x6d1c_57a0_2a3c_4c6e_9f0b_7e5d_1a2b_3c4d),
-            b"/subscriptions/s/resourcegroups/rg|acdd72a7-3385-48ef-bd42-f606fba81ae7|p",
-        );
-        assert_eq!(a, expected.to_string());
-        assert_ne!(
-            a,
-            assignment_name(
-                "/subscriptions/s",
-                "acdd72a7-3385-48ef-bd42-f606fba81ae7",
-                "p"
-            )
-        );
-    }
-
-    #[test]
-    fn role_definition_ids() {
-        let g = "ACDD72A7-3385-48EF-BD42-F606FBA81AE7";
-        assert_eq!(
-            role_definition_id("/subscriptions/SUB/resourceGroups/rg", g),
-            "/subscriptions/sub/providers/Microsoft.Authorization/roleDefinitions/acdd72a7-3385-48ef-bd42-f606fba81ae7"
-        );
-        assert_eq!(
-            role_definition_id("sub", g),
-            "/subscriptions/sub/providers/Microsoft.Authorization/roleDefinitions/acdd72a7-3385-48ef-bd42-f606fba81ae7"
-        );
-        assert_eq!(
-            role_definition_id("/providers/Microsoft.Management/managementGroups/mg", g),
-            "/providers/Microsoft.Authorization/roleDefinitions/acdd72a7-3385-48ef-bd42-f606fba81ae7"
-        );
-        assert_eq!(
-            role_definition_id("/", g),
-            "/providers/Microsoft.Authorization/roleDefinitions/acdd72a7-3385-48ef-bd42-f606fba81ae7"
-        );
-    }
 
     #[test]
     fn parses_assignments_and_compares_by_guid() {

@@ -120,16 +120,20 @@ pub struct Bucket {
     pub per_sec: f64,
 }
 
-/// The client's per-subscription buckets (ARM's regional limits per principal, ARM-BEHAVIOUR.md
-/// §1.1: reads 250 + 25/s, writes 200 + 10/s, deletes 200 + 10/s). The client also lowers its
-/// buckets to what ARM reports in `x-ms-ratelimit-remaining-subscription-*`.
+/// The client's per-subscription buckets (ARM's regional limits per principal: reads
+/// 250 + 25/s, writes 200 + 10/s, deletes 200 + 10/s, from "Understand how Azure Resource
+/// Manager throttles requests",
+/// <https://learn.microsoft.com/azure/azure-resource-manager/management/request-limits-and-throttling>).
+/// The client also lowers its buckets to what ARM reports in
+/// `x-ms-ratelimit-remaining-subscription-*`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimits {
     pub reads: Bucket,
     pub writes: Bucket,
     pub deletes: Bucket,
-    /// Compute's per-subscription "Update VM" policy (ARM-BEHAVIOUR.md §2.1: 1,500, then 500
-    /// a minute), tighter than ARM's write bucket for VM/VMSS PATCHes.
+    /// Compute's per-subscription "Update VM" policy (1,500, then 500 a minute: "Compute
+    /// throttling limits", <https://learn.microsoft.com/azure/virtual-machines/compute-throttling-limits>),
+    /// tighter than ARM's write bucket for VM/VMSS PATCHes.
     pub compute_writes: Bucket,
 }
 

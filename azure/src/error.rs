@@ -251,7 +251,8 @@ pub fn classify(status: u16, code: &str, message: &str) -> ErrorClass {
         404 if names_identity => ErrorClass::IdentityNotFound,
         404 => ErrorClass::TargetNotFound,
         408 | 500 | 502 | 503 | 504 => ErrorClass::Transient,
-        // Role-assignment PUT for a principal ARM cannot see yet (ARM-BEHAVIOUR.md §5).
+        // Role-assignment PUT for a principal ARM cannot see yet ("Troubleshoot Azure RBAC",
+        // https://learn.microsoft.com/azure/role-based-access-control/troubleshooting).
         400 if code == "PrincipalNotFound" => ErrorClass::PrincipalNotReplicated,
         400 if code == "RoleDefinitionDoesNotExist" => ErrorClass::RoleNotFound,
         400 if (code == "FailedIdentityOperation"

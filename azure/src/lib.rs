@@ -6,10 +6,15 @@
 //!   client serves Microsoft Graph when built with [`ClientConfig::graph`] (Graph scope).
 //! - [`error`]: ARM and Graph errors classified once (retryable / throttled / permanent,
 //!   with a reason for Kubernetes conditions).
-//! - [`executor`]: reads targets and sends a [`vmidentity_planner::TargetPlan`]'s writes.
-//! - [`authorization`]: role definitions (name → GUID, cached) and role assignments
-//!   (list / PUT / DELETE, deterministic names) on [`ArmClient`].
-//! - [`graph`]: [`GraphClient`], Entra group memberships of service principals.
+//! - [`executor`]: the one door for writes: [`Executor`] sends every
+//!   [`vmidentity_planner::Write`] (identity PATCHes, role assignment PUT / DELETE, group
+//!   membership add / remove) as [`vmidentity_planner::Write::request`] renders it, with one
+//!   credential; and reads targets and group memberships.
+//! - [`authorization`]: role definitions (name → GUID, cached) and role assignment listings
+//!   on [`ArmClient`]; what role assignment answers mean. Names, role definition IDs and the
+//!   api-version are the planner's ([`vmidentity_planner::grants`]).
+//! - [`graph`]: Entra group memberships of service principals: reads, and what Graph's
+//!   answers mean.
 
 pub mod authorization;
 pub mod client;
@@ -20,17 +25,13 @@ pub mod graph;
 pub mod resourcegraph;
 pub mod token;
 
-pub use authorization::{
-    ASSIGNMENT_NAME_NAMESPACE, AUTHORIZATION_API_VERSION, PutRoleAssignment, RoleAssignment,
-    assignment_name, role_definition_id,
-};
+pub use authorization::RoleAssignment;
 pub use client::{
     ArmClient, ClientConfig, Observer, PUBLIC_ARM_ENDPOINT, PUBLIC_GRAPH_ENDPOINT, RequestKind,
     StatsSnapshot,
 };
 pub use error::{AzureError, ErrorClass};
-pub use executor::Executor;
-pub use graph::{GRAPH_VERSION, GraphClient};
+pub use executor::{Executor, Outcome, Sent};
 /// The HTTP method type [`ArmClient::send`] and [`ArmClient::write`] take.
 pub use reqwest::Method;
 pub use token::{ARM_SCOPE, AccessToken, GRAPH_SCOPE, StaticToken, TokenError, TokenSource};

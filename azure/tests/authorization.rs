@@ -5,14 +5,13 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use vmidentity_azure::{
-    AzureError, ErrorClass, PutRoleAssignment, RoleAssignment, assignment_name, role_definition_id,
-};
+use vmidentity_azure::{AzureError, ErrorClass, RoleAssignment, Sent};
+use vmidentity_planner::grants::{assignment_name, role_definition_id};
 use vmidentity_simulator::{CallerConfig, FaultRule, SimConfig};
 
-fn created(r: Result<PutRoleAssignment, AzureError>) -> RoleAssignment {
+fn created(r: Result<Sent, AzureError>) -> RoleAssignment {
     match r {
-        Ok(PutRoleAssignment::Created(a)) => a,
+        Ok(Sent::RoleAssignment(a)) => a,
         other => panic!("expected Created, got {other:?}"),
     }
 }
@@ -150,6 +149,7 @@ async fn unknown_role_name_is_role_not_found_and_not_cached() {
 async fn put_creates_reput_is_idempotent_and_other_names_conflict() {
     let sim = start_default().await;
     let arm = arm(&sim);
+    let exec = exec_with(&arm, &sim);
     let scope = rg("rg-a");
     let name = assignment_name(&scope, READER, UAI_PRINCIPAL);
     assert_eq!(
@@ -157,10 +157,7 @@ async fn put_creates_reput_is_idempotent_and_other_names_conflict() {
         assignment_name(&scope.to_uppercase(), READER, UAI_PRINCIPAL)
     );
 
-    let a = created(
-        arm.put_role_assignment(&scope, &name, READER, UAI_PRINCIPAL, None)
-            .await,
-    );
+    let a = created(put_role(&exec, &scope, &name, READER, UAI_PRINCIPAL, None).await);
     assert_eq!(a.name, name);
     assert_eq!(a.role_guid(), READER);
     assert_eq!(a.principal_id, UAI_PRINCIPAL);
@@ -194,7 +191,8 @@ async fn put_creates_reput_is_idempotent_and_other_names_conflict() {
 
     // Identical re-PUT: 200, still Created, still one assignment.
     let again = created(
-        arm.put_role_assignment(
+        put_role(
+            &exec,
             &scope,
             &name,
             READER,
@@ -213,11 +211,17 @@ async fn put_creates_reput_is_idempotent_and_other_names_conflict() {
         .create_role_assignment(&scope_b, None, CONTRIBUTOR, UAI_PRINCIPAL)
         .unwrap();
     let ours = assignment_name(&scope_b, CONTRIBUTOR, UAI_PRINCIPAL);
-    let r = arm
-        .put_role_assignment(&scope_b, &ours, CONTRIBUTOR, UAI_PRINCIPAL, None)
+    let r = put_role(&exec, &scope_b, &ours, CONTRIBUTOR, UAI_PRINCIPAL, None)
         .await
         .unwrap();
-    assert_eq!(r, PutRoleAssignment::Exists);
+    // The executor adopts it: it lists the principal's assignments and names the one found.
+    match &r {
+        Sent::RoleAssignmentExists(Some(a)) => {
+            assert_eq!(a.name, theirs["name"].as_str().unwrap());
+            assert_eq!(r.adopted(), Some(a.id.as_str()));
+        }
+        other => panic!("expected RoleAssignmentExists, got {other:?}"),
+    }
     let listed = arm
         .list_role_assignments_for_principal(SUB, UAI_PRINCIPAL)
         .await
@@ -235,18 +239,19 @@ async fn put_creates_reput_is_idempotent_and_other_names_conflict() {
 async fn unknown_role_guid_on_put_is_role_not_found() {
     let sim = start_default().await;
     let arm = arm(&sim);
+    let exec = exec_with(&arm, &sim);
     let scope = rg("rg-a");
     let bogus = "99999999-9999-4999-8999-999999999999";
-    let err = arm
-        .put_role_assignment(
-            &scope,
-            &assignment_name(&scope, bogus, UAI_PRINCIPAL),
-            bogus,
-            UAI_PRINCIPAL,
-            None,
-        )
-        .await
-        .unwrap_err();
+    let err = put_role(
+        &exec,
+        &scope,
+        &assignment_name(&scope, bogus, UAI_PRINCIPAL),
+        bogus,
+        UAI_PRINCIPAL,
+        None,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.class(), ErrorClass::RoleNotFound);
     assert_eq!(err.code(), Some("RoleDefinitionDoesNotExist"));
     assert!(!err.is_retryable());
@@ -256,6 +261,7 @@ async fn unknown_role_guid_on_put_is_role_not_found() {
 async fn principal_not_replicated_is_retryable_and_principal_type_skips_the_lookup() {
     let sim = start_default().await;
     let arm = arm(&sim);
+    let exec = exec_with(&arm, &sim);
     sim.set_principal_replication_delay(Duration::from_secs(600));
     let uai = sim
         .create_user_assigned_identity(&format!(
@@ -270,8 +276,7 @@ async fn principal_not_replicated_is_retryable_and_principal_type_skips_the_look
     let scope = rg("rg-a");
     let name = assignment_name(&scope, READER, &principal);
 
-    let err = arm
-        .put_role_assignment(&scope, &name, READER, &principal, None)
+    let err = put_role(&exec, &scope, &name, READER, &principal, None)
         .await
         .unwrap_err();
     assert_eq!(err.class(), ErrorClass::PrincipalNotReplicated);
@@ -282,8 +287,15 @@ async fn principal_not_replicated_is_retryable_and_principal_type_skips_the_look
     assert_eq!(arm.stats().retries, 0);
 
     let a = created(
-        arm.put_role_assignment(&scope, &name, READER, &principal, Some("ServicePrincipal"))
-            .await,
+        put_role(
+            &exec,
+            &scope,
+            &name,
+            READER,
+            &principal,
+            Some("ServicePrincipal"),
+        )
+        .await,
     );
     assert_eq!(a.principal_type.as_deref(), Some("ServicePrincipal"));
 }
@@ -298,17 +310,18 @@ async fn caller_without_rights_on_the_scope_is_forbidden() {
     })
     .await;
     let arm = arm(&sim);
+    let exec = exec_with(&arm, &sim);
     let b = rg("rg-b");
-    let err = arm
-        .put_role_assignment(
-            &b,
-            &assignment_name(&b, READER, UAI_PRINCIPAL),
-            READER,
-            UAI_PRINCIPAL,
-            None,
-        )
-        .await
-        .unwrap_err();
+    let err = put_role(
+        &exec,
+        &b,
+        &assignment_name(&b, READER, UAI_PRINCIPAL),
+        READER,
+        UAI_PRINCIPAL,
+        None,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.class(), ErrorClass::Forbidden);
     assert_eq!(err.class().reason(), "AuthorizationFailed");
     assert!(!err.is_retryable());
@@ -317,8 +330,7 @@ async fn caller_without_rights_on_the_scope_is_forbidden() {
     let theirs = sim
         .create_role_assignment(&b, None, READER, UAI_PRINCIPAL)
         .unwrap();
-    let err = arm
-        .delete_role_assignment(theirs["id"].as_str().unwrap())
+    let err = delete_role(&exec, theirs["id"].as_str().unwrap())
         .await
         .unwrap_err();
     assert_eq!(err.class(), ErrorClass::Forbidden);
@@ -326,7 +338,8 @@ async fn caller_without_rights_on_the_scope_is_forbidden() {
     // Allowed where granted.
     let a = rg("rg-a");
     created(
-        arm.put_role_assignment(
+        put_role(
+            &exec,
             &a,
             &assignment_name(&a, READER, UAI_PRINCIPAL),
             READER,
@@ -341,9 +354,11 @@ async fn caller_without_rights_on_the_scope_is_forbidden() {
 async fn delete_accepts_200_204_and_404() {
     let sim = start_default().await;
     let arm = arm(&sim);
+    let exec = exec_with(&arm, &sim);
     let scope = rg("rg-a");
     let a = created(
-        arm.put_role_assignment(
+        put_role(
+            &exec,
             &scope,
             &assignment_name(&scope, READER, USER),
             READER,
@@ -355,11 +370,11 @@ async fn delete_accepts_200_204_and_404() {
     assert_eq!(a.principal_type.as_deref(), Some("User"));
     sim.reset_counters();
 
-    arm.delete_role_assignment(&a.id).await.unwrap();
+    delete_role(&exec, &a.id).await.unwrap();
     assert!(sim.role_assignments().is_empty());
-    arm.delete_role_assignment(&a.id).await.unwrap();
+    delete_role(&exec, &a.id).await.unwrap();
     sim.add_fault(FaultRule::status(404).method("DELETE").times(1));
-    arm.delete_role_assignment(&a.id).await.unwrap();
+    delete_role(&exec, &a.id).await.unwrap();
     let statuses: Vec<u16> = sim.requests().iter().map(|r| r.status).collect();
     assert_eq!(statuses, vec![200, 204, 404]);
     assert_eq!(arm.stats().deletes, 3);
@@ -367,7 +382,7 @@ async fn delete_accepts_200_204_and_404() {
 
     // Not a role assignment id: refused, nothing sent.
     let vm = format!("{scope}/providers/Microsoft.Compute/virtualMachines/vm1");
-    let err = arm.delete_role_assignment(&vm).await.unwrap_err();
+    let err = delete_role(&exec, &vm).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Invalid);
     assert!(matches!(err, AzureError::InvalidArgument { .. }));
     assert_eq!(sim.requests().len(), 3);
@@ -377,9 +392,11 @@ async fn delete_accepts_200_204_and_404() {
 async fn delete_retries_transient_errors() {
     let sim = start_default().await;
     let arm = arm(&sim);
+    let exec = exec_with(&arm, &sim);
     let scope = rg("rg-a");
     let a = created(
-        arm.put_role_assignment(
+        put_role(
+            &exec,
             &scope,
             &assignment_name(&scope, READER, USER),
             READER,
@@ -389,7 +406,7 @@ async fn delete_retries_transient_errors() {
         .await,
     );
     sim.add_fault(FaultRule::status(503).method("DELETE").times(2));
-    arm.delete_role_assignment(&a.id).await.unwrap();
+    delete_role(&exec, &a.id).await.unwrap();
     assert_eq!(arm.stats().retries, 2);
     assert!(sim.role_assignments().is_empty());
 }

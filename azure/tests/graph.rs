@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use common::*;
 use vmidentity_azure::{
-    ARM_SCOPE, AccessToken, ArmClient, ClientConfig, ErrorClass, GRAPH_SCOPE, GraphClient,
+    ARM_SCOPE, AccessToken, ArmClient, ClientConfig, ErrorClass, Executor, GRAPH_SCOPE,
     StaticToken, TokenError, TokenSource,
 };
 use vmidentity_simulator::{FaultRule, SimConfig};
@@ -21,7 +21,7 @@ async fn adds_a_member_once_and_tolerates_already_member() {
     let graph = graph(&sim);
     sim.reset_counters();
 
-    graph.add_member(GROUP, UAI_PRINCIPAL).await.unwrap();
+    add_member(&graph, GROUP, UAI_PRINCIPAL).await.unwrap();
     assert_eq!(
         sim.group_members(GROUP).unwrap(),
         vec![UAI_PRINCIPAL.to_string()]
@@ -41,11 +41,11 @@ async fn adds_a_member_once_and_tolerates_already_member() {
     );
 
     // Already a member: Graph's 400 counts as success.
-    graph.add_member(GROUP, UAI_PRINCIPAL).await.unwrap();
+    add_member(&graph, GROUP, UAI_PRINCIPAL).await.unwrap();
     assert_eq!(sim.requests()[1].status, 400);
     assert_eq!(sim.group_members(GROUP).unwrap().len(), 1);
     assert_eq!(sim.counters().graph_writes, 2);
-    assert_eq!(graph.client().stats().writes, 2);
+    assert_eq!(graph_stats(&graph).writes, 2);
 }
 
 #[tokio::test]
@@ -55,12 +55,12 @@ async fn removes_a_member_and_tolerates_not_member() {
     assert!(sim.add_group_member(GROUP, UAI_PRINCIPAL));
     sim.reset_counters();
 
-    graph.remove_member(GROUP, UAI_PRINCIPAL).await.unwrap();
+    remove_member(&graph, GROUP, UAI_PRINCIPAL).await.unwrap();
     assert!(sim.group_members(GROUP).unwrap().is_empty());
     // Not a member any more: Graph's 404 counts as success.
-    graph.remove_member(GROUP, UAI_PRINCIPAL).await.unwrap();
+    remove_member(&graph, GROUP, UAI_PRINCIPAL).await.unwrap();
     // Unknown group: nothing to remove either.
-    graph.remove_member(UNKNOWN, UAI_PRINCIPAL).await.unwrap();
+    remove_member(&graph, UNKNOWN, UAI_PRINCIPAL).await.unwrap();
     let reqs = sim.requests();
     assert_eq!(
         reqs.iter().map(|r| r.status).collect::<Vec<_>>(),
@@ -71,7 +71,7 @@ async fn removes_a_member_and_tolerates_not_member() {
         reqs[0].path,
         format!("/v1.0/groups/{GROUP}/members/{UAI_PRINCIPAL}/$ref")
     );
-    assert_eq!(graph.client().stats().deletes, 3);
+    assert_eq!(graph_stats(&graph).deletes, 3);
 }
 
 #[tokio::test]
@@ -79,7 +79,9 @@ async fn unknown_group_and_unknown_member_are_classified() {
     let sim = start_default().await;
     let graph = graph(&sim);
 
-    let err = graph.add_member(UNKNOWN, UAI_PRINCIPAL).await.unwrap_err();
+    let err = add_member(&graph, UNKNOWN, UAI_PRINCIPAL)
+        .await
+        .unwrap_err();
     assert_eq!(err.class(), ErrorClass::GroupNotFound);
     assert_eq!(err.class().reason(), "GroupNotFound");
     assert!(!err.is_retryable());
@@ -87,7 +89,7 @@ async fn unknown_group_and_unknown_member_are_classified() {
     assert_eq!(err.status(), Some(404));
 
     // The member is unknown to Graph (not replicated yet, or deleted): retryable.
-    let err = graph.add_member(GROUP, UNKNOWN).await.unwrap_err();
+    let err = add_member(&graph, GROUP, UNKNOWN).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::PrincipalNotReplicated);
     assert!(err.is_retryable());
     assert!(sim.group_members(GROUP).unwrap().is_empty());
@@ -171,17 +173,19 @@ async fn graph_and_arm_use_their_own_tokens() {
         asked: Mutex::new(Vec::new()),
     });
     let arm = ArmClient::new(arm_config(&sim), tokens.clone()).unwrap();
-    let graph = GraphClient::new(graph_config(&sim), tokens.clone()).unwrap();
+    let graph = Executor::new(arm.clone())
+        .with_graph(ArmClient::new(graph_config(&sim), tokens.clone()).unwrap());
     arm.resolve_role(&rg("rg-a"), "Reader").await.unwrap();
-    graph.add_member(GROUP, UAI_PRINCIPAL).await.unwrap();
+    add_member(&graph, GROUP, UAI_PRINCIPAL).await.unwrap();
     assert_eq!(
         *tokens.asked.lock().unwrap(),
         vec![ARM_SCOPE.to_string(), GRAPH_SCOPE.to_string()]
     );
 
     // Static tokens per client: the ARM token is refused by Graph and vice versa.
-    let wrong_graph =
-        GraphClient::new(graph_config(&sim), Arc::new(StaticToken::new(ARM_TOKEN))).unwrap();
+    let wrong_graph = Executor::new(arm.clone()).with_graph(
+        ArmClient::new(graph_config(&sim), Arc::new(StaticToken::new(ARM_TOKEN))).unwrap(),
+    );
     let err = wrong_graph.member_of(UAI_PRINCIPAL).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Unauthenticated);
     assert_eq!(err.code(), Some("InvalidAuthenticationToken"));
@@ -206,22 +210,24 @@ async fn graph_429_honours_retry_after() {
     let graph = graph(&sim);
     sim.add_fault(FaultRule::throttle(1).path_contains("/v1.0/").times(1));
     let started = std::time::Instant::now();
-    graph.add_member(GROUP, UAI_PRINCIPAL).await.unwrap();
+    add_member(&graph, GROUP, UAI_PRINCIPAL).await.unwrap();
     assert!(started.elapsed() >= Duration::from_secs(1));
-    let stats = graph.client().stats();
+    let stats = graph_stats(&graph);
     assert_eq!((stats.throttled, stats.retries, stats.writes), (1, 1, 2));
     assert_eq!(sim.counters().throttled, 1);
     assert_eq!(sim.group_members(GROUP).unwrap().len(), 1);
 
     // Longer than the client may wait inline: returned with the wait, for a requeue.
-    let no_wait = GraphClient::new(
-        ClientConfig {
-            max_inline_wait: Duration::ZERO,
-            ..graph_config(&sim)
-        },
-        Arc::new(StaticToken::new(GRAPH_TOKEN)),
-    )
-    .unwrap();
+    let no_wait = Executor::new(arm(&sim)).with_graph(
+        ArmClient::new(
+            ClientConfig {
+                max_inline_wait: Duration::ZERO,
+                ..graph_config(&sim)
+            },
+            Arc::new(StaticToken::new(GRAPH_TOKEN)),
+        )
+        .unwrap(),
+    );
     sim.add_fault(FaultRule::throttle(7).path_contains("/v1.0/").times(1));
     let err = no_wait.member_of(UAI_PRINCIPAL).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Throttled);
@@ -239,5 +245,26 @@ async fn graph_5xx_is_retried() {
         graph.member_of(UAI_PRINCIPAL).await.unwrap(),
         vec![GROUP.to_string()]
     );
-    assert_eq!(graph.client().stats().retries, 2);
+    assert_eq!(graph_stats(&graph).retries, 2);
+}
+
+#[tokio::test]
+async fn without_a_graph_client_membership_writes_are_refused_before_sending() {
+    let sim = start_default().await;
+    let exec = Executor::new(arm(&sim));
+    sim.reset_counters();
+    for err in [
+        add_member(&exec, GROUP, UAI_PRINCIPAL).await.unwrap_err(),
+        remove_member(&exec, GROUP, UAI_PRINCIPAL)
+            .await
+            .unwrap_err(),
+        exec.member_of(UAI_PRINCIPAL).await.unwrap_err(),
+    ] {
+        assert_eq!(err.class(), ErrorClass::Invalid, "{err}");
+        assert!(
+            err.to_string().contains("no Microsoft Graph client"),
+            "{err}"
+        );
+    }
+    assert!(sim.requests().is_empty());
 }

@@ -13,9 +13,9 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use vmidentity_azure::{
-    ArmClient, AzureError, ClientConfig, ErrorClass, Method, PutRoleAssignment, StaticToken,
-    assignment_name,
+    ArmClient, AzureError, ClientConfig, ErrorClass, Executor, Method, Sent, StaticToken,
 };
+use vmidentity_planner::grants::assignment_name;
 use vmidentity_simulator::{SimConfig, SimHandle};
 
 const AUTHZ: &str = "2022-04-01";
@@ -68,11 +68,13 @@ fn assert_nothing_sent(sim: &SimHandle, arm: &ArmClient) {
 async fn escaping_role_assignment_scopes_are_refused_before_sending() {
     let sim = start_default().await;
     let arm = arm(&sim);
+    let exec = exec_with(&arm, &sim);
     sim.reset_counters();
 
     let msg = assert_refused(
         "attack PUT",
-        arm.put_role_assignment(
+        put_role(
+            &exec,
             &attack_scope(),
             &assignment_name(&attack_scope(), READER, UAI_PRINCIPAL),
             READER,
@@ -88,14 +90,14 @@ async fn escaping_role_assignment_scopes_are_refused_before_sending() {
         let name = assignment_name(&scope, READER, UAI_PRINCIPAL);
         assert_refused(
             &format!("PUT at {scope:?}"),
-            arm.put_role_assignment(&scope, &name, READER, UAI_PRINCIPAL, None)
-                .await,
+            put_role(&exec, &scope, &name, READER, UAI_PRINCIPAL, None).await,
         );
         assert_refused(
             &format!("DELETE at {scope:?}"),
-            arm.delete_role_assignment(&format!(
-                "{scope}/providers/Microsoft.Authorization/roleAssignments/{name}"
-            ))
+            delete_role(
+                &exec,
+                &format!("{scope}/providers/Microsoft.Authorization/roleAssignments/{name}"),
+            )
             .await,
         );
         assert_refused(
@@ -111,8 +113,7 @@ async fn escaping_role_assignment_scopes_are_refused_before_sending() {
     // A role assignment name that is not a GUID is not put into a path either.
     assert_refused(
         "PUT with a path as its name",
-        arm.put_role_assignment(&rg("rg-a"), "../../x", READER, UAI_PRINCIPAL, None)
-            .await,
+        put_role(&exec, &rg("rg-a"), "../../x", READER, UAI_PRINCIPAL, None).await,
     );
     // A subscription that is a path is encoded, then refused for its '%'.
     assert_refused(
@@ -142,28 +143,28 @@ async fn graph_ids_that_are_not_guids_are_refused_before_sending() {
     ] {
         let msg = assert_refused(
             &format!("add to group {bad:?}"),
-            graph.add_member(bad, UAI_PRINCIPAL).await,
+            add_member(&graph, bad, UAI_PRINCIPAL).await,
         );
         assert!(msg.contains("group object ID"), "{msg}");
         assert!(msg.contains("is not a GUID"), "{msg}");
         // The principal ID can come from a tenant-writable status record.
         let msg = assert_refused(
             &format!("add principal {bad:?}"),
-            graph.add_member(GROUP, bad).await,
+            add_member(&graph, GROUP, bad).await,
         );
         assert!(msg.contains("principal ID"), "{msg}");
         assert_refused(
             &format!("remove from group {bad:?}"),
-            graph.remove_member(bad, UAI_PRINCIPAL).await,
+            remove_member(&graph, bad, UAI_PRINCIPAL).await,
         );
         assert_refused(
             &format!("remove principal {bad:?}"),
-            graph.remove_member(GROUP, bad).await,
+            remove_member(&graph, GROUP, bad).await,
         );
         assert_refused(&format!("memberOf {bad:?}"), graph.member_of(bad).await);
     }
 
-    assert_nothing_sent(&sim, graph.client());
+    assert_nothing_sent(&sim, graph.graph_client().unwrap());
     assert!(sim.group_members(GROUP).unwrap().is_empty());
 }
 
@@ -171,6 +172,7 @@ async fn graph_ids_that_are_not_guids_are_refused_before_sending() {
 async fn mixed_case_ids_go_out_exactly_as_asked() {
     let sim = start_default().await;
     let arm = arm(&sim);
+    let exec = exec_with(&arm, &sim);
     sim.reset_counters();
 
     // Mixed case is kept on the wire, byte for byte.
@@ -185,12 +187,11 @@ async fn mixed_case_ids_go_out_exactly_as_asked() {
 
     let scope = format!("/SUBSCRIPTIONS/{SUB}/resourcegroups/RG-A");
     let name = assignment_name(&scope, READER, UAI_PRINCIPAL);
-    let a = match arm
-        .put_role_assignment(&scope, &name, READER, UAI_PRINCIPAL, None)
+    let a = match put_role(&exec, &scope, &name, READER, UAI_PRINCIPAL, None)
         .await
         .unwrap()
     {
-        PutRoleAssignment::Created(a) => a,
+        Sent::RoleAssignment(a) => a,
         other => panic!("{other:?}"),
     };
     assert!(a.matches(&rg("rg-a"), READER));
@@ -217,7 +218,7 @@ async fn mixed_case_ids_go_out_exactly_as_asked() {
         "{lookup:?}"
     );
 
-    arm.delete_role_assignment(&a.id).await.unwrap();
+    delete_role(&exec, &a.id).await.unwrap();
     assert!(sim.role_assignments().is_empty());
 }
 
@@ -234,8 +235,7 @@ async fn ref_paths_and_paging_still_work() {
 
     // Graph: `$ref` stays literal, upper-case GUIDs are GUIDs.
     sim.reset_counters();
-    graph
-        .add_member(&GROUP.to_uppercase(), UAI_PRINCIPAL)
+    add_member(&graph, &GROUP.to_uppercase(), UAI_PRINCIPAL)
         .await
         .unwrap();
     let reqs = sim.requests();
@@ -256,7 +256,7 @@ async fn ref_paths_and_paging_still_work() {
     assert_eq!(graph.member_of(UAI_PRINCIPAL).await.unwrap().len(), 5);
     // 5 groups at 2 per page: the server's @odata.nextLink URLs are followed as given.
     assert_eq!(sim.counters().graph_reads, 3);
-    graph.remove_member(GROUP, UAI_PRINCIPAL).await.unwrap();
+    remove_member(&graph, GROUP, UAI_PRINCIPAL).await.unwrap();
     assert_eq!(
         sim.requests().last().unwrap().path,
         format!("/v1.0/groups/{GROUP}/members/{UAI_PRINCIPAL}/$ref")
@@ -361,9 +361,9 @@ async fn an_assignment_answered_at_another_scope_is_an_error_not_created() {
         Arc::new(StaticToken::new(ARM_TOKEN)),
     )
     .unwrap();
+    let exec = Executor::new(arm);
 
-    let err = arm
-        .put_role_assignment(&requested, &name, READER, UAI_PRINCIPAL, None)
+    let err = put_role(&exec, &requested, &name, READER, UAI_PRINCIPAL, None)
         .await
         .unwrap_err();
     match &err {

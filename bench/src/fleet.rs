@@ -133,7 +133,7 @@ async fn converge(
     objs: &[DesiredObject],
     concurrency: usize,
 ) -> (Vec<engine::TargetResult>, usize) {
-    let results = engine::apply(exec, None, objs.to_vec(), concurrency).await;
+    let results = engine::apply(exec, objs.to_vec(), concurrency).await;
     let failed = results.iter().filter(|r| r.error.is_some()).count();
     (results, failed)
 }

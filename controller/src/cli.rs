@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 use vmidentity_azure::{ArmClient, ClientConfig, Executor, StaticToken};
-use vmidentity_planner::{Change, DesiredObject, render};
+use vmidentity_planner::{Change, DesiredObject, Write, render};
 
 use crate::engine::{self, State, TargetResult};
 use crate::input::{self, InputError, LoadedObject};
@@ -57,6 +57,14 @@ pub struct PlanArgs {
     /// Exit 2 when there are changes (0 when converged, 1 on errors).
     #[arg(long)]
     pub detailed_exitcode: bool,
+    /// Microsoft Graph endpoint the group membership writes are shown for (the member's
+    /// `@odata.id` names it), as `apply` would send them.
+    #[arg(
+        long,
+        env = "VMIDENTITY_GRAPH_ENDPOINT",
+        default_value = vmidentity_planner::grants::PUBLIC_GRAPH_ENDPOINT
+    )]
+    pub graph_endpoint: String,
     /// VirtualMachineIdentityPolicy YAML (files or directories; `Namespace` documents in them
     /// give namespace labels for the policies' selectors): every object is checked as the
     /// controller would check it, and nothing is planned or written when one is denied.
@@ -79,7 +87,7 @@ pub struct ApplyArgs {
     #[arg(
         long,
         env = "VMIDENTITY_GRAPH_ENDPOINT",
-        default_value = "https://graph.microsoft.com"
+        default_value = vmidentity_planner::grants::PUBLIC_GRAPH_ENDPOINT
     )]
     pub graph_endpoint: String,
     /// Bearer token for Microsoft Graph (audience https://graph.microsoft.com), needed for
@@ -151,16 +159,43 @@ fn desired(loaded: &[LoadedObject]) -> Result<Vec<DesiredObject>, CliError> {
         .collect()
 }
 
-/// The `-o json` elements of every planned write.
-pub fn writes_json(results: &[TargetResult]) -> Value {
+/// The `-o json` elements of every planned write: each write's request as
+/// [`Write::request`] renders it for `graph_endpoint` (what `apply` sends).
+pub fn writes_json(results: &[TargetResult], graph_endpoint: &str) -> Value {
     Value::Array(
         results
             .iter()
             .filter(|r| r.plan.is_some())
             .flat_map(|r| r.all_writes())
-            .map(|w| json!(w))
+            .map(|w| json!(w.request(graph_endpoint)))
             .collect(),
     )
+}
+
+/// One line of the text plan for a role assignment or group membership write.
+fn describe_grant(w: &Write) -> String {
+    match w {
+        Write::RoleAssignmentPut {
+            scope,
+            role_definition_id,
+            principal_id,
+            ..
+        } => format!(
+            "+ role {} for principal {principal_id} at {}",
+            role_definition_id.rsplit('/').next().unwrap_or_default(),
+            scope.trim_end_matches('/')
+        ),
+        Write::GroupMemberAdd {
+            group_id,
+            principal_id,
+        } => format!("+ member {principal_id} of group {group_id}"),
+        Write::RoleAssignmentDelete { id } => format!("- DELETE {id}"),
+        Write::GroupMemberRemove {
+            group_id,
+            principal_id,
+        } => format!("- DELETE /groups/{group_id}/members/{principal_id}/$ref"),
+        Write::IdentityPatch { target, .. } => format!("~ PATCH {target}"),
+    }
 }
 
 fn print_errors(results: &[TargetResult]) -> bool {
@@ -225,7 +260,8 @@ async fn plan(a: PlanArgs) -> Result<i32, CliError> {
     match a.output {
         Output::Json => crate::outln!(
             "{}",
-            serde_json::to_string_pretty(&writes_json(&results)).unwrap_or_default()
+            serde_json::to_string_pretty(&writes_json(&results, &a.graph_endpoint))
+                .unwrap_or_default()
         ),
         Output::Text => {
             let plans: Vec<_> = results
@@ -236,33 +272,7 @@ async fn plan(a: PlanArgs) -> Result<i32, CliError> {
             let grants: Vec<String> = results
                 .iter()
                 .flat_map(|r| r.grant_writes.iter())
-                .map(|w| {
-                    let sign = if w.method == "DELETE" { "-" } else { "+" };
-                    match w.method.as_str() {
-                        "PUT" => format!(
-                            "{sign} role {} for principal {} at {}",
-                            w.body["properties"]["roleDefinitionId"]
-                                .as_str()
-                                .and_then(|r| r.rsplit('/').next())
-                                .unwrap_or_default(),
-                            w.body["properties"]["principalId"]
-                                .as_str()
-                                .unwrap_or_default(),
-                            w.id.split("/providers/Microsoft.Authorization/")
-                                .next()
-                                .unwrap_or_default()
-                        ),
-                        "POST" => format!(
-                            "{sign} member {} of group {}",
-                            w.body["@odata.id"]
-                                .as_str()
-                                .and_then(|r| r.rsplit('/').next())
-                                .unwrap_or_default(),
-                            w.id.split('/').nth(2).unwrap_or_default()
-                        ),
-                        _ => format!("{sign} {} {}", w.method, w.id),
-                    }
-                })
+                .map(describe_grant)
                 .collect();
             if !grants.is_empty() {
                 text.push_str("\nRole assignments and group memberships:\n");
@@ -346,9 +356,16 @@ async fn apply(a: ApplyArgs) -> Result<i32, CliError> {
             (a.endpoint.clone(), token, graph)
         }
     };
-    let graph = match graph {
-        Some((endpoint, token)) => Some(
-            vmidentity_azure::GraphClient::new(
+    let client = ArmClient::new(
+        cli_client_config(&endpoint),
+        Arc::new(StaticToken::new(token)),
+    )
+    .map_err(|e| CliError::Other(e.to_string()))?;
+    // One door for every write: ARM, and Graph when it has a token.
+    let mut exec = Executor::new(client);
+    if let Some((endpoint, token)) = graph {
+        exec = exec.with_graph(
+            ArmClient::new(
                 ClientConfig {
                     max_inline_wait: Duration::from_secs(120),
                     ..ClientConfig::graph(&endpoint)
@@ -356,25 +373,19 @@ async fn apply(a: ApplyArgs) -> Result<i32, CliError> {
                 Arc::new(StaticToken::new(token)),
             )
             .map_err(|e| CliError::Other(e.to_string()))?,
-        ),
-        None => None,
-    };
-    let client = ArmClient::new(
-        cli_client_config(&endpoint),
-        Arc::new(StaticToken::new(token)),
-    )
-    .map_err(|e| CliError::Other(e.to_string()))?;
-    let exec = Executor::new(client);
+        );
+    }
     if policy_denies(&a.policy, &objects, Some(&exec)).await? {
         eprintln!("error: nothing was written (objects denied by --policy)");
         return Ok(1);
     }
-    let results = engine::apply(&exec, graph.as_ref(), objects.clone(), a.concurrency).await;
+    let results = engine::apply(&exec, objects.clone(), a.concurrency).await;
     match a.output {
-        Output::Text => crate::out!("{}", render_apply(&results)),
+        Output::Text => crate::out!("{}", render_apply(&results, exec.graph_endpoint())),
         Output::Json => crate::outln!(
             "{}",
-            serde_json::to_string_pretty(&apply_json(&results)).unwrap_or_default()
+            serde_json::to_string_pretty(&apply_json(&results, exec.graph_endpoint()))
+                .unwrap_or_default()
         ),
     }
     if let Some(p) = &a.state {
@@ -385,14 +396,15 @@ async fn apply(a: ApplyArgs) -> Result<i32, CliError> {
     Ok(if failed { 1 } else { 0 })
 }
 
-/// `apply -o json`: one element per write with its result, plus refused targets.
-pub fn apply_json(results: &[TargetResult]) -> Value {
+/// `apply -o json`: one element per write (as sent: rendered for `graph_endpoint`) with its
+/// result, plus refused targets.
+pub fn apply_json(results: &[TargetResult], graph_endpoint: &str) -> Value {
     let mut out = Vec::new();
     for r in results {
         match (&r.plan, &r.error) {
             (Some(_), err) => {
                 for w in r.all_writes() {
-                    let mut v = json!(w);
+                    let mut v = json!(w.request(graph_endpoint));
                     v["result"] = match err {
                         None => json!({"status": "Succeeded"}),
                         Some(e) => {
@@ -419,8 +431,9 @@ fn short(id: &str) -> String {
         .unwrap_or_else(|_| id.to_string())
 }
 
-/// Human-readable report of an apply: per target, the PATCH sent and what changed.
-pub fn render_apply(results: &[TargetResult]) -> String {
+/// Human-readable report of an apply: per target, the writes sent (rendered for
+/// `graph_endpoint`) and what changed.
+pub fn render_apply(results: &[TargetResult], graph_endpoint: &str) -> String {
     let mut out = String::new();
     let (mut changed, mut same, mut failed) = (0, 0, 0);
     for r in results {
@@ -452,14 +465,16 @@ pub fn render_apply(results: &[TargetResult]) -> String {
             objs.join(", ")
         ));
         for w in r.all_writes() {
-            let body = if w.body.is_null() {
-                String::new()
-            } else {
-                format!(" {}", serde_json::to_string(&w.body).unwrap_or_default())
+            let req = w.request(graph_endpoint);
+            let body = match &req.body {
+                None => String::new(),
+                Some(b) => format!(" {}", serde_json::to_string(b).unwrap_or_default()),
             };
             out.push_str(&format!(
                 "    {} {}?api-version={}{body}\n",
-                w.method, w.id, w.api_version
+                req.method,
+                req.id(),
+                req.version()
             ));
         }
         match &r.error {

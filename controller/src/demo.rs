@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use vmidentity_azure::{ArmClient, ClientConfig, Executor, GraphClient, StaticToken};
+use vmidentity_azure::{ArmClient, ClientConfig, Executor, StaticToken};
 use vmidentity_planner::DesiredObject;
 use vmidentity_simulator::{LroMode, SimConfig, SimHandle, WorldSeed};
 
@@ -149,14 +149,13 @@ struct Pass {
 async fn pass(
     title: &str,
     exec: &Executor,
-    graph: &GraphClient,
     sim: &SimHandle,
     objects: &[DesiredObject],
 ) -> (Pass, Vec<TargetResult>) {
     sim.reset_counters();
     crate::outln!("\n== {title}");
-    let results = engine::apply(exec, Some(graph), objects.to_vec(), 4).await;
-    crate::out!("{}", render_apply(&results));
+    let results = engine::apply(exec, objects.to_vec(), 4).await;
+    crate::out!("{}", render_apply(&results, exec.graph_endpoint()));
     let c = sim.counters();
     let errors = results.iter().filter(|r| r.error.is_some()).count();
     crate::outln!(
@@ -194,15 +193,16 @@ pub async fn run() -> Result<i32, CliError> {
         Arc::new(StaticToken::new(SIM_TOKEN)),
     )
     .map_err(|e| CliError::Other(e.to_string()))?;
-    let exec = Executor::new(client);
-    let graph = GraphClient::new(
-        ClientConfig {
-            lro_poll_interval: std::time::Duration::from_millis(200),
-            ..ClientConfig::graph(&sim.base_url())
-        },
-        Arc::new(StaticToken::new(SIM_GRAPH_TOKEN)),
-    )
-    .map_err(|e| CliError::Other(e.to_string()))?;
+    let exec = Executor::new(client).with_graph(
+        ArmClient::new(
+            ClientConfig {
+                lro_poll_interval: std::time::Duration::from_millis(200),
+                ..ClientConfig::graph(&sim.base_url())
+            },
+            Arc::new(StaticToken::new(SIM_GRAPH_TOKEN)),
+        )
+        .map_err(|e| CliError::Other(e.to_string()))?,
+    );
 
     let web2 = format!(
         "{SUB}/resourceGroups/rg-apps/providers/Microsoft.Compute/virtualMachines/vm-web-2"
@@ -211,7 +211,6 @@ pub async fn run() -> Result<i32, CliError> {
     let (p1, r1) = pass(
         "Pass 1: converge (one GET and at most one PATCH per target)",
         &exec,
-        &graph,
         &sim,
         &objects,
     )
@@ -221,7 +220,6 @@ pub async fn run() -> Result<i32, CliError> {
     let (p2, r2) = pass(
         "Pass 2: apply again (converged: expect 0 writes)",
         &exec,
-        &graph,
         &sim,
         &objects,
     )
@@ -238,7 +236,6 @@ pub async fn run() -> Result<i32, CliError> {
     let (p3, r3) = pass(
         "Pass 3: platform/monitoring-agent drops uai-monitoring (only what it applied is removed)",
         &exec,
-        &graph,
         &sim,
         &objects,
     )
@@ -247,7 +244,6 @@ pub async fn run() -> Result<i32, CliError> {
     let (p4, _) = pass(
         "Pass 4: apply again (expect 0 writes)",
         &exec,
-        &graph,
         &sim,
         &objects,
     )

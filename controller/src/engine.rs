@@ -7,8 +7,7 @@ use std::collections::BTreeSet;
 
 use futures::StreamExt;
 use tracing::info;
-use vmidentity_azure::authorization::PutRoleAssignment;
-use vmidentity_azure::{AzureError, Executor, GraphClient};
+use vmidentity_azure::{AzureError, Executor};
 use vmidentity_planner::grants::{
     self, GrantPlan, KNOWN_AFTER_APPLY, LiveGrants, LiveRoleAssignment, Resolved,
 };
@@ -81,7 +80,7 @@ impl TargetResult {
             .grant_writes
             .iter()
             .cloned()
-            .partition(|w| w.method == "DELETE");
+            .partition(Write::is_removal);
         let mut out = removals;
         if let Some(p) = &self.plan {
             out.extend(p.writes.iter().cloned());
@@ -198,7 +197,6 @@ fn subscription_of(scope: &str) -> Option<String> {
 /// scopes (and the target) live in, and their group memberships.
 async fn read_grants(
     exec: &Executor,
-    graph: Option<&GraphClient>,
     group: &[DesiredObject],
     target_subscription: &str,
     principals: &BTreeSet<String>,
@@ -243,8 +241,10 @@ async fn read_grants(
             }
         }
         if wants_groups {
-            let graph = graph.ok_or(EngineError::NoGraph)?;
-            let groups = graph.member_of(p).await?;
+            if !exec.has_graph() {
+                return Err(EngineError::NoGraph);
+            }
+            let groups = exec.member_of(p).await?;
             live.memberships
                 .insert(p.clone(), groups.into_iter().collect());
         }
@@ -257,68 +257,17 @@ async fn read_grants(
     Ok(live)
 }
 
-/// Sends one grant write. For a PUT whose assignment already exists under another name,
-/// returns the existing assignment's ID (to adopt it).
-async fn send_grant(
-    exec: &Executor,
-    graph: Option<&GraphClient>,
-    w: &Write,
-) -> Result<Option<String>, EngineError> {
-    if let Some(rest) = w.id.strip_prefix("/groups/") {
-        let graph = graph.ok_or(EngineError::NoGraph)?;
-        let parts: Vec<&str> = rest.split('/').collect();
-        let group = parts.first().copied().unwrap_or_default();
-        match w.method.as_str() {
-            "POST" => {
-                let principal = w.body["@odata.id"]
-                    .as_str()
-                    .and_then(|s| s.rsplit('/').next())
-                    .unwrap_or_default();
-                graph.add_member(group, principal).await?;
-            }
-            _ => {
-                let principal = parts.get(2).copied().unwrap_or_default();
-                graph.remove_member(group, principal).await?;
-            }
-        }
-        return Ok(None);
+/// Sends one grant write through the executor (the one door). For a PUT whose assignment
+/// already exists under another name, returns the existing assignment's ID (to adopt it).
+async fn send_grant_write(exec: &Executor, w: &Write) -> Result<Option<String>, EngineError> {
+    if matches!(
+        w,
+        Write::GroupMemberAdd { .. } | Write::GroupMemberRemove { .. }
+    ) && !exec.has_graph()
+    {
+        return Err(EngineError::NoGraph);
     }
-    match w.method.as_str() {
-        "DELETE" => {
-            exec.client().delete_role_assignment(&w.id).await?;
-            Ok(None)
-        }
-        _ => {
-            let (scope, name) =
-                w.id.rsplit_once("/providers/Microsoft.Authorization/roleAssignments/")
-                    .unwrap_or((w.id.as_str(), ""));
-            let props = &w.body["properties"];
-            let role_guid = props["roleDefinitionId"]
-                .as_str()
-                .and_then(|s| s.rsplit('/').next())
-                .unwrap_or_default();
-            let principal = props["principalId"].as_str().unwrap_or_default();
-            let principal_type = props["principalType"].as_str();
-            match exec
-                .client()
-                .put_role_assignment(scope, name, role_guid, principal, principal_type)
-                .await?
-            {
-                PutRoleAssignment::Created(_) => Ok(None),
-                PutRoleAssignment::Exists => {
-                    // Adopt the existing one: find it among the principal's assignments.
-                    let sub = subscription_of(scope).unwrap_or_default();
-                    let existing = exec
-                        .client()
-                        .list_role_assignments_for_principal(&sub, principal)
-                        .await?
-                        .into_iter()
-                        .find(|ra| ra.matches(scope, role_guid));
-                    Ok(existing.map(|ra| ra.id))
-                }
-            }
-        }
-    }
+    Ok(exec.send(w).await?.adopted().map(str::to_string))
 }
 
 /// The api-version to read a target with: the newest its objects ask for.
@@ -393,13 +342,12 @@ pub fn plan_offline(objects: Vec<DesiredObject>, lives: &LiveSet) -> Vec<TargetR
 /// one GET and at most one PATCH; one target's failure does not stop the others.
 pub async fn apply(
     exec: &Executor,
-    graph: Option<&GraphClient>,
     objects: Vec<DesiredObject>,
     concurrency: usize,
 ) -> Vec<TargetResult> {
     let groups = group_by_target(objects);
     let mut results: Vec<TargetResult> = futures::stream::iter(groups.into_values())
-        .map(|group| apply_target(exec, graph, group))
+        .map(|group| apply_target(exec, group))
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
@@ -411,11 +359,7 @@ pub async fn apply(
     results
 }
 
-async fn apply_target(
-    exec: &Executor,
-    graph: Option<&GraphClient>,
-    group: Vec<DesiredObject>,
-) -> TargetResult {
+async fn apply_target(exec: &Executor, group: Vec<DesiredObject>) -> TargetResult {
     let target_id = group[0].spec.target.clone();
     let mut result = TargetResult {
         target: target_id.to_string(),
@@ -442,7 +386,7 @@ async fn apply_target(
         }
     };
     result.plan = Some(plan.clone());
-    if let Err(e) = write_target(exec, graph, &group, &live, &plan, &mut result).await {
+    if let Err(e) = write_target(exec, &group, &live, &plan, &mut result).await {
         result.error = Some(e);
     }
     result
@@ -459,7 +403,6 @@ pub const MAX_CONDITIONAL_WRITE_ATTEMPTS: u32 = 3;
 /// [`MAX_CONDITIONAL_WRITE_ATTEMPTS`] sends in all; `result.plan` is the plan finally sent.
 pub async fn write_target(
     exec: &Executor,
-    graph: Option<&GraphClient>,
     group: &[DesiredObject],
     live: &LiveResource,
     plan: &TargetPlan,
@@ -473,10 +416,10 @@ pub async fn write_target(
         resolve_roles(exec, group, &mut resolved).await?;
         roles.roles = resolved.roles.clone();
         let principals = grants::principals_to_read(group, &resolved);
-        let held = read_grants(exec, graph, group, target_subscription(plan), &principals).await?;
+        let held = read_grants(exec, group, target_subscription(plan), &principals).await?;
         let gp = grants::plan_grants(group, &resolved, &held);
         for w in &gp.removals {
-            send_grant(exec, graph, w).await?;
+            send_grant_write(exec, w).await?;
             result.grant_writes.push(w.clone());
         }
         before = Some((principals, held));
@@ -553,17 +496,30 @@ pub async fn write_target(
         let principals = grants::principals_to_read(group, &resolved);
         // New principals (an identity just attached or enabled) are read afresh.
         let held = if principals == read_before {
+            // What was read, less what the removals above took away (so nothing is removed
+            // twice).
             let mut h = held_before;
-            let removed: BTreeSet<String> = result
-                .grant_writes
-                .iter()
-                .map(|w| w.id.to_ascii_lowercase())
-                .collect();
-            h.role_assignments
-                .retain(|r| !removed.contains(&r.id.to_ascii_lowercase()));
+            for w in &result.grant_writes {
+                match w {
+                    Write::RoleAssignmentDelete { id } => h
+                        .role_assignments
+                        .retain(|r| !r.id.eq_ignore_ascii_case(id)),
+                    Write::GroupMemberRemove {
+                        group_id,
+                        principal_id,
+                    } => {
+                        if let Some(groups) =
+                            h.memberships.get_mut(&principal_id.to_ascii_lowercase())
+                        {
+                            groups.remove(&group_id.to_ascii_lowercase());
+                        }
+                    }
+                    _ => {}
+                }
+            }
             h
         } else {
-            read_grants(exec, graph, group, target_subscription(plan), &principals).await?
+            read_grants(exec, group, target_subscription(plan), &principals).await?
         };
         let mut gp = grants::plan_grants(group, &resolved, &held);
         for w in gp
@@ -572,10 +528,10 @@ pub async fn write_target(
             .iter()
             .chain(gp.additions.clone().iter())
         {
-            let adopted = send_grant(exec, graph, w).await?;
+            let adopted = send_grant_write(exec, w).await?;
             result.grant_writes.push(w.clone());
-            if let Some(id) = adopted {
-                let planned = w.id.to_ascii_lowercase();
+            if let (Some(id), Some(planned)) = (adopted, w.role_assignment_id()) {
+                let planned = planned.to_ascii_lowercase();
                 for recs in gp.role_assignments.values_mut() {
                     for r in recs
                         .iter_mut()

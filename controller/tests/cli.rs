@@ -459,3 +459,245 @@ fn a_custom_role_that_can_write_authorization_is_on_the_deny_list() {
         stderr(&o)
     );
 }
+
+/// Runs the binary off the async runtime (the simulator keeps serving meanwhile).
+async fn run_async(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&args)
+    })
+    .await
+    .expect("runs")
+}
+
+/// One typed path from the custom resource to the wire: for the same objects and the same
+/// live state, `apply` sends every kind of write (identity PATCH with and without If-Match,
+/// role assignment PUT and DELETE, group member add and remove) exactly as `plan -o json`
+/// printed it: method, path, api-version, If-Match and body, byte for byte (compact JSON,
+/// keys in the order sent), in the same order. Nothing is adopted or renamed at apply time
+/// (no assignment exists under another name), so the writes compared are the planned ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_sends_byte_for_byte_what_plan_printed() {
+    use vmidentity_simulator::{SimConfig, WorldSeed};
+
+    const READER: &str = "acdd72a7-3385-48ef-bd42-f606fba81ae7";
+    const CONTRIBUTOR: &str = "b24988ac-6180-42a0-ab88-20f7382dd24c";
+    const PA: &str = "aaaaaaaa-0000-4000-8000-00000000000a";
+    const PB: &str = "bbbbbbbb-0000-4000-8000-00000000000b";
+    const G1: &str = "11111111-1111-4111-8111-111111111111";
+    const G2: &str = "22222222-2222-4222-8222-222222222222";
+    let rg = format!("{SUB}/resourceGroups/rg-wire");
+    let vm1 = format!("{rg}/providers/Microsoft.Compute/virtualMachines/vm-wire-1");
+    let vm2 = format!("{rg}/providers/Microsoft.Compute/virtualMachines/vm-wire-2");
+    let ua = format!("{rg}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/uai-a");
+    let ub = format!("{rg}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/uai-b");
+    // What wire-1 recorded earlier and no longer wants: a role assignment under vmidentity's
+    // deterministic name, and a group membership.
+    let old_name = vmidentity_planner::grants::assignment_name(&rg, CONTRIBUTOR, PA);
+    let old_id = format!("{rg}/providers/Microsoft.Authorization/roleAssignments/{old_name}");
+    let world = format!(
+        "userAssignedIdentities:
+  - {{id: {ua}, principalId: {PA}}}
+  - {{id: {ub}, principalId: {PB}}}
+virtualMachines:
+  - id: {vm1}
+    identity: {{type: UserAssigned, userAssignedIdentities: [{ua}]}}
+  - id: {vm2}
+groups:
+  - {{id: {G1}, displayName: readers}}
+  - {{id: {G2}, displayName: old-team, members: [{PA}]}}
+roleAssignments:
+  - {{name: {old_name}, scope: {rg}, roleDefinitionId: {CONTRIBUTOR}, principalId: {PA}}}
+"
+    );
+    let sim = vmidentity_simulator::start(SimConfig {
+        seed: WorldSeed::from_yaml_str(&world).expect("world"),
+        ..SimConfig::default()
+    })
+    .await
+    .expect("simulator");
+    let url = sim.base_url();
+
+    // wire-1 (api-version 2024-11-01: the target has an etag) adds uai-b, grants uai-a Reader
+    // and group G1, and lets go of the Contributor assignment and G2; wire-2 (2018-06-01: no
+    // etag) enables the system identity.
+    let objects = tmp(
+        "wire.yaml",
+        &format!(
+            "apiVersion: vmidentity.dev/v1alpha1
+kind: VirtualMachineIdentity
+metadata: {{name: wire-1, namespace: team}}
+spec:
+  target: {vm1}
+  armApiVersion: \"2024-11-01\"
+  userAssignedIdentities: [{ua}, {ub}]
+  roleAssignments:
+    - {{identity: {ua}, role: Reader, scope: {rg}}}
+  groupMemberships:
+    - {{identity: {ua}, groupObjectId: {G1}}}
+status:
+  applied:
+    userAssignedIdentities: [{ua}]
+    roleAssignments:
+      - {{id: {old_id}, scope: {rg}, roleDefinitionId: {CONTRIBUTOR}, principalId: {PA}, identity: {ua}}}
+    groupMemberships:
+      - {{groupObjectId: {G2}, principalId: {PA}, identity: {ua}}}
+---
+apiVersion: vmidentity.dev/v1alpha1
+kind: VirtualMachineIdentity
+metadata: {{name: wire-2, namespace: team}}
+spec:
+  target: {vm2}
+  systemAssigned: true
+"
+        ),
+    );
+    // The live state `plan` is given is what the simulator answers `apply`'s GETs with.
+    let arm = vmidentity_azure::ArmClient::new(
+        vmidentity_azure::ClientConfig {
+            endpoint: url.clone(),
+            ..vmidentity_azure::ClientConfig::default()
+        },
+        std::sync::Arc::new(vmidentity_azure::StaticToken::new("sim-token")),
+    )
+    .expect("client");
+    let live = tmp(
+        "wire-live.json",
+        &json!({
+            vm1.clone(): arm.get(&vm1, "2024-11-01").await.expect("GET vm1"),
+            vm2.clone(): arm.get(&vm2, "2018-06-01").await.expect("GET vm2"),
+        })
+        .to_string(),
+    );
+
+    let o = run_async(
+        [
+            "plan",
+            "-f",
+            objects.to_str().unwrap(),
+            "--live",
+            live.to_str().unwrap(),
+            "--graph-endpoint",
+            &url,
+            "-o",
+            "json",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let planned: Vec<Value> = serde_json::from_str(&stdout(&o)).expect("plan json");
+
+    sim.clear_requests();
+    let o = run_async(
+        [
+            "apply",
+            "-f",
+            objects.to_str().unwrap(),
+            "--endpoint",
+            &url,
+            "--token",
+            "sim-token",
+            "--graph-endpoint",
+            &url,
+            "--graph-token",
+            "sim-graph-token",
+            "--concurrency",
+            "1",
+            "-o",
+            "json",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let applied: Vec<Value> = serde_json::from_str(&stdout(&o)).expect("apply json");
+
+    // Every kind of write is in the plan.
+    let kinds: Vec<String> = planned
+        .iter()
+        .map(|p| {
+            let graph = p["id"].as_str().unwrap_or_default().starts_with("/groups/");
+            let conditional = p.get("ifMatch").is_some();
+            format!(
+                "{}{}{}",
+                p["method"].as_str().unwrap_or_default(),
+                if graph { " graph" } else { "" },
+                if conditional { " if-match" } else { "" }
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "DELETE",
+            "DELETE graph",
+            "PATCH if-match",
+            "PUT",
+            "POST graph",
+            "PATCH"
+        ],
+        "{planned:#?}"
+    );
+
+    // The simulator received exactly those writes, in that order, byte for byte.
+    let sent: Vec<_> = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.method != "GET")
+        .collect();
+    assert_eq!(sent.len(), planned.len(), "{sent:#?}");
+    for (p, r) in planned.iter().zip(&sent) {
+        let id = p["id"].as_str().expect("id");
+        let version = p["apiVersion"].as_str().expect("apiVersion");
+        assert_eq!(r.method, p["method"].as_str().unwrap(), "{r:?}");
+        assert!(r.status < 300, "{r:?}");
+        if id.starts_with("/groups/") {
+            // Graph: the version is the path's first segment, no query.
+            assert_eq!(r.path, format!("/{version}{id}"));
+            assert_eq!(r.query, None);
+        } else {
+            assert_eq!(r.path, id);
+            assert_eq!(
+                r.query.as_deref(),
+                Some(format!("api-version={version}").as_str())
+            );
+        }
+        assert_eq!(r.if_match.as_deref(), p["ifMatch"].as_str(), "{r:?}");
+        let wire = r.body.as_ref().map(|b| serde_json::to_string(b).unwrap());
+        let printed = (!p["body"].is_null()).then(|| serde_json::to_string(&p["body"]).unwrap());
+        assert_eq!(wire, printed, "{} {}", r.method, r.path);
+    }
+    // The bodies that went out name what they should.
+    assert_eq!(
+        planned[3]["body"]["properties"]["roleDefinitionId"],
+        format!("{SUB}/providers/Microsoft.Authorization/roleDefinitions/{READER}").as_str()
+    );
+    assert_eq!(
+        planned[4]["body"]["@odata.id"],
+        format!("{url}/v1.0/directoryObjects/{PA}").as_str()
+    );
+    assert_eq!(planned[0]["id"], old_id.as_str());
+
+    // `apply -o json` prints the same elements, each with its result.
+    assert_eq!(applied.len(), planned.len());
+    for (a, p) in applied.iter().zip(&planned) {
+        let mut a = a.clone();
+        assert_eq!(a["result"]["status"], "Succeeded", "{a}");
+        a.as_object_mut().unwrap().remove("result");
+        assert_eq!(&a, p);
+    }
+
+    // And the world is as declared.
+    assert_eq!(sim.member_of(PA), vec![G1.to_string()]);
+    let roles: Vec<String> = sim
+        .role_assignments_of(PA)
+        .iter()
+        .filter_map(|a| a["properties"]["roleDefinitionId"].as_str())
+        .map(|r| r.rsplit('/').next().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(roles, vec![READER.to_string()]);
+    sim.shutdown().await;
+}

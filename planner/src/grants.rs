@@ -7,23 +7,34 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::model::{DeletionPolicy, DesiredObject, IdentityRef, ObjectRef};
 use crate::plan::Write;
 
-/// Microsoft.Authorization api-version used for role assignments.
+/// Microsoft.Authorization api-version of role definitions and role assignments (reads and
+/// writes): the only definition; the Azure crate uses it.
 pub const AUTHORIZATION_API_VERSION: &str = "2022-04-01";
-/// Microsoft Graph version used for group memberships.
+/// Microsoft Graph version every Graph path is under (`/v1.0/...`).
 pub const GRAPH_VERSION: &str = "v1.0";
+/// The public cloud's Microsoft Graph endpoint: where `@odata.id`s point unless another
+/// endpoint is configured.
+pub const PUBLIC_GRAPH_ENDPOINT: &str = "https://graph.microsoft.com";
 /// Shown instead of a principal ID that exists only once the identity is written.
 pub const KNOWN_AFTER_APPLY: &str = "(known after apply)";
+/// `principalType` of vmidentity's role assignment PUTs (managed identities are service
+/// principals; saying so spares ARM a lookup that fails until Entra has replicated them).
+pub const SERVICE_PRINCIPAL: &str = "ServicePrincipal";
 
-/// The namespace of vmidentity's deterministic role assignment names.
-const NAME_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6d1c_57a0_2a3c_4c6e_9f0b_7e5d_1a2b_3c4d);
+/// Namespace of [`assignment_name`]'s UUIDv5 (vmidentity's own; never change it: names of
+/// existing assignments are derived from it).
+pub const ASSIGNMENT_NAME_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6d1c_57a0_2a3c_4c6e_9f0b_7e5d_1a2b_3c4d);
 
 /// The deterministic role assignment name (a GUID) for (scope, role, principal): a retried PUT
-/// is idempotent, and two controllers agree on the name.
+/// is idempotent, and two controllers agree on the name. UUIDv5 in
+/// [`ASSIGNMENT_NAME_NAMESPACE`] over exactly
+/// `format!("{}|{}|{}", scope.to_ascii_lowercase(), role_guid.to_ascii_lowercase(), principal_id.to_ascii_lowercase())`
+/// (no other normalisation: pass the scope without a trailing `/` and the role as a bare GUID).
 pub fn assignment_name(scope: &str, role_guid: &str, principal_id: &str) -> String {
     let input = format!(
         "{}|{}|{}",
@@ -31,7 +42,7 @@ pub fn assignment_name(scope: &str, role_guid: &str, principal_id: &str) -> Stri
         role_guid.to_ascii_lowercase(),
         principal_id.to_ascii_lowercase()
     );
-    uuid::Uuid::new_v5(&NAME_NAMESPACE, input.as_bytes()).to_string()
+    uuid::Uuid::new_v5(&ASSIGNMENT_NAME_NAMESPACE, input.as_bytes()).to_string()
 }
 
 /// A role assignment this object owns (`status.applied.roleAssignments`).
@@ -199,18 +210,33 @@ pub fn role_assignment_id(scope: &str, name: &str) -> String {
     )
 }
 
-/// The role definition ID to send in a PUT at `scope`.
-pub fn role_definition_id(scope: &str, role_guid: &str) -> String {
-    let lower = scope.to_ascii_lowercase();
-    match lower.strip_prefix("/subscriptions/") {
-        Some(rest) => {
-            let sub = rest.split('/').next().unwrap_or_default();
-            let sub_orig = &scope["/subscriptions/".len().."/subscriptions/".len() + sub.len()];
-            format!(
-                "/subscriptions/{sub_orig}/providers/Microsoft.Authorization/roleDefinitions/{role_guid}"
-            )
+/// The `roleDefinitionId` to send in a PUT for `role` (a GUID, or anything ending in one) at
+/// `scope`: `/subscriptions/{sub}/providers/Microsoft.Authorization/roleDefinitions/{guid}`
+/// when the scope lies in a subscription (`scope` may also be a bare subscription ID), else
+/// (management group, root) `/providers/Microsoft.Authorization/roleDefinitions/{guid}`. The
+/// subscription and the GUID are lower-cased.
+pub fn role_definition_id(scope: &str, role: &str) -> String {
+    let guid = role
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let scope = scope.trim();
+    let sub = if !scope.is_empty() && !scope.contains('/') {
+        Some(scope.to_ascii_lowercase())
+    } else {
+        let mut segs = scope.split('/');
+        segs.by_ref()
+            .find(|s| s.eq_ignore_ascii_case("subscriptions"))
+            .and_then(|_| segs.next())
+            .map(str::to_ascii_lowercase)
+    };
+    match sub {
+        Some(sub) => {
+            format!("/subscriptions/{sub}/providers/Microsoft.Authorization/roleDefinitions/{guid}")
         }
-        None => format!("/providers/Microsoft.Authorization/roleDefinitions/{role_guid}"),
+        None => format!("/providers/Microsoft.Authorization/roleDefinitions/{guid}"),
     }
 }
 
@@ -220,44 +246,27 @@ fn put_role(scope: &str, role_guid: &str, principal: &str) -> Write {
     } else {
         assignment_name(scope, role_guid, principal)
     };
-    Write {
-        method: "PUT".into(),
-        id: role_assignment_id(scope, &name),
-        api_version: AUTHORIZATION_API_VERSION.into(),
-        body: json!({"properties": {
-            "roleDefinitionId": role_definition_id(scope, role_guid),
-            "principalId": principal,
-            "principalType": "ServicePrincipal",
-        }}),
-        if_match: None,
-    }
-}
-
-fn delete(id: &str, api_version: &str) -> Write {
-    Write {
-        method: "DELETE".into(),
-        id: id.to_string(),
-        api_version: api_version.into(),
-        body: serde_json::Value::Null,
-        if_match: None,
+    Write::RoleAssignmentPut {
+        scope: scope.to_string(),
+        name,
+        role_definition_id: role_definition_id(scope, role_guid),
+        principal_id: principal.to_string(),
+        principal_type: Some(SERVICE_PRINCIPAL.to_string()),
     }
 }
 
 fn add_member(group: &str, principal: &str) -> Write {
-    Write {
-        method: "POST".into(),
-        id: format!("/groups/{group}/members/$ref"),
-        api_version: GRAPH_VERSION.into(),
-        body: json!({"@odata.id": format!("https://graph.microsoft.com/v1.0/directoryObjects/{principal}")}),
-        if_match: None,
+    Write::GroupMemberAdd {
+        group_id: group.to_string(),
+        principal_id: principal.to_string(),
     }
 }
 
 fn remove_member(group: &str, principal: &str) -> Write {
-    delete(
-        &format!("/groups/{group}/members/{principal}/$ref"),
-        GRAPH_VERSION,
-    )
+    Write::GroupMemberRemove {
+        group_id: group.to_string(),
+        principal_id: principal.to_string(),
+    }
 }
 
 /// Plans the grants of one target's objects. `resolved` carries the principals (after the
@@ -404,7 +413,8 @@ pub fn plan_grants(objects: &[DesiredObject], resolved: &Resolved, live: &LiveGr
                     ))
                 });
                 if deterministic || l.id.eq_ignore_ascii_case(&rec.id) {
-                    plan.removals.push(delete(&l.id, AUTHORIZATION_API_VERSION));
+                    plan.removals
+                        .push(Write::RoleAssignmentDelete { id: l.id.clone() });
                 } else {
                     plan.untrusted.push(Pending {
                         object: o.object.clone(),

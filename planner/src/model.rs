@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::id::{ArmId, IdError, ResourceKind};
+use crate::id::{ArmId, IdError};
 
 /// The oldest Compute api-version that knows user-assigned identities.
 pub const OLDEST_API_VERSION: &str = "2017-12-01";
@@ -535,11 +535,6 @@ impl DesiredObject {
     pub fn deleting(mut self) -> Self {
         self.deleting = true;
         self
-    }
-
-    /// Kinds a target ID can be.
-    pub fn target_kind(&self) -> ResourceKind {
-        self.spec.target.kind()
     }
 }
 

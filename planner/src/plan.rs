@@ -72,24 +72,273 @@ impl fmt::Display for Change {
     }
 }
 
-/// One request the executor sends. Serialises to the `vmidentity plan -o json` element:
+/// One write vmidentity sends, typed: what the planner decided, not yet HTTP. [`Write::request`]
+/// renders it to the request that goes on the wire, the one rendering both
+/// `vmidentity plan -o json` and the Azure executor use.
+///
+/// Serialises (with the public cloud's Graph endpoint; [`Request`]'s `Serialize` for another)
+/// to the `vmidentity plan -o json` element:
 /// `{"method":"PATCH","id":"<resource id>","apiVersion":"<version>","body":{...}}`, plus
 /// `"ifMatch":"<etag>"` when the write is conditional.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Write {
-    pub method: String,
-    pub id: String,
-    pub api_version: String,
-    pub body: Value,
-    /// Optimistic concurrency: the entity tag of the target the write was planned against,
-    /// sent as `If-Match` so ARM refuses it (412) if another writer changed the target in
-    /// between. Set on identity PATCHes when the live body carried an `etag` (Compute
-    /// 2023-09-01 and later); older api-versions have none, and the write is unconditional.
-    /// When a plan has two PATCHes (a stale entry repaired), the executor sends the second
-    /// with the tag ARM answered the first with.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub if_match: Option<String>,
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// `PATCH {target}?api-version={api_version}` with the identity block.
+    IdentityPatch {
+        /// The target as ARM spells it (the live body's `id`).
+        target: ArmId,
+        api_version: ApiVersion,
+        /// The exact PATCH body (`{"identity":{...}}`, see `identity_patch`).
+        body: Value,
+        /// Optimistic concurrency: the entity tag of the target the write was planned
+        /// against, sent as `If-Match` so ARM refuses it (412) if another writer changed the
+        /// target in between. Set when the live body carried an `etag` (Compute 2023-09-01
+        /// and later); older api-versions have none, and the write is unconditional. When a
+        /// plan has two PATCHes (a stale entry repaired), the executor sends the second with
+        /// the tag ARM answered the first with.
+        if_match: Option<String>,
+    },
+    /// `PUT {scope}/providers/Microsoft.Authorization/roleAssignments/{name}`.
+    RoleAssignmentPut {
+        scope: String,
+        /// The deterministic name ([`crate::grants::assignment_name`]), or
+        /// [`KNOWN_AFTER_APPLY`](crate::grants::KNOWN_AFTER_APPLY) offline.
+        name: String,
+        /// The full role definition ID as sent ([`crate::grants::role_definition_id`]).
+        role_definition_id: String,
+        principal_id: String,
+        /// `ServicePrincipal` for vmidentity's own writes: ARM then does not look the
+        /// principal up (a just-created identity may not have replicated yet). None: omitted.
+        principal_type: Option<String>,
+    },
+    /// `DELETE {id}` of a role assignment by its full ID.
+    RoleAssignmentDelete { id: String },
+    /// Graph `POST /v1.0/groups/{group_id}/members/$ref`.
+    GroupMemberAdd {
+        group_id: String,
+        principal_id: String,
+    },
+    /// Graph `DELETE /v1.0/groups/{group_id}/members/{principal_id}/$ref`.
+    GroupMemberRemove {
+        group_id: String,
+        principal_id: String,
+    },
+}
+
+/// The API a [`Request`] goes to: which endpoint (and token audience) the sender uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Service {
+    /// Azure Resource Manager (Compute, Microsoft.Authorization): `api-version` query.
+    Arm,
+    /// Microsoft Graph: the version is the path's first segment (`/v1.0/...`).
+    Graph,
+}
+
+/// A write rendered to HTTP, endpoint-relative: the sender prefixes its endpoint for
+/// `service` and adds `?api-version=` when there is one. Nothing else is added to what goes
+/// on the wire but the bearer token and content negotiation headers.
+///
+/// Serialises to the `vmidentity plan -o json` element:
+/// `{"method","id","apiVersion","body"[,"ifMatch"]}`. For ARM `id` is the path and
+/// `apiVersion` the query's api-version; for Graph (no api-version) `apiVersion` is the
+/// path's version segment and `id` the rest (`"/groups/{g}/members/$ref"`, `"v1.0"`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub service: Service,
+    /// `PATCH`, `PUT`, `POST` or `DELETE`.
+    pub method: &'static str,
+    /// Starts with `/`: an ARM resource ID (as spelled), or `/v1.0/...` for Graph.
+    pub path: String,
+    pub api_version: Option<String>,
+    /// Request headers beyond authorization and content type: `If-Match` when conditional.
+    pub headers: Vec<(String, String)>,
+    /// The JSON body (None: no body).
+    pub body: Option<Value>,
+}
+
+/// The `If-Match` request header.
+pub const IF_MATCH: &str = "If-Match";
+
+impl Request {
+    /// A header's value (name compared case-insensitively).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Sets (Some) or removes (None) a header.
+    pub fn set_header(&mut self, name: &str, value: Option<String>) {
+        self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        if let Some(v) = value {
+            self.headers.push((name.to_string(), v));
+        }
+    }
+
+    /// The `apiVersion` of the plan element: the api-version, or Graph's path version.
+    pub fn version(&self) -> &str {
+        match &self.api_version {
+            Some(v) => v,
+            None => self.split_version().0,
+        }
+    }
+
+    /// The `id` of the plan element: the path (ARM), or the path after its version (Graph).
+    pub fn id(&self) -> &str {
+        match &self.api_version {
+            Some(_) => &self.path,
+            None => self.split_version().1,
+        }
+    }
+
+    /// `/v1.0/groups/...` -> (`v1.0`, `/groups/...`).
+    fn split_version(&self) -> (&str, &str) {
+        let rest = self.path.strip_prefix('/').unwrap_or(&self.path);
+        match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        }
+    }
+}
+
+impl Serialize for Request {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let if_match = self.header(IF_MATCH);
+        let mut m = s.serialize_map(Some(if if_match.is_some() { 5 } else { 4 }))?;
+        m.serialize_entry("method", self.method)?;
+        m.serialize_entry("id", self.id())?;
+        m.serialize_entry("apiVersion", self.version())?;
+        m.serialize_entry("body", self.body.as_ref().unwrap_or(&Value::Null))?;
+        if let Some(t) = if_match {
+            m.serialize_entry("ifMatch", t)?;
+        }
+        m.end()
+    }
+}
+
+impl Write {
+    /// Renders the write to its HTTP request: the one function that decides what goes on the
+    /// wire. `graph_endpoint` (e.g. `https://graph.microsoft.com`, or a simulator's URL) is
+    /// where Graph directory objects live: a member is added by its `@odata.id`,
+    /// `{graph_endpoint}/v1.0/directoryObjects/{principal}`.
+    pub fn request(&self, graph_endpoint: &str) -> Request {
+        use crate::grants::{AUTHORIZATION_API_VERSION, GRAPH_VERSION, role_assignment_id};
+        let arm = |method, path: String, api_version: &str, body| Request {
+            service: Service::Arm,
+            method,
+            path,
+            api_version: Some(api_version.to_string()),
+            headers: Vec::new(),
+            body,
+        };
+        let graph = |method, path: String, body| Request {
+            service: Service::Graph,
+            method,
+            path: format!("/{GRAPH_VERSION}{path}"),
+            api_version: None,
+            headers: Vec::new(),
+            body,
+        };
+        match self {
+            Write::IdentityPatch {
+                target,
+                api_version,
+                body,
+                if_match,
+            } => {
+                let mut r = arm(
+                    "PATCH",
+                    target.as_str().to_string(),
+                    api_version.as_str(),
+                    Some(body.clone()),
+                );
+                r.set_header(IF_MATCH, if_match.clone());
+                r
+            }
+            Write::RoleAssignmentPut {
+                scope,
+                name,
+                role_definition_id,
+                principal_id,
+                principal_type,
+            } => {
+                let mut props = Map::new();
+                props.insert("roleDefinitionId".into(), json!(role_definition_id));
+                props.insert("principalId".into(), json!(principal_id));
+                if let Some(t) = principal_type {
+                    props.insert("principalType".into(), json!(t));
+                }
+                arm(
+                    "PUT",
+                    role_assignment_id(scope, name),
+                    AUTHORIZATION_API_VERSION,
+                    Some(json!({ "properties": Value::Object(props) })),
+                )
+            }
+            Write::RoleAssignmentDelete { id } => {
+                arm("DELETE", id.clone(), AUTHORIZATION_API_VERSION, None)
+            }
+            Write::GroupMemberAdd {
+                group_id,
+                principal_id,
+            } => graph(
+                "POST",
+                format!("/groups/{group_id}/members/$ref"),
+                Some(json!({
+                    "@odata.id": format!(
+                        "{}/{GRAPH_VERSION}/directoryObjects/{principal_id}",
+                        graph_endpoint.trim_end_matches('/')
+                    )
+                })),
+            ),
+            Write::GroupMemberRemove {
+                group_id,
+                principal_id,
+            } => graph(
+                "DELETE",
+                format!("/groups/{group_id}/members/{principal_id}/$ref"),
+                None,
+            ),
+        }
+    }
+
+    /// The HTTP method the write is sent with.
+    pub fn method(&self) -> &'static str {
+        match self {
+            Write::IdentityPatch { .. } => "PATCH",
+            Write::RoleAssignmentPut { .. } => "PUT",
+            Write::RoleAssignmentDelete { .. } | Write::GroupMemberRemove { .. } => "DELETE",
+            Write::GroupMemberAdd { .. } => "POST",
+        }
+    }
+
+    /// A grant removal (sent before the identity PATCH).
+    pub fn is_removal(&self) -> bool {
+        matches!(
+            self,
+            Write::RoleAssignmentDelete { .. } | Write::GroupMemberRemove { .. }
+        )
+    }
+
+    /// The full ID of the role assignment a PUT or DELETE is about.
+    pub fn role_assignment_id(&self) -> Option<String> {
+        match self {
+            Write::RoleAssignmentPut { scope, name, .. } => {
+                Some(crate::grants::role_assignment_id(scope, name))
+            }
+            Write::RoleAssignmentDelete { id } => Some(id.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl Serialize for Write {
+    /// The `plan -o json` element, with Graph's public-cloud endpoint in `@odata.id`.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.request(crate::grants::PUBLIC_GRAPH_ENDPOINT)
+            .serialize(s)
+    }
 }
 
 /// Everything the planner decided for one target.
@@ -118,10 +367,10 @@ impl TargetPlan {
 
     /// The identity PATCH body, if any.
     pub fn patch_body(&self) -> Option<&Value> {
-        self.writes
-            .iter()
-            .find(|w| w.method == "PATCH")
-            .map(|w| &w.body)
+        self.writes.iter().find_map(|w| match w {
+            Write::IdentityPatch { body, .. } => Some(body),
+            _ => None,
+        })
     }
 
     /// What each object must record *before* the writes are sent: the union of the old and
@@ -443,10 +692,9 @@ pub fn plan_target(
                     count: assigned,
                 });
             }
-            writes.push(Write {
-                method: "PATCH".into(),
-                id: target.to_string(),
-                api_version: api_version.to_string(),
+            writes.push(Write::IdentityPatch {
+                target: target.clone(),
+                api_version: api_version.clone(),
                 body,
                 if_match: live.etag.clone(),
             });

@@ -14,6 +14,13 @@ fn body(objects: &[DesiredObject], live: &LiveResource) -> Option<Value> {
         .cloned()
 }
 
+fn if_match(w: &Write) -> Option<&str> {
+    match w {
+        Write::IdentityPatch { if_match, .. } => if_match.as_deref(),
+        other => panic!("not an identity PATCH: {other:?}"),
+    }
+}
+
 fn with_version(v: &str) -> impl Fn(&mut RawSpec) {
     let v = v.to_string();
     move |r: &mut RawSpec| r.arm_api_version = Some(v.clone())
@@ -145,7 +152,9 @@ fn api_2017_12_01_sends_the_whole_array() {
         json!({"type": "SystemAssigned, UserAssigned", "identityIds": [uai("ID1")]}),
     );
     let p = plan_target(&[o], &l).unwrap();
-    assert_eq!(p.writes[0].api_version, "2017-12-01");
+    assert!(
+        matches!(&p.writes[0], Write::IdentityPatch { api_version, .. } if api_version.as_str() == "2017-12-01")
+    );
     assert_eq!(
         p.patch_body().cloned(),
         Some(json!({"identity": {"type": "SystemAssigned, UserAssigned",
@@ -195,7 +204,9 @@ fn vmss_targets_use_the_same_bodies() {
         json!({"type": "SystemAssigned", "principalId": "p"}),
     );
     let p = plan_target(&[o], &l).unwrap();
-    assert_eq!(p.writes[0].api_version, "2024-11-01");
+    assert!(
+        matches!(&p.writes[0], Write::IdentityPatch { api_version, .. } if api_version.as_str() == "2024-11-01")
+    );
     assert_eq!(
         p.patch_body().cloned(),
         Some(json!({"identity": {"type": "SystemAssigned, UserAssigned",
@@ -400,7 +411,7 @@ fn the_patch_is_conditional_on_the_etag_it_was_planned_against() {
     .expect("live");
     let p = plan_target(std::slice::from_ref(&o), &with_tag).expect("plan");
     assert_eq!(p.writes.len(), 1);
-    assert_eq!(p.writes[0].if_match.as_deref(), Some("\"7\""));
+    assert_eq!(if_match(&p.writes[0]), Some("\"7\""));
     assert_eq!(
         serde_json::to_value(&p.writes[0]).expect("json"),
         json!({"method": "PATCH", "id": vm("myVM"), "apiVersion": "2024-11-01",
@@ -414,7 +425,7 @@ fn the_patch_is_conditional_on_the_etag_it_was_planned_against() {
         json!({"type": "SystemAssigned", "principalId": "p"}),
     );
     let p = plan_target(std::slice::from_ref(&o), &untagged).expect("plan");
-    assert_eq!(p.writes[0].if_match, None);
+    assert_eq!(if_match(&p.writes[0]), None);
     let v = serde_json::to_value(&p.writes[0]).expect("json");
     assert!(v.get("ifMatch").is_none(), "{v}");
     // Converged: nothing to make conditional.
@@ -436,9 +447,5 @@ fn both_patches_of_a_stale_repair_carry_the_planned_etag() {
     let p = plan_target(&[o], &l).expect("plan");
     assert_eq!(p.writes.len(), 2);
     // The executor substitutes the tag ARM answered the first PATCH with for the second.
-    assert!(
-        p.writes
-            .iter()
-            .all(|w| w.if_match.as_deref() == Some("\"2\""))
-    );
+    assert!(p.writes.iter().all(|w| if_match(w) == Some("\"2\"")));
 }

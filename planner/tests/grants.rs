@@ -198,7 +198,10 @@ fn removing_a_grant_deletes_only_what_this_object_recorded() {
     let ids: Vec<(String, String)> = p
         .removals
         .iter()
-        .map(|w| (w.method.clone(), w.id.clone()))
+        .map(|w| {
+            let r = w.request(PUBLIC_GRAPH_ENDPOINT);
+            (r.method.to_string(), r.id().to_string())
+        })
         .collect();
     assert_eq!(
         ids,
@@ -269,7 +272,11 @@ fn a_recycled_system_identity_gets_new_assignments_and_the_old_ones_stay_untouch
     );
     assert!(p.removals.is_empty(), "{:?}", p.removals);
     assert_eq!(p.additions.len(), 1);
-    assert_eq!(p.additions[0].body["properties"]["principalId"], "new-p");
+    assert!(
+        matches!(&p.additions[0], Write::RoleAssignmentPut { principal_id, .. } if principal_id == "new-p"),
+        "{:?}",
+        p.additions
+    );
     assert_eq!(
         p.untrusted.iter().map(|u| u.reason).collect::<Vec<_>>(),
         vec!["PrincipalNotOfTarget"]
@@ -380,7 +387,7 @@ fn a_record_of_an_assignment_someone_else_made_does_not_remove_it() {
     });
     let p = plan_grants(std::slice::from_ref(&adopted), &r, &live);
     assert_eq!(p.removals.len(), 1);
-    assert_eq!(p.removals[0].id, theirs);
+    assert_eq!(p.removals[0], Write::RoleAssignmentDelete { id: theirs });
 }
 
 #[test]
@@ -397,4 +404,132 @@ fn unknown_principals_and_roles_are_pending_not_guessed() {
         "the group membership still goes: {:?}",
         p.additions
     );
+}
+
+#[test]
+fn role_definition_ids_name_the_subscription_of_the_scope() {
+    let g = "ACDD72A7-3385-48EF-BD42-F606FBA81AE7";
+    let want =
+        format!("/subscriptions/sub/providers/Microsoft.Authorization/roleDefinitions/{READER}");
+    assert_eq!(
+        role_definition_id("/subscriptions/SUB/resourceGroups/rg", g),
+        want
+    );
+    assert_eq!(role_definition_id("sub", g), want);
+    // A full definition ID is reduced to its GUID.
+    assert_eq!(
+        role_definition_id(
+            "/subscriptions/sub",
+            &format!("/providers/Microsoft.Authorization/roleDefinitions/{g}")
+        ),
+        want
+    );
+    let tenant = format!("/providers/Microsoft.Authorization/roleDefinitions/{READER}");
+    assert_eq!(
+        role_definition_id("/providers/Microsoft.Management/managementGroups/mg", g),
+        tenant
+    );
+    assert_eq!(role_definition_id("/", g), tenant);
+}
+
+#[test]
+fn assignment_names_are_uuid_v5_in_vmidentity_s_namespace() {
+    let a = assignment_name(
+        "/subscriptions/S/resourceGroups/RG",
+        &READER.to_uppercase(),
+        "P",
+    );
+    // The namespace is part of the contract: names of existing assignments derive from it.
+    let ns = uuid::Uuid::from_u128(0x6d1c_57a0_2a3c_4c6e_9f0b_7e5d_1a2b_3c4d);
+    assert_eq!(ASSIGNMENT_NAME_NAMESPACE, ns);
+    let expected = uuid::Uuid::new_v5(
+        &ns,
+        format!("/subscriptions/s/resourcegroups/rg|{READER}|p").as_bytes(),
+    );
+    assert_eq!(a, expected.to_string());
+    assert_ne!(a, assignment_name("/subscriptions/s", READER, "p"));
+}
+
+#[test]
+fn every_write_renders_to_its_request() {
+    let put = Write::RoleAssignmentPut {
+        scope: RG.into(),
+        name: "n1".into(),
+        role_definition_id: role_definition_id(RG, READER),
+        principal_id: "p1".into(),
+        principal_type: Some(SERVICE_PRINCIPAL.into()),
+    };
+    let r = put.request("https://graph.example");
+    assert_eq!(
+        (r.service, r.method, r.api_version.as_deref()),
+        (Service::Arm, "PUT", Some(AUTHORIZATION_API_VERSION))
+    );
+    assert_eq!(
+        r.path,
+        format!("{RG}/providers/Microsoft.Authorization/roleAssignments/n1")
+    );
+    assert!(r.headers.is_empty());
+    assert_eq!(
+        serde_json::to_string(r.body.as_ref().unwrap()).unwrap(),
+        format!(
+            r#"{{"properties":{{"roleDefinitionId":"/subscriptions/00000000-0000-0000-0000-000000000001/providers/Microsoft.Authorization/roleDefinitions/{READER}","principalId":"p1","principalType":"ServicePrincipal"}}}}"#
+        )
+    );
+    assert_eq!(put.role_assignment_id().as_deref(), Some(r.path.as_str()));
+    // Without a principal type, none is sent.
+    let mut bare = put.clone();
+    if let Write::RoleAssignmentPut { principal_type, .. } = &mut bare {
+        *principal_type = None;
+    }
+    assert!(
+        bare.request("x").body.unwrap()["properties"]
+            .get("principalType")
+            .is_none()
+    );
+
+    let del = Write::RoleAssignmentDelete { id: r.path.clone() };
+    let d = del.request("x");
+    assert_eq!((d.method, d.body.as_ref()), ("DELETE", None));
+    assert_eq!(d.path, r.path);
+    assert!(del.is_removal());
+
+    // Graph: the version leads the path, no api-version; `@odata.id` names the endpoint
+    // the writes are for (a trailing '/' is not doubled).
+    let add = Write::GroupMemberAdd {
+        group_id: GROUP.into(),
+        principal_id: "p1".into(),
+    };
+    let a = add.request("http://127.0.0.1:8080/");
+    assert_eq!(
+        (a.service, a.method, a.api_version.as_deref()),
+        (Service::Graph, "POST", None)
+    );
+    assert_eq!(a.path, format!("/v1.0/groups/{GROUP}/members/$ref"));
+    assert_eq!(
+        a.body,
+        Some(json!({"@odata.id": "http://127.0.0.1:8080/v1.0/directoryObjects/p1"}))
+    );
+    // The plan element keeps its shape: Graph's version as apiVersion, the rest as id.
+    assert_eq!(
+        serde_json::to_value(&a).unwrap(),
+        json!({"method": "POST", "id": format!("/groups/{GROUP}/members/$ref"), "apiVersion": "v1.0",
+               "body": {"@odata.id": "http://127.0.0.1:8080/v1.0/directoryObjects/p1"}})
+    );
+    // `Write`'s own JSON is for the public cloud.
+    assert_eq!(
+        serde_json::to_value(&add).unwrap()["body"]["@odata.id"],
+        "https://graph.microsoft.com/v1.0/directoryObjects/p1"
+    );
+    let rm = Write::GroupMemberRemove {
+        group_id: GROUP.into(),
+        principal_id: "p1".into(),
+    };
+    let m = rm.request("x");
+    assert_eq!(m.path, format!("/v1.0/groups/{GROUP}/members/p1/$ref"));
+    assert_eq!((m.method, m.body.as_ref()), ("DELETE", None));
+    assert_eq!(
+        serde_json::to_value(&rm).unwrap(),
+        json!({"method": "DELETE", "id": format!("/groups/{GROUP}/members/p1/$ref"), "apiVersion": "v1.0", "body": null})
+    );
+    assert!(rm.is_removal() && !add.is_removal());
 }

@@ -100,49 +100,38 @@ fn build(i: usize, g: &G) -> DesiredObject {
 fn apply(live: &LiveGrants, plan: &GrantPlan) -> LiveGrants {
     let mut out = live.clone();
     for w in plan.removals.iter().chain(&plan.additions) {
-        match (w.method.as_str(), w.id.starts_with("/groups/")) {
-            ("DELETE", false) => out
+        match w {
+            Write::RoleAssignmentDelete { id } => out
                 .role_assignments
-                .retain(|r| !r.id.eq_ignore_ascii_case(&w.id)),
-            ("PUT", false) => {
-                let scope =
-                    w.id.split("/providers/Microsoft.Authorization")
-                        .next()
-                        .unwrap_or_default()
-                        .to_string();
-                let role_guid = w.body["properties"]["roleDefinitionId"]
-                    .as_str()
-                    .unwrap()
-                    .rsplit('/')
-                    .next()
-                    .unwrap()
-                    .to_string();
-                let principal_id = w.body["properties"]["principalId"]
-                    .as_str()
-                    .unwrap()
-                    .to_string();
+                .retain(|r| !r.id.eq_ignore_ascii_case(id)),
+            Write::RoleAssignmentPut {
+                scope,
+                role_definition_id,
+                principal_id,
+                ..
+            } => {
                 out.role_assignments.push(LiveRoleAssignment {
-                    id: w.id.clone(),
-                    scope,
-                    role_guid,
-                    principal_id,
+                    id: w.role_assignment_id().unwrap(),
+                    scope: scope.clone(),
+                    role_guid: role_definition_id.rsplit('/').next().unwrap().to_string(),
+                    principal_id: principal_id.clone(),
                 });
             }
-            ("POST", true) => {
-                let group = w.id.split('/').nth(2).unwrap().to_string();
-                let p = w.body["@odata.id"]
-                    .as_str()
-                    .unwrap()
-                    .rsplit('/')
-                    .next()
-                    .unwrap()
-                    .to_string();
-                out.memberships.entry(p).or_default().insert(group);
+            Write::GroupMemberAdd {
+                group_id,
+                principal_id,
+            } => {
+                out.memberships
+                    .entry(principal_id.clone())
+                    .or_default()
+                    .insert(group_id.clone());
             }
-            ("DELETE", true) => {
-                let parts: Vec<&str> = w.id.split('/').collect();
-                if let Some(set) = out.memberships.get_mut(parts[4]) {
-                    set.remove(parts[2]);
+            Write::GroupMemberRemove {
+                group_id,
+                principal_id,
+            } => {
+                if let Some(set) = out.memberships.get_mut(principal_id) {
+                    set.remove(group_id);
                 }
             }
             other => panic!("unexpected write {other:?}"),
@@ -181,14 +170,15 @@ proptest! {
         let p1 = plan_grants(&objs1, &r, &live1);
         let owned: BTreeSet<String> = objs1.iter().flat_map(|o| o.applied.role_assignments.iter().map(|x| x.id.to_ascii_lowercase())).collect();
         for w in &p1.removals {
-            if !w.id.starts_with("/groups/") {
-                prop_assert!(owned.contains(&w.id.to_ascii_lowercase()), "removed unowned {}", w.id);
+            if let Some(id) = w.role_assignment_id() {
+                prop_assert!(owned.contains(&id.to_ascii_lowercase()), "removed unowned {}", id);
+                // Someone else's assignment goes only if an object adopted it (it is then recorded).
+                if id == "/foreign/1" {
+                    prop_assert!(owned.contains("/foreign/1"));
+                }
             }
-            // Someone else's assignment goes only if an object adopted it (it is then recorded).
-            if w.id == "/foreign/1" {
-                prop_assert!(owned.contains("/foreign/1"));
-            }
-            prop_assert!(!w.id.contains("22222222-0000-0000-0000-000000000009"));
+            let id = w.request(PUBLIC_GRAPH_ENDPOINT).path;
+            prop_assert!(!id.contains("22222222-0000-0000-0000-000000000009"));
         }
         let live2 = apply(&live1, &p1);
         // Everything an active object wants is held afterwards.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use vmidentity::engine::{self, TargetResult};
-use vmidentity_azure::{ArmClient, ClientConfig, Executor, GraphClient, StaticToken};
+use vmidentity_azure::{ArmClient, ClientConfig, Executor, StaticToken};
 use vmidentity_planner::{Applied, DesiredObject, ObjectRef, RawSpec};
 use vmidentity_simulator::{SimConfig, SimHandle, WorldSeed};
 
@@ -61,8 +61,8 @@ pub const GRAPH_TOKEN: &str = "sim-graph-token";
 
 pub struct Harness {
     pub sim: SimHandle,
+    /// The one door to the simulator: ARM, and Graph with its own token.
     pub exec: Executor,
-    pub graph: GraphClient,
 }
 
 impl Harness {
@@ -79,18 +79,20 @@ impl Harness {
         let sim = vmidentity_simulator::start(cfg)
             .await
             .expect("simulator starts");
-        let exec = Harness::executor(&sim, TOKEN);
-        let graph = GraphClient::new(
-            ClientConfig {
-                token_scope: vmidentity_azure::GRAPH_SCOPE.to_string(),
-                ..test_client_config(&sim.base_url())
-            },
-            Arc::new(StaticToken::new(GRAPH_TOKEN)),
-        )
-        .expect("graph client");
-        Harness { sim, exec, graph }
+        let exec = Harness::executor(&sim, TOKEN).with_graph(
+            ArmClient::new(
+                ClientConfig {
+                    token_scope: vmidentity_azure::GRAPH_SCOPE.to_string(),
+                    ..test_client_config(&sim.base_url())
+                },
+                Arc::new(StaticToken::new(GRAPH_TOKEN)),
+            )
+            .expect("graph client"),
+        );
+        Harness { sim, exec }
     }
 
+    /// An executor for ARM only, with `token`.
     pub fn executor(sim: &SimHandle, token: &str) -> Executor {
         Executor::new(
             ArmClient::new(
@@ -103,7 +105,7 @@ impl Harness {
 
     /// One apply pass over the objects.
     pub async fn apply(&self, objects: &[DesiredObject]) -> Vec<TargetResult> {
-        engine::apply(&self.exec, Some(&self.graph), objects.to_vec(), 4).await
+        engine::apply(&self.exec, objects.to_vec(), 4).await
     }
 
     /// Applies, then carries the new ownership records into the returned objects.

@@ -112,7 +112,7 @@ async fn a_wrong_token_is_unauthenticated_and_writes_nothing() {
     let h = Harness::new(&one_vm("")).await;
     let exec = Harness::executor(&h.sim, "not-the-token");
     let o = object("a", &vm("vm1"), |r| r.system_assigned = Some(true));
-    let results = vmidentity::engine::apply(&exec, None, vec![o], 1).await;
+    let results = vmidentity::engine::apply(&exec, vec![o], 1).await;
     assert_eq!(class_of(&results[0]), Some(ErrorClass::Unauthenticated));
     assert_eq!(h.sim.counters().writes, 0);
 }

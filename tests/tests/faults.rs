@@ -307,7 +307,7 @@ async fn another_writer_enabling_system_between_our_get_and_patch_keeps_its_prin
     assert!(!h.sim.principal_deleted(&theirs[0]));
     let plan = results[0].plan.as_ref().expect("plan");
     assert_eq!(
-        plan.writes[0].body,
+        plan.patch_body().cloned().expect("a PATCH"),
         json!({"identity": {"type": "SystemAssigned, UserAssigned",
                             "userAssignedIdentities": {uai("ID1"): {}}}})
     );

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use vmidentity_azure::ErrorClass;
-use vmidentity_planner::DesiredObject;
+use vmidentity_planner::grants::{assignment_name, role_definition_id};
 use vmidentity_planner::model::{RawGroupMembership, RawRoleAssignment};
+use vmidentity_planner::{DesiredObject, Write};
 use vmidentity_simulator::{SimConfig, WorldSeed};
 use vmidentity_tests::*;
 
@@ -191,32 +192,18 @@ async fn principal_not_found_is_retried_until_entra_has_replicated_it() {
     assert!(results[0].error.is_none(), "{:?}", results[0].error);
     // Without principalType the first attempt is refused with PrincipalNotFound: retryable.
     let p = principal_of(&h, &vm("myVM"), None);
-    let err = h
-        .exec
-        .client()
-        .put_role_assignment(
-            &storage(),
-            &vmidentity_azure::authorization::assignment_name(&storage(), READER, &p),
-            READER,
-            &p,
-            None,
-        )
-        .await
-        .expect_err("not replicated yet");
+    let put = Write::RoleAssignmentPut {
+        scope: storage(),
+        name: assignment_name(&storage(), READER, &p),
+        role_definition_id: role_definition_id(&storage(), READER),
+        principal_id: p.clone(),
+        principal_type: None,
+    };
+    let err = h.exec.send(&put).await.expect_err("not replicated yet");
     assert_eq!(err.class(), ErrorClass::PrincipalNotReplicated);
     assert!(err.is_retryable());
     tokio::time::sleep(Duration::from_millis(1600)).await;
-    h.exec
-        .client()
-        .put_role_assignment(
-            &storage(),
-            &vmidentity_azure::authorization::assignment_name(&storage(), READER, &p),
-            READER,
-            &p,
-            None,
-        )
-        .await
-        .expect("replicated");
+    h.exec.send(&put).await.expect("replicated");
 }
 
 #[tokio::test]

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use vmidentity_azure::{ArmClient, ClientConfig, GraphClient, StaticToken};
+use vmidentity_azure::{ArmClient, AzureError, ClientConfig, Executor, Sent, StaticToken};
+use vmidentity_planner::Write;
+use vmidentity_planner::grants::role_definition_id;
 use vmidentity_simulator::{SimConfig, SimHandle, WorldSeed};
 
 pub const SUB: &str = "0a1b2c3d-0000-4000-8000-0000000000a1";
@@ -93,6 +95,65 @@ pub fn arm(sim: &SimHandle) -> ArmClient {
     ArmClient::new(arm_config(sim), Arc::new(StaticToken::new(ARM_TOKEN))).unwrap()
 }
 
-pub fn graph(sim: &SimHandle) -> GraphClient {
-    GraphClient::new(graph_config(sim), Arc::new(StaticToken::new(GRAPH_TOKEN))).unwrap()
+pub fn graph_client(sim: &SimHandle) -> ArmClient {
+    ArmClient::new(graph_config(sim), Arc::new(StaticToken::new(GRAPH_TOKEN))).unwrap()
+}
+
+/// The one door for writes, ARM and Graph (`arm` shares its counters with the executor).
+pub fn exec_with(arm: &ArmClient, sim: &SimHandle) -> Executor {
+    Executor::new(arm.clone()).with_graph(graph_client(sim))
+}
+
+/// An executor with ARM and Graph clients of their own.
+pub fn graph(sim: &SimHandle) -> Executor {
+    exec_with(&arm(sim), sim)
+}
+
+/// The Graph client's counters.
+pub fn graph_stats(exec: &Executor) -> vmidentity_azure::StatsSnapshot {
+    exec.graph_client().expect("graph client").stats()
+}
+
+/// PUT the assignment of `role_guid` to `principal_id` at `scope` under `name`.
+pub async fn put_role(
+    exec: &Executor,
+    scope: &str,
+    name: &str,
+    role_guid: &str,
+    principal_id: &str,
+    principal_type: Option<&str>,
+) -> Result<Sent, AzureError> {
+    exec.send(&Write::RoleAssignmentPut {
+        scope: scope.to_string(),
+        name: name.to_string(),
+        role_definition_id: role_definition_id(scope, role_guid),
+        principal_id: principal_id.to_string(),
+        principal_type: principal_type.map(str::to_string),
+    })
+    .await
+}
+
+pub async fn delete_role(exec: &Executor, id: &str) -> Result<Sent, AzureError> {
+    exec.send(&Write::RoleAssignmentDelete { id: id.to_string() })
+        .await
+}
+
+pub async fn add_member(exec: &Executor, group: &str, principal: &str) -> Result<Sent, AzureError> {
+    exec.send(&Write::GroupMemberAdd {
+        group_id: group.to_string(),
+        principal_id: principal.to_string(),
+    })
+    .await
+}
+
+pub async fn remove_member(
+    exec: &Executor,
+    group: &str,
+    principal: &str,
+) -> Result<Sent, AzureError> {
+    exec.send(&Write::GroupMemberRemove {
+        group_id: group.to_string(),
+        principal_id: principal.to_string(),
+    })
+    .await
 }

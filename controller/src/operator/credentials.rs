@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use vmidentity_azure::token::EntraToken;
-use vmidentity_azure::{ArmClient, ClientConfig, Executor, GraphClient, TokenSource};
+use vmidentity_azure::{ArmClient, ClientConfig, Executor, TokenSource};
 use vmidentity_planner::credential::{self, SecretCredential};
 
 use super::metrics::Metrics;
@@ -45,13 +45,14 @@ pub enum Mode {
     Required,
 }
 
-/// The Azure clients to reconcile with, and which credential they stand for.
+/// The door to Azure to reconcile with, and which credential it stands for.
 #[derive(Clone)]
 pub struct Chosen {
     /// `global`, or `secret <namespace>/<name>` (targets shared across credentials are refused).
     pub key: String,
+    /// Every read and write of the namespace's targets, ARM and (when configured) Graph, with
+    /// this credential.
     pub exec: Executor,
-    pub graph: Option<GraphClient>,
 }
 
 /// Why a namespace's objects cannot be reconciled.
@@ -160,7 +161,7 @@ impl Credentials {
         mode: Mode,
         secret_name: String,
         client: kube::Client,
-        global: (Executor, Option<GraphClient>),
+        global: Executor,
         arm_config: ClientConfig,
         graph_config: Option<ClientConfig>,
         metrics: Arc<Metrics>,
@@ -173,8 +174,7 @@ impl Credentials {
             client,
             global: Chosen {
                 key: "global".into(),
-                exec: global.0,
-                graph: global.1,
+                exec: global,
             },
             arm_config,
             graph_config,
@@ -339,22 +339,21 @@ impl Credentials {
         let arm = ArmClient::new(self.arm_config.clone(), tokens.clone())
             .map_err(|e| e.to_string())?
             .with_observer(self.metrics.clone());
-        let graph = match &self.graph_config {
-            Some(cfg) => Some(GraphClient::from_client(
+        let mut exec = Executor::new(arm);
+        if let Some(cfg) = &self.graph_config {
+            exec = exec.with_graph(
                 ArmClient::new(cfg.clone(), tokens)
                     .map_err(|e| e.to_string())?
                     .with_observer(self.metrics.clone()),
-            )),
-            None => None,
-        };
+            );
+        }
         Ok(Built {
             version,
             tenant_id: cred.tenant_id.clone(),
             client_id: cred.client_id.clone(),
             chosen: Chosen {
                 key: format!("secret {ns}/{} ({})", self.secret_name, cred.client_id),
-                exec: Executor::new(arm),
-                graph,
+                exec,
             },
         })
     }

@@ -21,7 +21,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client};
 use tracing::{error, info, warn};
-use vmidentity_azure::{ArmClient, ClientConfig, Executor, GraphClient, StaticToken};
+use vmidentity_azure::{ArmClient, ClientConfig, Executor, StaticToken};
 
 use crate::cli::CliError;
 use crate::crd::{VirtualMachineIdentity, VirtualMachineIdentityPolicy};
@@ -191,14 +191,15 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
             (None, Some(_)) => None,
             (None, None) => Some(tokens.clone()),
         };
-    let graph = match graph_tokens {
-        Some(t) => Some(GraphClient::from_client(
+    // The controller's own door: ARM, and Graph when it has a token for it.
+    let mut exec = Executor::new(arm.clone());
+    if let Some(t) = graph_tokens {
+        exec = exec.with_graph(
             ArmClient::new(graph_config.clone(), t)
                 .map_err(|e| CliError::Other(e.to_string()))?
                 .with_observer(metrics.clone()),
-        )),
-        None => None,
-    };
+        );
+    }
 
     let me = identity(&args);
     let elector = (!args.no_leader_election).then(|| {
@@ -301,8 +302,7 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
     let mut ctx = Context::new(
         client.clone(),
         reader.clone(),
-        Executor::new(arm.clone()),
-        graph,
+        exec,
         recorder,
         metrics.clone(),
         view,
@@ -313,7 +313,7 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
             args.namespace_credentials,
             args.namespace_credential_secret.clone(),
             client.clone(),
-            (ctx.exec.clone(), ctx.graph.clone()),
+            ctx.exec.clone(),
             arm_config.clone(),
             Some(graph_config.clone()),
             metrics.clone(),

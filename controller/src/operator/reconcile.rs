@@ -12,7 +12,7 @@ use kube::{Resource, ResourceExt};
 use rand::Rng;
 use serde_json::json;
 use tracing::{debug, info, warn};
-use vmidentity_azure::{AzureError, ErrorClass, Executor, GraphClient};
+use vmidentity_azure::{AzureError, ErrorClass, Executor};
 use vmidentity_planner::{
     ApiVersion, ArmId, DeletionPolicy, DesiredObject, LiveResource, Mode, ObjectRef, Spec,
     TargetPlan, plan_target,
@@ -35,9 +35,9 @@ pub const FINALIZER: &str = "vmidentity.dev/finalizer";
 pub struct Context {
     pub client: kube::Client,
     pub store: Store<VirtualMachineIdentity>,
+    /// The controller's own door to Azure (ARM, and Graph for group memberships when
+    /// configured).
     pub exec: Executor,
-    /// Microsoft Graph, for group memberships (None when not configured).
-    pub graph: Option<GraphClient>,
     pub recorder: EventRecorder,
     pub metrics: Arc<Metrics>,
     /// Policies and namespace labels: checked before any write.
@@ -68,7 +68,6 @@ impl Context {
         client: kube::Client,
         store: Store<VirtualMachineIdentity>,
         exec: Executor,
-        graph: Option<GraphClient>,
         recorder: EventRecorder,
         metrics: Arc<Metrics>,
         policy: PolicyView,
@@ -77,7 +76,6 @@ impl Context {
             client,
             store,
             exec,
-            graph,
             recorder,
             metrics,
             policy,
@@ -742,16 +740,7 @@ async fn reconcile_target(
         grants: None,
         bad_identities: Vec::new(),
     };
-    match write_target(
-        &az.exec,
-        az.graph.as_ref(),
-        &desired,
-        &live,
-        &plan,
-        &mut result,
-    )
-    .await
-    {
+    match write_target(&az.exec, &desired, &live, &plan, &mut result).await {
         Ok(()) => {}
         Err(EngineError::Azure(e)) => return azure_failure(key, &all, &e, ctx).await,
         Err(e) => {
@@ -953,26 +942,21 @@ async fn report_success(
 }
 
 fn describe_grant_write(w: &vmidentity_planner::Write) -> String {
-    match (w.method.as_str(), w.id.starts_with("/groups/")) {
-        ("POST", true) => format!(
-            "add to group {}",
-            w.id.split('/').nth(2).unwrap_or_default()
-        ),
-        ("DELETE", true) => format!(
-            "remove from group {}",
-            w.id.split('/').nth(2).unwrap_or_default()
-        ),
-        ("PUT", _) => format!(
+    use vmidentity_planner::Write;
+    match w {
+        Write::GroupMemberAdd { group_id, .. } => format!("add to group {group_id}"),
+        Write::GroupMemberRemove { group_id, .. } => format!("remove from group {group_id}"),
+        Write::RoleAssignmentPut {
+            scope,
+            role_definition_id,
+            ..
+        } => format!(
             "assign role {} at {}",
-            w.body["properties"]["roleDefinitionId"]
-                .as_str()
-                .and_then(|r| r.rsplit('/').next())
-                .unwrap_or_default(),
-            w.id.split("/providers/Microsoft.Authorization/")
-                .next()
-                .unwrap_or_default()
+            role_definition_id.rsplit('/').next().unwrap_or_default(),
+            scope.trim_end_matches('/')
         ),
-        _ => format!("delete role assignment {}", w.id),
+        Write::RoleAssignmentDelete { id } => format!("delete role assignment {id}"),
+        Write::IdentityPatch { target, .. } => format!("patch {target}"),
     }
 }
 
@@ -983,7 +967,6 @@ async fn credential_for(ns: &str, ctx: &Context) -> Result<Chosen, Refusal> {
         return Ok(Chosen {
             key: "global".into(),
             exec: ctx.exec.clone(),
-            graph: ctx.graph.clone(),
         });
     };
     creds.for_namespace(ns).await.map_err(|e| Refusal {
