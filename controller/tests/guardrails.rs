@@ -306,11 +306,6 @@ fn patch_attempts(env: &Env, id: &str) -> usize {
 #[tokio::test]
 async fn a_namespace_credential_confines_the_team_to_its_own_azure_rights() {
     use vmidentity_simulator::{AppConfig, CallerConfig};
-    let client = client().await;
-    assert!(
-        serves_namespaces(&client).await,
-        "this test needs Secrets: run it against kube-apiserver (tests/apiserver/kube-up.sh)"
-    );
     let env = Env::with_config("e2e-nscred", &world(&["vm1", "vm2", "vm3"], ""), |c| {
         c.apps = vec![AppConfig::with_secret(TEAM_CLIENT, TENANT, "team-secret")];
         let mut team = CallerConfig::new("team-a-placeholder-token")
@@ -419,19 +414,14 @@ async fn the_admission_policy_refuses_at_create_with_the_rule_in_the_message() {
     use k8s_openapi::api::admissionregistration::v1::{
         ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
     };
-    let client = client().await;
-    assert!(
-        serves_namespaces(&client).await,
-        "this test needs ValidatingAdmissionPolicy: run it against kube-apiserver (tests/apiserver/kube-up.sh)"
-    );
     let env = Env::new("e2e-vap", &world(&["vm1"], "")).await;
     env.set_policy(team_policy(&env.ns, &["u1"])).await;
     let name = format!("vmidentity-{}", env.ns);
     let (vap, mut binding) = render_admission(&name);
     binding["spec"]["matchResources"] =
         json!({"namespaceSelector": {"matchLabels": {"vmidentity-e2e/ns": env.ns}}});
-    let vaps: kube::Api<ValidatingAdmissionPolicy> = kube::Api::all(client.clone());
-    let bindings: kube::Api<ValidatingAdmissionPolicyBinding> = kube::Api::all(client.clone());
+    let vaps: kube::Api<ValidatingAdmissionPolicy> = kube::Api::all(env.client.clone());
+    let bindings: kube::Api<ValidatingAdmissionPolicyBinding> = kube::Api::all(env.client.clone());
     let pp = kube::api::PatchParams::apply("vmidentity-e2e").force();
     vaps.patch(
         &format!("{name}-guardrails"),
@@ -628,11 +618,6 @@ fn stalled_message(o: &VirtualMachineIdentity) -> String {
 async fn a_tenant_secret_cannot_redirect_the_controllers_token_or_borrow_an_identity() {
     use std::sync::atomic::Ordering;
     use vmidentity_simulator::AppConfig;
-    let client = client().await;
-    assert!(
-        serves_namespaces(&client).await,
-        "this test needs Secrets: run it against kube-apiserver (tests/apiserver/kube-up.sh)"
-    );
     const CONTROLLER_CLIENT: &str = "cccccccc-0000-0000-0000-0000000000c0";
     const OTHER_TEAM_CLIENT: &str = "cccccccc-0000-0000-0000-0000000000c2";
     let issuer = "https://oidc.example/cluster/";

@@ -18,6 +18,12 @@ use vmidentity::crd::VirtualMachineIdentity;
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// VM names of this run: the controller here sees every object of the cluster, and objects
+/// left by an earlier, interrupted run (with their policies) must not share its targets.
+fn own(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
+}
+
 const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 const TEAM_CLIENT: &str = "bbbbbbbb-0000-0000-0000-0000000000b1";
 const OTHER_CLIENT: &str = "bbbbbbbb-0000-0000-0000-0000000000b2";
@@ -49,21 +55,16 @@ async fn stay_ready(env: &Env, ns: &str, names: &[&str], secs: u64) {
     }
 }
 
-async fn not_serving_namespaces() -> bool {
-    !serves_namespaces(&client().await).await
-}
-
 /// Every conflict kind a denied newcomer could cause (Exact beside it, api-versions with
 /// different wire formats, systemAssigned true vs false), with namespace credentials off.
 #[tokio::test]
 async fn a_denied_newcomer_in_another_namespace_cannot_freeze_a_tenants_vm() {
     let _one = ONE_AT_A_TIME.lock().await;
-    if not_serving_namespaces().await {
-        panic!(
-            "this test needs Namespaces: run it against kube-apiserver (tests/apiserver/kube-up.sh)"
-        );
-    }
-    let env = Env::new("e2e-tenancy", &world(&["vm1", "vm2", "vm3"], "")).await;
+    let env = Env::new(
+        "e2e-tenancy",
+        &world(&[&own("vm1"), &own("vm2"), &own("vm3")], ""),
+    )
+    .await;
     let intruder = env.namespace("intruder").await;
     let _c = ControllerProc::start_cluster_wide(
         &env.ns,
@@ -80,15 +81,15 @@ async fn a_denied_newcomer_in_another_namespace_cannot_freeze_a_tenants_vm() {
     let team_objects: Vec<(&str, Value)> = vec![
         (
             "exact",
-            json!({"target": vm("vm1"), "mode": "Exact", "userAssignedIdentities": [uai("u1")]}),
+            json!({"target": vm(&own("vm1")), "mode": "Exact", "userAssignedIdentities": [uai("u1")]}),
         ),
         (
             "legacy",
-            json!({"target": vm("vm2"), "armApiVersion": "2017-12-01", "userAssignedIdentities": [uai("u1")]}),
+            json!({"target": vm(&own("vm2")), "armApiVersion": "2017-12-01", "userAssignedIdentities": [uai("u1")]}),
         ),
         (
             "system",
-            json!({"target": vm("vm3"), "systemAssigned": true, "userAssignedIdentities": [uai("u2")]}),
+            json!({"target": vm(&own("vm3")), "systemAssigned": true, "userAssignedIdentities": [uai("u2")]}),
         ),
     ];
     for (name, spec) in &team_objects {
@@ -101,19 +102,19 @@ async fn a_denied_newcomer_in_another_namespace_cannot_freeze_a_tenants_vm() {
     let intruders: Vec<(&str, Value)> = vec![
         (
             "beside-exact",
-            json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u3")]}),
+            json!({"target": vm(&own("vm1")), "userAssignedIdentities": [uai("u3")]}),
         ),
         (
             "other-format",
-            json!({"target": vm("vm2"), "userAssignedIdentities": [uai("u3")]}),
+            json!({"target": vm(&own("vm2")), "userAssignedIdentities": [uai("u3")]}),
         ),
         (
             "system-off",
-            json!({"target": vm("vm3"), "systemAssigned": false}),
+            json!({"target": vm(&own("vm3")), "systemAssigned": false}),
         ),
         (
             "exact-too",
-            json!({"target": vm("vm3"), "mode": "Exact", "userAssignedIdentities": [uai("u4")]}),
+            json!({"target": vm(&own("vm3")), "mode": "Exact", "userAssignedIdentities": [uai("u4")]}),
         ),
     ];
     for (name, spec) in &intruders {
@@ -129,11 +130,11 @@ async fn a_denied_newcomer_in_another_namespace_cannot_freeze_a_tenants_vm() {
     let names: Vec<&str> = team_objects.iter().map(|(n, _)| *n).collect();
     stay_ready(&env, &team, &names, 8).await;
     assert_eq!(
-        env.identity(&vm("vm1")),
+        env.identity(&vm(&own("vm1"))),
         ("UserAssigned".into(), vec!["u1".into()])
     );
     assert_eq!(
-        env.identity(&vm("vm3")),
+        env.identity(&vm(&own("vm3"))),
         ("SystemAssigned, UserAssigned".into(), vec!["u2".into()])
     );
     // The team can still change its VMs...
@@ -148,7 +149,7 @@ async fn a_denied_newcomer_in_another_namespace_cannot_freeze_a_tenants_vm() {
         .await
         .expect("edit");
     env.wait_for_in(&team, "exact", 30, "Ready with u4", |o| {
-        is_ready(o) && env.identity(&vm("vm1")).1 == vec!["u1".to_string(), "u4".to_string()]
+        is_ready(o) && env.identity(&vm(&own("vm1"))).1 == vec!["u1".to_string(), "u4".to_string()]
     })
     .await;
     // ... and delete its objects: the deletion does not hang behind the intruders.
@@ -157,7 +158,7 @@ async fn a_denied_newcomer_in_another_namespace_cannot_freeze_a_tenants_vm() {
         .await
         .expect("delete");
     env.wait_gone("legacy", 30).await;
-    assert_eq!(env.identity(&vm("vm2")), ("None".into(), vec![]));
+    assert_eq!(env.identity(&vm(&own("vm2"))), ("None".into(), vec![]));
     // Nothing was ever written for the intruders, nor claimed: no finalizer.
     for (name, _) in &intruders {
         let o = env.get_in(&intruder, name).await.expect("intruder");
@@ -178,12 +179,7 @@ async fn a_denied_newcomer_in_another_namespace_cannot_freeze_a_tenants_vm() {
 async fn a_denied_newcomer_without_or_with_another_credential_cannot_stall_a_tenant() {
     use vmidentity_simulator::AppConfig;
     let _one = ONE_AT_A_TIME.lock().await;
-    if not_serving_namespaces().await {
-        panic!(
-            "this test needs Secrets: run it against kube-apiserver (tests/apiserver/kube-up.sh)"
-        );
-    }
-    let env = Env::with_config("e2e-tenancy-cred", &world(&["vm1"], ""), |c| {
+    let env = Env::with_config("e2e-tenancy-cred", &world(&[&own("vm1")], ""), |c| {
         c.apps = vec![
             AppConfig::with_secret(TEAM_CLIENT, TENANT, "team-secret"),
             AppConfig::with_secret(OTHER_CLIENT, TENANT, "other-secret"),
@@ -225,7 +221,7 @@ async fn a_denied_newcomer_without_or_with_another_credential_cannot_stall_a_ten
     env.create_in(
         &team,
         "web",
-        json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u1")]}),
+        json!({"target": vm(&own("vm1")), "userAssignedIdentities": [uai("u1")]}),
     )
     .await
     .expect("web");
@@ -241,7 +237,7 @@ async fn a_denied_newcomer_without_or_with_another_credential_cannot_stall_a_ten
         env.create_in(
             ns,
             "squat",
-            json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u2")]}),
+            json!({"target": vm(&own("vm1")), "userAssignedIdentities": [uai("u2")]}),
         )
         .await
         .expect("squat");
@@ -250,7 +246,7 @@ async fn a_denied_newcomer_without_or_with_another_credential_cannot_stall_a_ten
     }
     stay_ready(&env, &team, &["web"], 8).await;
     assert_eq!(
-        env.identity(&vm("vm1")),
+        env.identity(&vm(&own("vm1"))),
         ("UserAssigned".into(), vec!["u1".into()])
     );
     // The other identity was never used: no token was asked for it.
@@ -271,7 +267,7 @@ async fn a_denied_newcomer_without_or_with_another_credential_cannot_stall_a_ten
         .await
         .expect("delete");
     env.wait_gone("web", 30).await;
-    assert_eq!(env.identity(&vm("vm1")), ("None".into(), vec![]));
+    assert_eq!(env.identity(&vm(&own("vm1"))), ("None".into(), vec![]));
     env.cleanup_in(&no_secret).await;
     env.cleanup_in(&other_secret).await;
     env.cleanup().await;

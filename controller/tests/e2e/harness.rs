@@ -109,16 +109,6 @@ async fn install_one_crd(client: &Client, file: &str, name: &str) {
     }
 }
 
-/// Whether the API server serves core/v1 Namespaces (kube-apiserver does; the stand-alone
-/// apiextensions-apiserver does not, and the controller then runs without label selectors).
-pub async fn serves_namespaces(client: &Client) -> bool {
-    client
-        .list_core_api_resources("v1")
-        .await
-        .map(|l| l.resources.iter().any(|r| r.name == "namespaces"))
-        .unwrap_or(false)
-}
-
 /// A policy that lets namespace `ns` do everything but lift the built-in deny list.
 pub fn allow_all_policy(ns: &str) -> Value {
     json!({
@@ -131,9 +121,6 @@ pub fn allow_all_policy(ns: &str) -> Value {
         "groups": ["*"],
     })
 }
-
-/// Whether the API server serves Namespaces (set by the first [`Env`]).
-static NAMESPACE_LABELS: OnceLock<bool> = OnceLock::new();
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -225,11 +212,7 @@ impl ControllerProc {
                 "4",
                 "--lro-poll-ms",
                 "50",
-                if NAMESPACE_LABELS.get().copied().unwrap_or(false) {
-                    "--namespace-labels=true"
-                } else {
-                    "--namespace-labels=false"
-                },
+                "--namespace-labels=true",
             ])
             .args(extra)
             .env("KUBECONFIG", kubeconfig())
@@ -330,22 +313,18 @@ impl Env {
         let sim = vmidentity_simulator::start(cfg).await.expect("simulator");
         let ns = format!("{ns}-{}", std::process::id());
         let api = Api::namespaced(client.clone(), &ns);
-        let real = serves_namespaces(&client).await;
-        let _ = NAMESPACE_LABELS.set(real);
-        if real {
-            // kube-apiserver: objects need their namespace (labelled with its own name, for
-            // tests that select it).
-            let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-            let body = json!({"apiVersion": "v1", "kind": "Namespace",
-                "metadata": {"name": ns, "labels": {"vmidentity-e2e/ns": ns}}});
-            nss.patch(
-                &ns,
-                &PatchParams::apply("vmidentity-e2e").force(),
-                &Patch::Apply(&body),
-            )
-            .await
-            .expect("namespace");
-        }
+        // Objects need their namespace (labelled with its own name, for tests that select
+        // it).
+        let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        let body = json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": ns, "labels": {"vmidentity-e2e/ns": ns}}});
+        nss.patch(
+            &ns,
+            &PatchParams::apply("vmidentity-e2e").force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .expect("namespace");
         let env = Env {
             ns,
             sim,
