@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (README command 2):
-#   formatting, lints, generated CRD freshness, every test of the workspace (unit, property,
-#   scenario tests on the ARM simulator, end-to-end tests on a real API server), and the
-#   packaging checks. SKIP_STATIC_BUILD=1 skips the (slow) static musl build locally.
+#   formatting, lints, generated CRD freshness, module cycles, every test of the workspace
+#   (unit, property, scenario tests on the ARM simulator, end-to-end tests on a real API
+#   server), and the packaging checks. SKIP_STATIC_BUILD=1 skips the (slow) static musl build locally.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +25,9 @@ if ! diff -u crds/vmidentity.dev_virtualmachineidentitypolicies.yaml target/crd-
   echo "crds/ is stale: run 'cargo run -p vmidentity -- crd --policy > crds/vmidentity.dev_virtualmachineidentitypolicies.yaml'" >&2
   exit 1
 fi
+
+step "no import cycles between the modules of a crate (scripts/module-cycles.sh)"
+scripts/module-cycles.sh
 
 step "a real Kubernetes API server for the end-to-end tests (tests/apiserver/kube-up.sh)"
 # Builds kube-apiserver (k8s.io/kubernetes, pinned in tests/apiserver/kube-apiserver/go.mod)

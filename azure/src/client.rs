@@ -335,7 +335,7 @@ pub struct ArmClient {
     /// Role definition cache of [`ArmClient::role_definition`]: key → (when read, info).
     /// Both expire after [`ClientConfig::role_cache_ttl`].
     pub(crate) role_def_cache:
-        Arc<Mutex<HashMap<String, (Instant, crate::authorization::RoleDefinitionInfo)>>>,
+        Arc<Mutex<HashMap<String, (Instant, crate::records::RoleDefinitionInfo)>>>,
 }
 
 impl std::fmt::Debug for ArmClient {

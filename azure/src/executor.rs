@@ -20,10 +20,11 @@ use vmidentity_planner::{
     ApiVersion, ArmId, IF_MATCH, LiveResource, Request, Service, TargetPlan, Write,
 };
 
-use crate::authorization::{self, RoleAssignment};
+use crate::authorization;
 use crate::client::{ArmClient, RequestKind, Response};
 use crate::error::AzureError;
 use crate::graph;
+pub use crate::records::Sent;
 
 /// What sending a plan did.
 #[derive(Debug, Clone)]
@@ -32,33 +33,6 @@ pub struct Outcome {
     pub writes: usize,
     /// The target as ARM answered the last write, when it could be read.
     pub live: Option<LiveResource>,
-}
-
-/// What one write did.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Sent {
-    /// An identity PATCH went through (its long-running operation finished): the target as
-    /// ARM answered it (read again when the answer carried no body).
-    Identity(Value),
-    /// A role assignment PUT: created (201), or already present under the same name (200).
-    RoleAssignment(RoleAssignment),
-    /// A role assignment PUT answered 409 `RoleAssignmentExists`: the same (scope, role,
-    /// principal) exists under another name. The executor listed the principal's
-    /// assignments: the existing one, to adopt (None when the listing does not show it).
-    RoleAssignmentExists(Option<RoleAssignment>),
-    /// A DELETE or a group membership change: done (or already so: a 404 on DELETE, an
-    /// "already a member" on add).
-    Done,
-}
-
-impl Sent {
-    /// The ID of the existing assignment a PUT adopted instead of creating its own.
-    pub fn adopted(&self) -> Option<&str> {
-        match self {
-            Sent::RoleAssignmentExists(Some(a)) => Some(&a.id),
-            _ => None,
-        }
-    }
 }
 
 /// Sends writes through an [`ArmClient`] (and, for group memberships, a Graph client), all

@@ -32,7 +32,7 @@ use vmidentity_planner::grants::GRAPH_VERSION;
 use crate::authorization::is_guid;
 use crate::client::{ArmClient, Response};
 use crate::error::{AzureError, ErrorClass};
-use crate::executor::Sent;
+use crate::records::Sent;
 
 /// `@odata.type` of a group in `memberOf` answers.
 const GROUP_TYPE: &str = "#microsoft.graph.group";

@@ -22,6 +22,7 @@ pub mod error;
 pub mod executor;
 pub mod fair;
 pub mod graph;
+pub mod records;
 pub mod resourcegraph;
 pub mod token;
 

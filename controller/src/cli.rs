@@ -8,10 +8,12 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 use vmidentity_azure::{ArmClient, ClientConfig, Executor, StaticToken};
-use vmidentity_planner::{Change, DesiredObject, Write, render};
+use vmidentity_planner::{DesiredObject, Write, render};
 
+use crate::azure_config::cli_client_config;
 use crate::engine::{self, State, TargetResult};
-use crate::input::{self, InputError, LoadedObject};
+use crate::input::{self, LoadedObject};
+pub use crate::out::render_apply;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -123,13 +125,15 @@ pub struct CrdArgs {
     pub policy: bool,
 }
 
-/// A failure that ends the command: printed as one line, exit code 1.
-#[derive(Debug, thiserror::Error)]
-pub enum CliError {
-    #[error(transparent)]
-    Input(#[from] InputError),
-    #[error("{0}")]
-    Other(String),
+pub use crate::error::CliError;
+
+/// The error of `demo` and `apply --simulator` in a build without the ARM simulator (the
+/// production image is built with `--no-default-features`).
+#[cfg(not(feature = "simulator"))]
+fn no_simulator(what: &str) -> CliError {
+    CliError::Other(format!(
+        "{what} needs the ARM simulator, which this build does not include: rebuild with the cargo feature `simulator` (on by default; e.g. `cargo run -p vmidentity -- demo`)"
+    ))
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -137,7 +141,10 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
     match cli.command {
         Command::Plan(a) => plan(a).await,
         Command::Apply(a) => apply(a).await,
+        #[cfg(feature = "simulator")]
         Command::Demo(_) => crate::demo::run().await,
+        #[cfg(not(feature = "simulator"))]
+        Command::Demo(_) => Err(no_simulator("`vmidentity demo`")),
         Command::Controller(a) => crate::operator::run(a).await,
         Command::Crd(a) => {
             let y = if a.policy {
@@ -311,17 +318,11 @@ fn write_state(path: &PathBuf, state: &State) -> Result<(), CliError> {
         .map_err(|e| CliError::Other(format!("{}: {e}", path.display())))
 }
 
-/// Client settings for one-shot runs: a CLI may wait through short `Retry-After`s.
-pub fn cli_client_config(endpoint: &str) -> ClientConfig {
-    ClientConfig {
-        endpoint: endpoint.to_string(),
-        max_inline_wait: Duration::from_secs(120),
-        lro_poll_interval: Duration::from_secs(2),
-        ..ClientConfig::default()
-    }
-}
-
 async fn apply(a: ApplyArgs) -> Result<i32, CliError> {
+    #[cfg(not(feature = "simulator"))]
+    if a.simulator.is_some() {
+        return Err(no_simulator("`apply --simulator`"));
+    }
     let loaded = input::load_objects(&a.files)?;
     let mut objects = desired(&loaded)?;
     let state = match &a.state {
@@ -330,8 +331,10 @@ async fn apply(a: ApplyArgs) -> Result<i32, CliError> {
     };
     objects = engine::with_state(objects, &state);
 
+    #[cfg(feature = "simulator")]
     let mut _sim = None;
     let (endpoint, token, graph) = match &a.simulator {
+        #[cfg(feature = "simulator")]
         Some(world) => {
             let text = std::fs::read_to_string(world)
                 .map_err(|e| CliError::Other(format!("{}: {e}", world.display())))?;
@@ -346,6 +349,8 @@ async fn apply(a: ApplyArgs) -> Result<i32, CliError> {
                 Some((url, crate::demo::SIM_GRAPH_TOKEN.to_string())),
             )
         }
+        #[cfg(not(feature = "simulator"))]
+        Some(_) => return Err(no_simulator("`apply --simulator`")),
         None => {
             let token = a.token.clone().ok_or_else(|| {
                 CliError::Other(
@@ -423,93 +428,4 @@ pub fn apply_json(results: &[TargetResult], graph_endpoint: &str) -> Value {
         }
     }
     Value::Array(out)
-}
-
-fn short(id: &str) -> String {
-    vmidentity_planner::ArmId::parse(id)
-        .map(|i| i.short())
-        .unwrap_or_else(|_| id.to_string())
-}
-
-/// Human-readable report of an apply: per target, the writes sent (rendered for
-/// `graph_endpoint`) and what changed.
-pub fn render_apply(results: &[TargetResult], graph_endpoint: &str) -> String {
-    let mut out = String::new();
-    let (mut changed, mut same, mut failed) = (0, 0, 0);
-    for r in results {
-        let objs: Vec<String> = r.objects.iter().map(ToString::to_string).collect();
-        let Some(plan) = &r.plan else {
-            failed += 1;
-            if let Some(e) = &r.error {
-                out.push_str(&format!(
-                    "! {}  ({})\n    {}: {e}\n",
-                    short(&r.target),
-                    objs.join(", "),
-                    e.reason()
-                ));
-            }
-            continue;
-        };
-        if plan.is_converged() && r.grant_writes.is_empty() {
-            same += 1;
-            out.push_str(&format!(
-                "  {}  up to date ({})\n",
-                plan.target.short(),
-                objs.join(", ")
-            ));
-            continue;
-        }
-        out.push_str(&format!(
-            "~ {}  ({})\n",
-            plan.target.short(),
-            objs.join(", ")
-        ));
-        for w in r.all_writes() {
-            let req = w.request(graph_endpoint);
-            let body = match &req.body {
-                None => String::new(),
-                Some(b) => format!(" {}", serde_json::to_string(b).unwrap_or_default()),
-            };
-            out.push_str(&format!(
-                "    {} {}?api-version={}{body}\n",
-                req.method,
-                req.id(),
-                req.version()
-            ));
-        }
-        match &r.error {
-            Some(e) => {
-                failed += 1;
-                out.push_str(&format!("    -> failed: {}: {e}\n", e.reason()));
-            }
-            None => {
-                changed += 1;
-                for c in &plan.changes {
-                    let extra = match (c, &r.live_after) {
-                        (Change::EnableSystemAssigned, Some(l)) => l
-                            .identity
-                            .principal_id
-                            .as_ref()
-                            .map(|p| format!(" (principalId {p})"))
-                            .unwrap_or_default(),
-                        _ => String::new(),
-                    };
-                    let what = match c {
-                        Change::EnableSystemAssigned => "+ system-assigned identity".to_string(),
-                        Change::DisableSystemAssigned => "- system-assigned identity".to_string(),
-                        Change::AddUserAssigned(id) => format!("+ {}", id.short()),
-                        Change::RemoveUserAssigned(id) => format!("- {}", id.short()),
-                        Change::RepairUserAssigned(id) => {
-                            format!("-/+ {} (stale entry re-attached)", id.short())
-                        }
-                    };
-                    out.push_str(&format!("    {what}{extra}\n"));
-                }
-            }
-        }
-    }
-    out.push_str(&format!(
-        "Apply: {changed} changed, {same} up to date, {failed} failed.\n"
-    ));
-    out
 }

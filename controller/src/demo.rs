@@ -7,9 +7,11 @@ use vmidentity_azure::{ArmClient, ClientConfig, Executor, StaticToken};
 use vmidentity_planner::DesiredObject;
 use vmidentity_simulator::{LroMode, SimConfig, SimHandle, WorldSeed};
 
-use crate::cli::{CliError, cli_client_config, render_apply};
+use crate::azure_config::cli_client_config;
 use crate::engine::{self, TargetResult};
+use crate::error::CliError;
 use crate::input;
+use crate::out::render_apply;
 
 /// The token the in-process simulator accepts.
 pub const SIM_TOKEN: &str = "sim-token";

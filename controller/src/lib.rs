@@ -1,10 +1,13 @@
 //! The `vmidentity` binary's library: CRD types, input loading, the one-shot engine behind
 //! `plan` / `apply` / `demo`, and the CLI.
 
+pub mod azure_config;
 pub mod cli;
 pub mod crd;
+#[cfg(feature = "simulator")]
 pub mod demo;
 pub mod engine;
+pub mod error;
 pub mod input;
 pub mod operator;
 pub mod out;

@@ -2,6 +2,10 @@
 
 use std::io::Write;
 
+use vmidentity_planner::Change;
+
+use crate::engine::TargetResult;
+
 /// Writes `s` to stdout. A closed pipe ends the process quietly, as Unix tools do.
 pub fn emit(s: &str) {
     let mut out = std::io::stdout().lock();
@@ -24,4 +28,93 @@ macro_rules! outln {
 #[macro_export]
 macro_rules! out {
     ($($arg:tt)*) => { $crate::out::emit(&format!($($arg)*)) };
+}
+
+fn short(id: &str) -> String {
+    vmidentity_planner::ArmId::parse(id)
+        .map(|i| i.short())
+        .unwrap_or_else(|_| id.to_string())
+}
+
+/// Human-readable report of an apply: per target, the writes sent (rendered for
+/// `graph_endpoint`) and what changed.
+pub fn render_apply(results: &[TargetResult], graph_endpoint: &str) -> String {
+    let mut out = String::new();
+    let (mut changed, mut same, mut failed) = (0, 0, 0);
+    for r in results {
+        let objs: Vec<String> = r.objects.iter().map(ToString::to_string).collect();
+        let Some(plan) = &r.plan else {
+            failed += 1;
+            if let Some(e) = &r.error {
+                out.push_str(&format!(
+                    "! {}  ({})\n    {}: {e}\n",
+                    short(&r.target),
+                    objs.join(", "),
+                    e.reason()
+                ));
+            }
+            continue;
+        };
+        if plan.is_converged() && r.grant_writes.is_empty() {
+            same += 1;
+            out.push_str(&format!(
+                "  {}  up to date ({})\n",
+                plan.target.short(),
+                objs.join(", ")
+            ));
+            continue;
+        }
+        out.push_str(&format!(
+            "~ {}  ({})\n",
+            plan.target.short(),
+            objs.join(", ")
+        ));
+        for w in r.all_writes() {
+            let req = w.request(graph_endpoint);
+            let body = match &req.body {
+                None => String::new(),
+                Some(b) => format!(" {}", serde_json::to_string(b).unwrap_or_default()),
+            };
+            out.push_str(&format!(
+                "    {} {}?api-version={}{body}\n",
+                req.method,
+                req.id(),
+                req.version()
+            ));
+        }
+        match &r.error {
+            Some(e) => {
+                failed += 1;
+                out.push_str(&format!("    -> failed: {}: {e}\n", e.reason()));
+            }
+            None => {
+                changed += 1;
+                for c in &plan.changes {
+                    let extra = match (c, &r.live_after) {
+                        (Change::EnableSystemAssigned, Some(l)) => l
+                            .identity
+                            .principal_id
+                            .as_ref()
+                            .map(|p| format!(" (principalId {p})"))
+                            .unwrap_or_default(),
+                        _ => String::new(),
+                    };
+                    let what = match c {
+                        Change::EnableSystemAssigned => "+ system-assigned identity".to_string(),
+                        Change::DisableSystemAssigned => "- system-assigned identity".to_string(),
+                        Change::AddUserAssigned(id) => format!("+ {}", id.short()),
+                        Change::RemoveUserAssigned(id) => format!("- {}", id.short()),
+                        Change::RepairUserAssigned(id) => {
+                            format!("-/+ {} (stale entry re-attached)", id.short())
+                        }
+                    };
+                    out.push_str(&format!("    {what}{extra}\n"));
+                }
+            }
+        }
+    }
+    out.push_str(&format!(
+        "Apply: {changed} changed, {same} up to date, {failed} failed.\n"
+    ));
+    out
 }

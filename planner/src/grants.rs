@@ -6,19 +6,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
-
 use crate::model::{DeletionPolicy, DesiredObject, IdentityRef, ObjectRef};
 use crate::plan::Write;
 
-/// Microsoft.Authorization api-version of role definitions and role assignments (reads and
-/// writes): the only definition; the Azure crate uses it.
-pub const AUTHORIZATION_API_VERSION: &str = "2022-04-01";
-/// Microsoft Graph version every Graph path is under (`/v1.0/...`).
-pub const GRAPH_VERSION: &str = "v1.0";
-/// The public cloud's Microsoft Graph endpoint: where `@odata.id`s point unless another
-/// endpoint is configured.
-pub const PUBLIC_GRAPH_ENDPOINT: &str = "https://graph.microsoft.com";
+// Defined below `grants` (in `model` and `plan`, which `grants` uses); re-exported here, their
+// historical home.
+pub use crate::model::{AppliedGroupMembership, AppliedRoleAssignment};
+pub use crate::plan::{
+    AUTHORIZATION_API_VERSION, GRAPH_VERSION, PUBLIC_GRAPH_ENDPOINT, role_assignment_id,
+};
+
 /// Shown instead of a principal ID that exists only once the identity is written.
 pub const KNOWN_AFTER_APPLY: &str = "(known after apply)";
 /// `principalType` of vmidentity's role assignment PUTs (managed identities are service
@@ -45,33 +42,10 @@ pub fn assignment_name(scope: &str, role_guid: &str, principal_id: &str) -> Stri
     uuid::Uuid::new_v5(&ASSIGNMENT_NAME_NAMESPACE, input.as_bytes()).to_string()
 }
 
-/// A role assignment this object owns (`status.applied.roleAssignments`).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AppliedRoleAssignment {
-    /// The assignment's full ARM ID.
-    pub id: String,
-    pub scope: String,
-    /// The role definition GUID.
-    pub role_definition_id: String,
-    pub principal_id: String,
-    /// `SystemAssigned` or the user-assigned identity ID.
-    pub identity: String,
-}
-
 impl AppliedRoleAssignment {
     fn key(&self) -> GrantKey {
         GrantKey::role(&self.scope, &self.role_definition_id, &self.principal_id)
     }
-}
-
-/// A group membership this object owns (`status.applied.groupMemberships`).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AppliedGroupMembership {
-    pub group_object_id: String,
-    pub principal_id: String,
-    pub identity: String,
 }
 
 /// A role assignment as ARM lists it.
@@ -200,14 +174,6 @@ impl GrantPlan {
     pub fn is_empty(&self) -> bool {
         self.removals.is_empty() && self.additions.is_empty()
     }
-}
-
-/// The ARM ID of a role assignment.
-pub fn role_assignment_id(scope: &str, name: &str) -> String {
-    format!(
-        "{}/providers/Microsoft.Authorization/roleAssignments/{name}",
-        scope.trim_end_matches('/')
-    )
 }
 
 /// The `roleDefinitionId` to send in a PUT for `role` (a GUID, or anything ending in one) at

@@ -127,6 +127,29 @@ impl fmt::Display for ObjectRef {
     }
 }
 
+/// A role assignment this object owns (`status.applied.roleAssignments`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedRoleAssignment {
+    /// The assignment's full ARM ID.
+    pub id: String,
+    pub scope: String,
+    /// The role definition GUID.
+    pub role_definition_id: String,
+    pub principal_id: String,
+    /// `SystemAssigned` or the user-assigned identity ID.
+    pub identity: String,
+}
+
+/// A group membership this object owns (`status.applied.groupMemberships`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedGroupMembership {
+    pub group_object_id: String,
+    pub principal_id: String,
+    pub identity: String,
+}
+
 /// The ownership record an object keeps in `status.applied`: what it manages on its target.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -136,9 +159,9 @@ pub struct Applied {
     #[serde(default)]
     pub user_assigned_identities: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub role_assignments: Vec<crate::grants::AppliedRoleAssignment>,
+    pub role_assignments: Vec<AppliedRoleAssignment>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub group_memberships: Vec<crate::grants::AppliedGroupMembership>,
+    pub group_memberships: Vec<AppliedGroupMembership>,
 }
 
 impl Applied {

@@ -12,6 +12,15 @@ use crate::model::{
     ApiVersion, Applied, DeletionPolicy, DesiredObject, Mode, ObjectRef, WireFormat,
 };
 
+/// Microsoft.Authorization api-version of role definitions and role assignments (reads and
+/// writes): the only definition; the Azure crate uses it.
+pub const AUTHORIZATION_API_VERSION: &str = "2022-04-01";
+/// Microsoft Graph version every Graph path is under (`/v1.0/...`).
+pub const GRAPH_VERSION: &str = "v1.0";
+/// The public cloud's Microsoft Graph endpoint: where `@odata.id`s point unless another
+/// endpoint is configured.
+pub const PUBLIC_GRAPH_ENDPOINT: &str = "https://graph.microsoft.com";
+
 /// ARM refuses a request that assigns more user-assigned identities than this.
 pub const MAX_IDENTITIES_PER_REQUEST: usize = 150;
 
@@ -223,7 +232,6 @@ impl Write {
     /// where Graph directory objects live: a member is added by its `@odata.id`,
     /// `{graph_endpoint}/v1.0/directoryObjects/{principal}`.
     pub fn request(&self, graph_endpoint: &str) -> Request {
-        use crate::grants::{AUTHORIZATION_API_VERSION, GRAPH_VERSION, role_assignment_id};
         let arm = |method, path: String, api_version: &str, body| Request {
             service: Service::Arm,
             method,
@@ -324,9 +332,7 @@ impl Write {
     /// The full ID of the role assignment a PUT or DELETE is about.
     pub fn role_assignment_id(&self) -> Option<String> {
         match self {
-            Write::RoleAssignmentPut { scope, name, .. } => {
-                Some(crate::grants::role_assignment_id(scope, name))
-            }
+            Write::RoleAssignmentPut { scope, name, .. } => Some(role_assignment_id(scope, name)),
             Write::RoleAssignmentDelete { id } => Some(id.clone()),
             _ => None,
         }
@@ -336,8 +342,7 @@ impl Write {
 impl Serialize for Write {
     /// The `plan -o json` element, with Graph's public-cloud endpoint in `@odata.id`.
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.request(crate::grants::PUBLIC_GRAPH_ENDPOINT)
-            .serialize(s)
+        self.request(PUBLIC_GRAPH_ENDPOINT).serialize(s)
     }
 }
 
@@ -788,4 +793,12 @@ fn identity_patch(
         }
     }
     Some(json!({ "identity": Value::Object(identity) }))
+}
+
+/// The ARM ID of a role assignment.
+pub fn role_assignment_id(scope: &str, name: &str) -> String {
+    format!(
+        "{}/providers/Microsoft.Authorization/roleAssignments/{name}",
+        scope.trim_end_matches('/')
+    )
 }

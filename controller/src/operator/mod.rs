@@ -23,8 +23,8 @@ use kube::{Api, Client};
 use tracing::{error, info, warn};
 use vmidentity_azure::{ArmClient, ClientConfig, Executor, StaticToken};
 
-use crate::cli::CliError;
 use crate::crd::{VirtualMachineIdentity, VirtualMachineIdentityPolicy};
+use crate::error::CliError;
 use leader::{Elector, LeaderConfig};
 use metrics::Metrics;
 use policy::PolicyView;
