@@ -358,6 +358,68 @@ impl From<&planner::Applied> for AppliedIdentities {
     }
 }
 
+/// The one conversion of an object into the planner's input.
+impl VirtualMachineIdentity {
+    /// The object as the planner names it (`default` when the namespace is not set, as for
+    /// an object read from a file).
+    pub fn planner_ref(&self) -> planner::ObjectRef {
+        planner::ObjectRef::new(
+            self.metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".to_string()),
+            self.metadata.name.clone().unwrap_or_default(),
+        )
+    }
+
+    /// True once the object has a deletion timestamp.
+    pub fn is_deleting(&self) -> bool {
+        self.metadata.deletion_timestamp.is_some()
+    }
+
+    /// The ownership record (`status.applied`), empty when there is none.
+    pub fn applied(&self) -> planner::Applied {
+        self.status
+            .as_ref()
+            .and_then(|s| s.applied.as_ref())
+            .map(Into::into)
+            .unwrap_or_default()
+    }
+
+    /// The validated spec with its ownership record: what the planner plans for the object.
+    pub fn desired(&self) -> Result<planner::DesiredObject, Vec<planner::model::FieldError>> {
+        let spec = self.spec.to_raw().validate()?;
+        let mut d =
+            planner::DesiredObject::new(self.planner_ref(), spec).with_applied(self.applied());
+        d.deleting = self.is_deleting();
+        Ok(d)
+    }
+
+    /// What the object holds of `applied` on its target, whatever its spec now says (for an
+    /// object that is refused): its user-assigned identities in Merge mode with its own
+    /// deletion policy, and nothing else. `None` when its target is not a VM or VMSS ID.
+    pub fn holding(&self, applied: &planner::Applied) -> Option<planner::DesiredObject> {
+        let raw = self.spec.to_raw();
+        let spec = planner::Spec {
+            target: planner::ArmId::parse_target(&raw.target).ok()?,
+            api_version: planner::ApiVersion::default(),
+            mode: planner::Mode::Merge,
+            system_assigned: None,
+            user_assigned: applied
+                .user_assigned_identities
+                .iter()
+                .filter_map(|s| planner::ArmId::parse_uai(s).ok())
+                .collect(),
+            role_assignments: vec![],
+            group_memberships: vec![],
+            deletion_policy: raw
+                .deletion_policy
+                .unwrap_or(planner::DeletionPolicy::Detach),
+        };
+        Some(planner::DesiredObject::new(self.planner_ref(), spec))
+    }
+}
+
 impl VirtualMachineIdentitySpec {
     /// The planner's view of the spec (validated by [`planner::RawSpec::validate`]).
     pub fn to_raw(&self) -> planner::RawSpec {
@@ -451,6 +513,32 @@ pub fn policy_crd_yaml() -> Result<String, serde_yaml_ng::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_conversion_to_the_planner_input() {
+        let vm =
+            "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm1";
+        let u1 = "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/u1";
+        let mut o: VirtualMachineIdentity = serde_json::from_value(serde_json::json!({
+            "apiVersion": "vmidentity.dev/v1alpha1", "kind": "VirtualMachineIdentity",
+            "metadata": {"name": "a"},
+            "spec": {"target": vm, "userAssignedIdentities": [u1], "deletionPolicy": "Retain"},
+            "status": {"applied": {"userAssignedIdentities": [u1]}}
+        }))
+        .unwrap();
+        // No namespace (a file): `default`.
+        assert_eq!(o.planner_ref().to_string(), "default/a");
+        let d = o.desired().unwrap();
+        assert_eq!(d.applied.user_assigned_identities, vec![u1.to_string()]);
+        assert_eq!(d.spec.deletion_policy, planner::DeletionPolicy::Retain);
+        assert!(!d.deleting);
+        let held = o.holding(&o.applied()).unwrap();
+        assert_eq!(held.spec.deletion_policy, planner::DeletionPolicy::Retain);
+        assert_eq!(held.spec.user_assigned.len(), 1);
+        o.spec.target = "not a target".into();
+        assert!(o.desired().is_err());
+        assert!(o.holding(&o.applied()).is_none());
+    }
 
     #[test]
     fn string_map_is_a_sorted_json_object_with_a_map_schema() {

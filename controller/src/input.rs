@@ -48,20 +48,12 @@ pub struct LoadedObject {
 
 impl LoadedObject {
     pub fn object_ref(&self) -> ObjectRef {
-        ObjectRef::new(
-            self.object
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".to_string()),
-            self.object.metadata.name.clone().unwrap_or_default(),
-        )
+        self.object.planner_ref()
     }
 
     /// Validates the spec and builds the planner's input (ownership from `status.applied`).
     pub fn to_desired(&self) -> Result<DesiredObject, InputError> {
-        let object = self.object_ref();
-        let spec = self.object.spec.to_raw().validate().map_err(|errs| {
+        self.object.desired().map_err(|errs| {
             let first = &errs[0];
             let more = if errs.len() > 1 {
                 format!(" (and {} more)", errs.len() - 1)
@@ -70,21 +62,11 @@ impl LoadedObject {
             };
             InputError::Object {
                 source_name: self.source.clone(),
-                object: object.to_string(),
+                object: self.object_ref().to_string(),
                 field: first.field.clone(),
                 message: format!("{}{more}", first.message),
             }
-        })?;
-        let applied = self
-            .object
-            .status
-            .as_ref()
-            .and_then(|s| s.applied.as_ref())
-            .map(Into::into)
-            .unwrap_or_default();
-        let mut d = DesiredObject::new(object, spec).with_applied(applied);
-        d.deleting = self.object.metadata.deletion_timestamp.is_some();
-        Ok(d)
+        })
     }
 }
 

@@ -11,28 +11,14 @@ use futures::channel::mpsc::UnboundedSender;
 use kube::runtime::reflector::ObjectRef;
 use tracing::{info, warn};
 use vmidentity_azure::{ArmClient, AzureError};
-use vmidentity_planner::{ArmId, DesiredObject, ObjectRef as PlannerRef, fleet};
+use vmidentity_planner::{ArmId, DesiredObject, fleet};
 
 use super::reconcile::Context;
 use super::target::{objects_on, representative, target_key};
 use crate::crd::VirtualMachineIdentity;
 
 fn desired(o: &VirtualMachineIdentity) -> Option<DesiredObject> {
-    use kube::ResourceExt;
-    let spec = o.spec.to_raw().validate().ok()?;
-    let applied = o
-        .status
-        .as_ref()
-        .and_then(|s| s.applied.as_ref())
-        .map(Into::into)
-        .unwrap_or_default();
-    let mut d = DesiredObject::new(
-        PlannerRef::new(o.namespace().unwrap_or_default(), o.name_any()),
-        spec,
-    )
-    .with_applied(applied);
-    d.deleting = o.metadata.deletion_timestamp.is_some();
-    Some(d)
+    o.desired().ok()
 }
 
 /// The Resource Graph half of a scan, without Kubernetes: queries the identity blocks of

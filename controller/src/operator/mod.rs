@@ -3,6 +3,7 @@
 
 pub mod conditions;
 pub mod credentials;
+pub mod decide;
 pub mod events;
 pub mod fleet;
 pub mod leader;

@@ -13,20 +13,15 @@ use rand::Rng;
 use serde_json::json;
 use tracing::{debug, info, warn};
 use vmidentity_azure::{AzureError, ErrorClass, Executor};
-use vmidentity_planner::{
-    ApiVersion, ArmId, DeletionPolicy, DesiredObject, LiveResource, Mode, ObjectRef, Spec,
-    TargetPlan, plan_target,
-};
+use vmidentity_planner::{ApiVersion, DesiredObject, LiveResource, TargetPlan, plan_target};
 
-use super::conditions::{self, Phase};
 use super::credentials::{Chosen, Credentials};
+use super::decide::{self, Outcome, Part, Reason, Refusal, Report, Success};
 use super::events::{EventRecorder, EventType, Published};
 use super::metrics::Metrics;
-use super::policy::{POLICY_DENIED, PolicyView};
+use super::policy::PolicyView;
 use super::target::{objects_on, target_key};
-use crate::crd::{
-    AppliedIdentities, Principals, VirtualMachineIdentity, VirtualMachineIdentityStatus,
-};
+use crate::crd::{AppliedIdentities, VirtualMachineIdentity, VirtualMachineIdentityStatus};
 use crate::engine::{EngineError, TargetResult, read_version, write_target};
 
 pub const FINALIZER: &str = "vmidentity.dev/finalizer";
@@ -127,6 +122,7 @@ impl Context {
         }
     }
 
+    /// The next backoff of `key` (before jitter).
     fn backoff(&self, key: &str) -> Duration {
         let n = match self.attempts.lock() {
             Ok(mut a) => {
@@ -137,7 +133,7 @@ impl Context {
             Err(_) => 1,
         };
         let base = Duration::from_secs(5).saturating_mul(1 << n.min(6).saturating_sub(1));
-        jitter(base.min(Duration::from_secs(300)))
+        base.min(Duration::from_secs(300))
     }
 
     fn succeeded(&self, key: &str) {
@@ -233,21 +229,6 @@ impl Context {
             Err(e) => Err(e.into()),
         }
     }
-
-    /// Writes the conditions for `phase`, keeping everything else of the status.
-    async fn set_phase(&self, o: &VirtualMachineIdentity, phase: &Phase) -> Result<(), Error> {
-        let mut st = o.status.clone().unwrap_or_default();
-        let conds =
-            conditions::conditions(&st.conditions, phase, o.meta().generation, Timestamp::now());
-        if conditions::same(&st.conditions, &conds) {
-            return Ok(());
-        }
-        st.conditions = conds;
-        if matches!(phase, Phase::Stalled { .. }) {
-            st.observed_generation = o.meta().generation;
-        }
-        self.patch_status(o, &st).await
-    }
 }
 
 /// The JSON merge patch (RFC 7386) that turns `old` into `new`: `new` with every key of
@@ -279,16 +260,39 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(rand::rng().random_range(0.8..=1.2))
 }
 
-fn object_ref(o: &VirtualMachineIdentity) -> ObjectRef {
-    ObjectRef::new(o.namespace().unwrap_or_default(), o.name_any())
+impl Context {
+    /// Writes what was decided about one object: its Events and its status.
+    async fn report(&self, o: &VirtualMachineIdentity, r: Report) -> Result<(), Error> {
+        for n in r.events {
+            self.event(o, n.type_, n.reason.as_str(), n.note).await;
+        }
+        if let Some(st) = &r.status {
+            self.patch_status(o, st).await?;
+        }
+        for n in r.events_after {
+            self.event(o, n.type_, n.reason.as_str(), n.note).await;
+        }
+        Ok(())
+    }
+
+    /// Writes what was decided about each object, in order.
+    async fn report_all(
+        &self,
+        reports: Vec<(&VirtualMachineIdentity, Report)>,
+    ) -> Result<(), Error> {
+        for (o, r) in reports {
+            self.report(o, r).await?;
+        }
+        Ok(())
+    }
 }
 
-/// Why an object is not planned as it asks.
-#[derive(Debug, Clone)]
-struct Refusal {
-    /// The Stalled reason: InvalidSpec or PolicyDenied.
-    reason: &'static str,
-    message: String,
+/// What `decide` makes of each of `members`.
+fn each<'m>(
+    members: impl Iterator<Item = &'m Member>,
+    decide: impl Fn(&VirtualMachineIdentity) -> Report,
+) -> Vec<(&'m VirtualMachineIdentity, Report)> {
+    members.map(|m| (&*m.obj, decide(&m.obj))).collect()
 }
 
 /// One object of the target, with what the planner makes of it.
@@ -303,39 +307,19 @@ struct Member {
 
 impl Member {
     fn new(obj: Arc<VirtualMachineIdentity>) -> Member {
-        let deleting = obj.meta().deletion_timestamp.is_some();
-        let has_finalizer = obj.finalizers().iter().any(|f| f == FINALIZER);
-        let desired = obj
-            .spec
-            .to_raw()
-            .validate()
-            .map(|spec| {
-                let mut d =
-                    DesiredObject::new(object_ref(&obj), spec).with_applied(applied_of(&obj));
-                d.deleting = deleting;
-                d
-            })
-            .map_err(|errs| Refusal {
-                reason: "InvalidSpec",
-                message: errs
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            });
         Member {
-            obj,
-            desired,
-            deleting,
-            has_finalizer,
+            desired: obj.desired().map_err(|errs| Refusal::invalid(&errs)),
+            deleting: obj.is_deleting(),
+            has_finalizer: obj.finalizers().iter().any(|f| f == FINALIZER),
             credential: None,
+            obj,
         }
     }
 
     /// For a refused object being deleted: what it releases (with Detach), from its record.
     fn releasing(&self) -> Option<DesiredObject> {
-        let applied = applied_of(&self.obj);
-        let mut d = self.holding(&applied)?;
+        let applied = self.obj.applied();
+        let mut d = self.obj.holding(&applied)?;
         d.deleting = true;
         Some(d.with_applied(applied))
     }
@@ -345,86 +329,31 @@ impl Member {
     /// nothing; nothing is added or restored on its behalf. Its role assignments and group
     /// memberships are left out of planning (neither removed nor re-created).
     fn held(&self, live: &LiveResource) -> Option<DesiredObject> {
-        let mut applied = applied_of(&self.obj);
-        applied.user_assigned_identities.retain(|u| {
-            live.identity
-                .user_assigned
-                .contains_key(&u.to_ascii_lowercase())
-        });
-        applied.system_assigned = applied
-            .system_assigned
-            .filter(|s| *s && live.identity.system_assigned);
-        applied.role_assignments.clear();
-        applied.group_memberships.clear();
-        if applied.is_empty() {
-            // Holds nothing on the target: takes no part (it cannot stand in anyone's way).
-            return None;
-        }
-        let mut d = self.holding(&applied)?;
+        let applied = decide::held_record(self.obj.applied(), live)?;
+        let mut d = self.obj.holding(&applied)?;
         d.spec.system_assigned = applied.system_assigned;
         Some(d.with_applied(applied))
     }
 
     /// Owns something on the target (its ownership record is not empty).
     fn owns_something(&self) -> bool {
-        !applied_of(&self.obj).is_empty()
+        !self.obj.applied().is_empty()
+    }
+
+    fn part(&self) -> Part {
+        decide::part(
+            self.deleting,
+            self.desired.is_ok(),
+            self.credential.is_some(),
+            self.owns_something(),
+        )
     }
 
     /// Allowed, not being deleted: the object's own spec is planned.
     fn is_active(&self) -> bool {
+        // `part() == Part::Allowed`, without reading the ownership record.
         !self.deleting && self.desired.is_ok()
     }
-
-    fn holding(&self, applied: &vmidentity_planner::Applied) -> Option<DesiredObject> {
-        let target = ArmId::parse_target(&self.obj.spec.target).ok()?;
-        let spec = Spec {
-            target,
-            api_version: ApiVersion::default(),
-            mode: Mode::Merge,
-            system_assigned: None,
-            user_assigned: applied
-                .user_assigned_identities
-                .iter()
-                .filter_map(|s| ArmId::parse_uai(s).ok())
-                .collect(),
-            role_assignments: vec![],
-            group_memberships: vec![],
-            deletion_policy: match self.obj.spec.deletion_policy {
-                Some(crate::crd::DeletionPolicy::Retain) => DeletionPolicy::Retain,
-                _ => DeletionPolicy::Detach,
-            },
-        };
-        Some(DesiredObject::new(object_ref(&self.obj), spec))
-    }
-
-    /// Reports a refusal (Stalled + an event when it is new).
-    async fn refuse(&self, r: &Refusal, ctx: &Context) -> Result<(), Error> {
-        let phase = Phase::Stalled {
-            reason: r.reason.into(),
-            message: r.message.clone(),
-        };
-        if stalled_changed(&self.obj, &phase) || stalled_message_changed(&self.obj, &r.message) {
-            ctx.event(&self.obj, EventType::Warning, r.reason, r.message.clone())
-                .await;
-        }
-        ctx.set_phase(&self.obj, &phase).await
-    }
-}
-
-fn applied_of(obj: &VirtualMachineIdentity) -> vmidentity_planner::Applied {
-    obj.status
-        .as_ref()
-        .and_then(|s| s.applied.as_ref())
-        .map(Into::into)
-        .unwrap_or_default()
-}
-
-fn stalled_message_changed(o: &VirtualMachineIdentity, message: &str) -> bool {
-    !o.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == conditions::STALLED && c.message == message)
-    })
 }
 
 /// The controller's reconcile: `rep` stands for its whole target.
@@ -448,29 +377,16 @@ pub async fn reconcile(
     drop(guard);
     ctx.release_lock(&key, lock);
     ctx.metrics.objects.set(ctx.store.len() as i64);
-    let label = match &result {
-        Ok(Outcome::Converged) => "converged",
-        Ok(Outcome::Applied) => "applied",
-        Ok(Outcome::Retry(_)) => "retry",
-        Ok(Outcome::Stalled) => "stalled",
-        Ok(Outcome::Idle) => "idle",
-        Err(_) => "error",
-    };
+    let label = result.as_ref().map_or("error", |o| o.label());
     ctx.metrics.reconciled(label, started.elapsed());
-    match result {
-        Ok(Outcome::Converged | Outcome::Applied) => {
-            ctx.succeeded(&key);
-            if ctx.per_target_resync {
-                Ok(Action::requeue(jitter(ctx.resync)))
-            } else {
-                Ok(Action::await_change())
-            }
-        }
-        Ok(Outcome::Retry(after)) => Ok(Action::requeue(after)),
-        Ok(Outcome::Stalled) => Ok(Action::requeue(jitter(ctx.resync))),
-        Ok(Outcome::Idle) => Ok(Action::await_change()),
-        Err(e) => Err(e),
+    let outcome = result?;
+    if outcome.succeeded() {
+        ctx.succeeded(&key);
     }
+    Ok(match outcome.requeue(ctx.resync, ctx.per_target_resync) {
+        Some(after) => Action::requeue(jitter(after)),
+        None => Action::await_change(),
+    })
 }
 
 /// A table left mostly empty by a burst (10,000 targets triggered at start-up) keeps its
@@ -482,17 +398,7 @@ fn sparse(len: usize, capacity: usize) -> bool {
 /// Kubernetes API failures (status or finalizer writes): back off and try again.
 pub fn error_policy(rep: Arc<VirtualMachineIdentity>, err: &Error, ctx: Arc<Context>) -> Action {
     warn!(object = %rep.name_any(), error = %err, "reconcile failed");
-    Action::requeue(ctx.backoff(&target_key(&rep)))
-}
-
-enum Outcome {
-    Converged,
-    Applied,
-    Retry(Duration),
-    /// Needs a human; looked at again at the resync period (an identity or VM may appear).
-    Stalled,
-    /// Nothing left to do until an object changes.
-    Idle,
+    Action::requeue(jitter(ctx.backoff(&target_key(&rep))))
 }
 
 async fn reconcile_target(
@@ -500,21 +406,186 @@ async fn reconcile_target(
     objs: Vec<Arc<VirtualMachineIdentity>>,
     ctx: &Context,
 ) -> Result<Outcome, Error> {
-    // Objects deleted before we ever claimed them applied nothing.
     let mut members: Vec<Member> = objs
         .into_iter()
         .map(Member::new)
-        .filter(|m| !m.deleting || m.has_finalizer)
+        .filter(|m| decide::considered(m.deleting, m.has_finalizer))
         .collect();
     if members.is_empty() {
         return Ok(Outcome::Idle);
     }
+    if let Some(outcome) = guardrails(key, &mut members, ctx).await? {
+        return Ok(outcome);
+    }
+    // Objects that owned nothing and are gone (or cannot be released) need nothing more.
+    for m in members.iter().filter(|m| m.deleting && !m.owns_something()) {
+        ctx.set_finalizer(&m.obj, false).await?;
+    }
+    members.retain(|m| m.part() != Part::Excluded);
 
-    // Guardrails first, each object on its own: its validity (Member::new), the policy
-    // without Azure, its namespace's credential, then the policy with the role definitions
-    // read with that credential. A refusal concerns only the refused object: an object that
-    // is invalid or denied and owns nothing takes no part in credential choice or planning,
-    // so it can never stall or freeze another tenant's objects on the same target.
+    // One credential per target: the writers' (allowed objects and releasing ones). A refused
+    // object that still holds identities is planned with them but never written for.
+    let keys = members
+        .iter()
+        .filter_map(|m| m.credential.as_ref())
+        .map(|c| c.key.as_str());
+    if let Some(r) = decide::credential_clash(keys) {
+        let now = Timestamp::now();
+        let reports = each(members.iter().filter(|m| m.is_active()), |o| {
+            decide::refusal(o, &r, now)
+        });
+        ctx.report_all(reports).await?;
+        return Ok(Outcome::Stalled);
+    }
+    let Some(az) = members.iter().find_map(|m| m.credential.clone()) else {
+        // Nobody writes: only refused objects that hold what they applied.
+        return Ok(Outcome::Stalled);
+    };
+
+    let Some((mut desired, version)) = planner_input(&members) else {
+        // Nothing to write: every object is refused (or, being deleted, never applied
+        // anything the controller could release).
+        for m in members.iter().filter(|m| m.deleting) {
+            ctx.set_finalizer(&m.obj, false).await?;
+        }
+        return Ok(Outcome::Stalled);
+    };
+
+    // Claim before the first write to ARM.
+    for m in members.iter().filter(|m| m.is_active()) {
+        ctx.set_finalizer(&m.obj, true).await?;
+    }
+
+    let target = desired[0].spec.target.clone();
+    let live = match az.exec.read_target(&target, &read_version(&desired)).await {
+        Ok(l) => l,
+        Err(e) if e.class() == ErrorClass::TargetNotFound => {
+            let now = Timestamp::now();
+            for m in members.iter().filter(|m| m.deleting) {
+                info!(object = %m.obj.name_any(), %target, "target is gone; releasing the object");
+                ctx.set_finalizer(&m.obj, false).await?;
+            }
+            let target = target.to_string();
+            let detail = e.message();
+            let reports = each(members.iter().filter(|m| m.is_active()), |o| {
+                decide::target_not_found(o, &target, &detail, now)
+            });
+            ctx.report_all(reports).await?;
+            return Ok(Outcome::Stalled);
+        }
+        Err(e) => return azure_failure(key, &members, &e, ctx).await,
+    };
+
+    for m in members.iter().filter(|m| m.part() == Part::Held) {
+        desired.extend(m.held(&live).map(|mut d| {
+            d.spec.api_version = version.clone();
+            d
+        }));
+    }
+
+    let plan = match plan_target(&desired, &live) {
+        Ok(p) => p,
+        Err(e) => {
+            stall_active(&members, (&e).into(), e.to_string(), ctx).await?;
+            // No write to this target until an object changes.
+            return Ok(Outcome::Idle);
+        }
+    };
+
+    if !plan.is_converged() {
+        widen_records(&members, &plan, &desired, ctx).await?;
+        info!(%target, changes = plan.changes.len(), "writing the target");
+    }
+    let mut result = TargetResult {
+        target: target.to_string(),
+        objects: desired.iter().map(|d| d.object.clone()).collect(),
+        plan: Some(plan.clone()),
+        error: None,
+        live_after: None,
+        grant_writes: Vec::new(),
+        grants: None,
+        bad_identities: Vec::new(),
+    };
+    match write_target(&az.exec, &desired, &live, &plan, &mut result).await {
+        Ok(()) => {}
+        Err(EngineError::Azure(e)) => return azure_failure(key, &members, &e, ctx).await,
+        Err(e) => {
+            stall_active(&members, (&e).into(), e.to_string(), ctx).await?;
+            return Ok(Outcome::Stalled);
+        }
+    }
+    let live_after = result.live_after.clone().unwrap_or(live);
+    // The plan that was written (without identities ARM refused as nonexistent).
+    let plan = result.plan.clone().unwrap_or(plan);
+    report_success(&members, &plan, &result, &live_after, ctx).await?;
+    Ok(decide::success_outcome(&plan, &result))
+}
+
+/// The planner's input from the objects that write: the allowed objects' specs and what
+/// releasing objects release, with the api-version the writers chose. None when nobody
+/// writes.
+fn planner_input(members: &[Member]) -> Option<(Vec<DesiredObject>, ApiVersion)> {
+    let mut desired = Vec::new();
+    for m in members {
+        match m.part() {
+            Part::Allowed => desired.extend(m.desired.clone().ok()),
+            Part::Releasing if m.desired.is_err() => desired.extend(m.releasing()),
+            Part::Releasing => desired.extend(m.desired.clone().ok()),
+            Part::Held | Part::Excluded => {}
+        }
+    }
+    if desired.is_empty() {
+        return None;
+    }
+    // Released and held objects use the wire format the writers chose (they state nothing
+    // of their own, so they never make an api-version conflict).
+    let writers: Vec<DesiredObject> = desired.iter().filter(|d| !d.deleting).cloned().collect();
+    let version = read_version(if writers.is_empty() {
+        &desired
+    } else {
+        &writers
+    });
+    for d in desired.iter_mut() {
+        if d.deleting && d.spec.api_version.wire_format() != version.wire_format() {
+            d.spec.api_version = version.clone();
+        }
+    }
+    Some((desired, version))
+}
+
+/// Widens the ownership records before writing: a crash after the PATCH must not orphan
+/// what it added.
+async fn widen_records(
+    members: &[Member],
+    plan: &TargetPlan,
+    desired: &[DesiredObject],
+    ctx: &Context,
+) -> Result<(), Error> {
+    let claims = plan.claims(desired);
+    for m in members.iter().filter(|m| m.is_active()) {
+        if let Some(claim) = claims.get(&m.obj.planner_ref()) {
+            let mut st = m.obj.status.clone().unwrap_or_default();
+            let claim = AppliedIdentities::from(claim);
+            if st.applied.as_ref() != Some(&claim) {
+                st.applied = Some(claim);
+                ctx.patch_status(&m.obj, &st).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Guardrails first, each object on its own: its validity (Member::new), the policy without
+/// Azure, its namespace's credential, then the policy with the role definitions read with
+/// that credential. A refusal concerns only the refused object: an object that is invalid or
+/// denied and owns nothing takes no part in credential choice or planning, so it can never
+/// stall or freeze another tenant's objects on the same target. Returns the pass's outcome
+/// when Azure failed.
+async fn guardrails(
+    key: &str,
+    members: &mut [Member],
+    ctx: &Context,
+) -> Result<Option<Outcome>, Error> {
     let policies = ctx.policy.policies();
     for m in members.iter_mut().filter(|m| !m.deleting) {
         let Ok(d) = &m.desired else { continue };
@@ -522,7 +593,7 @@ async fn reconcile_target(
         if let Err(denied) = ctx.policy.check_static(&policies, &ns, &d.spec) {
             ctx.metrics.policy_denied.inc();
             m.desired = Err(Refusal {
-                reason: POLICY_DENIED,
+                reason: Reason::PolicyDenied,
                 message: denied.to_string(),
             });
             continue;
@@ -539,13 +610,14 @@ async fn reconcile_target(
             Ok(Err(denied)) => {
                 ctx.metrics.policy_denied.inc();
                 m.desired = Err(Refusal {
-                    reason: POLICY_DENIED,
+                    reason: Reason::PolicyDenied,
                     message: denied.to_string(),
                 });
             }
             Err(e) => {
-                let members: Vec<&Member> = vec![&*m];
-                return azure_failure(key, &members, &e, ctx).await;
+                return azure_failure(key, std::slice::from_ref(m), &e, ctx)
+                    .await
+                    .map(Some);
             }
         }
     }
@@ -559,243 +631,33 @@ async fn reconcile_target(
             Ok(c) => m.credential = Some(c),
             Err(r) => {
                 // Cannot release without a credential: keep the finalizer, say why.
-                warn!(object = %m.obj.name_any(), reason = r.reason, "cannot release: {}", r.message);
-                m.refuse(&r, ctx).await?;
+                warn!(object = %m.obj.name_any(), reason = %r.reason, "cannot release: {}", r.message);
+                ctx.report(&m.obj, decide::refusal(&m.obj, &r, Timestamp::now()))
+                    .await?;
             }
         }
     }
+    let now = Timestamp::now();
     for m in members.iter().filter(|m| !m.deleting) {
         if let Err(r) = &m.desired {
-            m.refuse(r, ctx).await?;
+            ctx.report(&m.obj, decide::refusal(&m.obj, r, now)).await?;
         }
     }
-    // Objects that owned nothing and are gone (or cannot be released) need nothing more.
-    for m in members.iter().filter(|m| m.deleting && !m.owns_something()) {
-        ctx.set_finalizer(&m.obj, false).await?;
-    }
-    members.retain(|m| {
-        if m.deleting {
-            m.credential.is_some()
-        } else {
-            m.desired.is_ok() || m.owns_something()
-        }
-    });
-
-    // One credential per target: the writers' (allowed objects and releasing ones). A refused
-    // object that still holds identities is planned with them but never written for.
-    let az = {
-        let mut chosen: Option<Chosen> = None;
-        let mut clash: Option<String> = None;
-        for c in members.iter().filter_map(|m| m.credential.as_ref()) {
-            match &chosen {
-                None => chosen = Some(c.clone()),
-                Some(first) if first.key != c.key => {
-                    clash = Some(format!(
-                        "objects of this target reconcile with different Azure credentials ({} and {}): one PATCH cannot carry both; keep each VM's objects in namespaces that share a credential",
-                        first.key, c.key
-                    ));
-                }
-                Some(_) => {}
-            }
-        }
-        if let Some(message) = clash {
-            let r = Refusal {
-                reason: "CredentialConflict",
-                message,
-            };
-            for m in members.iter().filter(|m| m.is_active()) {
-                m.refuse(&r, ctx).await?;
-            }
-            return Ok(Outcome::Stalled);
-        }
-        match chosen {
-            Some(c) => c,
-            // Nobody writes: only refused objects that hold what they applied.
-            None => return Ok(Outcome::Stalled),
-        }
-    };
-
-    let mut desired = Vec::new();
-    for m in &members {
-        match &m.desired {
-            Ok(d) => desired.push(d.clone()),
-            Err(_) if m.deleting => desired.extend(m.releasing()),
-            Err(_) => {}
-        }
-    }
-    let refused: Vec<&Member> = members
-        .iter()
-        .filter(|m| !m.deleting && m.desired.is_err())
-        .collect();
-    if desired.is_empty() {
-        // Nothing to write: every object is refused (or, being deleted, never applied
-        // anything the controller could release).
-        for m in members.iter().filter(|m| m.deleting) {
-            ctx.set_finalizer(&m.obj, false).await?;
-        }
-        return Ok(Outcome::Stalled);
-    }
-    // Released and held objects use the wire format the writers chose (they state nothing
-    // of their own, so they never make an api-version conflict).
-    let writers: Vec<DesiredObject> = desired.iter().filter(|d| !d.deleting).cloned().collect();
-    let version = read_version(if writers.is_empty() {
-        &desired
-    } else {
-        &writers
-    });
-    for d in desired.iter_mut() {
-        if d.deleting && d.spec.api_version.wire_format() != version.wire_format() {
-            d.spec.api_version = version.clone();
-        }
-    }
-
-    // Claim before the first write to ARM.
-    for m in members.iter().filter(|m| !m.deleting && m.desired.is_ok()) {
-        ctx.set_finalizer(&m.obj, true).await?;
-    }
-
-    let target = desired[0].spec.target.clone();
-    let live = match az.exec.read_target(&target, &read_version(&desired)).await {
-        Ok(l) => l,
-        Err(e) if e.class() == ErrorClass::TargetNotFound => {
-            for m in &members {
-                if m.deleting {
-                    info!(object = %m.obj.name_any(), %target, "target is gone; releasing the object");
-                    ctx.set_finalizer(&m.obj, false).await?;
-                } else if m.desired.is_ok() {
-                    let phase = Phase::Stalled {
-                        reason: "TargetNotFound".into(),
-                        message: format!(
-                            "{target} does not exist (or the controller cannot see it): {}",
-                            e.message()
-                        ),
-                    };
-                    if stalled_changed(&m.obj, &phase) {
-                        ctx.event(
-                            &m.obj,
-                            EventType::Warning,
-                            "TargetNotFound",
-                            format!("{target} not found"),
-                        )
-                        .await;
-                    }
-                    ctx.set_phase(&m.obj, &phase).await?;
-                }
-            }
-            return Ok(Outcome::Stalled);
-        }
-        Err(e) => return azure_failure(key, &all_of(&members), &e, ctx).await,
-    };
-
-    for m in &refused {
-        desired.extend(m.held(&live).map(|mut d| {
-            d.spec.api_version = version.clone();
-            d
-        }));
-    }
-    let all: Vec<&Member> = members.iter().collect();
-
-    let plan = match plan_target(&desired, &live) {
-        Ok(p) => p,
-        Err(e) => {
-            for m in members.iter().filter(|m| !m.deleting && m.desired.is_ok()) {
-                let phase = Phase::Stalled {
-                    reason: e.reason().to_string(),
-                    message: e.to_string(),
-                };
-                if stalled_changed(&m.obj, &phase) {
-                    ctx.event(&m.obj, EventType::Warning, e.reason(), e.to_string())
-                        .await;
-                }
-                ctx.set_phase(&m.obj, &phase).await?;
-            }
-            // No write to this target until an object changes.
-            return Ok(Outcome::Idle);
-        }
-    };
-
-    if !plan.is_converged() {
-        // Widen the ownership records before writing: a crash after the PATCH must not
-        // orphan what it added.
-        let claims = plan.claims(&desired);
-        for m in members.iter().filter(|m| !m.deleting && m.desired.is_ok()) {
-            if let Some(claim) = claims.get(&object_ref(&m.obj)) {
-                let mut st = m.obj.status.clone().unwrap_or_default();
-                let claim = AppliedIdentities::from(claim);
-                if st.applied.as_ref() != Some(&claim) {
-                    st.applied = Some(claim);
-                    ctx.patch_status(&m.obj, &st).await?;
-                }
-            }
-        }
-        info!(%target, changes = plan.changes.len(), "writing the target");
-    }
-    let mut result = TargetResult {
-        target: target.to_string(),
-        objects: desired.iter().map(|d| d.object.clone()).collect(),
-        plan: Some(plan.clone()),
-        error: None,
-        live_after: None,
-        grant_writes: Vec::new(),
-        grants: None,
-        bad_identities: Vec::new(),
-    };
-    match write_target(&az.exec, &desired, &live, &plan, &mut result).await {
-        Ok(()) => {}
-        Err(EngineError::Azure(e)) => return azure_failure(key, &all, &e, ctx).await,
-        Err(e) => {
-            for m in members.iter().filter(|m| !m.deleting && m.desired.is_ok()) {
-                let phase = Phase::Stalled {
-                    reason: e.reason().to_string(),
-                    message: e.to_string(),
-                };
-                if stalled_changed(&m.obj, &phase) {
-                    ctx.event(&m.obj, EventType::Warning, e.reason(), e.to_string())
-                        .await;
-                }
-                ctx.set_phase(&m.obj, &phase).await?;
-            }
-            return Ok(Outcome::Stalled);
-        }
-    }
-    let live_after = result.live_after.clone().unwrap_or(live);
-    // The plan that was written (without identities ARM refused as nonexistent).
-    let plan = result.plan.clone().unwrap_or(plan);
-    let pending = result
-        .grants
-        .as_ref()
-        .map(|g| g.pending.clone())
-        .unwrap_or_default();
-    report_success(&members, &plan, &result, &live_after, ctx).await?;
-    if !pending.is_empty() {
-        // A principal Azure has not shown yet (a just-created identity): look again soon.
-        return Ok(Outcome::Retry(jitter(Duration::from_secs(30))));
-    }
-    Ok(if plan.is_converged() && result.grant_writes.is_empty() {
-        Outcome::Converged
-    } else {
-        Outcome::Applied
-    })
+    Ok(None)
 }
 
-fn stalled_changed(o: &VirtualMachineIdentity, phase: &Phase) -> bool {
-    let Phase::Stalled { reason, .. } = phase else {
-        return true;
-    };
-    !o.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == conditions::STALLED && c.status == "True" && c.reason == *reason)
-    })
-}
-
-fn was_ready(o: &VirtualMachineIdentity) -> bool {
-    o.status.as_ref().is_some_and(|s| {
-        s.observed_generation == o.meta().generation
-            && s.conditions
-                .iter()
-                .any(|c| c.type_ == conditions::READY && c.status == "True")
-    })
+/// Stalls every allowed object of the target (a plan or engine error).
+async fn stall_active(
+    members: &[Member],
+    reason: Reason,
+    message: String,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let now = Timestamp::now();
+    let reports = each(members.iter().filter(|m| m.is_active()), |o| {
+        decide::stall(o, reason, message.clone(), message.clone(), now)
+    });
+    ctx.report_all(reports).await
 }
 
 async fn report_success(
@@ -805,159 +667,22 @@ async fn report_success(
     live: &LiveResource,
     ctx: &Context,
 ) -> Result<(), Error> {
-    let mut changes: Vec<String> = plan.changes.iter().map(ToString::to_string).collect();
-    changes.extend(result.grant_writes.iter().map(describe_grant_write));
-    let wrote = !changes.is_empty();
-    let drift = wrote
-        && members
-            .iter()
-            .filter(|m| !m.deleting && m.desired.is_ok())
-            .all(|m| was_ready(&m.obj));
+    let allowed = members.iter().filter(|m| m.is_active()).map(|m| &*m.obj);
+    let success = Success::new(plan, result, live, allowed);
+    let now = Timestamp::now();
     for m in members {
         if m.deleting {
-            if wrote {
-                ctx.event(&m.obj, EventType::Normal, "Detached", changes.join("; "))
-                    .await;
+            if let Some(n) = success.released() {
+                ctx.event(&m.obj, n.type_, n.reason.as_str(), n.note).await;
             }
             ctx.set_finalizer(&m.obj, false).await?;
             continue;
         }
         let Ok(d) = &m.desired else { continue };
-        for u in result
-            .grants
-            .iter()
-            .flat_map(|g| g.untrusted.iter())
-            .filter(|u| u.object == d.object)
-        {
-            warn!(object = %d.object, target = %plan.target, reason = u.reason, "{} is recorded in status.applied but not acted on: its principal is not one of the target's identities, or vmidentity did not make it; dropped from the record", u.what);
-            ctx.event(
-                &m.obj,
-                EventType::Warning,
-                u.reason,
-                format!(
-                    "{} is recorded in status.applied but not acted on (not one of {}'s own identities, or not made by vmidentity); dropped from the record",
-                    u.what,
-                    plan.target.short()
-                ),
-            )
-            .await;
-        }
-        let applied = result.applied(&d.object).unwrap_or_default();
-        let pending: Vec<String> = result
-            .grants
-            .iter()
-            .flat_map(|g| g.pending.iter())
-            .filter(|p| p.object == d.object)
-            .map(|p| format!("{} ({})", p.what, p.reason))
-            .collect();
-        let mut principals = Principals::default();
-        if d.spec.system_assigned == Some(true) {
-            principals.system_assigned = live.identity.principal_id.clone();
-        }
-        let mut present = 0i64;
-        for id in &d.spec.user_assigned {
-            if let Some(u) = live.identity.user_assigned.get(id.key()) {
-                present += 1;
-                if let Some(p) = &u.principal_id {
-                    principals.user_assigned.insert(id.to_string(), p.clone());
-                }
-            }
-        }
-        let message = if !wrote {
-            format!("{} is as declared", plan.target.short())
-        } else {
-            format!("{}: {}", plan.target.short(), changes.join("; "))
-        };
-        let bad: Vec<String> = d
-            .spec
-            .user_assigned
-            .iter()
-            .filter(|u| result.bad_identities.contains(u))
-            .map(ToString::to_string)
-            .collect();
-        let phase = if !bad.is_empty() {
-            Phase::Stalled {
-                reason: "IdentityNotFound".into(),
-                message: format!(
-                    "user-assigned identity {} does not exist; everything else was applied",
-                    bad.join(", ")
-                ),
-            }
-        } else if pending.is_empty() {
-            Phase::Ready {
-                reason: if wrote { "Applied" } else { "Converged" }.into(),
-                message,
-            }
-        } else {
-            Phase::Progressing {
-                reason: "GrantsPending".into(),
-                message: format!("waiting for Azure: {}", pending.join("; ")),
-            }
-        };
-        let old = m.obj.status.clone().unwrap_or_default();
-        let mut conds = conditions::conditions(
-            &old.conditions,
-            &phase,
-            m.obj.meta().generation,
-            Timestamp::now(),
-        );
-        // Nothing written and already Ready for this generation: keep the conditions as they
-        // are (an "Applied" Ready does not turn into "Converged"), so a restart or a resync
-        // pass over converged objects costs no status write.
-        if !wrote
-            && (conditions::same(&old.conditions, &conds)
-                || (matches!(phase, Phase::Ready { .. }) && was_ready(&m.obj)))
-        {
-            conds = old.conditions.clone();
-        }
-        let st = VirtualMachineIdentityStatus {
-            observed_generation: m.obj.meta().generation,
-            conditions: conds,
-            applied: Some(AppliedIdentities::from(&applied)),
-            principals: (principals != Principals::default()).then_some(principals),
-            target_name: Some(plan.target.name().to_string()),
-            user_assigned_count: Some(present),
-        };
-        ctx.patch_status(&m.obj, &st).await?;
-        if wrote {
-            let (reason, type_) = if drift {
-                ("DriftRepaired", EventType::Warning)
-            } else {
-                ("Applied", EventType::Normal)
-            };
-            let note = if drift {
-                format!(
-                    "{} had drifted from the declared state; repaired: {}",
-                    plan.target.short(),
-                    changes.join("; ")
-                )
-            } else {
-                format!("{}: {}", plan.target.short(), changes.join("; "))
-            };
-            ctx.event(&m.obj, type_, reason, note).await;
-        }
+        ctx.report(&m.obj, success.report(&m.obj, d, now)).await?;
     }
     debug!(target = %plan.target, writes = plan.writes.len() + result.grant_writes.len(), "target reconciled");
     Ok(())
-}
-
-fn describe_grant_write(w: &vmidentity_planner::Write) -> String {
-    use vmidentity_planner::Write;
-    match w {
-        Write::GroupMemberAdd { group_id, .. } => format!("add to group {group_id}"),
-        Write::GroupMemberRemove { group_id, .. } => format!("remove from group {group_id}"),
-        Write::RoleAssignmentPut {
-            scope,
-            role_definition_id,
-            ..
-        } => format!(
-            "assign role {} at {}",
-            role_definition_id.rsplit('/').next().unwrap_or_default(),
-            scope.trim_end_matches('/')
-        ),
-        Write::RoleAssignmentDelete { id } => format!("delete role assignment {id}"),
-        Write::IdentityPatch { target, .. } => format!("patch {target}"),
-    }
 }
 
 /// The credential objects of namespace `ns` reconcile with: the controller's own, or the
@@ -970,68 +695,29 @@ async fn credential_for(ns: &str, ctx: &Context) -> Result<Chosen, Refusal> {
         });
     };
     creds.for_namespace(ns).await.map_err(|e| Refusal {
-        reason: e.reason(),
+        reason: (&e).into(),
         message: e.to_string(),
     })
 }
 
-fn all_of(members: &[Member]) -> Vec<&Member> {
-    members.iter().collect()
-}
-
+/// An Azure failure: tells the members whose spec is valid, and says when to look again.
 async fn azure_failure(
     key: &str,
-    members: &[&Member],
+    members: &[Member],
     e: &AzureError,
     ctx: &Context,
 ) -> Result<Outcome, Error> {
     let class = e.class();
-    let reason = class.reason().to_string();
     let message = e.to_string();
-    let retryable = class.is_retryable();
-    warn!(target = key, %reason, error = %message, "ARM request failed");
-    for m in members.iter().filter(|m| m.desired.is_ok()) {
-        let phase = if retryable {
-            Phase::Progressing {
-                reason: reason.clone(),
-                message: message.clone(),
-            }
-        } else {
-            Phase::Stalled {
-                reason: reason.clone(),
-                message: message.clone(),
-            }
-        };
-        let first = if retryable {
-            !m.obj.status.as_ref().is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == conditions::RECONCILING && c.reason == reason)
-            })
-        } else {
-            stalled_changed(&m.obj, &phase)
-        };
-        if first {
-            ctx.event(&m.obj, EventType::Warning, &reason, message.clone())
-                .await;
-        }
-        ctx.set_phase(&m.obj, &phase).await?;
-    }
-    if retryable {
-        // Honour Retry-After by requeueing, never by holding a worker.
-        let after = match e.retry_after() {
-            Some(d) => jitter(d.max(Duration::from_secs(1))),
-            None => ctx.backoff(key),
-        };
-        return Ok(Outcome::Retry(after));
-    }
-    Ok(match class {
-        // May fix itself (rights granted, identity created): look again at resync.
-        ErrorClass::Unauthenticated | ErrorClass::Forbidden | ErrorClass::IdentityNotFound => {
-            Outcome::Stalled
-        }
-        _ => Outcome::Idle,
-    })
+    warn!(target = key, reason = class.reason(), error = %message, "ARM request failed");
+    let now = Timestamp::now();
+    let reports = each(members.iter().filter(|m| m.desired.is_ok()), |o| {
+        decide::azure_failure(o, class, &message, now)
+    });
+    ctx.report_all(reports).await?;
+    Ok(decide::azure_outcome(class, e.retry_after(), || {
+        ctx.backoff(key)
+    }))
 }
 
 #[cfg(test)]

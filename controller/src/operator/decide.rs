@@ -1,0 +1,991 @@
+//! What a reconcile decides, without Kubernetes or Azure: which objects of a target take
+//! part, the status and Events of each object for each outcome, and when to look again.
+//! The reconciler (`reconcile.rs`) reads, calls these, and writes what they return.
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use tracing::warn;
+use vmidentity_azure::ErrorClass;
+use vmidentity_planner::{Applied, DesiredObject, LiveResource, PlanError, TargetPlan, Write};
+
+use super::conditions::{self, Phase};
+use super::credentials::CredentialError;
+use super::events::EventType;
+use crate::crd::{
+    AppliedIdentities, Principals, VirtualMachineIdentity, VirtualMachineIdentityStatus,
+};
+use crate::engine::{EngineError, TargetResult};
+
+/// Why an object stands where it stands: the reason of its conditions and Events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    InvalidSpec,
+    PolicyDenied,
+    CredentialConflict,
+    TargetNotFound,
+    IdentityNotFound,
+    GrantsPending,
+    Applied,
+    Converged,
+    Detached,
+    DriftRepaired,
+    /// The namespace's credential cannot be used.
+    Credential(&'static str),
+    /// Azure refused or failed.
+    Azure(ErrorClass),
+    /// The planner refused the target.
+    Plan(&'static str),
+    /// The engine could not write the target (other than an Azure failure).
+    Engine(&'static str),
+    /// A record of `status.applied` that is not acted on.
+    Untrusted(&'static str),
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::InvalidSpec => "InvalidSpec",
+            Reason::PolicyDenied => "PolicyDenied",
+            Reason::CredentialConflict => "CredentialConflict",
+            Reason::TargetNotFound => "TargetNotFound",
+            Reason::IdentityNotFound => "IdentityNotFound",
+            Reason::GrantsPending => "GrantsPending",
+            Reason::Applied => "Applied",
+            Reason::Converged => "Converged",
+            Reason::Detached => "Detached",
+            Reason::DriftRepaired => "DriftRepaired",
+            Reason::Azure(class) => class.reason(),
+            Reason::Credential(r) | Reason::Plan(r) | Reason::Engine(r) | Reason::Untrusted(r) => r,
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&CredentialError> for Reason {
+    fn from(e: &CredentialError) -> Self {
+        Reason::Credential(e.reason())
+    }
+}
+
+impl From<&PlanError> for Reason {
+    fn from(e: &PlanError) -> Self {
+        Reason::Plan(e.reason())
+    }
+}
+
+impl From<&EngineError> for Reason {
+    fn from(e: &EngineError) -> Self {
+        match e {
+            EngineError::Azure(a) => Reason::Azure(a.class()),
+            EngineError::Plan(p) => p.into(),
+            other => Reason::Engine(other.reason()),
+        }
+    }
+}
+
+/// A phase with its reason.
+pub fn ready(reason: Reason, message: String) -> Phase {
+    Phase::Ready {
+        reason: reason.as_str().into(),
+        message,
+    }
+}
+
+pub fn progressing(reason: Reason, message: String) -> Phase {
+    Phase::Progressing {
+        reason: reason.as_str().into(),
+        message,
+    }
+}
+
+pub fn stalled(reason: Reason, message: String) -> Phase {
+    Phase::Stalled {
+        reason: reason.as_str().into(),
+        message,
+    }
+}
+
+/// Why an object is not planned as it asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The Stalled reason: InvalidSpec, PolicyDenied, a credential's, CredentialConflict.
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn invalid(errs: &[vmidentity_planner::FieldError]) -> Refusal {
+        Refusal {
+            reason: Reason::InvalidSpec,
+            message: errs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        }
+    }
+}
+
+/// An Event to publish about an object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Note {
+    pub type_: EventType,
+    pub reason: Reason,
+    pub note: String,
+}
+
+impl Note {
+    fn warning(reason: Reason, note: String) -> Note {
+        Note {
+            type_: EventType::Warning,
+            reason,
+            note,
+        }
+    }
+}
+
+/// What to write about one object: Events, then its status (None: unchanged), then more
+/// Events.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Report {
+    pub events: Vec<Note>,
+    pub status: Option<VirtualMachineIdentityStatus>,
+    pub events_after: Vec<Note>,
+}
+
+// ---- Participation -------------------------------------------------------------------------
+
+/// What an object is to this pass of its target, once the guardrails have spoken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Allowed and not being deleted: its own spec is planned and written.
+    Allowed,
+    /// Being deleted, with a credential: releases what it applied.
+    Releasing,
+    /// Refused but owning something on the target: keeps holding it, nothing more.
+    Held,
+    /// Takes no part in credential choice or planning.
+    Excluded,
+}
+
+/// An object deleted before it was ever claimed (no finalizer) applied nothing: it is not
+/// even looked at.
+pub fn considered(deleting: bool, has_finalizer: bool) -> bool {
+    !deleting || has_finalizer
+}
+
+/// The object's part, from its guardrail verdict. A refused object that owns nothing takes
+/// no part, so it can never stall or freeze another tenant's objects on the same target.
+pub fn part(deleting: bool, allowed: bool, has_credential: bool, owns_something: bool) -> Part {
+    match (deleting, allowed) {
+        (true, _) if has_credential => Part::Releasing,
+        (true, _) => Part::Excluded,
+        (false, true) => Part::Allowed,
+        (false, false) if owns_something => Part::Held,
+        (false, false) => Part::Excluded,
+    }
+}
+
+/// What a refused object still holds on the target: the identities of its record that the
+/// target still carries (no role assignment or group membership). None when that is nothing.
+pub fn held_record(mut applied: Applied, live: &LiveResource) -> Option<Applied> {
+    applied.user_assigned_identities.retain(|u| {
+        live.identity
+            .user_assigned
+            .contains_key(&u.to_ascii_lowercase())
+    });
+    applied.system_assigned = applied
+        .system_assigned
+        .filter(|s| *s && live.identity.system_assigned);
+    applied.role_assignments.clear();
+    applied.group_memberships.clear();
+    (!applied.is_empty()).then_some(applied)
+}
+
+/// The credential clash of a target's writers (credential keys in member order): one PATCH
+/// cannot carry two credentials. Names the first and the last differing key.
+pub fn credential_clash<'a>(keys: impl IntoIterator<Item = &'a str>) -> Option<Refusal> {
+    let mut first: Option<&str> = None;
+    let mut clash = None;
+    for k in keys {
+        match first {
+            None => first = Some(k),
+            Some(f) if f != k => {
+                clash = Some(format!(
+                    "objects of this target reconcile with different Azure credentials ({f} and {k}): one PATCH cannot carry both; keep each VM's objects in namespaces that share a credential"
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    clash.map(|message| Refusal {
+        reason: Reason::CredentialConflict,
+        message,
+    })
+}
+
+// ---- Status of one object -----------------------------------------------------------------
+
+/// The object's status with the conditions of `phase` (everything else kept); None when the
+/// conditions say what they already say.
+pub fn phase_status(
+    o: &VirtualMachineIdentity,
+    phase: &Phase,
+    now: Timestamp,
+) -> Option<VirtualMachineIdentityStatus> {
+    let mut st = o.status.clone().unwrap_or_default();
+    let conds = conditions::conditions(&st.conditions, phase, o.metadata.generation, now);
+    if conditions::same(&st.conditions, &conds) {
+        return None;
+    }
+    st.conditions = conds;
+    if matches!(phase, Phase::Stalled { .. }) {
+        st.observed_generation = o.metadata.generation;
+    }
+    Some(st)
+}
+
+/// Stalled is new, or stalled for another reason.
+pub fn stalled_changed(o: &VirtualMachineIdentity, phase: &Phase) -> bool {
+    let Phase::Stalled { reason, .. } = phase else {
+        return true;
+    };
+    !o.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == conditions::STALLED && c.status == "True" && c.reason == *reason)
+    })
+}
+
+fn stalled_message_changed(o: &VirtualMachineIdentity, message: &str) -> bool {
+    !o.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == conditions::STALLED && c.message == message)
+    })
+}
+
+/// Ready for the object's current generation.
+pub fn was_ready(o: &VirtualMachineIdentity) -> bool {
+    o.status.as_ref().is_some_and(|s| {
+        s.observed_generation == o.metadata.generation
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == conditions::READY && c.status == "True")
+    })
+}
+
+/// A refused object: Stalled, with a Warning when the refusal is new.
+pub fn refusal(o: &VirtualMachineIdentity, r: &Refusal, now: Timestamp) -> Report {
+    let phase = stalled(r.reason, r.message.clone());
+    let mut events = Vec::new();
+    if stalled_changed(o, &phase) || stalled_message_changed(o, &r.message) {
+        events.push(Note::warning(r.reason, r.message.clone()));
+    }
+    Report {
+        events,
+        status: phase_status(o, &phase, now),
+        events_after: vec![],
+    }
+}
+
+/// An object stalled by its target (a plan or engine error, a missing target): a Warning
+/// (`note`) only when the stall is new.
+pub fn stall(
+    o: &VirtualMachineIdentity,
+    reason: Reason,
+    message: String,
+    note: String,
+    now: Timestamp,
+) -> Report {
+    let phase = stalled(reason, message);
+    let mut events = Vec::new();
+    if stalled_changed(o, &phase) {
+        events.push(Note::warning(reason, note));
+    }
+    Report {
+        events,
+        status: phase_status(o, &phase, now),
+        events_after: vec![],
+    }
+}
+
+/// The target does not exist (or the controller cannot see it).
+pub fn target_not_found(
+    o: &VirtualMachineIdentity,
+    target: &str,
+    detail: &str,
+    now: Timestamp,
+) -> Report {
+    stall(
+        o,
+        Reason::TargetNotFound,
+        format!("{target} does not exist (or the controller cannot see it): {detail}"),
+        format!("{target} not found"),
+        now,
+    )
+}
+
+/// An Azure failure, for one object: Reconciling when retryable, Stalled otherwise; a
+/// Warning the first time.
+pub fn azure_failure(
+    o: &VirtualMachineIdentity,
+    class: ErrorClass,
+    message: &str,
+    now: Timestamp,
+) -> Report {
+    let reason = Reason::Azure(class);
+    let retryable = class.is_retryable();
+    let phase = if retryable {
+        progressing(reason, message.to_string())
+    } else {
+        stalled(reason, message.to_string())
+    };
+    let first = if retryable {
+        !o.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == conditions::RECONCILING && c.reason == reason.as_str())
+        })
+    } else {
+        stalled_changed(o, &phase)
+    };
+    Report {
+        events: if first {
+            vec![Note::warning(reason, message.to_string())]
+        } else {
+            vec![]
+        },
+        status: phase_status(o, &phase, now),
+        events_after: vec![],
+    }
+}
+
+/// How a pass ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Converged,
+    Applied,
+    /// Look again after this long (before jitter).
+    Retry(Duration),
+    /// Needs a human; looked at again at the resync period (an identity or VM may appear).
+    Stalled,
+    /// Nothing left to do until an object changes.
+    Idle,
+}
+
+/// Until Azure answers otherwise: how long to wait for a principal Azure has not shown yet.
+pub const PENDING_RETRY: Duration = Duration::from_secs(30);
+
+impl Outcome {
+    /// The `result` label of the reconcile metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Converged => "converged",
+            Outcome::Applied => "applied",
+            Outcome::Retry(_) => "retry",
+            Outcome::Stalled => "stalled",
+            Outcome::Idle => "idle",
+        }
+    }
+
+    /// The target is as declared (its backoff starts over).
+    pub fn succeeded(self) -> bool {
+        matches!(self, Outcome::Converged | Outcome::Applied)
+    }
+
+    /// When to look at the target again (before jitter); None: when an object changes.
+    pub fn requeue(self, resync: Duration, per_target_resync: bool) -> Option<Duration> {
+        match self {
+            Outcome::Converged | Outcome::Applied => per_target_resync.then_some(resync),
+            Outcome::Retry(after) => Some(after),
+            Outcome::Stalled => Some(resync),
+            Outcome::Idle => None,
+        }
+    }
+}
+
+/// After an Azure failure: Retry-After when Azure gave one (at least a second), else the
+/// target's backoff, for a retryable failure; a look at resync when a human may fix it.
+pub fn azure_outcome(
+    class: ErrorClass,
+    retry_after: Option<Duration>,
+    backoff: impl FnOnce() -> Duration,
+) -> Outcome {
+    if class.is_retryable() {
+        // Honour Retry-After by requeueing, never by holding a worker.
+        return Outcome::Retry(match retry_after {
+            Some(d) => d.max(Duration::from_secs(1)),
+            None => backoff(),
+        });
+    }
+    match class {
+        // May fix itself (rights granted, identity created): look again at resync.
+        ErrorClass::Unauthenticated | ErrorClass::Forbidden | ErrorClass::IdentityNotFound => {
+            Outcome::Stalled
+        }
+        _ => Outcome::Idle,
+    }
+}
+
+/// The outcome of a pass that wrote (or found nothing to write).
+pub fn success_outcome(plan: &TargetPlan, result: &TargetResult) -> Outcome {
+    let pending = result
+        .grants
+        .as_ref()
+        .is_some_and(|g| !g.pending.is_empty());
+    if pending {
+        // A principal Azure has not shown yet (a just-created identity): look again soon.
+        Outcome::Retry(PENDING_RETRY)
+    } else if plan.is_converged() && result.grant_writes.is_empty() {
+        Outcome::Converged
+    } else {
+        Outcome::Applied
+    }
+}
+
+// ---- A pass that wrote ---------------------------------------------------------------------
+
+/// A written (or already converged) target, as its objects are told.
+pub struct Success<'a> {
+    pub plan: &'a TargetPlan,
+    pub result: &'a TargetResult,
+    pub live: &'a LiveResource,
+    /// What was written, in words.
+    pub changes: Vec<String>,
+    /// Every allowed object was Ready, and yet something was written: drift was repaired.
+    pub drift: bool,
+}
+
+impl<'a> Success<'a> {
+    /// `allowed`: the objects whose own spec was planned.
+    pub fn new<'o>(
+        plan: &'a TargetPlan,
+        result: &'a TargetResult,
+        live: &'a LiveResource,
+        allowed: impl IntoIterator<Item = &'o VirtualMachineIdentity>,
+    ) -> Self {
+        let mut changes: Vec<String> = plan.changes.iter().map(ToString::to_string).collect();
+        changes.extend(result.grant_writes.iter().map(describe_grant_write));
+        let drift = !changes.is_empty() && allowed.into_iter().all(was_ready);
+        Success {
+            plan,
+            result,
+            live,
+            changes,
+            drift,
+        }
+    }
+
+    pub fn wrote(&self) -> bool {
+        !self.changes.is_empty()
+    }
+
+    /// For an object being deleted (its finalizer goes next): what was released.
+    pub fn released(&self) -> Option<Note> {
+        self.wrote().then(|| Note {
+            type_: EventType::Normal,
+            reason: Reason::Detached,
+            note: self.changes.join("; "),
+        })
+    }
+
+    /// For an allowed object: its status (ownership record, principals, conditions) and
+    /// Events.
+    pub fn report(&self, o: &VirtualMachineIdentity, d: &DesiredObject, now: Timestamp) -> Report {
+        let (plan, result, live) = (self.plan, self.result, self.live);
+        let wrote = self.wrote();
+        let short = plan.target.short();
+        let mut events = Vec::new();
+        for u in result
+            .grants
+            .iter()
+            .flat_map(|g| g.untrusted.iter())
+            .filter(|u| u.object == d.object)
+        {
+            warn!(object = %d.object, target = %plan.target, reason = u.reason, "{} is recorded in status.applied but not acted on: its principal is not one of the target's identities, or vmidentity did not make it; dropped from the record", u.what);
+            events.push(Note::warning(
+                Reason::Untrusted(u.reason),
+                format!(
+                    "{} is recorded in status.applied but not acted on (not one of {short}'s own identities, or not made by vmidentity); dropped from the record",
+                    u.what,
+                ),
+            ));
+        }
+        let applied = result.applied(&d.object).unwrap_or_default();
+        let pending: Vec<String> = result
+            .grants
+            .iter()
+            .flat_map(|g| g.pending.iter())
+            .filter(|p| p.object == d.object)
+            .map(|p| format!("{} ({})", p.what, p.reason))
+            .collect();
+        let mut principals = Principals::default();
+        if d.spec.system_assigned == Some(true) {
+            principals.system_assigned = live.identity.principal_id.clone();
+        }
+        let mut present = 0i64;
+        for id in &d.spec.user_assigned {
+            if let Some(u) = live.identity.user_assigned.get(id.key()) {
+                present += 1;
+                if let Some(p) = &u.principal_id {
+                    principals.user_assigned.insert(id.to_string(), p.clone());
+                }
+            }
+        }
+        let message = if !wrote {
+            format!("{short} is as declared")
+        } else {
+            format!("{short}: {}", self.changes.join("; "))
+        };
+        let bad: Vec<String> = d
+            .spec
+            .user_assigned
+            .iter()
+            .filter(|u| result.bad_identities.contains(u))
+            .map(ToString::to_string)
+            .collect();
+        let phase = if !bad.is_empty() {
+            stalled(
+                Reason::IdentityNotFound,
+                format!(
+                    "user-assigned identity {} does not exist; everything else was applied",
+                    bad.join(", ")
+                ),
+            )
+        } else if pending.is_empty() {
+            ready(
+                if wrote {
+                    Reason::Applied
+                } else {
+                    Reason::Converged
+                },
+                message,
+            )
+        } else {
+            progressing(
+                Reason::GrantsPending,
+                format!("waiting for Azure: {}", pending.join("; ")),
+            )
+        };
+        let old = o.status.clone().unwrap_or_default();
+        let mut conds = conditions::conditions(&old.conditions, &phase, o.metadata.generation, now);
+        // Nothing written and already Ready for this generation: keep the conditions as they
+        // are (an "Applied" Ready does not turn into "Converged"), so a restart or a resync
+        // pass over converged objects costs no status write.
+        if !wrote
+            && (conditions::same(&old.conditions, &conds)
+                || (matches!(phase, Phase::Ready { .. }) && was_ready(o)))
+        {
+            conds = old.conditions.clone();
+        }
+        let st = VirtualMachineIdentityStatus {
+            observed_generation: o.metadata.generation,
+            conditions: conds,
+            applied: Some(AppliedIdentities::from(&applied)),
+            principals: (principals != Principals::default()).then_some(principals),
+            target_name: Some(plan.target.name().to_string()),
+            user_assigned_count: Some(present),
+        };
+        let mut events_after = Vec::new();
+        if wrote {
+            let changes = self.changes.join("; ");
+            events_after.push(if self.drift {
+                Note::warning(
+                    Reason::DriftRepaired,
+                    format!("{short} had drifted from the declared state; repaired: {changes}"),
+                )
+            } else {
+                Note {
+                    type_: EventType::Normal,
+                    reason: Reason::Applied,
+                    note: format!("{short}: {changes}"),
+                }
+            });
+        }
+        Report {
+            events,
+            status: (o.status.as_ref() != Some(&st)).then_some(st),
+            events_after,
+        }
+    }
+}
+
+fn describe_grant_write(w: &Write) -> String {
+    match w {
+        Write::GroupMemberAdd { group_id, .. } => format!("add to group {group_id}"),
+        Write::GroupMemberRemove { group_id, .. } => format!("remove from group {group_id}"),
+        Write::RoleAssignmentPut {
+            scope,
+            role_definition_id,
+            ..
+        } => format!(
+            "assign role {} at {}",
+            role_definition_id.rsplit('/').next().unwrap_or_default(),
+            scope.trim_end_matches('/')
+        ),
+        Write::RoleAssignmentDelete { id } => format!("delete role assignment {id}"),
+        Write::IdentityPatch { target, .. } => format!("patch {target}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::VirtualMachineIdentitySpec;
+    use serde_json::json;
+    use vmidentity_planner::plan_target;
+
+    const VM: &str =
+        "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm1";
+    const U1: &str = "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/u1";
+
+    fn now() -> Timestamp {
+        "2026-01-01T00:00:00Z".parse().unwrap()
+    }
+
+    fn object(uais: &[&str]) -> VirtualMachineIdentity {
+        let mut o = VirtualMachineIdentity::new(
+            "a",
+            VirtualMachineIdentitySpec {
+                target: VM.into(),
+                arm_api_version: None,
+                mode: None,
+                system_assigned: None,
+                user_assigned_identities: uais.iter().map(|s| s.to_string()).collect(),
+                role_assignments: vec![],
+                group_memberships: vec![],
+                deletion_policy: None,
+            },
+        );
+        o.metadata.namespace = Some("team-a".into());
+        o.metadata.generation = Some(1);
+        o
+    }
+
+    fn live(uais: &[&str]) -> LiveResource {
+        let users: serde_json::Map<String, serde_json::Value> = uais
+            .iter()
+            .map(|u| {
+                (
+                    u.to_string(),
+                    json!({"principalId": "up", "clientId": "uc"}),
+                )
+            })
+            .collect();
+        let identity = if uais.is_empty() {
+            json!({"type": "None"})
+        } else {
+            json!({"type": "UserAssigned", "userAssignedIdentities": users})
+        };
+        LiveResource::from_arm_json(&json!({"id": VM, "identity": identity})).unwrap()
+    }
+
+    fn with_phase(mut o: VirtualMachineIdentity, phase: &Phase) -> VirtualMachineIdentity {
+        o.status = phase_status(&o, phase, now());
+        o
+    }
+
+    fn reason_of(st: &VirtualMachineIdentityStatus, type_: &str) -> (String, String) {
+        let c = st.conditions.iter().find(|c| c.type_ == type_).unwrap();
+        (c.status.clone(), c.reason.clone())
+    }
+
+    #[test]
+    fn reason_strings_are_the_ones_conditions_and_events_always_used() {
+        assert_eq!(Reason::InvalidSpec.as_str(), "InvalidSpec");
+        assert_eq!(
+            Reason::PolicyDenied.as_str(),
+            super::super::policy::POLICY_DENIED
+        );
+        assert_eq!(Reason::CredentialConflict.to_string(), "CredentialConflict");
+        assert_eq!(Reason::GrantsPending.as_str(), "GrantsPending");
+        assert_eq!(Reason::Azure(ErrorClass::Throttled).as_str(), "Throttled");
+        assert_eq!(
+            Reason::Azure(ErrorClass::Forbidden).as_str(),
+            "AuthorizationFailed"
+        );
+        assert_eq!(Reason::Credential("NoCredential").as_str(), "NoCredential");
+    }
+
+    #[test]
+    fn a_refused_newcomer_that_owns_nothing_takes_no_part() {
+        // Not deleting, refused (invalid or denied), owns nothing: excluded.
+        assert_eq!(part(false, false, false, false), Part::Excluded);
+        // The same refusal, but it holds identities on the target: held.
+        assert_eq!(part(false, false, false, true), Part::Held);
+        assert_eq!(part(false, true, true, false), Part::Allowed);
+        // Being deleted: releases with a credential, else takes no part.
+        assert_eq!(part(true, true, true, true), Part::Releasing);
+        assert_eq!(part(true, false, true, true), Part::Releasing);
+        assert_eq!(part(true, true, false, true), Part::Excluded);
+        // Deleted before it was ever claimed: not even looked at.
+        assert!(!considered(true, false));
+        assert!(considered(true, true));
+        assert!(considered(false, false));
+    }
+
+    #[test]
+    fn a_held_object_keeps_only_the_identities_the_target_still_carries() {
+        let u2 = U1.replace("u1", "u2");
+        let applied = Applied {
+            system_assigned: Some(true),
+            user_assigned_identities: vec![U1.into(), u2.clone()],
+            ..Applied::default()
+        };
+        let held = held_record(applied.clone(), &live(&[U1])).unwrap();
+        assert_eq!(held.user_assigned_identities, vec![U1.to_string()]);
+        assert_eq!(held.system_assigned, None);
+        assert!(held_record(applied, &live(&[])).is_none());
+        // And as the planner sees it: Merge, its own identities only, nothing removed.
+        let o = object(&[U1]);
+        let d = o.holding(&held).unwrap();
+        assert_eq!(d.spec.user_assigned.len(), 1);
+        assert_eq!(d.spec.mode, vmidentity_planner::Mode::Merge);
+    }
+
+    #[test]
+    fn different_credentials_on_one_target_are_a_conflict() {
+        assert_eq!(credential_clash(["global", "global"]), None);
+        let r = credential_clash(["ns/a", "global", "ns/a"]).unwrap();
+        assert_eq!(r.reason, Reason::CredentialConflict);
+        assert!(r.message.contains("(ns/a and global)"), "{}", r.message);
+    }
+
+    #[test]
+    fn a_refusal_stalls_the_object_and_warns_once() {
+        let o = object(&[U1]);
+        let r = Refusal {
+            reason: Reason::PolicyDenied,
+            message: "namespace team-a may not use u1".into(),
+        };
+        let first = refusal(&o, &r, now());
+        assert_eq!(first.events.len(), 1);
+        assert_eq!(first.events[0].type_, EventType::Warning);
+        assert_eq!(first.events[0].reason, Reason::PolicyDenied);
+        let st = first.status.unwrap();
+        assert_eq!(
+            reason_of(&st, conditions::STALLED),
+            ("True".into(), "PolicyDenied".into())
+        );
+        assert_eq!(reason_of(&st, conditions::READY).0, "False");
+        assert_eq!(st.observed_generation, Some(1));
+        // The same refusal again: no Event, no write.
+        let mut again = o.clone();
+        again.status = Some(st);
+        let second = refusal(&again, &r, now());
+        assert!(second.events.is_empty());
+        assert_eq!(second.status, None);
+        // Another message: a new Event.
+        let other = Refusal {
+            message: "something else".into(),
+            ..r
+        };
+        assert_eq!(refusal(&again, &other, now()).events.len(), 1);
+    }
+
+    #[test]
+    fn an_invalid_spec_is_refused_with_every_field_error() {
+        let o = object(&["not-an-id"]);
+        let r = Refusal::invalid(&o.desired().unwrap_err());
+        assert_eq!(r.reason, Reason::InvalidSpec);
+        assert!(
+            r.message.contains("spec.userAssignedIdentities[0]"),
+            "{}",
+            r.message
+        );
+    }
+
+    #[test]
+    fn a_retryable_azure_failure_is_progressing_and_retried() {
+        let o = object(&[U1]);
+        let r = azure_failure(&o, ErrorClass::Throttled, "429", now());
+        assert_eq!(r.events.len(), 1);
+        let st = r.status.unwrap();
+        assert_eq!(
+            reason_of(&st, conditions::RECONCILING),
+            ("True".into(), "Throttled".into())
+        );
+        assert_eq!(reason_of(&st, conditions::STALLED).0, "False");
+        // Throttled again: no second Event.
+        let mut again = o.clone();
+        again.status = Some(st);
+        assert!(
+            azure_failure(&again, ErrorClass::Throttled, "429", now())
+                .events
+                .is_empty()
+        );
+        // Retry-After is honoured (at least a second); without it, the backoff.
+        let after = Some(Duration::from_millis(10));
+        assert_eq!(
+            azure_outcome(ErrorClass::Throttled, after, || unreachable!()),
+            Outcome::Retry(Duration::from_secs(1))
+        );
+        assert_eq!(
+            azure_outcome(ErrorClass::Transient, None, || Duration::from_secs(20)),
+            Outcome::Retry(Duration::from_secs(20))
+        );
+    }
+
+    #[test]
+    fn a_permanent_azure_failure_stalls() {
+        let o = object(&[U1]);
+        let r = azure_failure(&o, ErrorClass::Forbidden, "no rights", now());
+        assert_eq!(r.events[0].reason.as_str(), "AuthorizationFailed");
+        let st = r.status.unwrap();
+        assert_eq!(
+            reason_of(&st, conditions::STALLED),
+            ("True".into(), "AuthorizationFailed".into())
+        );
+        // Rights may be granted: looked at again at resync. A refused request: idle.
+        assert_eq!(
+            azure_outcome(ErrorClass::Forbidden, None, || unreachable!()),
+            Outcome::Stalled
+        );
+        assert_eq!(
+            azure_outcome(ErrorClass::Invalid, None, || unreachable!()),
+            Outcome::Idle
+        );
+    }
+
+    #[test]
+    fn a_missing_target_stalls_with_a_short_event() {
+        let o = object(&[U1]);
+        let r = target_not_found(&o, VM, "ResourceNotFound", now());
+        assert_eq!(r.events[0].note, format!("{VM} not found"));
+        let st = r.status.unwrap();
+        assert_eq!(
+            reason_of(&st, conditions::STALLED),
+            ("True".into(), "TargetNotFound".into())
+        );
+        let again = with_phase(o, &stalled(Reason::TargetNotFound, "x".into()));
+        assert!(
+            target_not_found(&again, VM, "gone", now())
+                .events
+                .is_empty()
+        );
+    }
+
+    fn result_of(plan: &TargetPlan) -> TargetResult {
+        TargetResult {
+            target: VM.into(),
+            objects: plan.objects.clone(),
+            plan: Some(plan.clone()),
+            error: None,
+            live_after: None,
+            grant_writes: vec![],
+            grants: None,
+            bad_identities: vec![],
+        }
+    }
+
+    #[test]
+    fn success_reports_applied_with_the_changes_then_converged() {
+        let o = object(&[U1]);
+        let d = o.desired().unwrap();
+        let before = live(&[]);
+        let plan = plan_target(std::slice::from_ref(&d), &before).unwrap();
+        let result = result_of(&plan);
+        let after = live(&[U1]);
+        let s = Success::new(&plan, &result, &after, [&o]);
+        assert!(s.wrote());
+        assert!(!s.drift);
+        let r = s.report(&o, &d, now());
+        let st = r.status.unwrap();
+        assert_eq!(
+            reason_of(&st, conditions::READY),
+            ("True".into(), "Applied".into())
+        );
+        assert_eq!(st.user_assigned_count, Some(1));
+        assert_eq!(st.target_name.as_deref(), Some("vm1"));
+        assert_eq!(
+            st.applied.as_ref().unwrap().user_assigned_identities.len(),
+            1
+        );
+        let principals = st.principals.clone().unwrap();
+        assert_eq!(principals.user_assigned.len(), 1);
+        assert!(r.events.is_empty());
+        assert_eq!(r.events_after.len(), 1);
+        assert_eq!(r.events_after[0].type_, EventType::Normal);
+        assert_eq!(r.events_after[0].reason, Reason::Applied);
+        assert!(
+            r.events_after[0]
+                .note
+                .starts_with("vm/vm1: add user-assigned identity"),
+            "{}",
+            r.events_after[0].note
+        );
+        assert_eq!(success_outcome(&plan, &result), Outcome::Applied);
+
+        // The next pass finds it as declared: Ready stays "Applied", nothing is written.
+        let mut o2 = o.clone();
+        o2.status = Some(st);
+        let d2 = o2.desired().unwrap();
+        let plan2 = plan_target(std::slice::from_ref(&d2), &after).unwrap();
+        let result2 = result_of(&plan2);
+        let s2 = Success::new(&plan2, &result2, &after, [&o2]);
+        assert!(!s2.wrote());
+        assert_eq!(s2.released(), None);
+        let r2 = s2.report(&o2, &d2, now());
+        assert_eq!(r2, Report::default());
+        assert_eq!(success_outcome(&plan2, &result2), Outcome::Converged);
+
+        // A fresh object already as declared: Ready "Converged", "... is as declared".
+        let r3 = s2.report(&o, &d, now());
+        let st3 = r3.status.unwrap();
+        assert_eq!(
+            reason_of(&st3, conditions::READY),
+            ("True".into(), "Converged".into())
+        );
+        let ready = st3
+            .conditions
+            .iter()
+            .find(|c| c.type_ == conditions::READY)
+            .unwrap();
+        assert_eq!(ready.message, "vm/vm1 is as declared");
+    }
+
+    #[test]
+    fn a_write_to_a_target_every_object_saw_ready_is_drift() {
+        let o = with_phase(object(&[U1]), &ready(Reason::Converged, "ok".into()));
+        let o = {
+            let mut o = o;
+            o.status.as_mut().unwrap().observed_generation = Some(1);
+            o
+        };
+        assert!(was_ready(&o));
+        let d = o.desired().unwrap();
+        let before = live(&[]);
+        let plan = plan_target(std::slice::from_ref(&d), &before).unwrap();
+        let result = result_of(&plan);
+        let s = Success::new(&plan, &result, &before, [&o]);
+        assert!(s.drift);
+        let r = s.report(&o, &d, now());
+        assert_eq!(r.events_after[0].reason, Reason::DriftRepaired);
+        assert_eq!(r.events_after[0].type_, EventType::Warning);
+        assert_eq!(s.released().unwrap().reason, Reason::Detached);
+    }
+
+    #[test]
+    fn requeue_timing_follows_the_outcome() {
+        let resync = Duration::from_secs(600);
+        assert_eq!(Outcome::Converged.requeue(resync, true), Some(resync));
+        assert_eq!(Outcome::Applied.requeue(resync, false), None);
+        assert_eq!(
+            Outcome::Retry(PENDING_RETRY).requeue(resync, false),
+            Some(PENDING_RETRY)
+        );
+        assert_eq!(Outcome::Stalled.requeue(resync, false), Some(resync));
+        assert_eq!(Outcome::Idle.requeue(resync, true), None);
+        assert!(Outcome::Converged.succeeded() && Outcome::Applied.succeeded());
+        assert!(!Outcome::Retry(PENDING_RETRY).succeeded());
+        assert_eq!(Outcome::Retry(PENDING_RETRY).label(), "retry");
+        assert_eq!(Outcome::Idle.label(), "idle");
+    }
+}
