@@ -557,15 +557,7 @@ async fn workload_identity_logs_in_and_a_wrong_secret_is_reported_in_status() {
         ];
     })
     .await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let jwt = vmidentity_simulator::make_jwt(
-        &json!({"iss": issuer, "sub": subject, "aud": ["api://AzureADTokenExchange"], "exp": now + 3600, "iat": now}),
-    );
-    let file = std::env::temp_dir().join(format!("vmidentity-e2e-token-{}", std::process::id()));
-    std::fs::write(&file, jwt).expect("token file");
+    let file = federated_token_file(issuer, subject, "token");
     let url = env.sim.base_url();
     let _wi = ControllerProc::start_with_env(
         &env.ns,

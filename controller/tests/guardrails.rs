@@ -316,9 +316,8 @@ async fn a_namespace_credential_confines_the_team_to_its_own_azure_rights() {
     })
     .await;
     // The platform admin binds the team's identity to its namespace.
-    let mut policy = allow_all_policy(&env.ns);
-    policy["credentials"] = json!({"clientIds": [TEAM_CLIENT]});
-    env.set_policy(policy).await;
+    env.set_policy(allow_all_binding(&env.ns, &[TEAM_CLIENT]))
+        .await;
     let url = env.sim.base_url();
     let _c = ControllerProc::start_with_env(
         &env.ns,
@@ -631,19 +630,12 @@ async fn a_tenant_secret_cannot_redirect_the_controllers_token_or_borrow_an_iden
             .collect();
     })
     .await;
-    let mut policy = allow_all_policy(&env.ns);
-    policy["credentials"] = json!({"clientIds": [TEAM_CLIENT, CONTROLLER_CLIENT]});
-    env.set_policy(policy).await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let jwt = vmidentity_simulator::make_jwt(
-        &json!({"iss": issuer, "sub": subject, "aud": ["api://AzureADTokenExchange"], "exp": now + 3600, "iat": now}),
-    );
-    let token_file =
-        std::env::temp_dir().join(format!("vmidentity-e2e-sa-token-{}", std::process::id()));
-    std::fs::write(&token_file, &jwt).expect("token file");
+    env.set_policy(allow_all_binding(
+        &env.ns,
+        &[TEAM_CLIENT, CONTROLLER_CLIENT],
+    ))
+    .await;
+    let token_file = federated_token_file(issuer, subject, "sa-token");
     let (evil, evil_hits) = attacker_server().await;
     let url = env.sim.base_url();
     let c = ControllerProc::start_with_env(
@@ -756,26 +748,14 @@ async fn a_tenant_secret_cannot_redirect_the_controllers_token_or_borrow_an_iden
     .await;
     // No token was ever asked for an identity that is not the team's, and nothing was
     // written to ARM.
-    let logins_for = |client_id: &str| {
-        env.sim
-            .requests()
-            .into_iter()
-            .filter(|r| {
-                r.path.contains("oauth2")
-                    && r.body
-                        .as_ref()
-                        .is_some_and(|b| b.to_string().contains(client_id))
-            })
-            .count()
-    };
-    assert_eq!(logins_for(OTHER_TEAM_CLIENT), 0);
+    assert_eq!(env.logins_for(OTHER_TEAM_CLIENT), 0);
     assert_eq!(writes_to(&env, &vm("vm1")), 0);
     // The bound identity works: Ready, through the controller's federated token.
     env.put_secret_in(&env.ns, "vmidentity-credential", secret(json!({})))
         .await;
     env.wait_for("web", 30, "Ready with the team's identity", is_ready)
         .await;
-    assert!(logins_for(TEAM_CLIENT) >= 1);
+    assert!(env.logins_for(TEAM_CLIENT) >= 1);
     assert_eq!(evil_hits.load(Ordering::SeqCst), 0);
     let _ = std::fs::remove_file(&token_file);
     env.cleanup().await;

@@ -186,9 +186,8 @@ async fn a_denied_newcomer_without_or_with_another_credential_cannot_stall_a_ten
         ];
     })
     .await;
-    let mut policy = allow_all_policy(&env.ns);
-    policy["credentials"] = json!({"clientIds": [TEAM_CLIENT]});
-    env.set_policy(policy).await;
+    env.set_policy(allow_all_binding(&env.ns, &[TEAM_CLIENT]))
+        .await;
     let team = env.ns.clone();
     env.put_secret_in(
         &team,
@@ -250,17 +249,7 @@ async fn a_denied_newcomer_without_or_with_another_credential_cannot_stall_a_ten
         ("UserAssigned".into(), vec!["u1".into()])
     );
     // The other identity was never used: no token was asked for it.
-    let other_logins = env
-        .sim
-        .requests()
-        .into_iter()
-        .filter(|r| {
-            r.path.contains("oauth2")
-                && r.body
-                    .as_ref()
-                    .is_some_and(|b| b.to_string().contains(OTHER_CLIENT))
-        })
-        .count();
+    let other_logins = env.logins_for(OTHER_CLIENT);
     assert_eq!(other_logins, 0);
     env.api
         .delete("web", &Default::default())

@@ -109,6 +109,43 @@ async fn install_one_crd(client: &Client, file: &str, name: &str) {
     }
 }
 
+/// Creates namespace `ns` (labelled `vmidentity-e2e/ns: <ns>`, for tests that select it):
+/// objects need their namespace.
+async fn ensure_namespace(client: &Client, ns: &str) {
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let body = json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": ns, "labels": {"vmidentity-e2e/ns": ns}}});
+    nss.patch(
+        ns,
+        &PatchParams::apply("vmidentity-e2e").force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .expect("namespace");
+}
+
+/// [`allow_all_policy`] that also binds these Azure client IDs to the namespace's credential
+/// Secret (`spec.credentials.clientIds`).
+pub fn allow_all_binding(ns: &str, client_ids: &[&str]) -> Value {
+    let mut p = allow_all_policy(ns);
+    p["credentials"] = json!({ "clientIds": client_ids });
+    p
+}
+
+/// A federated (service account) token for the simulator's Entra, written to a file of this
+/// process; returns the file.
+pub fn federated_token_file(issuer: &str, subject: &str, name: &str) -> PathBuf {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let jwt = vmidentity_simulator::make_jwt(&json!({"iss": issuer, "sub": subject,
+        "aud": ["api://AzureADTokenExchange"], "exp": now + 3600, "iat": now}));
+    let file = std::env::temp_dir().join(format!("vmidentity-e2e-{name}-{}", std::process::id()));
+    std::fs::write(&file, jwt).expect("token file");
+    file
+}
+
 /// A policy that lets namespace `ns` do everything but lift the built-in deny list.
 pub fn allow_all_policy(ns: &str) -> Value {
     json!({
@@ -313,18 +350,7 @@ impl Env {
         let sim = vmidentity_simulator::start(cfg).await.expect("simulator");
         let ns = format!("{ns}-{}", std::process::id());
         let api = Api::namespaced(client.clone(), &ns);
-        // Objects need their namespace (labelled with its own name, for tests that select
-        // it).
-        let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-        let body = json!({"apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": ns, "labels": {"vmidentity-e2e/ns": ns}}});
-        nss.patch(
-            &ns,
-            &PatchParams::apply("vmidentity-e2e").force(),
-            &Patch::Apply(&body),
-        )
-        .await
-        .expect("namespace");
+        ensure_namespace(&client, &ns).await;
         let env = Env {
             ns,
             sim,
@@ -402,16 +428,7 @@ impl Env {
     /// covered by no policy unless the test adds one; removed objects first on reuse.
     pub async fn namespace(&self, suffix: &str) -> String {
         let ns = format!("{}-{suffix}", self.ns);
-        let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
-        let body = json!({"apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": ns, "labels": {"vmidentity-e2e/ns": ns}}});
-        nss.patch(
-            &ns,
-            &PatchParams::apply("vmidentity-e2e").force(),
-            &Patch::Apply(&body),
-        )
-        .await
-        .expect("namespace");
+        ensure_namespace(&self.client, &ns).await;
         self.cleanup_in(&ns).await;
         ns
     }
@@ -585,6 +602,20 @@ impl Env {
             .unwrap_or_default();
         names.sort();
         (ty, names)
+    }
+
+    /// Token requests the simulator's Entra saw for `client_id`.
+    pub fn logins_for(&self, client_id: &str) -> usize {
+        self.sim
+            .requests()
+            .into_iter()
+            .filter(|r| {
+                r.path.contains("oauth2")
+                    && r.body
+                        .as_ref()
+                        .is_some_and(|b| b.to_string().contains(client_id))
+            })
+            .count()
     }
 
     /// Bodies of the PATCHes ARM accepted (200/202).
