@@ -163,45 +163,8 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
             }
         });
     }
-    // Credentials: a static token (--token / AZURE_ACCESS_TOKEN), or what VMIDENTITY_AUTH
-    // chooses (workload identity, managed identity, client secret).
-    let tokens: Arc<dyn vmidentity_azure::TokenSource> = match &args.token {
-        Some(t) => Arc::new(StaticToken::new(t.clone())),
-        None => vmidentity_azure::token::from_env(&|k| std::env::var(k).ok())
-            .map_err(|e| CliError::Other(format!("Azure credentials: {e}")))?,
-    };
-    let arm_config = ClientConfig {
-        endpoint: args.arm_endpoint.clone(),
-        max_attempts: 3,
-        max_inline_wait: Duration::ZERO,
-        lro_poll_interval: Duration::from_millis(args.lro_poll_ms),
-        ..ClientConfig::default()
-    };
-    let graph_config = ClientConfig {
-        max_attempts: 3,
-        max_inline_wait: Duration::ZERO,
-        ..ClientConfig::graph(&args.graph_endpoint)
-    };
-    let arm = ArmClient::new(arm_config.clone(), tokens.clone())
-        .map_err(|e| CliError::Other(e.to_string()))?
-        .with_observer(metrics.clone());
-    // Graph: its own static token if given; otherwise the same source (a different audience).
-    let graph_tokens: Option<Arc<dyn vmidentity_azure::TokenSource>> =
-        match (&args.graph_token, &args.token) {
-            (Some(t), _) => Some(Arc::new(StaticToken::new(t.clone()))),
-            (None, Some(_)) => None,
-            (None, None) => Some(tokens.clone()),
-        };
-    // The controller's own door: ARM, and Graph when it has a token for it.
-    let mut exec = Executor::new(arm.clone());
-    if let Some(t) = graph_tokens {
-        exec = exec.with_graph(
-            ArmClient::new(graph_config.clone(), t)
-                .map_err(|e| CliError::Other(e.to_string()))?
-                .with_observer(metrics.clone()),
-        );
-    }
-
+    let doors = azure_doors(&args, &metrics)?;
+    let exec = doors.exec.clone();
     let me = identity(&args);
     let elector = (!args.no_leader_election).then(|| {
         Elector::new(
@@ -230,75 +193,7 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
     let recorder = events::EventRecorder::new(client.clone(), "vmidentity", &me);
     let resync = Duration::from_secs(args.resync_seconds.max(1));
 
-    // Guardrails: policies (and namespace labels for their selectors) are cached and ready
-    // before the first reconcile, so nothing is refused (or allowed) for want of a cache.
-    let (policy_reader, policy_writer) = reflector::store::<VirtualMachineIdentityPolicy>();
-    let policy_events = watcher(
-        Api::<VirtualMachineIdentityPolicy>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(policy_writer)
-    .map_ok(|e| changed(&e))
-    .boxed();
-    let (ns_reader, ns_events) = if args.namespace_labels {
-        let (r, w) = reflector::store::<PartialObjectMeta<Namespace>>();
-        let events = watcher(
-            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .reflect(w)
-        .map_ok(|e| changed(&e))
-        .boxed();
-        (Some(r), Some(events))
-    } else {
-        (None, None)
-    };
-    let view = PolicyView {
-        policies: policy_reader.clone(),
-        namespaces: ns_reader.clone(),
-    };
-    let (retrigger_tx, retrigger_rx) = futures::channel::mpsc::unbounded();
-    {
-        let view = view.clone();
-        let objects = reader.clone();
-        let mut events = match ns_events {
-            Some(ns) => futures::stream::select(policy_events, ns).boxed(),
-            None => policy_events,
-        };
-        tokio::spawn(async move {
-            while let Some(ev) = events.next().await {
-                let mut any = match ev {
-                    Ok(c) => c,
-                    Err(e) => {
-                        warn!(error = %e, "policy or namespace watch failed (retrying)");
-                        false
-                    }
-                };
-                // A burst (a relist, many namespaces labelled at once) is one re-check.
-                while let Some(Some(more)) = events.next().now_or_never() {
-                    any |= more.unwrap_or(false);
-                }
-                if !any {
-                    continue;
-                }
-                for r in policy::affected(&objects, &view) {
-                    if retrigger_tx.unbounded_send(r).is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-    }
-    wait_ready(
-        "VirtualMachineIdentityPolicy (is its CRD installed?)",
-        policy_reader.wait_until_ready(),
-    )
-    .await;
-    if let Some(r) = &ns_reader {
-        wait_ready("Namespace metadata", r.wait_until_ready()).await;
-    }
+    let (view, retrigger_rx) = guardrail_caches(&client, &args, &reader).await;
 
     let mut ctx = Context::new(
         client.clone(),
@@ -309,28 +204,18 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
         view,
     );
     ctx.resync = resync;
-    if args.namespace_credentials != credentials::Mode::Off {
-        let mut creds = credentials::Credentials::new(
-            args.namespace_credentials,
-            args.namespace_credential_secret.clone(),
-            client.clone(),
-            ctx.exec.clone(),
-            arm_config.clone(),
-            Some(graph_config.clone()),
-            metrics.clone(),
-            credentials::TokenSettings::from_env(),
-            ctx.policy.clone(),
-        );
-        creds.ttl = Duration::from_secs(args.namespace_credential_ttl_seconds);
-        ctx.credentials = Some(Arc::new(creds));
-        info!(mode = ?args.namespace_credentials, secret = %args.namespace_credential_secret, "namespace credentials on");
-    }
+    ctx.credentials = namespace_credentials(&args, &client, &ctx, &doors, &metrics);
     ctx.per_target_resync = args.resync_mode == ResyncMode::Get;
     let ctx = Arc::new(ctx);
     // Resource Graph resync: a scanner triggers only the targets that drifted.
     let (scan_tx, scan_rx) = futures::channel::mpsc::unbounded();
     if args.resync_mode == ResyncMode::ResourceGraph {
-        tokio::spawn(fleet::scan_loop(ctx.clone(), arm, scan_tx, resync));
+        tokio::spawn(fleet::scan_loop(
+            ctx.clone(),
+            doors.arm.clone(),
+            scan_tx,
+            resync,
+        ));
     }
 
     // Work is keyed by target: every event becomes a trigger for its target's representative.
@@ -435,6 +320,170 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
 
 /// Whether a watch event can change what policies allow: a change, a deletion, or the end of
 /// a (re)list; not each object of a list.
+/// The controller's own door to Azure, and the client settings namespace credentials reuse.
+struct AzureDoors {
+    exec: Executor,
+    arm: ArmClient,
+    arm_config: ClientConfig,
+    graph_config: ClientConfig,
+}
+
+/// Credentials: a static token (--token / AZURE_ACCESS_TOKEN), or what VMIDENTITY_AUTH
+/// chooses (workload identity, managed identity, client secret); ARM, and Graph when there is
+/// a token for it.
+fn azure_doors(args: &ControllerArgs, metrics: &Arc<Metrics>) -> Result<AzureDoors, CliError> {
+    let tokens: Arc<dyn vmidentity_azure::TokenSource> = match &args.token {
+        Some(t) => Arc::new(StaticToken::new(t.clone())),
+        None => vmidentity_azure::token::from_env(&|k| std::env::var(k).ok())
+            .map_err(|e| CliError::Other(format!("Azure credentials: {e}")))?,
+    };
+    let arm_config = ClientConfig {
+        endpoint: args.arm_endpoint.clone(),
+        max_attempts: 3,
+        max_inline_wait: Duration::ZERO,
+        lro_poll_interval: Duration::from_millis(args.lro_poll_ms),
+        ..ClientConfig::default()
+    };
+    let graph_config = ClientConfig {
+        max_attempts: 3,
+        max_inline_wait: Duration::ZERO,
+        ..ClientConfig::graph(&args.graph_endpoint)
+    };
+    let arm = ArmClient::new(arm_config.clone(), tokens.clone())
+        .map_err(|e| CliError::Other(e.to_string()))?
+        .with_observer(metrics.clone());
+    // Graph: its own static token if given; otherwise the same source (a different audience).
+    let graph_tokens: Option<Arc<dyn vmidentity_azure::TokenSource>> =
+        match (&args.graph_token, &args.token) {
+            (Some(t), _) => Some(Arc::new(StaticToken::new(t.clone()))),
+            (None, Some(_)) => None,
+            (None, None) => Some(tokens.clone()),
+        };
+    // The controller's own door: ARM, and Graph when it has a token for it.
+    let mut exec = Executor::new(arm.clone());
+    if let Some(t) = graph_tokens {
+        exec = exec.with_graph(
+            ArmClient::new(graph_config.clone(), t)
+                .map_err(|e| CliError::Other(e.to_string()))?
+                .with_observer(metrics.clone()),
+        );
+    }
+    Ok(AzureDoors {
+        exec,
+        arm,
+        arm_config,
+        graph_config,
+    })
+}
+
+/// Policies (and namespace labels for their selectors), cached and ready before the first
+/// reconcile, so nothing is refused (or allowed) for want of a cache; and the stream of
+/// objects to look at again when they change.
+async fn guardrail_caches(
+    client: &Client,
+    args: &ControllerArgs,
+    reader: &reflector::Store<VirtualMachineIdentity>,
+) -> (
+    PolicyView,
+    futures::channel::mpsc::UnboundedReceiver<reflector::ObjectRef<VirtualMachineIdentity>>,
+) {
+    let (policy_reader, policy_writer) = reflector::store::<VirtualMachineIdentityPolicy>();
+    let policy_events = watcher(
+        Api::<VirtualMachineIdentityPolicy>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(policy_writer)
+    .map_ok(|e| changed(&e))
+    .boxed();
+    let (ns_reader, ns_events) = if args.namespace_labels {
+        let (r, w) = reflector::store::<PartialObjectMeta<Namespace>>();
+        let events = watcher(
+            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(w)
+        .map_ok(|e| changed(&e))
+        .boxed();
+        (Some(r), Some(events))
+    } else {
+        (None, None)
+    };
+    let view = PolicyView {
+        policies: policy_reader.clone(),
+        namespaces: ns_reader.clone(),
+    };
+    let (retrigger_tx, retrigger_rx) = futures::channel::mpsc::unbounded();
+    {
+        let view = view.clone();
+        let objects = reader.clone();
+        let mut events = match ns_events {
+            Some(ns) => futures::stream::select(policy_events, ns).boxed(),
+            None => policy_events,
+        };
+        tokio::spawn(async move {
+            while let Some(ev) = events.next().await {
+                let mut any = match ev {
+                    Ok(c) => c,
+                    Err(e) => {
+                        warn!(error = %e, "policy or namespace watch failed (retrying)");
+                        false
+                    }
+                };
+                // A burst (a relist, many namespaces labelled at once) is one re-check.
+                while let Some(Some(more)) = events.next().now_or_never() {
+                    any |= more.unwrap_or(false);
+                }
+                if !any {
+                    continue;
+                }
+                for r in policy::affected(&objects, &view) {
+                    if retrigger_tx.unbounded_send(r).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    wait_ready(
+        "VirtualMachineIdentityPolicy (is its CRD installed?)",
+        policy_reader.wait_until_ready(),
+    )
+    .await;
+    if let Some(r) = &ns_reader {
+        wait_ready("Namespace metadata", r.wait_until_ready()).await;
+    }
+    (view, retrigger_rx)
+}
+
+/// `--namespace-credentials`: which Azure credential reconciles which namespace.
+fn namespace_credentials(
+    args: &ControllerArgs,
+    client: &Client,
+    ctx: &Context,
+    doors: &AzureDoors,
+    metrics: &Arc<Metrics>,
+) -> Option<Arc<credentials::Credentials>> {
+    if args.namespace_credentials == credentials::Mode::Off {
+        return None;
+    }
+    let mut creds = credentials::Credentials::new(
+        args.namespace_credentials,
+        args.namespace_credential_secret.clone(),
+        client.clone(),
+        ctx.exec.clone(),
+        doors.arm_config.clone(),
+        Some(doors.graph_config.clone()),
+        metrics.clone(),
+        credentials::TokenSettings::from_env(),
+        ctx.policy.clone(),
+    );
+    creds.ttl = Duration::from_secs(args.namespace_credential_ttl_seconds);
+    info!(mode = ?args.namespace_credentials, secret = %args.namespace_credential_secret, "namespace credentials on");
+    Some(Arc::new(creds))
+}
+
 fn changed<K>(e: &watcher::Event<K>) -> bool {
     !matches!(e, watcher::Event::Init | watcher::Event::InitApply(_))
 }

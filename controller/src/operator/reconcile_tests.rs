@@ -1,0 +1,482 @@
+//! Fast reconciler tests: `reconcile` against a mocked Kubernetes API server (a `tower-test`
+//! mock behind `kube::Client`) and the in-process ARM simulator, without a cluster.
+//!
+//! The mocked API server answers every request (a PATCH of an object with the object, an
+//! Event POST with the Event) and records it; each test then asserts the requests in order:
+//! method, path and JSON body.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Request, Response};
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+use vmidentity_azure::{ArmClient, ClientConfig, Executor, StaticToken};
+use vmidentity_simulator::{LroMode, SimConfig, SimHandle, WorldSeed};
+
+use super::{Context, FINALIZER, reconcile};
+use crate::crd::{VirtualMachineIdentity, VirtualMachineIdentityPolicy};
+use crate::operator::events::EventRecorder;
+use crate::operator::metrics::Metrics;
+use crate::operator::policy::PolicyView;
+
+const SUB: &str = "0a1b2c3d-0000-4000-8000-0000000000c1";
+const NS: &str = "team-a";
+const RESYNC: Duration = Duration::from_secs(600);
+
+fn rg() -> String {
+    format!("/subscriptions/{SUB}/resourceGroups/rg-a")
+}
+
+fn vm() -> String {
+    format!("{}/providers/Microsoft.Compute/virtualMachines/vm1", rg())
+}
+
+fn uai(name: &str) -> String {
+    format!(
+        "{}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}",
+        rg()
+    )
+}
+
+/// A simulator with vm1 carrying `identity` (YAML flow mapping, or none), and uai-a, uai-b.
+async fn sim(identity: Option<&str>) -> Arc<SimHandle> {
+    let identity = identity
+        .map(|i| format!("\n    identity: {i}"))
+        .unwrap_or_default();
+    let world = format!(
+        "resourceGroups:\n  - id: {rg}\nuserAssignedIdentities:\n  - id: {a}\n  - id: {b}\nvirtualMachines:\n  - id: {vm}{identity}\n",
+        rg = rg(),
+        a = uai("uai-a"),
+        b = uai("uai-b"),
+        vm = vm(),
+    );
+    let sim = vmidentity_simulator::start(SimConfig {
+        seed: WorldSeed::from_yaml_str(&world).expect("world"),
+        lro: LroMode::Sync,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("simulator");
+    Arc::new(sim)
+}
+
+/// A client of the simulator that does not retry.
+fn exec(sim: &SimHandle) -> Executor {
+    Executor::new(
+        ArmClient::new(
+            ClientConfig {
+                endpoint: sim.base_url(),
+                max_attempts: 1,
+                lro_poll_interval: Duration::from_millis(10),
+                request_timeout: Duration::from_secs(10),
+                ..ClientConfig::default()
+            },
+            Arc::new(StaticToken::new("sim-token")),
+        )
+        .expect("client"),
+    )
+}
+
+/// A `VirtualMachineIdentity` as the API server would store it (no CRD validation here).
+fn object(name: &str, spec: Value) -> VirtualMachineIdentity {
+    serde_json::from_value(json!({
+        "apiVersion": "vmidentity.dev/v1alpha1",
+        "kind": "VirtualMachineIdentity",
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "uid": format!("uid-{name}"),
+            "resourceVersion": "7",
+            "generation": 3,
+        },
+        "spec": spec,
+    }))
+    .expect("object")
+}
+
+/// A cluster-scoped policy with this spec.
+fn policy(spec: Value) -> VirtualMachineIdentityPolicy {
+    serde_json::from_value(json!({
+        "apiVersion": "vmidentity.dev/v1alpha1",
+        "kind": "VirtualMachineIdentityPolicy",
+        "metadata": {"name": "p", "resourceVersion": "1"},
+        "spec": spec,
+    }))
+    .expect("policy")
+}
+
+/// Everything, for namespace `ns` (tests/e2e/harness.rs `allow_all_policy`).
+fn allow_all(ns: &str) -> Value {
+    json!({
+        "namespaces": {"names": [ns]},
+        "targets": {"patterns": ["**"]},
+        "userAssignedIdentities": {"patterns": ["**"]},
+        "allowDisableSystemAssigned": true,
+        "allowExactMode": true,
+        "roleAssignments": [{"roles": ["*"], "scopes": ["/**"]}],
+        "groups": ["*"],
+    })
+}
+
+/// A request the mocked API server received.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    body: Value,
+    /// How many ARM writes the simulator had received when this request arrived.
+    arm_writes: usize,
+}
+
+type Log = Arc<Mutex<Vec<Seen>>>;
+
+/// A `kube::Client` whose API server is a task that records every request and answers it:
+/// a PATCH with `object` (what a PATCH of it returns), a POST with its own body (an Event
+/// created as sent). Any other request fails the reconcile (the task panics).
+fn mock_client(
+    sim: Arc<SimHandle>,
+    object: &VirtualMachineIdentity,
+) -> (kube::Client, Log, tokio::task::JoinHandle<()>) {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let log: Log = Arc::default();
+    let seen = log.clone();
+    let object = serde_json::to_vec(object).expect("object json");
+    let server = tokio::spawn(async move {
+        while let Some((request, send)) = handle.next_request().await {
+            let method = request.method().to_string();
+            let path = request.uri().path().to_string();
+            let bytes = request
+                .into_body()
+                .collect_bytes()
+                .await
+                .expect("request body");
+            let body: Value = if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).expect("JSON request body")
+            };
+            let answer = match method.as_str() {
+                "POST" => bytes.to_vec(),
+                "PATCH" if path.contains("/virtualmachineidentities/") => object.clone(),
+                _ => panic!("unexpected request {method} {path}"),
+            };
+            let arm_writes = arm_writes(&sim).len();
+            seen.lock().unwrap().push(Seen {
+                method,
+                path,
+                body,
+                arm_writes,
+            });
+            send.send_response(
+                Response::builder()
+                    .status(200)
+                    .header("content-type", "application/json")
+                    .body(Body::from(answer))
+                    .expect("response"),
+            );
+        }
+    });
+    (kube::Client::new(service, "default"), log, server)
+}
+
+/// The reconciler's context: `objects` in its store, `policies` in the policy view.
+fn context(
+    client: kube::Client,
+    exec: Executor,
+    objects: &[VirtualMachineIdentity],
+    policies: &[VirtualMachineIdentityPolicy],
+) -> Arc<Context> {
+    let (store, mut writer) = reflector::store::<VirtualMachineIdentity>();
+    for o in objects {
+        writer.apply_watcher_event(&watcher::Event::Apply(o.clone()));
+    }
+    let (policy_store, mut policy_writer): (Store<VirtualMachineIdentityPolicy>, _) =
+        reflector::store();
+    for p in policies {
+        policy_writer.apply_watcher_event(&watcher::Event::Apply(p.clone()));
+    }
+    let recorder = EventRecorder::new(client.clone(), "vmidentity.dev/controller", "test");
+    let view = PolicyView {
+        policies: policy_store,
+        namespaces: None,
+    };
+    let mut ctx = Context::new(
+        client,
+        store,
+        exec,
+        recorder,
+        Arc::new(Metrics::new()),
+        view,
+    );
+    ctx.resync = RESYNC;
+    Arc::new(ctx)
+}
+
+/// Reconciles `o` (alone on its target) and returns its result with the API requests made.
+async fn run(
+    o: VirtualMachineIdentity,
+    policies: &[VirtualMachineIdentityPolicy],
+    sim: &Arc<SimHandle>,
+) -> (Action, Vec<Seen>) {
+    let (client, log, server) = mock_client(sim.clone(), &o);
+    let ctx = context(client, exec(sim), std::slice::from_ref(&o), policies);
+    let action = tokio::time::timeout(Duration::from_secs(20), reconcile(Arc::new(o), ctx))
+        .await
+        .expect("reconcile finishes")
+        .expect("reconcile succeeds");
+    server.abort();
+    let seen = log.lock().unwrap().clone();
+    (action, seen)
+}
+
+fn object_path(name: &str) -> String {
+    format!("/apis/vmidentity.dev/v1alpha1/namespaces/{NS}/virtualmachineidentities/{name}")
+}
+
+const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/team-a/events";
+
+/// The condition `type_` of a status PATCH body.
+fn condition<'a>(body: &'a Value, type_: &str) -> &'a Value {
+    body["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition in {body}"))
+}
+
+fn assert_request(seen: &Seen, method: &str, path: &str) {
+    assert_eq!(
+        (seen.method.as_str(), seen.path.as_str()),
+        (method, path),
+        "{seen:?}"
+    );
+}
+
+fn assert_event(seen: &Seen, type_: &str, reason: &str) {
+    assert_request(seen, "POST", EVENTS_PATH);
+    assert_eq!(seen.body["type"], type_, "{seen:?}");
+    assert_eq!(seen.body["reason"], reason, "{seen:?}");
+    assert_eq!(seen.body["regarding"]["kind"], "VirtualMachineIdentity");
+    assert_eq!(seen.body["regarding"]["name"], "web");
+}
+
+/// The requeue of `a`: the resync period, jittered by ±20%.
+fn assert_requeue_at_resync(a: &Action) {
+    assert_ne!(*a, Action::await_change());
+    // Action keeps its delay private: read it from its Debug form (`Some(601.2s)`).
+    let text = format!("{a:?}");
+    let secs: f64 = text
+        .split("Some(")
+        .nth(1)
+        .and_then(|s| s.split("s)").next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no delay in {text}"));
+    let resync = RESYNC.as_secs_f64();
+    assert!(
+        (resync * 0.8..=resync * 1.2).contains(&secs),
+        "{text}: not the resync period"
+    );
+}
+
+/// ARM writes (PATCH/PUT/DELETE) the simulator received.
+fn arm_writes(sim: &SimHandle) -> Vec<vmidentity_simulator::RecordedRequest> {
+    sim.requests()
+        .into_iter()
+        .filter(|r| r.method != "GET")
+        .collect()
+}
+
+#[tokio::test]
+async fn a_new_object_is_claimed_recorded_applied_and_reported() {
+    let sim = sim(None).await;
+    let o = object(
+        "web",
+        json!({"target": vm(), "userAssignedIdentities": [uai("uai-a")]}),
+    );
+    let (action, seen) = run(o, &[policy(allow_all(NS))], &sim).await;
+    let path = object_path("web");
+
+    // 1. The finalizer, before anything is written to ARM (with the resourceVersion read).
+    assert!(seen.len() >= 4, "{seen:#?}");
+    assert_request(&seen[0], "PATCH", &path);
+    assert_eq!(
+        seen[0].body,
+        json!({"metadata": {"finalizers": [FINALIZER], "resourceVersion": "7"}})
+    );
+    assert_eq!(seen[0].arm_writes, 0);
+    // 2. The ownership record widened before the ARM PATCH.
+    assert_request(&seen[1], "PATCH", &format!("{path}/status"));
+    assert_eq!(seen[1].arm_writes, 0, "widened before the write");
+    assert_eq!(
+        seen[1].body["status"]["applied"],
+        json!({"userAssignedIdentities": [uai("uai-a")]}),
+        "{:?}",
+        seen[1]
+    );
+    // 3. The ARM PATCH adding uai-a.
+    let writes = arm_writes(&sim);
+    assert_eq!(writes.len(), 1, "{writes:#?}");
+    assert_eq!(writes[0].method, "PATCH");
+    assert!(
+        writes[0].path.eq_ignore_ascii_case(&vm()),
+        "{:?}",
+        writes[0]
+    );
+    let body = writes[0].body.clone().unwrap_or_default();
+    assert_eq!(
+        body["identity"]["userAssignedIdentities"]
+            .as_object()
+            .map(|m| m.keys().map(|k| k.to_ascii_lowercase()).collect::<Vec<_>>()),
+        Some(vec![uai("uai-a").to_ascii_lowercase()]),
+        "{body}"
+    );
+    // 4. Ready=True Applied for this generation, and 5. a Normal Applied Event.
+    let (status, events): (Vec<&Seen>, Vec<&Seen>) =
+        seen[2..].iter().partition(|s| s.path.ends_with("/status"));
+    assert_eq!(status.len(), 1, "{seen:#?}");
+    assert_request(status[0], "PATCH", &format!("{path}/status"));
+    assert_eq!(status[0].arm_writes, 1, "reported after the write");
+    let ready = condition(&status[0].body, "Ready");
+    assert_eq!(ready["status"], "True", "{ready}");
+    assert_eq!(ready["reason"], "Applied", "{ready}");
+    assert_eq!(status[0].body["status"]["observedGeneration"], 3);
+    assert_eq!(
+        status[0].body["status"]["applied"]["userAssignedIdentities"],
+        json!([uai("uai-a")])
+    );
+    assert_eq!(events.len(), 1, "{seen:#?}");
+    assert_event(events[0], "Normal", "Applied");
+
+    assert_requeue_at_resync(&action);
+    // The simulator now has uai-a on vm1.
+    let identity = sim.identity_of(&vm()).expect("vm1");
+    assert!(
+        identity.to_string().to_ascii_lowercase().contains("uai-a"),
+        "{identity}"
+    );
+}
+
+#[tokio::test]
+async fn a_denied_object_is_stalled_without_a_claim_or_azure() {
+    let sim = sim(None).await;
+    // The policy covers the namespace but not this VM.
+    let mut spec = allow_all(NS);
+    spec["targets"] = json!({"patterns": [format!("{}/providers/Microsoft.Compute/virtualMachines/other-*", rg())]});
+    let o = object(
+        "web",
+        json!({"target": vm(), "userAssignedIdentities": [uai("uai-a")]}),
+    );
+    let (action, seen) = run(o, &[policy(spec)], &sim).await;
+
+    assert_eq!(seen.len(), 2, "{seen:#?}");
+    assert_event(&seen[0], "Warning", "PolicyDenied");
+    assert_request(&seen[1], "PATCH", &format!("{}/status", object_path("web")));
+    let stalled = condition(&seen[1].body, "Stalled");
+    assert_eq!(stalled["status"], "True", "{stalled}");
+    assert_eq!(stalled["reason"], "PolicyDenied", "{stalled}");
+    assert!(
+        !seen.iter().any(|s| s.path == object_path("web")),
+        "no finalizer PATCH: {seen:#?}"
+    );
+    assert_eq!(sim.requests().len(), 0, "{:#?}", sim.requests());
+    assert_requeue_at_resync(&action);
+}
+
+#[tokio::test]
+async fn an_invalid_spec_is_stalled_without_azure() {
+    let sim = sim(None).await;
+    // A resource group is not a VM (the CRD would refuse it; the reconciler must too).
+    let o = object("web", json!({"target": rg(), "systemAssigned": true}));
+    let (action, seen) = run(o, &[policy(allow_all(NS))], &sim).await;
+
+    assert_eq!(seen.len(), 2, "{seen:#?}");
+    assert_event(&seen[0], "Warning", "InvalidSpec");
+    assert_request(&seen[1], "PATCH", &format!("{}/status", object_path("web")));
+    let stalled = condition(&seen[1].body, "Stalled");
+    assert_eq!(stalled["status"], "True", "{stalled}");
+    assert_eq!(stalled["reason"], "InvalidSpec", "{stalled}");
+    assert!(
+        stalled["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("target")),
+        "{stalled}"
+    );
+    assert_eq!(sim.requests().len(), 0, "{:#?}", sim.requests());
+    assert_requeue_at_resync(&action);
+}
+
+#[tokio::test]
+async fn a_deleted_object_detaches_what_it_applied_then_lets_go() {
+    // vm1 carries uai-a (this object's) and uai-b (someone else's).
+    let sim = sim(Some(&format!(
+        "{{type: UserAssigned, userAssignedIdentities: [{}, {}]}}",
+        uai("uai-a"),
+        uai("uai-b")
+    )))
+    .await;
+    let mut o = object(
+        "web",
+        json!({"target": vm(), "userAssignedIdentities": [uai("uai-a")]}),
+    );
+    o.metadata.finalizers = Some(vec![FINALIZER.to_string()]);
+    o.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    o.status = Some(crate::crd::VirtualMachineIdentityStatus {
+        applied: Some(crate::crd::AppliedIdentities {
+            user_assigned_identities: vec![uai("uai-a")],
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let (_action, seen) = run(o, &[policy(allow_all(NS))], &sim).await;
+
+    // The ARM PATCH removes uai-a only.
+    let writes = arm_writes(&sim);
+    assert_eq!(writes.len(), 1, "{writes:#?}");
+    assert_eq!(writes[0].method, "PATCH");
+    let body = writes[0].body.clone().unwrap_or_default();
+    let uais = body["identity"]["userAssignedIdentities"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no userAssignedIdentities in {body}"));
+    let removed: Vec<_> = uais
+        .iter()
+        .filter(|(_, v)| v.is_null())
+        .map(|(k, _)| k.to_ascii_lowercase())
+        .collect();
+    assert_eq!(removed, vec![uai("uai-a").to_ascii_lowercase()], "{body}");
+    assert!(
+        !uais
+            .keys()
+            .any(|k| k.eq_ignore_ascii_case(&uai("uai-b")) && !uais[k].is_null()),
+        "uai-b left alone: {body}"
+    );
+    let identity = sim.identity_of(&vm()).expect("vm1").to_string();
+    assert!(
+        !identity.to_ascii_lowercase().contains("uai-a") && identity.contains("uai-b"),
+        "{identity}"
+    );
+
+    // Then a Normal Detached Event and the finalizer's removal, last.
+    let last = seen.last().expect("a request");
+    assert_request(last, "PATCH", &object_path("web"));
+    assert_eq!(
+        last.body,
+        json!({"metadata": {"finalizers": [], "resourceVersion": "7"}})
+    );
+    let events: Vec<&Seen> = seen.iter().filter(|s| s.method == "POST").collect();
+    assert_eq!(events.len(), 1, "{seen:#?}");
+    assert_event(events[0], "Normal", "Detached");
+    assert!(
+        seen.iter().all(|s| s.arm_writes == 1),
+        "after the write: {seen:#?}"
+    );
+    assert_eq!(
+        seen.len(),
+        2,
+        "no status PATCH for an object going away: {seen:#?}"
+    );
+}
