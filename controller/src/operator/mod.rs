@@ -11,6 +11,8 @@ pub mod metrics;
 pub mod policy;
 pub mod reconcile;
 pub mod target;
+#[cfg(test)]
+mod test_support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

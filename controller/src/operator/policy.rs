@@ -63,17 +63,18 @@ impl PolicyView {
         )
     }
 
-    /// The full check before a write (see [`check_with_azure`]).
+    /// The full check before a write (see [`check_with_azure`]), against `policies` as
+    /// [`Self::policies`] read them for this pass.
     pub async fn check(
         &self,
+        policies: &[Policy],
         exec: &Executor,
         ns: &str,
         spec: &Spec,
     ) -> Result<Result<(), Denied>, AzureError> {
-        let policies = self.policies();
         let labels = self.labels(ns);
         check_with_azure(
-            &policies,
+            policies,
             policy::Namespace {
                 name: ns,
                 labels: labels.as_ref(),
@@ -215,10 +216,6 @@ pub fn affected(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    use vmidentity_azure::{ArmClient, ClientConfig, StaticToken};
     use vmidentity_planner::model::{RawRoleAssignment, RawSpec};
     use vmidentity_planner::policy::{NamespaceSelection, RawPolicy, ResourceSet, RoleRule};
     use vmidentity_simulator::{FaultRule, SimConfig, SimHandle, WorldSeed};
@@ -245,21 +242,7 @@ mod tests {
         .expect("simulator")
     }
 
-    /// A fresh client (empty caches) that does not retry.
-    fn exec(sim: &SimHandle) -> Executor {
-        Executor::new(
-            ArmClient::new(
-                ClientConfig {
-                    endpoint: sim.base_url(),
-                    max_attempts: 1,
-                    request_timeout: Duration::from_secs(10),
-                    ..ClientConfig::default()
-                },
-                Arc::new(StaticToken::new("sim-token")),
-            )
-            .expect("client"),
-        )
-    }
+    use crate::operator::test_support::sim_exec as exec;
 
     /// `roles: ["*"]` everywhere: only the deny list can refuse a role.
     fn any_role() -> Vec<Policy> {

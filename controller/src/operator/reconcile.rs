@@ -605,7 +605,7 @@ async fn guardrails(
                 continue;
             }
         };
-        match ctx.policy.check(&az.exec, &ns, &d.spec).await {
+        match ctx.policy.check(&policies, &az.exec, &ns, &d.spec).await {
             Ok(Ok(())) => m.credential = Some(az),
             Ok(Err(denied)) => {
                 ctx.metrics.policy_denied.inc();

@@ -5,6 +5,8 @@
 //! Event POST with the Event) and records it; each test then asserts the requests in order:
 //! method, path and JSON body.
 
+#![cfg(test)]
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +16,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use serde_json::{Value, json};
-use vmidentity_azure::{ArmClient, ClientConfig, Executor, StaticToken};
+use vmidentity_azure::Executor;
 use vmidentity_simulator::{LroMode, SimConfig, SimHandle, WorldSeed};
 
 use super::{Context, FINALIZER, reconcile};
@@ -64,22 +66,7 @@ async fn sim(identity: Option<&str>) -> Arc<SimHandle> {
     Arc::new(sim)
 }
 
-/// A client of the simulator that does not retry.
-fn exec(sim: &SimHandle) -> Executor {
-    Executor::new(
-        ArmClient::new(
-            ClientConfig {
-                endpoint: sim.base_url(),
-                max_attempts: 1,
-                lro_poll_interval: Duration::from_millis(10),
-                request_timeout: Duration::from_secs(10),
-                ..ClientConfig::default()
-            },
-            Arc::new(StaticToken::new("sim-token")),
-        )
-        .expect("client"),
-    )
-}
+use crate::operator::test_support::sim_exec as exec;
 
 /// A `VirtualMachineIdentity` as the API server would store it (no CRD validation here).
 fn object(name: &str, spec: Value) -> VirtualMachineIdentity {
