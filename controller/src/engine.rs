@@ -565,20 +565,24 @@ pub fn with_state(objects: Vec<DesiredObject>, state: &State) -> Vec<DesiredObje
         .collect()
 }
 
-/// The state after a run: successful targets' new records replace the old ones; objects being
-/// deleted are dropped once their target succeeded.
+/// The state after a run: successful targets' new records replace the old ones, exactly as
+/// the controller writes `status.applied` (identities, role assignments with the IDs ARM
+/// answered, group memberships); objects being deleted are dropped once their target
+/// succeeded. The file format is `status.applied` per object, so older files (identities
+/// only) still load.
 pub fn next_state(mut state: State, objects: &[DesiredObject], results: &[TargetResult]) -> State {
     for r in results {
         let Some(plan) = &r.plan else { continue };
         if r.error.is_some() {
             continue;
         }
-        for (obj, applied) in &plan.applied {
+        for obj in plan.applied.keys() {
+            let applied = r.applied(obj).unwrap_or_default();
             let deleting = objects.iter().any(|o| o.object == *obj && o.deleting);
             if deleting || applied.is_empty() {
                 state.remove(&obj.to_string());
             } else {
-                state.insert(obj.to_string(), applied.clone());
+                state.insert(obj.to_string(), applied);
             }
         }
     }

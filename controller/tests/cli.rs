@@ -701,3 +701,131 @@ spec:
     assert_eq!(roles, vec![READER.to_string()]);
     sim.shutdown().await;
 }
+
+/// `apply --state` records everything an object owns, as `status.applied` does in the
+/// cluster: its identities, role assignments and group memberships. Removing a role
+/// assignment and a group membership from the file then deletes them from Azure (and from
+/// the state); a state file from before (identities only) still loads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_state_records_and_releases_grants_too() {
+    use vmidentity_simulator::{SimConfig, WorldSeed};
+
+    const PA: &str = "aaaaaaaa-0000-4000-8000-00000000000a";
+    const G1: &str = "11111111-1111-4111-8111-111111111111";
+    let rg = format!("{SUB}/resourceGroups/rg-state");
+    let vm1 = format!("{rg}/providers/Microsoft.Compute/virtualMachines/vm-state-1");
+    let ua = format!("{rg}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/uai-a");
+    let world = format!(
+        "userAssignedIdentities:
+  - {{id: {ua}, principalId: {PA}}}
+virtualMachines:
+  - id: {vm1}
+groups:
+  - {{id: {G1}, displayName: readers}}
+"
+    );
+    let sim = vmidentity_simulator::start(SimConfig {
+        seed: WorldSeed::from_yaml_str(&world).expect("world"),
+        ..SimConfig::default()
+    })
+    .await
+    .expect("simulator");
+    let url = sim.base_url();
+    let object = |grants: &str| {
+        format!(
+            "apiVersion: vmidentity.dev/v1alpha1
+kind: VirtualMachineIdentity
+metadata: {{name: state-1, namespace: team}}
+spec:
+  target: {vm1}
+  userAssignedIdentities: [{ua}]
+{grants}"
+        )
+    };
+    let with_grants = tmp(
+        "state-grants.yaml",
+        &object(&format!(
+            "  roleAssignments:
+    - {{identity: {ua}, role: Reader, scope: {rg}}}
+  groupMemberships:
+    - {{identity: {ua}, groupObjectId: {G1}}}
+"
+        )),
+    );
+    let without = tmp("state-nogrants.yaml", &object(""));
+    let state = tmp("state-grants.json", "");
+    std::fs::remove_file(&state).expect("no state yet");
+    let apply = |file: &Path| {
+        [
+            "apply",
+            "-f",
+            file.to_str().unwrap(),
+            "--endpoint",
+            &url,
+            "--token",
+            "sim-token",
+            "--graph-endpoint",
+            &url,
+            "--graph-token",
+            "sim-graph-token",
+            "--state",
+            state.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let read_state = || -> Value {
+        serde_json::from_str(&std::fs::read_to_string(&state).expect("state")).expect("json")
+    };
+    let roles_of_pa = || sim.role_assignments_of(PA).len();
+
+    let o = run_async(apply(&with_grants)).await;
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert_eq!(roles_of_pa(), 1);
+    assert_eq!(sim.member_of(PA), vec![G1.to_string()]);
+    let recorded = read_state();
+    let rec = &recorded["team/state-1"];
+    assert_eq!(rec["userAssignedIdentities"], json!([ua]), "{recorded:#}");
+    let ra = rec["roleAssignments"].as_array().expect("role assignments");
+    assert_eq!(ra.len(), 1, "{recorded:#}");
+    assert_eq!(ra[0]["principalId"], PA);
+    assert!(
+        ra[0]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("/providers/Microsoft.Authorization/roleAssignments/"),
+        "{recorded:#}"
+    );
+    assert_eq!(
+        rec["groupMemberships"],
+        json!([{"groupObjectId": G1, "principalId": PA, "identity": ua}]),
+        "{recorded:#}"
+    );
+
+    // The same again: nothing to do.
+    let o = run_async(apply(&with_grants)).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("0 changed"), "{}", stdout(&o));
+
+    // Grants removed from the file: released in Azure and in the state.
+    let o = run_async(apply(&without)).await;
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert_eq!(roles_of_pa(), 0, "{}", stdout(&o));
+    assert!(sim.member_of(PA).is_empty(), "{}", stdout(&o));
+    let recorded = read_state();
+    assert_eq!(
+        recorded["team/state-1"],
+        json!({"userAssignedIdentities": [ua]}),
+        "{recorded:#}"
+    );
+
+    // A state file written before grants were recorded still loads.
+    std::fs::write(
+        &state,
+        json!({"team/state-1": {"userAssignedIdentities": [ua]}}).to_string(),
+    )
+    .expect("old state");
+    let o = run_async(apply(&without)).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    sim.shutdown().await;
+}
