@@ -208,6 +208,15 @@ fn describe_grant(w: &Write) -> String {
 fn print_errors(results: &[TargetResult]) -> bool {
     let mut any = false;
     for r in results {
+        for refused in &r.refused {
+            any = true;
+            eprintln!(
+                "error: {} ({}): {}: {refused}",
+                r.target,
+                refused.object,
+                vmidentity_planner::Refused::REASON
+            );
+        }
         if let Some(e) = &r.error {
             any = true;
             let objs: Vec<String> = r.objects.iter().map(ToString::to_string).collect();
@@ -406,6 +415,13 @@ async fn apply(a: ApplyArgs) -> Result<i32, CliError> {
 pub fn apply_json(results: &[TargetResult], graph_endpoint: &str) -> Value {
     let mut out = Vec::new();
     for r in results {
+        for refused in &r.refused {
+            out.push(json!({
+                "id": r.target,
+                "objects": [refused.object.to_string()],
+                "result": {"status": "Refused", "reason": vmidentity_planner::Refused::REASON, "message": refused.to_string()},
+            }));
+        }
         match (&r.plan, &r.error) {
             (Some(_), err) => {
                 for w in r.all_writes() {

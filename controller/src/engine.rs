@@ -12,8 +12,8 @@ use vmidentity_planner::grants::{
     self, GrantPlan, KNOWN_AFTER_APPLY, LiveGrants, LiveRoleAssignment, Resolved,
 };
 use vmidentity_planner::{
-    ApiVersion, Applied, DesiredObject, LiveResource, ObjectRef, PlanError, TargetPlan, Write,
-    group_by_target, plan_target,
+    ApiVersion, Applied, DesiredObject, LiveResource, ObjectRef, PlanError, Refused, TargetPlan,
+    Write, group_by_target, plan_target, plan_target_by_seniority,
 };
 
 use crate::input::LiveSet;
@@ -63,6 +63,9 @@ pub struct TargetResult {
     /// User-assigned identities ARM refused as nonexistent; the rest was written without
     /// them, and the objects that list them are told.
     pub bad_identities: Vec<vmidentity_planner::ArmId>,
+    /// Objects left out because they conflict with objects that held the target first
+    /// ([`plan_by_seniority`]); nothing was planned or written for them.
+    pub refused: Vec<Refused>,
 }
 
 impl TargetResult {
@@ -103,6 +106,32 @@ impl TargetResult {
         }
         Some(a)
     }
+}
+
+/// The seniority of an object in the one-shot commands: an object that already owns
+/// something on its target (in `status.applied` or the `--state` file) held it before one
+/// that owns nothing. Objects equally senior that conflict are refused together.
+fn one_shot_seniority(o: &DesiredObject) -> bool {
+    o.applied.is_empty()
+}
+
+/// Plans a group by seniority (see [`plan_target_by_seniority`]): returns the plan of the
+/// objects kept, the objects kept, and the refused ones.
+pub fn plan_by_seniority(
+    group: &[DesiredObject],
+    live: &LiveResource,
+) -> (
+    Result<TargetPlan, PlanError>,
+    Vec<DesiredObject>,
+    Vec<Refused>,
+) {
+    let (plan, refused) = plan_target_by_seniority(group, live, one_shot_seniority);
+    let kept = group
+        .iter()
+        .filter(|o| !refused.iter().any(|r| r.object == o.object))
+        .cloned()
+        .collect();
+    (plan, kept, refused)
 }
 
 fn has_grants(group: &[DesiredObject]) -> bool {
@@ -283,14 +312,21 @@ pub fn read_version(objects: &[DesiredObject]) -> ApiVersion {
 pub fn plan_offline(objects: Vec<DesiredObject>, lives: &LiveSet) -> Vec<TargetResult> {
     group_by_target(objects)
         .into_iter()
-        .map(|(key, group)| {
+        .map(|(key, mut group)| {
             let target = group[0].spec.target.to_string();
             let objects: Vec<ObjectRef> = group.iter().map(|o| o.object.clone()).collect();
             let mut grant_writes = Vec::new();
             let mut grants_plan = None;
-            let (plan, error) = match lives.get(&key) {
+            let mut refused = Vec::new();
+            let planned = lives.get(&key).map(|live| {
+                let (plan, kept, r) = plan_by_seniority(&group, live);
+                refused = r;
+                group = kept;
+                (live, plan)
+            });
+            let (plan, error) = match planned {
                 None => (None, Some(EngineError::MissingLive(target.clone()))),
-                Some(live) => match plan_target(&group, live) {
+                Some((live, planned)) => match planned {
                     Ok(p) => {
                         if has_grants(&group) {
                             // Offline there is nothing to read: existing grants are assumed
@@ -333,6 +369,7 @@ pub fn plan_offline(objects: Vec<DesiredObject>, lives: &LiveSet) -> Vec<TargetR
                 grant_writes,
                 grants: grants_plan,
                 bad_identities: Vec::new(),
+                refused,
             }
         })
         .collect()
@@ -370,6 +407,7 @@ async fn apply_target(exec: &Executor, group: Vec<DesiredObject>) -> TargetResul
         grant_writes: Vec::new(),
         grants: None,
         bad_identities: Vec::new(),
+        refused: Vec::new(),
     };
     let live = match exec.read_target(&target_id, &read_version(&group)).await {
         Ok(l) => l,
@@ -378,7 +416,9 @@ async fn apply_target(exec: &Executor, group: Vec<DesiredObject>) -> TargetResul
             return result;
         }
     };
-    let plan = match plan_target(&group, &live) {
+    let (plan, group, refused) = plan_by_seniority(&group, &live);
+    result.refused = refused;
+    let plan = match plan {
         Ok(p) => p,
         Err(e) => {
             result.error = Some(e.into());

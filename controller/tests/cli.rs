@@ -829,3 +829,56 @@ spec:
     assert!(o.status.success(), "{}", stderr(&o));
     sim.shutdown().await;
 }
+
+/// `plan`/`apply` follow the controller's rule: an object that already owns something on the
+/// target (its `status.applied` or the `--state` file) keeps it; a newcomer that conflicts is
+/// refused naming it (exit 1), and the senior object's writes still go out.
+#[test]
+fn a_conflicting_newcomer_is_refused_and_the_owner_keeps_the_target() {
+    let text = format!(
+        "{}  userAssignedIdentities: [{}]\nstatus:\n  applied:\n    systemAssigned: true\n---\n{}",
+        doc(&format!(
+            "  target: {}\n  systemAssigned: true\n",
+            vm("vm1")
+        ))
+        .replace("name: bad", "name: ops-agent")
+        .replace("namespace: team", "namespace: platform"),
+        uai("u1"),
+        doc(&format!(
+            "  target: {}\n  systemAssigned: false\n",
+            vm("vm1")
+        ))
+        .replace("name: bad", "name: newcomer")
+        .replace("namespace: team", "namespace: sandbox")
+    );
+    let f = tmp("seniority.yaml", &text);
+    let live = tmp(
+        "live-s.json",
+        &json!({"id": vm("vm1"), "identity": {"type": "SystemAssigned", "principalId": "p"}})
+            .to_string(),
+    );
+    let o = run(&[
+        "plan",
+        "-f",
+        f.to_str().unwrap(),
+        "--live",
+        live.to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    // ops-agent's own change (adding u1) is planned; the system identity stays on.
+    let writes: Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(writes.as_array().map(Vec::len), Some(1), "{writes:#}");
+    assert_eq!(
+        writes[0]["body"]["identity"]["type"], "SystemAssigned, UserAssigned",
+        "{writes:#}"
+    );
+    let err = stderr(&o);
+    assert!(
+        err.contains("sandbox/newcomer")
+            && err.contains("Conflict")
+            && err.contains("platform/ops-agent held the target first and keeps it"),
+        "{err}"
+    );
+}

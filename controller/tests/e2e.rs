@@ -124,26 +124,27 @@ async fn editing_an_object_removes_with_null_and_deletion_detaches_or_retains() 
     env.cleanup().await;
 }
 
+/// The object that held the target first keeps it: `on` is Ready when `off` arrives asking
+/// for the opposite; `off` is Stalled with reason Conflict naming `on`, `on` stays Ready and
+/// nothing more is written. Fixing the newcomer resolves it.
 #[tokio::test]
-async fn a_conflict_stalls_both_objects_and_writes_nothing() {
+async fn a_conflicting_newcomer_is_refused_and_the_working_object_keeps_the_target() {
     let env = Env::new("e2e-conflict", &world(&["vm1"], "")).await;
+    let _c = env.controller("a");
     env.create("on", json!({"target": vm("vm1"), "systemAssigned": true}))
         .await
         .expect("on");
+    env.wait_for("on", 30, "Ready", is_ready).await;
+    let writes = env.sim.counters().writes;
     env.create("off", json!({"target": vm("vm1"), "systemAssigned": false}))
         .await
         .expect("off");
-    let _c = env.controller("a");
-    let on = env
-        .wait_for("on", 30, "Stalled Conflict", |o| {
+    let off = env
+        .wait_for("off", 30, "Stalled Conflict", |o| {
             stalled_with(o, "Conflict")
         })
         .await;
-    env.wait_for("off", 30, "Stalled Conflict", |o| {
-        stalled_with(o, "Conflict")
-    })
-    .await;
-    let msg = on
+    let msg = off
         .status
         .unwrap()
         .conditions
@@ -152,9 +153,19 @@ async fn a_conflict_stalls_both_objects_and_writes_nothing() {
         .unwrap()
         .message
         .clone();
-    assert!(msg.contains("/off") && msg.contains("/on"), "{msg}");
-    assert_eq!(env.sim.counters().writes, 0);
-    // Fixing one object resolves it.
+    assert!(
+        msg.contains(&format!("{}/on held the target first and keeps it", env.ns)),
+        "{msg}"
+    );
+    // Several resync periods (3 s): `on` stays Ready, the VM keeps its identity.
+    for _ in 0..20 {
+        let on = env.get("on").await.expect("on");
+        assert!(is_ready(&on), "{:#?}", on.status);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(env.identity(&vm("vm1")).0, "SystemAssigned");
+    assert_eq!(env.sim.counters().writes, writes);
+    // Fixing the newcomer resolves it.
     env.patch_spec("off", json!({"systemAssigned": true})).await;
     env.wait_for("off", 30, "Ready", is_ready).await;
     env.wait_for("on", 30, "Ready", is_ready).await;

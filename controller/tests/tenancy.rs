@@ -172,6 +172,102 @@ async fn a_denied_newcomer_in_another_namespace_cannot_freeze_a_tenants_vm() {
     env.delete_policy().await;
 }
 
+/// A newcomer that policy *allows*, in another namespace under another policy, asks for the
+/// opposite of a Ready object on the same VM (`systemAssigned: false`): the object that held
+/// the VM first keeps it and stays Ready; the newcomer is Stalled with reason Conflict naming
+/// it, and nothing is written. Once the senior object is deleted, the newcomer is applied.
+#[tokio::test]
+async fn an_allowed_newcomer_in_another_namespace_cannot_break_a_working_object() {
+    use kube::api::{Api, Patch, PatchParams};
+    use vmidentity::crd::VirtualMachineIdentityPolicy;
+    let _one = ONE_AT_A_TIME.lock().await;
+    let env = Env::new("e2e-tenancy-seniority", &world(&[&own("vm1")], "")).await;
+    let sandbox = env.namespace("sandbox").await;
+    // The sandbox's own policy: it may disable system-assigned identities.
+    let policies: Api<VirtualMachineIdentityPolicy> = Api::all(env.client.clone());
+    let sandbox_policy = format!("e2e-{sandbox}");
+    policies
+        .patch(
+            &sandbox_policy,
+            &PatchParams::apply("vmidentity-e2e").force(),
+            &Patch::Apply(&json!({
+                "apiVersion": "vmidentity.dev/v1alpha1",
+                "kind": "VirtualMachineIdentityPolicy",
+                "metadata": {"name": sandbox_policy},
+                "spec": allow_all_policy(&sandbox),
+            })),
+        )
+        .await
+        .expect("sandbox policy");
+    let _c = ControllerProc::start_cluster_wide(
+        &env.ns,
+        &env.sim,
+        "a",
+        &[],
+        &[
+            ("AZURE_ACCESS_TOKEN", TOKEN),
+            ("AZURE_GRAPH_ACCESS_TOKEN", "sim-graph-token"),
+        ],
+    );
+    let team = env.ns.clone();
+    env.create_in(
+        &team,
+        "ops-agent",
+        json!({"target": vm(&own("vm1")), "systemAssigned": true, "userAssignedIdentities": [uai("u1")]}),
+    )
+    .await
+    .expect("ops-agent");
+    env.wait_for_in(&team, "ops-agent", 30, "Ready", is_ready)
+        .await;
+    let writes = env.sim.counters().writes;
+
+    env.create_in(
+        &sandbox,
+        "newcomer",
+        json!({"target": vm(&own("vm1")), "systemAssigned": false}),
+    )
+    .await
+    .expect("newcomer");
+    let refused = env
+        .wait_for_in(&sandbox, "newcomer", 30, "Stalled Conflict", |o| {
+            stalled_with(o, "Conflict")
+        })
+        .await;
+    let message = refused
+        .status
+        .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Stalled"))
+        .map(|c| c.message)
+        .unwrap_or_default();
+    assert!(
+        message.contains(&format!(
+            "{team}/ops-agent held the target first and keeps it"
+        )),
+        "{message}"
+    );
+    // Several resync periods (3 s): ops-agent stays Ready, its VM untouched.
+    stay_ready(&env, &team, &["ops-agent"], 8).await;
+    assert_eq!(
+        env.identity(&vm(&own("vm1"))),
+        ("SystemAssigned, UserAssigned".into(), vec!["u1".into()])
+    );
+    assert_eq!(env.sim.counters().writes, writes, "nothing written");
+
+    // The senior object goes (Detach; the system identity is never disabled by a deletion):
+    // the newcomer no longer conflicts and is applied.
+    env.api
+        .delete("ops-agent", &Default::default())
+        .await
+        .expect("delete");
+    env.wait_gone("ops-agent", 30).await;
+    env.wait_for_in(&sandbox, "newcomer", 30, "Ready", is_ready)
+        .await;
+    assert_eq!(env.identity(&vm(&own("vm1"))), ("None".into(), vec![]));
+    env.cleanup_in(&sandbox).await;
+    env.cleanup().await;
+    let _ = policies.delete(&sandbox_policy, &Default::default()).await;
+    env.delete_policy().await;
+}
+
 /// With namespace credentials required, a newcomer without a Secret (NoCredential) or with
 /// another identity's Secret (CredentialConflict) in a namespace no policy covers does not
 /// stall the team's object: its credential is never even looked up.

@@ -37,6 +37,6 @@ pub use model::{
     WireFormat,
 };
 pub use plan::{
-    Change, IF_MATCH, IdentityState, MAX_IDENTITIES_PER_REQUEST, PlanError, Request, Service,
-    TargetPlan, Write, group_by_target, plan_target,
+    Change, IF_MATCH, IdentityState, MAX_IDENTITIES_PER_REQUEST, PlanError, Refused, Request,
+    Service, TargetPlan, Write, group_by_target, plan_target, plan_target_by_seniority,
 };

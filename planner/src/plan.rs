@@ -455,6 +455,96 @@ fn conflict(target: &ArmId, objects: Vec<ObjectRef>, reason: impl Into<String>) 
     }
 }
 
+/// An object left out of its target's plan: it conflicts with objects that held the target
+/// before it, and they keep it (see [`plan_target_by_seniority`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub object: ObjectRef,
+    /// The senior objects it conflicts with; they keep the target.
+    pub kept_by: Vec<ObjectRef>,
+    /// What the conflict is about (the reason of [`PlanError::Conflict`]).
+    pub reason: String,
+    /// The target as ARM spells it.
+    pub target: String,
+}
+
+impl Refused {
+    /// The stable reason of conditions, Events and metrics: the same as a whole-target
+    /// conflict's.
+    pub const REASON: &'static str = "Conflict";
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "conflict on {}: {}; {} held the target first and keeps it, so {} is refused (nothing is written for it) until the conflict is resolved",
+            self.target,
+            self.reason,
+            join(&self.kept_by),
+            self.object
+        )
+    }
+}
+
+/// Plans one target when its objects may conflict, by a rule users can predict: the object
+/// that held the target first keeps it. `seniority` ranks the objects (smaller: held the
+/// target earlier); on a conflict, the youngest of the objects involved are refused (left out
+/// of the plan, each told which senior objects keep the target) and the rest are planned
+/// again, until nothing conflicts. Objects that are equally young are refused together; when
+/// every object involved is equally young there is no senior to keep the target and the whole
+/// target is refused (the `Err`), as [`plan_target`] does.
+///
+/// A refused object is left out entirely: what it recorded becomes unowned, and unowned
+/// identities are always kept, so a refusal removes nothing.
+pub fn plan_target_by_seniority<K: Ord>(
+    objects: &[DesiredObject],
+    live: &LiveResource,
+    seniority: impl Fn(&DesiredObject) -> K,
+) -> (Result<TargetPlan, PlanError>, Vec<Refused>) {
+    let mut kept: Vec<DesiredObject> = objects.to_vec();
+    let mut refused = Vec::new();
+    loop {
+        let (target, involved, reason) = match plan_target(&kept, live) {
+            Err(PlanError::Conflict {
+                target,
+                objects,
+                reason,
+            }) => (target, objects, reason),
+            other => return (other, refused),
+        };
+        let ranked: Vec<(&DesiredObject, K)> = kept
+            .iter()
+            .filter(|o| involved.contains(&o.object))
+            .map(|o| (o, seniority(o)))
+            .collect();
+        let youngest = ranked.iter().map(|(_, k)| k).max();
+        let (young, senior): (Vec<_>, Vec<_>) =
+            ranked.iter().partition(|(_, k)| Some(k) == youngest);
+        if senior.is_empty() {
+            return (
+                Err(PlanError::Conflict {
+                    target,
+                    objects: involved,
+                    reason,
+                }),
+                refused,
+            );
+        }
+        let kept_by: Vec<ObjectRef> = senior.iter().map(|(o, _)| o.object.clone()).collect();
+        let young: Vec<ObjectRef> = young.iter().map(|(o, _)| o.object.clone()).collect();
+        for object in &young {
+            refused.push(Refused {
+                object: object.clone(),
+                kept_by: kept_by.clone(),
+                reason: reason.clone(),
+                target: target.clone(),
+            });
+        }
+        kept.retain(|o| !young.contains(&o.object));
+    }
+}
+
 /// Groups objects by their target (case-folded), each group sorted by object.
 pub fn group_by_target(objects: Vec<DesiredObject>) -> BTreeMap<String, Vec<DesiredObject>> {
     let mut groups: BTreeMap<String, Vec<DesiredObject>> = BTreeMap::new();

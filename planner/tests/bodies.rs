@@ -366,6 +366,94 @@ fn conflicts_name_the_objects_and_write_nothing() {
     assert!(plan_target(&[a, old], &l).is_err());
 }
 
+/// The rule users can predict: the object that held the target first keeps it; the younger
+/// one is refused naming the senior, for every conflict kind the planner knows, whichever
+/// order the objects come in. Equally young objects are refused together, and with no senior
+/// left the whole target is refused.
+#[test]
+fn the_object_that_held_the_target_first_keeps_it_in_every_conflict_kind() {
+    let l = live(
+        &vm("myVM"),
+        json!({"type": "SystemAssigned, UserAssigned", "principalId": "p",
+               "userAssignedIdentities": {uai("ID1"): {"principalId": "p1", "clientId": "c1"}}}),
+    );
+    let senior = obj("ops-agent", &vm("myVM"), |r| {
+        r.system_assigned = Some(true);
+        r.user_assigned_identities = vec![uai("ID1")];
+    })
+    .with_applied(Applied {
+        system_assigned: Some(true),
+        ..applied(&[uai("ID1")])
+    });
+    let mut newcomers = [
+        (
+            "systemAssigned",
+            obj("sandbox", &vm("myVM"), |r| r.system_assigned = Some(false)),
+        ),
+        (
+            "Exact",
+            obj("sandbox", &vm("myVM"), |r| {
+                r.mode = Some(Mode::Exact);
+                r.user_assigned_identities = vec![uai("ID2")];
+            }),
+        ),
+        (
+            "identity formats",
+            obj("sandbox", &vm("myVM"), with_version("2017-12-01")),
+        ),
+    ];
+    for (kind, n) in newcomers.iter_mut() {
+        n.object.namespace = "sandbox".into();
+        // Seniority: owning something on the target first.
+        let rank = |o: &DesiredObject| o.applied.is_empty();
+        for order in [
+            vec![senior.clone(), n.clone()],
+            vec![n.clone(), senior.clone()],
+        ] {
+            let (plan, refused) = plan_target_by_seniority(&order, &l, rank);
+            let plan = plan.unwrap_or_else(|e| panic!("{kind}: {e}"));
+            assert_eq!(plan.objects, vec![senior.object.clone()], "{kind}");
+            assert!(
+                plan.is_converged(),
+                "{kind}: the senior object is untouched"
+            );
+            assert_eq!(refused.len(), 1, "{kind}");
+            assert_eq!(refused[0].object, n.object, "{kind}");
+            assert_eq!(refused[0].kept_by, vec![senior.object.clone()], "{kind}");
+            let text = refused[0].to_string();
+            assert!(
+                text.contains(*kind) && text.contains("default/ops-agent held the target first"),
+                "{kind}: {text}"
+            );
+        }
+    }
+
+    // Ranks that are not ownership: the older creation time keeps it.
+    let a = obj("a", &vm("myVM"), |r| r.system_assigned = Some(false));
+    let b = obj("b", &vm("myVM"), |r| r.system_assigned = Some(true));
+    let age = |o: &DesiredObject| if o.object.name == "b" { 1 } else { 2 };
+    let (plan, refused) = plan_target_by_seniority(&[a.clone(), b.clone()], &l, age);
+    assert_eq!(plan.expect("plan").objects, vec![b.object.clone()]);
+    assert_eq!(refused[0].object, a.object);
+
+    // Three objects: the two youngest are refused one after the other (conflict by conflict).
+    let c = obj("c", &vm("myVM"), |r| r.mode = Some(Mode::Exact));
+    let age3 = |o: &DesiredObject| match o.object.name.as_str() {
+        "b" => 1,
+        "a" => 2,
+        _ => 3,
+    };
+    let (plan, refused) = plan_target_by_seniority(&[a.clone(), b.clone(), c], &l, age3);
+    assert_eq!(plan.expect("plan").objects, vec![b.object.clone()]);
+    let names: Vec<&str> = refused.iter().map(|r| r.object.name.as_str()).collect();
+    assert_eq!(names, ["a", "c"]);
+
+    // Equally young, no senior: the whole target is refused, as plan_target does.
+    let (plan, refused) = plan_target_by_seniority(&[a, b], &l, |_| 0);
+    assert_eq!(plan.unwrap_err().reason(), "Conflict");
+    assert!(refused.is_empty());
+}
+
 #[test]
 fn too_many_identities_is_refused_before_any_write() {
     let ids: Vec<String> = (0..151).map(|i| uai(&format!("u{i}"))).collect();

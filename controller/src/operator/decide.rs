@@ -208,6 +208,31 @@ pub fn held_record(mut applied: Applied, live: &LiveResource) -> Option<Applied>
     (!applied.is_empty()).then_some(applied)
 }
 
+/// Who held a target first, when objects on it conflict (smaller: senior; see
+/// [`vmidentity_planner::plan_target_by_seniority`]): first objects that are Ready as they
+/// are (their current generation applied), then objects that own something on the target
+/// (`status.applied`), then the rest; within each, the older `creationTimestamp`. A newcomer,
+/// or an object just edited into a conflict, is therefore never preferred to one that works.
+pub fn seniority(o: &VirtualMachineIdentity) -> (u8, Option<Timestamp>) {
+    let tier = if was_ready(o) {
+        0
+    } else if !o.applied().is_empty() {
+        1
+    } else {
+        2
+    };
+    (tier, o.metadata.creation_timestamp.as_ref().map(|t| t.0))
+}
+
+/// An object refused because it conflicts with objects that held its target first: Stalled
+/// with reason `Conflict`, naming them (a Warning when new).
+pub fn conflict_refusal(r: &vmidentity_planner::Refused) -> Refusal {
+    Refusal {
+        reason: Reason::Plan(vmidentity_planner::Refused::REASON),
+        message: r.to_string(),
+    }
+}
+
 /// The credential clash of a target's writers (credential keys in member order): one PATCH
 /// cannot carry two credentials. Names the first and the last differing key.
 pub fn credential_clash<'a>(keys: impl IntoIterator<Item = &'a str>) -> Option<Refusal> {
@@ -228,6 +253,46 @@ pub fn credential_clash<'a>(keys: impl IntoIterator<Item = &'a str>) -> Option<R
         reason: Reason::CredentialConflict,
         message,
     })
+}
+
+/// The credential of a target's writers, by seniority (`writers`: object, its seniority, its
+/// credential key): one PATCH carries one credential, so the most senior writers' credential
+/// is the target's, and each writer with another credential is refused with
+/// `CredentialConflict` naming who keeps the target. `Err` (the whole target refused, as
+/// [`credential_clash`] does) when the most senior writers themselves differ.
+pub fn credential_by_seniority<K: Ord>(
+    writers: &[(vmidentity_planner::ObjectRef, K, &str)],
+) -> Result<Vec<(vmidentity_planner::ObjectRef, Refusal)>, Refusal> {
+    let Some(senior) = writers.iter().map(|(_, k, _)| k).min() else {
+        return Ok(Vec::new());
+    };
+    let seniors: Vec<&(vmidentity_planner::ObjectRef, K, &str)> =
+        writers.iter().filter(|(_, k, _)| k == senior).collect();
+    if let Some(clash) = credential_clash(seniors.iter().map(|(_, _, key)| *key)) {
+        return Err(clash);
+    }
+    let key = seniors[0].2;
+    let keepers: Vec<String> = writers
+        .iter()
+        .filter(|(_, _, k)| *k == key)
+        .map(|(o, _, _)| o.to_string())
+        .collect();
+    Ok(writers
+        .iter()
+        .filter(|(_, _, k)| *k != key)
+        .map(|(o, _, k)| {
+            (
+                o.clone(),
+                Refusal {
+                    reason: Reason::CredentialConflict,
+                    message: format!(
+                        "objects of this target reconcile with different Azure credentials ({key} and {k}): one PATCH cannot carry both; {} held the target first and keeps it, so {o} is refused (nothing is written for it); keep each VM's objects in namespaces that share a credential",
+                        keepers.join(", ")
+                    ),
+                },
+            )
+        })
+        .collect())
 }
 
 // ---- Status of one object -----------------------------------------------------------------
@@ -751,6 +816,40 @@ mod tests {
     }
 
     #[test]
+    fn with_different_credentials_the_senior_writer_keeps_the_target() {
+        let (a, b, c) = (
+            vmidentity_planner::ObjectRef::new("platform", "ops-agent"),
+            vmidentity_planner::ObjectRef::new("sandbox", "new"),
+            vmidentity_planner::ObjectRef::new("platform", "other"),
+        );
+        let refused = credential_by_seniority(&[
+            (b.clone(), 2, "ns/sandbox"),
+            (a.clone(), 0, "global"),
+            (c.clone(), 1, "global"),
+        ])
+        .unwrap();
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].0, b);
+        assert_eq!(refused[0].1.reason, Reason::CredentialConflict);
+        assert!(
+            refused[0]
+                .1
+                .message
+                .contains("platform/ops-agent, platform/other held the target first"),
+            "{}",
+            refused[0].1.message
+        );
+        // One credential: nobody is refused; equally senior with two: the whole target.
+        assert!(
+            credential_by_seniority(&[(a.clone(), 0, "global"), (b.clone(), 1, "global")])
+                .unwrap()
+                .is_empty()
+        );
+        let clash = credential_by_seniority(&[(a, 0, "global"), (b, 0, "ns/sandbox")]).unwrap_err();
+        assert_eq!(clash.reason, Reason::CredentialConflict);
+    }
+
+    #[test]
     fn different_credentials_on_one_target_are_a_conflict() {
         assert_eq!(credential_clash(["global", "global"]), None);
         let r = credential_clash(["ns/a", "global", "ns/a"]).unwrap();
@@ -882,6 +981,7 @@ mod tests {
             grant_writes: vec![],
             grants: None,
             bad_identities: vec![],
+            refused: vec![],
         }
     }
 

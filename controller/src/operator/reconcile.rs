@@ -13,7 +13,9 @@ use rand::Rng;
 use serde_json::json;
 use tracing::{debug, info, warn};
 use vmidentity_azure::{AzureError, ErrorClass, Executor};
-use vmidentity_planner::{ApiVersion, DesiredObject, LiveResource, TargetPlan, plan_target};
+use vmidentity_planner::{
+    ApiVersion, DesiredObject, LiveResource, TargetPlan, plan_target_by_seniority,
+};
 
 use super::credentials::{Chosen, Credentials};
 use super::decide::{self, Outcome, Part, Reason, Refusal, Report, Success};
@@ -425,17 +427,43 @@ async fn reconcile_target(
 
     // One credential per target: the writers' (allowed objects and releasing ones). A refused
     // object that still holds identities is planned with them but never written for.
-    let keys = members
+    // The most senior writers' credential is the target's; a newcomer with another one is
+    // refused, never the object that held the target first.
+    let writers: Vec<_> = members
         .iter()
-        .filter_map(|m| m.credential.as_ref())
-        .map(|c| c.key.as_str());
-    if let Some(r) = decide::credential_clash(keys) {
-        let now = Timestamp::now();
-        let reports = each(members.iter().filter(|m| m.is_active()), |o| {
-            decide::refusal(o, &r, now)
-        });
-        ctx.report_all(reports).await?;
-        return Ok(Outcome::Stalled);
+        .filter_map(|m| {
+            let c = m.credential.as_ref()?;
+            Some((
+                m.obj.planner_ref(),
+                decide::seniority(&m.obj),
+                c.key.as_str(),
+            ))
+        })
+        .collect();
+    match decide::credential_by_seniority(&writers) {
+        Err(r) => {
+            let now = Timestamp::now();
+            let reports = each(members.iter().filter(|m| m.is_active()), |o| {
+                decide::refusal(o, &r, now)
+            });
+            ctx.report_all(reports).await?;
+            return Ok(Outcome::Stalled);
+        }
+        Ok(refused) => {
+            let now = Timestamp::now();
+            for (object, r) in refused {
+                if let Some(m) = members.iter_mut().find(|m| m.obj.planner_ref() == object) {
+                    warn!(%object, reason = %r.reason, "{}", r.message);
+                    ctx.report(&m.obj, decide::refusal(&m.obj, &r, now)).await?;
+                    m.credential = None;
+                    if !m.deleting {
+                        m.desired = Err(r);
+                    }
+                }
+            }
+            // A refused object being deleted keeps its finalizer until it can release.
+            members.retain(|m| m.part() != Part::Excluded);
+        }
     }
     let Some(az) = members.iter().find_map(|m| m.credential.clone()) else {
         // Nobody writes: only refused objects that hold what they applied.
@@ -483,7 +511,32 @@ async fn reconcile_target(
         }));
     }
 
-    let plan = match plan_target(&desired, &live) {
+    // A conflict refuses the objects that came last, never one that held the target first.
+    let (plan, refused) = plan_target_by_seniority(&desired, &live, |d| {
+        members
+            .iter()
+            .find(|m| m.obj.planner_ref() == d.object)
+            .map(|m| decide::seniority(&m.obj))
+    });
+    if !refused.is_empty() {
+        let now = Timestamp::now();
+        for r in &refused {
+            desired.retain(|d| d.object != r.object);
+            let Some(m) = members.iter_mut().find(|m| m.obj.planner_ref() == r.object) else {
+                continue;
+            };
+            if m.desired.is_err() {
+                // Already refused (it only held what it applied): nothing more to say.
+                continue;
+            }
+            warn!(object = %r.object, %target, reason = vmidentity_planner::Refused::REASON, kept_by = ?r.kept_by.iter().map(ToString::to_string).collect::<Vec<_>>(), "{r}");
+            let refusal = decide::conflict_refusal(r);
+            ctx.report(&m.obj, decide::refusal(&m.obj, &refusal, now))
+                .await?;
+            m.desired = Err(refusal);
+        }
+    }
+    let plan = match plan {
         Ok(p) => p,
         Err(e) => {
             stall_active(&members, (&e).into(), e.to_string(), ctx).await?;
@@ -505,6 +558,7 @@ async fn reconcile_target(
         grant_writes: Vec::new(),
         grants: None,
         bad_identities: Vec::new(),
+        refused: Vec::new(),
     };
     match write_target(&az.exec, &desired, &live, &plan, &mut result).await {
         Ok(()) => {}

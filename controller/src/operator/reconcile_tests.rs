@@ -467,3 +467,206 @@ async fn a_deleted_object_detaches_what_it_applied_then_lets_go() {
         "no status PATCH for an object going away: {seen:#?}"
     );
 }
+
+fn object_in(ns: &str, name: &str, spec: Value) -> VirtualMachineIdentity {
+    let mut o = object(name, spec);
+    o.metadata.namespace = Some(ns.into());
+    o
+}
+
+/// Ready for its generation (3), owning what `applied` says, created at `created`.
+fn working(mut o: VirtualMachineIdentity, applied: Value, created: &str) -> VirtualMachineIdentity {
+    o.metadata.finalizers = Some(vec![FINALIZER.to_string()]);
+    o.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        created.parse().expect("timestamp"),
+    ));
+    o.status = Some(
+        serde_json::from_value(json!({
+            "observedGeneration": 3,
+            "applied": applied,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Converged",
+                            "message": "vm1 is as declared", "observedGeneration": 3,
+                            "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+        }))
+        .expect("status"),
+    );
+    o
+}
+
+/// Reconciles the target of `objects` (the first stands for it) and returns the requests.
+async fn run_all(
+    objects: Vec<VirtualMachineIdentity>,
+    policies: &[VirtualMachineIdentityPolicy],
+    sim: &Arc<SimHandle>,
+) -> Vec<Seen> {
+    let (client, log, server) = mock_client(sim.clone(), &objects[0]);
+    let ctx = context(client, exec(sim), &objects, policies);
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        reconcile(Arc::new(objects[0].clone()), ctx),
+    )
+    .await
+    .expect("reconcile finishes")
+    .expect("reconcile succeeds");
+    server.abort();
+    log.lock().unwrap().clone()
+}
+
+fn status_patches<'a>(seen: &'a [Seen], ns: &str, name: &str) -> Vec<&'a Seen> {
+    let path = format!(
+        "/apis/vmidentity.dev/v1alpha1/namespaces/{ns}/virtualmachineidentities/{name}/status"
+    );
+    seen.iter().filter(|s| s.path == path).collect()
+}
+
+fn events_about<'a>(seen: &'a [Seen], name: &str) -> Vec<&'a Seen> {
+    seen.iter()
+        .filter(|s| s.method == "POST" && s.body["regarding"]["name"] == name)
+        .collect()
+}
+
+/// A newcomer never breaks what already works (issue 14 item 2): `sandbox/newcomer` asks
+/// for `systemAssigned: false` on the VM where `platform/ops-agent` has been Ready with the
+/// system identity on. Each namespace has its own policy allowing what it asks. Whichever
+/// object the pass is for, ops-agent stays Ready and the VM keeps its identity; the newcomer
+/// is Stalled with reason Conflict naming platform/ops-agent, with one Warning. The same for
+/// a newcomer in Exact mode, and for a newcomer created before an edit (seniority is being
+/// Ready first, not only age).
+#[tokio::test]
+async fn a_newcomer_in_another_namespace_is_refused_and_the_working_object_keeps_the_target() {
+    let mut platform = allow_all("platform");
+    platform["allowDisableSystemAssigned"] = json!(false);
+    let mut sandbox = allow_all("sandbox");
+    sandbox["allowExactMode"] = json!(true);
+    let mut p2 = policy(sandbox);
+    p2.metadata.name = Some("sandbox".into());
+    let policies = [policy(platform), p2];
+    let newcomers = [
+        json!({"target": vm(), "systemAssigned": false}),
+        json!({"target": vm(), "mode": "Exact", "userAssignedIdentities": [uai("uai-b")]}),
+    ];
+    for (i, spec) in newcomers.into_iter().enumerate() {
+        for newcomer_first in [true, false] {
+            let sim = sim(Some(&format!(
+                "{{type: 'SystemAssigned, UserAssigned', userAssignedIdentities: [{}]}}",
+                uai("uai-a")
+            )))
+            .await;
+            let ops = working(
+                object_in(
+                    "platform",
+                    "ops-agent",
+                    json!({"target": vm(), "systemAssigned": true,
+                           "userAssignedIdentities": [uai("uai-a")]}),
+                ),
+                json!({"systemAssigned": true, "userAssignedIdentities": [uai("uai-a")]}),
+                // Created after the newcomer: being Ready as it is comes before age.
+                "2026-01-02T00:00:00Z",
+            );
+            let mut newcomer = object_in("sandbox", "newcomer", spec.clone());
+            newcomer.metadata.creation_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    "2026-01-01T00:00:00Z".parse().expect("timestamp"),
+                ));
+            let objects = if newcomer_first {
+                vec![newcomer, ops]
+            } else {
+                vec![ops, newcomer]
+            };
+            let seen = run_all(objects, &policies, &sim).await;
+            let case = format!("case {i}, newcomer first: {newcomer_first}");
+
+            assert!(
+                arm_writes(&sim).is_empty(),
+                "{case}: {:#?}",
+                arm_writes(&sim)
+            );
+            let identity = sim.identity_of(&vm()).expect("vm1").to_string();
+            assert!(
+                identity.contains("SystemAssigned") && identity.contains("uai-a"),
+                "{case}: {identity}"
+            );
+            for s in status_patches(&seen, "platform", "ops-agent") {
+                let ready = condition(&s.body, "Ready");
+                assert_eq!(ready["status"], "True", "{case}: {s:?}");
+            }
+            assert!(
+                events_about(&seen, "ops-agent").is_empty(),
+                "{case}: {seen:#?}"
+            );
+            let refused = status_patches(&seen, "sandbox", "newcomer");
+            assert_eq!(refused.len(), 1, "{case}: {seen:#?}");
+            let stalled = condition(&refused[0].body, "Stalled");
+            assert_eq!(stalled["status"], "True", "{case}: {stalled}");
+            assert_eq!(stalled["reason"], "Conflict", "{case}: {stalled}");
+            let message = stalled["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains("platform/ops-agent held the target first and keeps it"),
+                "{case}: {message}"
+            );
+            assert!(
+                refused[0].body["status"]["applied"].is_null(),
+                "{case}: the newcomer owns nothing: {:?}",
+                refused[0]
+            );
+            let warnings = events_about(&seen, "newcomer");
+            assert_eq!(warnings.len(), 1, "{case}: {seen:#?}");
+            assert_eq!(warnings[0].body["type"], "Warning");
+            assert_eq!(warnings[0].body["reason"], "Conflict");
+        }
+    }
+}
+
+/// Neither object works yet: the older `creationTimestamp` keeps the target, the younger is
+/// refused naming it; both equally old are refused together (nothing is written).
+#[tokio::test]
+async fn between_two_new_objects_the_older_keeps_the_target() {
+    let policies = [policy(json!({
+        "namespaces": {"names": ["a", "b"]},
+        "targets": {"patterns": ["**"]},
+        "userAssignedIdentities": {"patterns": ["**"]},
+        "allowDisableSystemAssigned": true,
+    }))];
+    let at = |o: &mut VirtualMachineIdentity, t: &str| {
+        o.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            t.parse().expect("timestamp"),
+        ));
+    };
+    let sim1 = sim(None).await;
+    let mut older = object_in(
+        "b",
+        "older",
+        json!({"target": vm(), "systemAssigned": true}),
+    );
+    at(&mut older, "2026-01-01T00:00:00Z");
+    let mut younger = object_in(
+        "a",
+        "younger",
+        json!({"target": vm(), "systemAssigned": false}),
+    );
+    at(&mut younger, "2026-01-01T00:00:05Z");
+    let seen = run_all(vec![younger.clone(), older.clone()], &policies, &sim1).await;
+    assert_eq!(arm_writes(&sim1).len(), 1, "the older one is applied");
+    let identity = sim1.identity_of(&vm()).expect("vm1").to_string();
+    assert!(identity.contains("SystemAssigned"), "{identity}");
+    let refused = status_patches(&seen, "a", "younger");
+    let stalled = condition(&refused[0].body, "Stalled");
+    assert_eq!(stalled["reason"], "Conflict", "{stalled}");
+    assert!(
+        stalled["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("b/older held the target first")),
+        "{stalled}"
+    );
+
+    // Equally old: both refused, nothing written.
+    let sim2 = sim(None).await;
+    at(&mut younger, "2026-01-01T00:00:00Z");
+    let seen = run_all(vec![younger, older], &policies, &sim2).await;
+    assert!(arm_writes(&sim2).is_empty(), "{:#?}", arm_writes(&sim2));
+    for (ns, name) in [("a", "younger"), ("b", "older")] {
+        let st = status_patches(&seen, ns, name);
+        let stalled = condition(&st.last().expect("status").body, "Stalled");
+        assert_eq!(stalled["reason"], "Conflict", "{name}: {stalled}");
+    }
+}
