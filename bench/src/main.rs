@@ -61,6 +61,13 @@ enum Cmd {
         /// Single-object apply-to-PATCH samples (0 skips the latency phase).
         #[arg(long, default_value_t = 50)]
         samples: usize,
+        /// Pairs of objects created one right after the other on one VM (as `kubectl apply
+        /// -f dir/` does), in the latency phase: PATCHes per VM and apply-to-PATCH latency.
+        #[arg(long, default_value_t = 10)]
+        pairs: usize,
+        /// The controller's --debounce-ms (default: the controller's default).
+        #[arg(long)]
+        debounce_ms: Option<u64>,
         /// Object counts to converge (one object per VM), comma-separated; 0 skips.
         #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
         objects: Vec<usize>,
@@ -273,6 +280,8 @@ fn main() -> anyhow::Result<()> {
         } => bench_plan(targets, identities, rounds),
         Cmd::Controller {
             samples,
+            pairs,
+            debounce_ms,
             objects,
             timeout_secs,
             kubeconfig,
@@ -291,6 +300,8 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             rt.block_on(controller::run(controller::Options {
                 samples,
+                pairs,
+                debounce_ms,
                 objects,
                 timeout: Duration::from_secs(timeout_secs),
                 kubeconfig,

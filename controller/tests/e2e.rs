@@ -76,6 +76,39 @@ async fn two_objects_on_one_vm_give_one_get_and_one_patch() {
     env.cleanup().await;
 }
 
+/// `kubectl apply -f dir/` on a running controller: two objects of one VM created one right
+/// after the other are coalesced (the controller's debounce window) into one PATCH.
+#[tokio::test]
+async fn objects_applied_together_to_a_running_controller_give_one_patch() {
+    let env = Env::new("e2e-debounce", &world(&["vm1", "vm0"], "")).await;
+    let _c = env.controller("a");
+    // The controller is up and watching (its first object converged).
+    env.create(
+        "warm",
+        json!({"target": vm("vm0"), "userAssignedIdentities": [uai("u3")]}),
+    )
+    .await
+    .expect("warm");
+    env.wait_for("warm", 30, "Ready", is_ready).await;
+    env.create(
+        "a",
+        json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u1")]}),
+    )
+    .await
+    .expect("a");
+    env.create("b", json!({"target": vm("vm1"), "systemAssigned": true}))
+        .await
+        .expect("b");
+    env.wait_for("a", 30, "Ready", is_ready).await;
+    env.wait_for("b", 30, "Ready", is_ready).await;
+    assert_eq!(env.sim.writes_for(&vm("vm1")), 1);
+    assert_eq!(
+        env.identity(&vm("vm1")),
+        ("SystemAssigned, UserAssigned".into(), vec!["u1".into()])
+    );
+    env.cleanup().await;
+}
+
 #[tokio::test]
 async fn editing_an_object_removes_with_null_and_deletion_detaches_or_retains() {
     let env = Env::new("e2e-edit", &world(&["vm1", "vm2"], "")).await;

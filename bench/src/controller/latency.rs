@@ -5,6 +5,10 @@ use super::*;
 pub(super) struct Latency {
     pub(super) ms: Vec<f64>,
     pub(super) timed_out: usize,
+    /// Pairs: first create to the VM's first PATCH.
+    pub(super) pair_ms: Vec<f64>,
+    /// Pairs: PATCHes each pair's VM received.
+    pub(super) pair_patches: Vec<u64>,
 }
 
 pub(super) fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -18,9 +22,9 @@ pub(super) fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 pub(super) async fn latency_phase(b: &Bench, ns: &str) -> Result<Latency> {
     let (opt, client) = (&b.opt, &b.client);
-    // VMs 0..samples for the samples, VM `samples` for the warm-up.
+    // VMs 0..samples for the samples, VM `samples` for the warm-up, then one per pair.
     let warm_vm = opt.samples;
-    let sim = start_sim(opt.samples + 1, opt).await?;
+    let sim = start_sim(opt.samples + 1 + opt.pairs, opt).await?;
     let mut c = ControllerProc::start(b, ns, &sim, NO_RESYNC_SECS, &[], ns).await?;
     let api: Api<VirtualMachineIdentity> = Api::namespaced(client.clone(), ns);
     let result = async {
@@ -70,7 +74,43 @@ pub(super) async fn latency_phase(b: &Bench, ns: &str) -> Result<Latency> {
             )
             .await?;
         }
-        Ok(Latency { ms, timed_out })
+        // Pairs: two objects on one VM, the second created as soon as the first create
+        // returned (what `kubectl apply -f dir/` does). The second object asks for the
+        // system-assigned identity, the first for a UAI: one PATCH must carry both.
+        let mut pair_ms = Vec::new();
+        let mut pair_patches = Vec::new();
+        for j in 0..opt.pairs {
+            let i = opt.samples + 1 + j;
+            let mut a = object(&format!("pair-{j}-a"), i, opt)?;
+            a.spec.system_assigned = None;
+            let mut b2 = object(&format!("pair-{j}-b"), i, opt)?;
+            b2.spec.system_assigned = Some(true);
+            b2.spec.user_assigned_identities = vec![];
+            api.create(&PostParams::default(), &a)
+                .await
+                .with_context(|| format!("creating pair-{j}-a"))?;
+            let created = SystemTime::now();
+            api.create(&PostParams::default(), &b2)
+                .await
+                .with_context(|| format!("creating pair-{j}-b"))?;
+            let id = vm(i, opt.vms_per_subscription);
+            if let Some(t) = patch_arrival(&sim, &id, Instant::now() + per_sample).await {
+                pair_ms.push(ms_between(created, t));
+            }
+            wait_quiet(
+                &mut c,
+                Duration::from_millis(300),
+                Instant::now() + per_sample,
+            )
+            .await?;
+            pair_patches.push(sim.writes_for(&id));
+        }
+        Ok(Latency {
+            ms,
+            timed_out,
+            pair_ms,
+            pair_patches,
+        })
     }
     .await;
     c.stop().await;

@@ -35,6 +35,10 @@ pub(super) const NO_RESYNC_SECS: u64 = 3600;
 /// What `bench controller` was asked to do.
 pub struct Options {
     pub samples: usize,
+    /// Pairs of objects created back to back on one VM (latency phase).
+    pub pairs: usize,
+    /// The controller's `--debounce-ms` (None: its default).
+    pub debounce_ms: Option<u64>,
     pub objects: Vec<usize>,
     pub timeout: Duration,
     pub kubeconfig: Option<PathBuf>,
@@ -158,6 +162,8 @@ pub async fn run(opt: Options) -> Result<()> {
             Ok(Latency {
                 ms: vec![],
                 timed_out: 0,
+                pair_ms: vec![],
+                pair_patches: vec![],
             })
         };
         eprintln!("[bench] {}", latency_line(&lat));

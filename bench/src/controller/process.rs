@@ -67,6 +67,9 @@ impl ControllerProc {
         if opt.lro != LroMode::Sync {
             cmd.args(["--lro-poll-ms", "50"]);
         }
+        if let Some(ms) = opt.debounce_ms {
+            cmd.args(["--debounce-ms".to_string(), ms.to_string()]);
+        }
         cmd.args(extra);
         let child = cmd
             .env("KUBECONFIG", &b.kubeconfig)

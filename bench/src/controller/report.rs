@@ -80,8 +80,11 @@ pub(super) fn header(opt: &Options) -> String {
     } else {
         format!("{} VMs per subscription", opt.vms_per_subscription)
     };
+    let debounce = opt
+        .debounce_ms
+        .map_or_else(|| "default".to_string(), |ms| ms.to_string());
     format!(
-        "controller benchmark (kube-apiserver + etcd on loopback, ARM simulator lro={:?}, {subs}, {cores} cores, controller --concurrency {})",
+        "controller benchmark (kube-apiserver + etcd on loopback, ARM simulator lro={:?}, {subs}, {cores} cores, controller --concurrency {} --debounce-ms {debounce})",
         opt.lro, opt.controller_concurrency
     )
 }
@@ -95,8 +98,22 @@ pub(super) fn latency_line(lat: &Result<Latency>) -> String {
             let mut v = l.ms.clone();
             v.sort_by(f64::total_cmp);
             let mean = v.iter().fold(0.0, |a, x| a + x) / (v.len().max(1) as f64);
+            let pairs = if l.pair_patches.is_empty() {
+                String::new()
+            } else {
+                let mut p = l.pair_ms.clone();
+                p.sort_by(f64::total_cmp);
+                let patches = l.pair_patches.iter().sum::<u64>();
+                format!(
+                    "\napply-to-PATCH latency, two objects on one VM created back to back: p50 {:.1} ms  max {:.1} ms (from the first create); {patches} PATCHes for {} VMs ({:.2} per VM)",
+                    percentile(&p, 0.50),
+                    p.last().copied().unwrap_or(f64::NAN),
+                    l.pair_patches.len(),
+                    patches as f64 / l.pair_patches.len() as f64
+                )
+            };
             format!(
-                "apply-to-PATCH latency, single object, idle controller: p50 {:.1} ms  p99 {:.1} ms  (n={}; min {:.1}, mean {:.1}, max {:.1} ms{})",
+                "apply-to-PATCH latency, single object, idle controller: p50 {:.1} ms  p99 {:.1} ms  (n={}; min {:.1}, mean {:.1}, max {:.1} ms{}){pairs}",
                 percentile(&v, 0.50),
                 percentile(&v, 0.99),
                 v.len(),
