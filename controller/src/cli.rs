@@ -180,7 +180,8 @@ pub fn writes_json(results: &[TargetResult], graph_endpoint: &str) -> Value {
 }
 
 /// One line of the text plan for a role assignment or group membership write.
-fn describe_grant(w: &Write) -> String {
+/// A grant write for people (`plan` and `apply` text output): roles by name and GUID.
+pub fn describe_grant(w: &Write) -> String {
     match w {
         Write::RoleAssignmentPut {
             scope,
@@ -189,7 +190,7 @@ fn describe_grant(w: &Write) -> String {
             ..
         } => format!(
             "+ role {} for principal {principal_id} at {}",
-            role_definition_id.rsplit('/').next().unwrap_or_default(),
+            vmidentity_planner::grants::role_label(role_definition_id),
             scope.trim_end_matches('/')
         ),
         Write::GroupMemberAdd {

@@ -110,6 +110,16 @@ pub fn render_apply(results: &[TargetResult], graph_endpoint: &str) -> String {
                     };
                     out.push_str(&format!("    {what}{extra}\n"));
                 }
+                for w in r.all_writes().iter().filter(|w| {
+                    w.role_assignment_id().is_some()
+                        || matches!(
+                            w,
+                            vmidentity_planner::Write::GroupMemberAdd { .. }
+                                | vmidentity_planner::Write::GroupMemberRemove { .. }
+                        )
+                }) {
+                    out.push_str(&format!("    {}\n", crate::cli::describe_grant(w)));
+                }
             }
         }
     }

@@ -781,6 +781,14 @@ spec:
 
     let o = run_async(apply(&with_grants)).await;
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    // Roles by name (and GUID) in what apply prints.
+    assert!(
+        stdout(&o).contains(&format!(
+            "+ role Reader (acdd72a7-3385-48ef-bd42-f606fba81ae7) for principal {PA} at {rg}"
+        )),
+        "{}",
+        stdout(&o)
+    );
     assert_eq!(roles_of_pa(), 1);
     assert_eq!(sim.member_of(PA), vec![G1.to_string()]);
     let recorded = read_state();
@@ -880,5 +888,37 @@ fn a_conflicting_newcomer_is_refused_and_the_owner_keeps_the_target() {
             && err.contains("Conflict")
             && err.contains("platform/ops-agent held the target first and keeps it"),
         "{err}"
+    );
+}
+
+/// `plan` names roles by their names, not only GUIDs.
+#[test]
+fn plan_names_roles_by_name() {
+    let f = tmp(
+        "roles.yaml",
+        &doc(&format!(
+            "  target: {}\n  systemAssigned: true\n  roleAssignments:\n    - {{identity: SystemAssigned, role: Reader, scope: {SUB}/resourceGroups/rg-apps}}\n",
+            vm("vm1")
+        )),
+    );
+    let live = tmp(
+        "live-roles.json",
+        &json!({"id": vm("vm1"), "identity": {"type": "SystemAssigned", "principalId": "p1"}})
+            .to_string(),
+    );
+    let o = run(&[
+        "plan",
+        "-f",
+        f.to_str().unwrap(),
+        "--live",
+        live.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!(
+            "+ role Reader (acdd72a7-3385-48ef-bd42-f606fba81ae7) for principal p1 at {SUB}/resourceGroups/rg-apps"
+        )),
+        "{}",
+        stdout(&o)
     );
 }

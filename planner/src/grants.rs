@@ -460,47 +460,72 @@ pub fn principals_to_read(objects: &[DesiredObject], resolved: &Resolved) -> BTr
     out
 }
 
+/// Built-in Azure roles, by their names as Azure spells them (roleName of the built-in role
+/// definitions; their GUIDs are the same in every tenant). Source: "Azure built-in roles",
+/// https://learn.microsoft.com/azure/role-based-access-control/built-in-roles
+const BUILTIN_ROLES: &[(&str, &str)] = &[
+    ("Owner", "8e3af657-a8ff-443c-a75c-2fe8c4bcb635"),
+    ("Contributor", "b24988ac-6180-42a0-ab88-20f7382dd24c"),
+    ("Reader", "acdd72a7-3385-48ef-bd42-f606fba81ae7"),
+    (
+        "User Access Administrator",
+        "18d7d88d-d35e-4fb5-a5c3-7773c20a72d9",
+    ),
+    (
+        "Role Based Access Control Administrator",
+        "f58310d9-a9f6-439a-9e8d-f62e7b41a168",
+    ),
+    (
+        "Storage Blob Data Reader",
+        "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1",
+    ),
+    (
+        "Storage Blob Data Contributor",
+        "ba92f5b4-2d11-453d-a403-e96b0029c9fe",
+    ),
+    (
+        "Key Vault Secrets User",
+        "4633458b-17de-408a-b874-0445c86b69e6",
+    ),
+    (
+        "Virtual Machine Contributor",
+        "9980e02c-c2be-4d73-94e8-173b1dc7cf3c",
+    ),
+    (
+        "Managed Identity Operator",
+        "f1a07417-d97a-45cb-824c-7a7467783830",
+    ),
+    (
+        "Monitoring Metrics Publisher",
+        "3913510d-42f4-4e42-8a64-420c390055eb",
+    ),
+];
+
 /// Built-in Azure roles by name (their GUIDs are the same in every tenant), so an offline
 /// `plan` can show exact role assignment writes. `apply` and the controller resolve names
 /// through the roleDefinitions API (which also knows custom roles).
 pub fn builtin_role_guid(name: &str) -> Option<&'static str> {
-    const BUILTIN: &[(&str, &str)] = &[
-        ("owner", "8e3af657-a8ff-443c-a75c-2fe8c4bcb635"),
-        ("contributor", "b24988ac-6180-42a0-ab88-20f7382dd24c"),
-        ("reader", "acdd72a7-3385-48ef-bd42-f606fba81ae7"),
-        (
-            "user access administrator",
-            "18d7d88d-d35e-4fb5-a5c3-7773c20a72d9",
-        ),
-        (
-            "role based access control administrator",
-            "f58310d9-a9f6-439a-9e8d-f62e7b41a168",
-        ),
-        (
-            "storage blob data reader",
-            "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1",
-        ),
-        (
-            "storage blob data contributor",
-            "ba92f5b4-2d11-453d-a403-e96b0029c9fe",
-        ),
-        (
-            "key vault secrets user",
-            "4633458b-17de-408a-b874-0445c86b69e6",
-        ),
-        (
-            "virtual machine contributor",
-            "9980e02c-c2be-4d73-94e8-173b1dc7cf3c",
-        ),
-        (
-            "managed identity operator",
-            "f1a07417-d97a-45cb-824c-7a7467783830",
-        ),
-        (
-            "monitoring metrics publisher",
-            "3913510d-42f4-4e42-8a64-420c390055eb",
-        ),
-    ];
-    let lower = name.to_ascii_lowercase();
-    BUILTIN.iter().find(|(n, _)| *n == lower).map(|(_, g)| *g)
+    BUILTIN_ROLES
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, g)| *g)
+}
+
+/// The name of a built-in role, from its GUID or full role definition ID.
+pub fn builtin_role_name(guid_or_id: &str) -> Option<&'static str> {
+    let guid = guid_or_id.rsplit('/').next().unwrap_or(guid_or_id);
+    BUILTIN_ROLES
+        .iter()
+        .find(|(_, g)| g.eq_ignore_ascii_case(guid))
+        .map(|(n, _)| *n)
+}
+
+/// A role for people: `Reader (acdd72a7-…)` for a built-in role, the GUID otherwise (from a
+/// GUID or a full role definition ID).
+pub fn role_label(guid_or_id: &str) -> String {
+    let guid = guid_or_id.rsplit('/').next().unwrap_or(guid_or_id);
+    match builtin_role_name(guid) {
+        Some(name) => format!("{name} ({guid})"),
+        None => guid.to_string(),
+    }
 }

@@ -29,6 +29,8 @@ pub enum Reason {
     Applied,
     Converged,
     Detached,
+    /// Deleted with `deletionPolicy: Retain`: what it applied stays.
+    Retained,
     DriftRepaired,
     /// The namespace's credential cannot be used.
     Credential(&'static str),
@@ -54,6 +56,7 @@ impl Reason {
             Reason::Applied => "Applied",
             Reason::Converged => "Converged",
             Reason::Detached => "Detached",
+            Reason::Retained => "Retained",
             Reason::DriftRepaired => "DriftRepaired",
             Reason::Azure(class) => class.reason(),
             Reason::Credential(r) | Reason::Plan(r) | Reason::Engine(r) | Reason::Untrusted(r) => r,
@@ -517,12 +520,14 @@ pub fn success_outcome(plan: &TargetPlan, result: &TargetResult) -> Outcome {
 
 // ---- A pass that wrote ---------------------------------------------------------------------
 
-/// A written (or already converged) target, as its objects are told.
+/// A written (or already converged) target, as its objects are told. Each object is told
+/// its own part of the target's change (its identities, its grants); the target-wide summary
+/// ([`Success::changes`]) goes to the logs.
 pub struct Success<'a> {
     pub plan: &'a TargetPlan,
     pub result: &'a TargetResult,
     pub live: &'a LiveResource,
-    /// What was written, in words.
+    /// Everything written to the target, in words.
     pub changes: Vec<String>,
     /// Every allowed object was Ready, and yet something was written: drift was repaired.
     pub drift: bool,
@@ -552,12 +557,95 @@ impl<'a> Success<'a> {
         !self.changes.is_empty()
     }
 
-    /// For an object being deleted (its finalizer goes next): what was released.
-    pub fn released(&self) -> Option<Note> {
-        self.wrote().then(|| Note {
+    /// The part of the target's change that is `d`'s own, in words: the identities it asks
+    /// for (or said to enable or disable) that were added, the ones it recorded and let go
+    /// that were removed, and its own role assignments and group memberships (by the new
+    /// record for additions, by its old record for removals).
+    pub fn changes_of(&self, d: &DesiredObject) -> Vec<String> {
+        use vmidentity_planner::Change;
+        let wants = |id: &vmidentity_planner::ArmId| {
+            !d.deleting && d.spec.user_assigned.iter().any(|u| u.key() == id.key())
+        };
+        let recorded = d.applied.keys();
+        let mut out: Vec<String> = self
+            .plan
+            .changes
+            .iter()
+            .filter(|c| match c {
+                Change::EnableSystemAssigned => !d.deleting && d.spec.system_assigned == Some(true),
+                Change::DisableSystemAssigned => {
+                    !d.deleting && d.spec.system_assigned == Some(false)
+                }
+                Change::AddUserAssigned(id) | Change::RepairUserAssigned(id) => wants(id),
+                Change::RemoveUserAssigned(id) => {
+                    !wants(id)
+                        && (recorded.contains(id.key())
+                            || (!d.deleting && d.spec.mode == vmidentity_planner::Mode::Exact))
+                }
+            })
+            .map(ToString::to_string)
+            .collect();
+        let new = self.result.applied(&d.object).unwrap_or_default();
+        let old = &d.applied;
+        out.extend(
+            self.result
+                .grant_writes
+                .iter()
+                .filter(|w| match w {
+                    Write::RoleAssignmentPut {
+                        scope,
+                        role_definition_id,
+                        principal_id,
+                        ..
+                    } => {
+                        let guid = role_definition_id.rsplit('/').next().unwrap_or_default();
+                        new.role_assignments.iter().any(|r| {
+                            r.principal_id.eq_ignore_ascii_case(principal_id)
+                                && r.scope
+                                    .trim_end_matches('/')
+                                    .eq_ignore_ascii_case(scope.trim_end_matches('/'))
+                                && r.role_definition_id
+                                    .rsplit('/')
+                                    .next()
+                                    .is_some_and(|g| g.eq_ignore_ascii_case(guid))
+                        })
+                    }
+                    Write::RoleAssignmentDelete { id } => old
+                        .role_assignments
+                        .iter()
+                        .any(|r| r.id.eq_ignore_ascii_case(id)),
+                    Write::GroupMemberAdd {
+                        group_id,
+                        principal_id,
+                    } => new.group_memberships.iter().any(|g| {
+                        g.group_object_id.eq_ignore_ascii_case(group_id)
+                            && g.principal_id.eq_ignore_ascii_case(principal_id)
+                    }),
+                    Write::GroupMemberRemove {
+                        group_id,
+                        principal_id,
+                    } => old.group_memberships.iter().any(|g| {
+                        g.group_object_id.eq_ignore_ascii_case(group_id)
+                            && g.principal_id.eq_ignore_ascii_case(principal_id)
+                    }),
+                    Write::IdentityPatch { .. } => false,
+                })
+                .map(describe_grant_write),
+        );
+        out
+    }
+
+    /// For an object being deleted (its finalizer goes next): what it released, or with
+    /// `deletionPolicy: Retain`, what it leaves on the target.
+    pub fn released(&self, d: &DesiredObject) -> Option<Note> {
+        if d.spec.deletion_policy == vmidentity_planner::DeletionPolicy::Retain {
+            return retained(d, &self.plan.target.short());
+        }
+        let own = self.changes_of(d);
+        (!own.is_empty()).then(|| Note {
             type_: EventType::Normal,
             reason: Reason::Detached,
-            note: self.changes.join("; "),
+            note: format!("{}: {}", self.plan.target.short(), own.join("; ")),
         })
     }
 
@@ -565,7 +653,8 @@ impl<'a> Success<'a> {
     /// Events.
     pub fn report(&self, o: &VirtualMachineIdentity, d: &DesiredObject, now: Timestamp) -> Report {
         let (plan, result, live) = (self.plan, self.result, self.live);
-        let wrote = self.wrote();
+        let own = self.changes_of(d);
+        let wrote = !own.is_empty();
         let short = plan.target.short();
         let mut events = Vec::new();
         for u in result
@@ -607,7 +696,7 @@ impl<'a> Success<'a> {
         let message = if !wrote {
             format!("{short} is as declared")
         } else {
-            format!("{short}: {}", self.changes.join("; "))
+            format!("{short}: {}", own.join("; "))
         };
         let bad: Vec<String> = d
             .spec
@@ -625,14 +714,10 @@ impl<'a> Success<'a> {
                 ),
             )
         } else if pending.is_empty() {
-            ready(
-                if wrote {
-                    Reason::Applied
-                } else {
-                    Reason::Converged
-                },
-                message,
-            )
+            // Ready always says Converged (the target is as declared); what was written is
+            // in the message and the Applied Event. A reason that changed with every pass
+            // would either cost a status write per pass or stay "Applied" forever.
+            ready(Reason::Converged, message)
         } else {
             progressing(
                 Reason::GrantsPending,
@@ -641,12 +726,17 @@ impl<'a> Success<'a> {
         };
         let old = o.status.clone().unwrap_or_default();
         let mut conds = conditions::conditions(&old.conditions, &phase, o.metadata.generation, now);
-        // Nothing written and already Ready for this generation: keep the conditions as they
-        // are (an "Applied" Ready does not turn into "Converged"), so a restart or a resync
-        // pass over converged objects costs no status write.
+        // Nothing written and already Ready (Converged) for this generation: keep the
+        // conditions as they are (the message of the last change stays), so a restart or a
+        // resync pass over converged objects costs no status write. A Ready of an older
+        // release ("Applied") turns into "Converged" once.
+        let ready_converged = old
+            .conditions
+            .iter()
+            .any(|c| c.type_ == conditions::READY && c.reason == Reason::Converged.as_str());
         if !wrote
             && (conditions::same(&old.conditions, &conds)
-                || (matches!(phase, Phase::Ready { .. }) && was_ready(o)))
+                || (matches!(phase, Phase::Ready { .. }) && was_ready(o) && ready_converged))
         {
             conds = old.conditions.clone();
         }
@@ -660,8 +750,8 @@ impl<'a> Success<'a> {
         };
         let mut events_after = Vec::new();
         if wrote {
-            let changes = self.changes.join("; ");
-            events_after.push(if self.drift {
+            let changes = own.join("; ");
+            events_after.push(if was_ready(o) {
                 Note::warning(
                     Reason::DriftRepaired,
                     format!("{short} had drifted from the declared state; repaired: {changes}"),
@@ -682,6 +772,41 @@ impl<'a> Success<'a> {
     }
 }
 
+/// The Event of an object deleted with `deletionPolicy: Retain` that applied something: what
+/// it leaves on the target (None when it applied nothing).
+pub fn retained(d: &DesiredObject, short: &str) -> Option<Note> {
+    let a = &d.applied;
+    let mut kept: Vec<String> = Vec::new();
+    if a.system_assigned == Some(true) {
+        kept.push("the system-assigned identity".into());
+    }
+    kept.extend(
+        a.user_assigned_identities
+            .iter()
+            .map(|u| format!("user-assigned identity {u}")),
+    );
+    kept.extend(a.role_assignments.iter().map(|r| {
+        format!(
+            "role {} at {}",
+            vmidentity_planner::grants::role_label(&r.role_definition_id),
+            r.scope
+        )
+    }));
+    kept.extend(
+        a.group_memberships
+            .iter()
+            .map(|g| format!("membership of group {}", g.group_object_id)),
+    );
+    (!kept.is_empty()).then(|| Note {
+        type_: EventType::Normal,
+        reason: Reason::Retained,
+        note: format!(
+            "deleted with deletionPolicy Retain: {} stay on {short}, no longer managed",
+            kept.join("; ")
+        ),
+    })
+}
+
 fn describe_grant_write(w: &Write) -> String {
     match w {
         Write::GroupMemberAdd { group_id, .. } => format!("add to group {group_id}"),
@@ -692,7 +817,7 @@ fn describe_grant_write(w: &Write) -> String {
             ..
         } => format!(
             "assign role {} at {}",
-            role_definition_id.rsplit('/').next().unwrap_or_default(),
+            vmidentity_planner::grants::role_label(role_definition_id),
             scope.trim_end_matches('/')
         ),
         Write::RoleAssignmentDelete { id } => format!("delete role assignment {id}"),
@@ -998,9 +1123,10 @@ mod tests {
         assert!(!s.drift);
         let r = s.report(&o, &d, now());
         let st = r.status.unwrap();
+        // Ready says Converged (the REASON column), the Event says what was Applied.
         assert_eq!(
             reason_of(&st, conditions::READY),
-            ("True".into(), "Applied".into())
+            ("True".into(), "Converged".into())
         );
         assert_eq!(st.user_assigned_count, Some(1));
         assert_eq!(st.target_name.as_deref(), Some("vm1"));
@@ -1023,7 +1149,7 @@ mod tests {
         );
         assert_eq!(success_outcome(&plan, &result), Outcome::Applied);
 
-        // The next pass finds it as declared: Ready stays "Applied", nothing is written.
+        // The next pass finds it as declared: nothing is written, not even the status.
         let mut o2 = o.clone();
         o2.status = Some(st);
         let d2 = o2.desired().unwrap();
@@ -1031,7 +1157,7 @@ mod tests {
         let result2 = result_of(&plan2);
         let s2 = Success::new(&plan2, &result2, &after, [&o2]);
         assert!(!s2.wrote());
-        assert_eq!(s2.released(), None);
+        assert_eq!(s2.released(&d2), None);
         let r2 = s2.report(&o2, &d2, now());
         assert_eq!(r2, Report::default());
         assert_eq!(success_outcome(&plan2, &result2), Outcome::Converged);
@@ -1069,7 +1195,117 @@ mod tests {
         let r = s.report(&o, &d, now());
         assert_eq!(r.events_after[0].reason, Reason::DriftRepaired);
         assert_eq!(r.events_after[0].type_, EventType::Warning);
-        assert_eq!(s.released().unwrap().reason, Reason::Detached);
+    }
+
+    /// A Ready of an older release that said "Applied" becomes "Converged" (once); then the
+    /// REASON column never stays "Applied".
+    #[test]
+    fn an_applied_ready_turns_into_converged() {
+        let mut o = with_phase(object(&[U1]), &ready(Reason::Applied, "vm/vm1: add".into()));
+        o.status.as_mut().unwrap().observed_generation = Some(1);
+        let d = o.desired().unwrap();
+        let after = live(&[U1]);
+        let plan = plan_target(std::slice::from_ref(&d), &after).unwrap();
+        let result = result_of(&plan);
+        let s = Success::new(&plan, &result, &after, [&o]);
+        let st = s.report(&o, &d, now()).status.expect("rewritten once");
+        assert_eq!(
+            reason_of(&st, conditions::READY),
+            ("True".into(), "Converged".into())
+        );
+        o.status = Some(st);
+        assert_eq!(s.report(&o, &d, now()), Report::default());
+    }
+
+    /// Two objects on one VM: each object's status and Event name only its own identities
+    /// and grants (issue 14 item 3), roles by name; an object deleted with Detach is told
+    /// what it released, one deleted with Retain what it leaves.
+    #[test]
+    fn each_object_is_told_its_own_part_of_the_change() {
+        use vmidentity_planner::grants::{GrantPlan, role_definition_id};
+        use vmidentity_planner::model::AppliedRoleAssignment;
+        let u2 = U1.replace("u1", "u2");
+        let web = object(&[U1]);
+        let mut mon = object(&[u2.as_str()]);
+        mon.metadata.name = Some("monitoring".into());
+        mon.spec.system_assigned = Some(true);
+        let (dw, dm) = (web.desired().unwrap(), mon.desired().unwrap());
+        let before = live(&[]);
+        let plan = plan_target(&[dw.clone(), dm.clone()], &before).unwrap();
+        let mut result = result_of(&plan);
+        let rg = "/subscriptions/s1/resourceGroups/rg";
+        let reader = "acdd72a7-3385-48ef-bd42-f606fba81ae7";
+        result.grant_writes = vec![Write::RoleAssignmentPut {
+            scope: rg.into(),
+            name: "n1".into(),
+            role_definition_id: role_definition_id(rg, reader),
+            principal_id: "up2".into(),
+            principal_type: None,
+        }];
+        let mut gp = GrantPlan::default();
+        gp.role_assignments.insert(
+            dm.object.clone(),
+            vec![AppliedRoleAssignment {
+                id: format!("{rg}/providers/Microsoft.Authorization/roleAssignments/n1"),
+                scope: rg.into(),
+                role_definition_id: reader.into(),
+                principal_id: "up2".into(),
+                identity: u2.clone(),
+            }],
+        );
+        result.grants = Some(gp);
+        let after = live(&[U1, u2.as_str()]);
+        let s = Success::new(&plan, &result, &after, [&web, &mon]);
+        let note = |o: &VirtualMachineIdentity, d: &DesiredObject| {
+            let r = s.report(o, d, now());
+            let ready = r
+                .status
+                .unwrap()
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == conditions::READY)
+                .unwrap()
+                .message;
+            (ready, r.events_after[0].note.clone())
+        };
+        let (ready_w, event_w) = note(&web, &dw);
+        for text in [&ready_w, &event_w] {
+            assert!(text.contains("/u1") && !text.contains("/u2"), "{text}");
+            assert!(!text.contains("system") && !text.contains("role"), "{text}");
+        }
+        let (ready_m, event_m) = note(&mon, &dm);
+        for text in [&ready_m, &event_m] {
+            assert!(text.contains("/u2") && !text.contains("/u1"), "{text}");
+            assert!(text.contains("enable system-assigned identity"), "{text}");
+            assert!(
+                text.contains(&format!("assign role Reader ({reader}) at {rg}")),
+                "{text}"
+            );
+        }
+
+        // Deleted: Detach tells what it released; Retain what stays.
+        let mut gone = dw.clone().deleting();
+        gone.applied = Applied {
+            user_assigned_identities: vec![U1.into()],
+            ..Applied::default()
+        };
+        let plan = plan_target(std::slice::from_ref(&gone), &after).unwrap();
+        let result = result_of(&plan);
+        let s = Success::new(&plan, &result, &after, []);
+        let n = s.released(&gone).unwrap();
+        assert_eq!(n.reason, Reason::Detached);
+        assert!(n.note.contains("remove user-assigned identity") && n.note.contains("/u1"));
+        gone.spec.deletion_policy = vmidentity_planner::DeletionPolicy::Retain;
+        let plan = plan_target(std::slice::from_ref(&gone), &after).unwrap();
+        let result = result_of(&plan);
+        let s = Success::new(&plan, &result, &after, []);
+        let n = s.released(&gone).unwrap();
+        assert_eq!((n.type_, n.reason), (EventType::Normal, Reason::Retained));
+        assert!(
+            n.note.contains("deletionPolicy Retain") && n.note.contains("/u1"),
+            "{}",
+            n.note
+        );
     }
 
     #[test]

@@ -723,10 +723,15 @@ async fn report_success(
 ) -> Result<(), Error> {
     let allowed = members.iter().filter(|m| m.is_active()).map(|m| &*m.obj);
     let success = Success::new(plan, result, live, allowed);
+    if success.wrote() {
+        // The target-wide summary; each object's status and Events tell its own part.
+        info!(target = %plan.target, drift = success.drift, changes = %success.changes.join("; "), "target written");
+    }
     let now = Timestamp::now();
     for m in members {
         if m.deleting {
-            if let Some(n) = success.released() {
+            let d = m.desired.clone().ok().or_else(|| m.releasing());
+            if let Some(n) = d.and_then(|d| success.released(&d)) {
                 ctx.event(&m.obj, n.type_, n.reason.as_str(), n.note).await;
             }
             ctx.set_finalizer(&m.obj, false).await?;

@@ -320,7 +320,8 @@ async fn a_new_object_is_claimed_recorded_applied_and_reported() {
         Some(vec![uai("uai-a").to_ascii_lowercase()]),
         "{body}"
     );
-    // 4. Ready=True Applied for this generation, and 5. a Normal Applied Event.
+    // 4. Ready=True Converged for this generation (the REASON column never stays "Applied"),
+    // and 5. a Normal Applied Event.
     let (status, events): (Vec<&Seen>, Vec<&Seen>) =
         seen[2..].iter().partition(|s| s.path.ends_with("/status"));
     assert_eq!(status.len(), 1, "{seen:#?}");
@@ -328,7 +329,7 @@ async fn a_new_object_is_claimed_recorded_applied_and_reported() {
     assert_eq!(status[0].arm_writes, 1, "reported after the write");
     let ready = condition(&status[0].body, "Ready");
     assert_eq!(ready["status"], "True", "{ready}");
-    assert_eq!(ready["reason"], "Applied", "{ready}");
+    assert_eq!(ready["reason"], "Converged", "{ready}");
     assert_eq!(status[0].body["status"]["observedGeneration"], 3);
     assert_eq!(
         status[0].body["status"]["applied"]["userAssignedIdentities"],
