@@ -154,6 +154,25 @@ async fn editing_an_object_removes_with_null_and_deletion_detaches_or_retains() 
         .expect("delete keep");
     env.wait_gone("keep", 30).await;
     assert_eq!(env.identity(&vm("vm2")).1, vec!["u3".to_string()]);
+    // ... and says so in an Event (issue 14 item 9).
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(env.client.clone(), &env.ns);
+    let retained: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("Retained"))
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("keep"))
+        .filter_map(|e| e.note)
+        .collect();
+    assert!(
+        retained.len() == 1
+            && retained[0].contains("deletionPolicy Retain")
+            && retained[0].contains("u3"),
+        "{retained:?}"
+    );
     env.cleanup().await;
 }
 

@@ -251,6 +251,11 @@ async fn an_allowed_newcomer_in_another_namespace_cannot_break_a_working_object(
         ("SystemAssigned, UserAssigned".into(), vec!["u1".into()])
     );
     assert_eq!(env.sim.counters().writes, writes, "nothing written");
+    let o = env.get_in(&sandbox, "newcomer").await.expect("newcomer");
+    assert!(
+        o.metadata.finalizers.unwrap_or_default().is_empty(),
+        "a refused newcomer is not claimed"
+    );
 
     // The senior object goes (Detach; the system identity is never disabled by a deletion):
     // the newcomer no longer conflicts and is applied.

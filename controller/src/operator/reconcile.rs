@@ -479,11 +479,6 @@ async fn reconcile_target(
         return Ok(Outcome::Stalled);
     };
 
-    // Claim before the first write to ARM.
-    for m in members.iter().filter(|m| m.is_active()) {
-        ctx.set_finalizer(&m.obj, true).await?;
-    }
-
     let target = desired[0].spec.target.clone();
     let live = match az.exec.read_target(&target, &read_version(&desired)).await {
         Ok(l) => l,
@@ -544,6 +539,10 @@ async fn reconcile_target(
             return Ok(Outcome::Idle);
         }
     };
+    // Claim before the first write to ARM (an object refused above is not claimed).
+    for m in members.iter().filter(|m| m.is_active()) {
+        ctx.set_finalizer(&m.obj, true).await?;
+    }
 
     if !plan.is_converged() {
         widen_records(&members, &plan, &desired, ctx).await?;

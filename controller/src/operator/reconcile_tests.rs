@@ -610,6 +610,12 @@ async fn a_newcomer_in_another_namespace_is_refused_and_the_working_object_keeps
                 "{case}: the newcomer owns nothing: {:?}",
                 refused[0]
             );
+            assert!(
+                !seen
+                    .iter()
+                    .any(|s| s.path.ends_with("/virtualmachineidentities/newcomer")),
+                "{case}: a refused newcomer is not claimed: {seen:#?}"
+            );
             let warnings = events_about(&seen, "newcomer");
             assert_eq!(warnings.len(), 1, "{case}: {seen:#?}");
             assert_eq!(warnings[0].body["type"], "Warning");
