@@ -889,6 +889,46 @@ fn a_conflicting_newcomer_is_refused_and_the_owner_keeps_the_target() {
             && err.contains("platform/ops-agent held the target first and keeps it"),
         "{err}"
     );
+
+    // apply: the owner's write goes out, the newcomer is a Refused element, exit 1.
+    let world = tmp(
+        "world-s.yaml",
+        &format!(
+            "userAssignedIdentities:\n  - id: {}\nvirtualMachines:\n  - id: {}\n    identity: {{type: SystemAssigned}}\n",
+            uai("u1"),
+            vm("vm1")
+        ),
+    );
+    let o = run(&[
+        "apply",
+        "-f",
+        f.to_str().unwrap(),
+        "--simulator",
+        world.to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let out: Value = serde_json::from_str(&stdout(&o)).expect("json");
+    let statuses: Vec<(&str, &str)> = out
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|e| {
+            (
+                e["result"]["status"].as_str().unwrap_or_default(),
+                e["method"]
+                    .as_str()
+                    .or_else(|| e["objects"][0].as_str())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [("Refused", "sandbox/newcomer"), ("Succeeded", "PATCH")],
+        "{out:#}"
+    );
 }
 
 /// `plan` names roles by their names, not only GUIDs.
