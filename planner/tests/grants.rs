@@ -533,3 +533,24 @@ fn every_write_renders_to_its_request() {
     );
     assert!(rm.is_removal() && !add.is_removal());
 }
+
+/// Roles for people: built-in roles by name (and GUID) from a GUID or a full role definition
+/// ID, in any case; names resolve back to the same GUIDs; other roles by GUID.
+#[test]
+fn built_in_roles_are_named_both_ways() {
+    const READER: &str = "acdd72a7-3385-48ef-bd42-f606fba81ae7";
+    assert_eq!(builtin_role_guid("reader"), Some(READER));
+    assert_eq!(
+        builtin_role_guid("Storage Blob Data Reader"),
+        Some("2a2b9908-6ea1-4ae2-8e65-a410df84e7d1")
+    );
+    assert_eq!(builtin_role_name(&READER.to_uppercase()), Some("Reader"));
+    assert_eq!(
+        role_label(&format!(
+            "/subscriptions/s1/providers/Microsoft.Authorization/roleDefinitions/{READER}"
+        )),
+        format!("Reader ({READER})")
+    );
+    let custom = "11111111-2222-4333-8444-555555555555";
+    assert_eq!(role_label(custom), custom);
+}
