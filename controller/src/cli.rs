@@ -181,7 +181,7 @@ pub fn writes_json(results: &[TargetResult], graph_endpoint: &str) -> Value {
 
 /// One line of the text plan for a role assignment or group membership write.
 /// A grant write for people (`plan` and `apply` text output): roles by name and GUID.
-pub fn describe_grant(w: &Write) -> String {
+pub fn describe_grant(w: &Write, result: &TargetResult) -> String {
     match w {
         Write::RoleAssignmentPut {
             scope,
@@ -190,7 +190,7 @@ pub fn describe_grant(w: &Write) -> String {
             ..
         } => format!(
             "+ role {} for principal {principal_id} at {}",
-            vmidentity_planner::grants::role_label(role_definition_id),
+            result.role(role_definition_id),
             scope.trim_end_matches('/')
         ),
         Write::GroupMemberAdd {
@@ -288,8 +288,7 @@ async fn plan(a: PlanArgs) -> Result<i32, CliError> {
             let mut text = render::render(&plans);
             let grants: Vec<String> = results
                 .iter()
-                .flat_map(|r| r.grant_writes.iter())
-                .map(describe_grant)
+                .flat_map(|r| r.grant_writes.iter().map(move |w| describe_grant(w, r)))
                 .collect();
             if !grants.is_empty() {
                 text.push_str("\nRole assignments and group memberships:\n");

@@ -66,6 +66,9 @@ pub struct TargetResult {
     /// Objects left out because they conflict with objects that held the target first
     /// ([`plan_by_seniority`]); nothing was planned or written for them.
     pub refused: Vec<Refused>,
+    /// Role names as the objects wrote them, by role definition GUID (lower-case), for
+    /// people: custom roles named in a spec are shown by that name ([`TargetResult::role`]).
+    pub role_names: BTreeMap<String, String>,
 }
 
 impl TargetResult {
@@ -74,6 +77,16 @@ impl TargetResult {
             return 0;
         }
         self.plan.as_ref().map_or(0, |p| p.writes.len()) + self.grant_writes.len()
+    }
+
+    /// A role for people: `Reader (acdd72a7-…)` for a built-in role, `Name (guid)` for a
+    /// role an object named, else the GUID (from a GUID or a role definition ID).
+    pub fn role(&self, guid_or_id: &str) -> String {
+        let guid = guid_or_id.rsplit('/').next().unwrap_or(guid_or_id);
+        match self.role_names.get(&guid.to_ascii_lowercase()) {
+            Some(name) if grants::builtin_role_name(guid).is_none() => format!("{name} ({guid})"),
+            _ => grants::role_label(guid),
+        }
     }
 
     /// Every write of the target in the order it is sent: grant removals, the identity
@@ -193,6 +206,25 @@ fn resolve_offline(group: &[DesiredObject], live: &LiveResource, plan: &TargetPl
         }
     }
     r
+}
+
+/// The names the group's objects gave their roles, by the GUID each resolved to.
+fn role_names(group: &[DesiredObject], r: &Resolved) -> BTreeMap<String, String> {
+    let mut names = BTreeMap::new();
+    for o in group {
+        for ra in &o.spec.role_assignments {
+            if let vmidentity_planner::model::RoleRef::Name(n) = &ra.role
+                && let Some(g) = r
+                    .roles
+                    .get(&(n.to_ascii_lowercase(), ra.scope.to_ascii_lowercase()))
+            {
+                names
+                    .entry(g.to_ascii_lowercase())
+                    .or_insert_with(|| n.clone());
+            }
+        }
+    }
+    names
 }
 
 /// Online: resolve every role the group names (cached by the client).
@@ -318,6 +350,7 @@ pub fn plan_offline(objects: Vec<DesiredObject>, lives: &LiveSet) -> Vec<TargetR
             let mut grant_writes = Vec::new();
             let mut grants_plan = None;
             let mut refused = Vec::new();
+            let mut role_names_offline = BTreeMap::new();
             let planned = lives.get(&key).map(|live| {
                 let (plan, kept, r) = plan_by_seniority(&group, live);
                 refused = r;
@@ -332,6 +365,7 @@ pub fn plan_offline(objects: Vec<DesiredObject>, lives: &LiveSet) -> Vec<TargetR
                             // Offline there is nothing to read: existing grants are assumed
                             // to be what the objects recorded.
                             let resolved = resolve_offline(&group, live, &p);
+                            role_names_offline = role_names(&group, &resolved);
                             let mut known = LiveGrants::default();
                             for o in &group {
                                 for r in &o.applied.role_assignments {
@@ -370,6 +404,7 @@ pub fn plan_offline(objects: Vec<DesiredObject>, lives: &LiveSet) -> Vec<TargetR
                 grants: grants_plan,
                 bad_identities: Vec::new(),
                 refused,
+                role_names: role_names_offline,
             }
         })
         .collect()
@@ -408,6 +443,7 @@ async fn apply_target(exec: &Executor, group: Vec<DesiredObject>) -> TargetResul
         grants: None,
         bad_identities: Vec::new(),
         refused: Vec::new(),
+        role_names: BTreeMap::new(),
     };
     let live = match exec.read_target(&target_id, &read_version(&group)).await {
         Ok(l) => l,
@@ -455,6 +491,7 @@ pub async fn write_target(
         let mut resolved = principals_of(live);
         resolve_roles(exec, group, &mut resolved).await?;
         roles.roles = resolved.roles.clone();
+        result.role_names = role_names(group, &resolved);
         let principals = grants::principals_to_read(group, &resolved);
         let held = read_grants(exec, group, target_subscription(plan), &principals).await?;
         let gp = grants::plan_grants(group, &resolved, &held);

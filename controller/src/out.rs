@@ -118,7 +118,7 @@ pub fn render_apply(results: &[TargetResult], graph_endpoint: &str) -> String {
                                 | vmidentity_planner::Write::GroupMemberRemove { .. }
                         )
                 }) {
-                    out.push_str(&format!("    {}\n", crate::cli::describe_grant(w)));
+                    out.push_str(&format!("    {}\n", crate::cli::describe_grant(w, r)));
                 }
             }
         }

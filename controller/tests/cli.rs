@@ -712,6 +712,7 @@ async fn apply_state_records_and_releases_grants_too() {
 
     const PA: &str = "aaaaaaaa-0000-4000-8000-00000000000a";
     const G1: &str = "11111111-1111-4111-8111-111111111111";
+    const AUDITOR: &str = "5b0c3c9e-2222-4b43-9a8e-000000000def";
     let rg = format!("{SUB}/resourceGroups/rg-state");
     let vm1 = format!("{rg}/providers/Microsoft.Compute/virtualMachines/vm-state-1");
     let ua = format!("{rg}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/uai-a");
@@ -722,6 +723,8 @@ virtualMachines:
   - id: {vm1}
 groups:
   - {{id: {G1}, displayName: readers}}
+roleDefinitions:
+  - {{id: {AUDITOR}, roleName: Identity Auditor, assignableScopes: [{rg}], permissions: [{{actions: ['*/read']}}]}}
 "
     );
     let sim = vmidentity_simulator::start(SimConfig {
@@ -747,6 +750,7 @@ spec:
         &object(&format!(
             "  roleAssignments:
     - {{identity: {ua}, role: Reader, scope: {rg}}}
+    - {{identity: {ua}, role: Identity Auditor, scope: {rg}}}
   groupMemberships:
     - {{identity: {ua}, groupObjectId: {G1}}}
 "
@@ -785,17 +789,19 @@ spec:
     assert!(
         stdout(&o).contains(&format!(
             "+ role Reader (acdd72a7-3385-48ef-bd42-f606fba81ae7) for principal {PA} at {rg}"
+        )) && stdout(&o).contains(&format!(
+            "+ role Identity Auditor ({AUDITOR}) for principal {PA} at {rg}"
         )),
         "{}",
         stdout(&o)
     );
-    assert_eq!(roles_of_pa(), 1);
+    assert_eq!(roles_of_pa(), 2);
     assert_eq!(sim.member_of(PA), vec![G1.to_string()]);
     let recorded = read_state();
     let rec = &recorded["team/state-1"];
     assert_eq!(rec["userAssignedIdentities"], json!([ua]), "{recorded:#}");
     let ra = rec["roleAssignments"].as_array().expect("role assignments");
-    assert_eq!(ra.len(), 1, "{recorded:#}");
+    assert_eq!(ra.len(), 2, "{recorded:#}");
     assert_eq!(ra[0]["principalId"], PA);
     assert!(
         ra[0]["id"]

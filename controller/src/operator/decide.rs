@@ -542,7 +542,12 @@ impl<'a> Success<'a> {
         allowed: impl IntoIterator<Item = &'o VirtualMachineIdentity>,
     ) -> Self {
         let mut changes: Vec<String> = plan.changes.iter().map(ToString::to_string).collect();
-        changes.extend(result.grant_writes.iter().map(describe_grant_write));
+        changes.extend(
+            result
+                .grant_writes
+                .iter()
+                .map(|w| describe_grant_write(w, result)),
+        );
         let drift = !changes.is_empty() && allowed.into_iter().all(was_ready);
         Success {
             plan,
@@ -630,7 +635,7 @@ impl<'a> Success<'a> {
                     }),
                     Write::IdentityPatch { .. } => false,
                 })
-                .map(describe_grant_write),
+                .map(|w| describe_grant_write(w, self.result)),
         );
         out
     }
@@ -639,7 +644,7 @@ impl<'a> Success<'a> {
     /// `deletionPolicy: Retain`, what it leaves on the target.
     pub fn released(&self, d: &DesiredObject) -> Option<Note> {
         if d.spec.deletion_policy == vmidentity_planner::DeletionPolicy::Retain {
-            return retained(d, &self.plan.target.short());
+            return retained(d, &self.plan.target.short(), |g| self.result.role(g));
         }
         let own = self.changes_of(d);
         (!own.is_empty()).then(|| Note {
@@ -774,7 +779,7 @@ impl<'a> Success<'a> {
 
 /// The Event of an object deleted with `deletionPolicy: Retain` that applied something: what
 /// it leaves on the target (None when it applied nothing).
-pub fn retained(d: &DesiredObject, short: &str) -> Option<Note> {
+pub fn retained(d: &DesiredObject, short: &str, role: impl Fn(&str) -> String) -> Option<Note> {
     let a = &d.applied;
     let mut kept: Vec<String> = Vec::new();
     if a.system_assigned == Some(true) {
@@ -785,13 +790,11 @@ pub fn retained(d: &DesiredObject, short: &str) -> Option<Note> {
             .iter()
             .map(|u| format!("user-assigned identity {u}")),
     );
-    kept.extend(a.role_assignments.iter().map(|r| {
-        format!(
-            "role {} at {}",
-            vmidentity_planner::grants::role_label(&r.role_definition_id),
-            r.scope
-        )
-    }));
+    kept.extend(
+        a.role_assignments
+            .iter()
+            .map(|r| format!("role {} at {}", role(&r.role_definition_id), r.scope)),
+    );
     kept.extend(
         a.group_memberships
             .iter()
@@ -807,7 +810,7 @@ pub fn retained(d: &DesiredObject, short: &str) -> Option<Note> {
     })
 }
 
-fn describe_grant_write(w: &Write) -> String {
+fn describe_grant_write(w: &Write, result: &TargetResult) -> String {
     match w {
         Write::GroupMemberAdd { group_id, .. } => format!("add to group {group_id}"),
         Write::GroupMemberRemove { group_id, .. } => format!("remove from group {group_id}"),
@@ -817,7 +820,7 @@ fn describe_grant_write(w: &Write) -> String {
             ..
         } => format!(
             "assign role {} at {}",
-            vmidentity_planner::grants::role_label(role_definition_id),
+            result.role(role_definition_id),
             scope.trim_end_matches('/')
         ),
         Write::RoleAssignmentDelete { id } => format!("delete role assignment {id}"),
@@ -1107,6 +1110,7 @@ mod tests {
             grants: None,
             bad_identities: vec![],
             refused: vec![],
+            role_names: Default::default(),
         }
     }
 

@@ -558,6 +558,7 @@ async fn reconcile_target(
         grants: None,
         bad_identities: Vec::new(),
         refused: Vec::new(),
+        role_names: Default::default(),
     };
     match write_target(&az.exec, &desired, &live, &plan, &mut result).await {
         Ok(()) => {}
