@@ -13,6 +13,7 @@ use kube::api::{
 };
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config, Resource};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
@@ -97,13 +98,7 @@ async fn install_crd(client: &Client, file: &str, name: &str) -> Result<()> {
             source,
         })?;
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    api.patch(
-        name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .map_err(kube_err(format!("applying the CRD {name}")))?;
+    server_side_apply(&api, name, &crd, "the CRD").await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let c = api
@@ -137,14 +132,28 @@ pub async fn apply_namespace(client: &Client, ns: &str, labels: &[(&str, &str)])
         .collect();
     let body = json!({"apiVersion": "v1", "kind": "Namespace",
         "metadata": {"name": ns, "labels": labels}});
-    Api::<Namespace>::all(client.clone())
-        .patch(
-            ns,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await
-        .map_err(kube_err(format!("applying namespace {ns}")))?;
+    server_side_apply(
+        &Api::<Namespace>::all(client.clone()),
+        ns,
+        &body,
+        "namespace",
+    )
+    .await
+}
+
+/// Server-side apply of `body` as [`MANAGER`], taking over conflicting fields.
+async fn server_side_apply<K, B>(api: &Api<K>, name: &str, body: &B, what: &str) -> Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+    B: Serialize + Debug,
+{
+    api.patch(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .map_err(kube_err(format!("applying {what} {name}")))?;
     Ok(())
 }
 
@@ -162,15 +171,7 @@ pub async fn apply_policy(client: &Client, name: &str, spec: &Value) -> Result<(
         "metadata": {"name": name},
         "spec": spec,
     });
-    policies(client)
-        .patch(
-            name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await
-        .map_err(kube_err(format!("applying the policy {name}")))?;
-    Ok(())
+    server_side_apply(&policies(client), name, &body, "the policy").await
 }
 
 /// Deletes the policy `name` (absent is fine).

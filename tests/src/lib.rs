@@ -41,6 +41,22 @@ pub fn world(compute_yaml: &str) -> String {
     )
 }
 
+/// `virtualMachines:` vm0..vm<n-1> as world YAML; the even ones carry a system identity and
+/// an unowned UAI (ID3).
+pub fn fleet_vms(n: usize) -> String {
+    let mut s = String::from("virtualMachines:\n");
+    for i in 0..n {
+        s.push_str(&format!("  - id: {}\n", vm(&format!("vm{i}"))));
+        if i % 2 == 0 {
+            s.push_str(&format!(
+                "    identity:\n      type: SystemAssigned, UserAssigned\n      userAssignedIdentities: [{}]\n",
+                uai("ID3")
+            ));
+        }
+    }
+    s
+}
+
 pub struct Harness {
     pub sim: SimHandle,
     /// The one door to the simulator: ARM, and Graph with its own token.
@@ -101,6 +117,16 @@ impl Harness {
             .into_iter()
             .filter(|r| r.method == "PATCH")
             .filter_map(|r| r.body)
+            .collect()
+    }
+
+    /// Statuses of the answers to the PATCH requests the simulator received, in order.
+    pub fn patch_statuses(&self) -> Vec<u16> {
+        self.sim
+            .requests()
+            .iter()
+            .filter(|r| r.method == "PATCH")
+            .map(|r| r.status)
             .collect()
     }
 

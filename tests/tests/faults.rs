@@ -22,17 +22,7 @@ use vmidentity_tests::*;
 
 /// 12 VMs: even ones carry an unowned UAI (ID3) and a system identity.
 fn fleet() -> String {
-    let mut s = String::from("virtualMachines:\n");
-    for i in 0..12 {
-        s.push_str(&format!("  - id: {}\n", vm(&format!("vm{i}"))));
-        if i % 2 == 0 {
-            s.push_str(&format!(
-                "    identity:\n      type: SystemAssigned, UserAssigned\n      userAssignedIdentities: [{}]\n",
-                uai("ID3")
-            ));
-        }
-    }
-    world(&s)
+    world(&fleet_vms(12))
 }
 
 fn fleet_objects() -> Vec<DesiredObject> {
@@ -170,13 +160,7 @@ async fn a_nonexistent_uai_is_dropped_and_named_and_the_rest_goes_through() {
             vec!["id1".into(), "id2".into()]
         )
     );
-    let statuses: Vec<u16> = h
-        .sim
-        .requests()
-        .iter()
-        .filter(|q| q.method == "PATCH")
-        .map(|q| q.status)
-        .collect();
+    let statuses = h.patch_statuses();
     assert_eq!(
         statuses,
         vec![400, 200],

@@ -15,16 +15,7 @@ use vmidentity_tests::*;
 
 /// vm0..vm3 (vm0 and vm2 with a system identity and an unowned ID3) and vmss0.
 fn fleet() -> String {
-    let mut s = String::from("virtualMachines:\n");
-    for i in 0..4 {
-        s.push_str(&format!("  - id: {}\n", vm(&format!("vm{i}"))));
-        if i % 2 == 0 {
-            s.push_str(&format!(
-                "    identity:\n      type: SystemAssigned, UserAssigned\n      userAssignedIdentities: [{}]\n",
-                uai("ID3")
-            ));
-        }
-    }
+    let mut s = fleet_vms(4);
     s.push_str(&format!(
         "virtualMachineScaleSets:\n  - id: {}\n",
         vmss("vmss0")
