@@ -8,7 +8,7 @@ use serde_json::Value;
 use vmidentity::engine::{self, TargetResult};
 use vmidentity_azure::{ArmClient, ClientConfig, Executor, StaticToken};
 use vmidentity_planner::{Applied, DesiredObject, ObjectRef, RawSpec};
-use vmidentity_simulator::{SimConfig, SimHandle};
+use vmidentity_simulator::{RecordedRequest, SimConfig, SimHandle};
 pub use vmidentity_testkit::{GRAPH_TOKEN, TOKEN, test_client_config};
 
 pub const SUB: &str = "00000000-0000-0000-0000-000000000001";
@@ -110,24 +110,22 @@ impl Harness {
         (results, next)
     }
 
-    /// Bodies of the PATCH requests the simulator received, in order.
-    pub fn patch_bodies(&self) -> Vec<Value> {
+    /// The PATCH requests the simulator received, in order.
+    pub fn patches(&self) -> impl Iterator<Item = RecordedRequest> {
         self.sim
             .requests()
             .into_iter()
             .filter(|r| r.method == "PATCH")
-            .filter_map(|r| r.body)
-            .collect()
+    }
+
+    /// Bodies of the PATCH requests the simulator received, in order.
+    pub fn patch_bodies(&self) -> Vec<Value> {
+        self.patches().filter_map(|r| r.body).collect()
     }
 
     /// Statuses of the answers to the PATCH requests the simulator received, in order.
     pub fn patch_statuses(&self) -> Vec<u16> {
-        self.sim
-            .requests()
-            .iter()
-            .filter(|r| r.method == "PATCH")
-            .map(|r| r.status)
-            .collect()
+        self.patches().map(|r| r.status).collect()
     }
 
     /// `(type, sorted lower-cased UAI names)` of a target, as a 2018-06-01 GET shows it.
