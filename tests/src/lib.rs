@@ -7,29 +7,15 @@ use std::sync::Arc;
 use serde_json::Value;
 use vmidentity::engine::{self, TargetResult};
 use vmidentity_azure::{ArmClient, ClientConfig, Executor, StaticToken};
-use vmidentity_planner::{Applied, DesiredObject, ObjectRef, RawSpec};
+use vmidentity_planner::DesiredObject;
 use vmidentity_simulator::{RecordedRequest, SimConfig, SimHandle};
 pub use vmidentity_testkit::{GRAPH_TOKEN, TOKEN, test_client_config};
 
-pub const SUB: &str = "00000000-0000-0000-0000-000000000001";
-
-pub fn vm(name: &str) -> String {
-    format!(
-        "/subscriptions/{SUB}/resourceGroups/myResourceGroup/providers/Microsoft.Compute/virtualMachines/{name}"
-    )
-}
-
-pub fn vmss(name: &str) -> String {
-    format!(
-        "/subscriptions/{SUB}/resourceGroups/myResourceGroup/providers/Microsoft.Compute/virtualMachineScaleSets/{name}"
-    )
-}
-
-pub fn uai(name: &str) -> String {
-    format!(
-        "/subscriptions/{SUB}/resourceGroups/myResourceGroup/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}"
-    )
-}
+/// The planner tests' builders, one file for both suites: ARM IDs in subscription [`SUB`]
+/// (`vm`, `vmss`, `uai`), a validated object (`object`) and an ownership record (`owned`).
+#[path = "../../planner/tests/common/mod.rs"]
+mod builders;
+pub use builders::{SUB, applied as owned, obj as object, uai, vm, vmss};
 
 /// A world with UAIs ID1..ID3 and the given compute resources (YAML list items).
 pub fn world(compute_yaml: &str) -> String {
@@ -131,25 +117,5 @@ impl Harness {
     /// `(type, sorted lower-cased UAI names)` of a target, as a 2018-06-01 GET shows it.
     pub fn identity(&self, target: &str) -> (String, Vec<String>) {
         vmidentity_testkit::identity_of(&self.sim, target)
-    }
-}
-
-/// Builds a validated object.
-pub fn object(name: &str, target: &str, f: impl FnOnce(&mut RawSpec)) -> DesiredObject {
-    let mut raw = RawSpec {
-        target: target.to_string(),
-        ..Default::default()
-    };
-    f(&mut raw);
-    DesiredObject::new(
-        ObjectRef::new("default", name),
-        raw.validate().expect("valid spec"),
-    )
-}
-
-pub fn owned(ids: &[String]) -> Applied {
-    Applied {
-        user_assigned_identities: ids.to_vec(),
-        ..Applied::default()
     }
 }
