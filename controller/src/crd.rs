@@ -402,6 +402,29 @@ mod tests {
         assert!(o.holding(&o.applied()).is_none());
     }
 
+    /// The one mirror left: the CRD's spec (with its CEL rules) and the planner's `RawSpec`
+    /// must have the same fields, each of the same JSON type, and the same required ones.
+    #[test]
+    fn the_crd_spec_and_the_planner_raw_spec_have_the_same_fields() {
+        fn shape(
+            schema: schemars::Schema,
+        ) -> (Vec<(String, serde_json::Value)>, serde_json::Value) {
+            let v = schema.to_value();
+            let props = v["properties"]
+                .as_object()
+                .expect("properties")
+                .iter()
+                .map(|(k, p)| (k.clone(), p["type"].clone()))
+                .collect();
+            (props, v["required"].clone())
+        }
+        let crd = shape(schemars::schema_for!(VirtualMachineIdentitySpec));
+        let raw = shape(schemars::schema_for!(planner::RawSpec));
+        assert_eq!(crd, raw);
+        assert_eq!(crd.0.len(), 8, "{crd:?}");
+        assert_eq!(crd.1, serde_json::json!(["target"]));
+    }
+
     #[test]
     fn string_map_is_a_sorted_json_object_with_a_map_schema() {
         let mut m = StringMap::default();

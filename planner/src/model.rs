@@ -250,8 +250,12 @@ pub struct GroupMembershipSpec {
 }
 
 /// The spec of a VirtualMachineIdentity as it arrives (from YAML or the API server), before
-/// validation. Mirrors the CRD's `spec` field for field.
+/// validation. Mirrors the CRD's `spec` field for field: the CRD's spec type carries the CEL
+/// rules (kube's `x_kube` attributes), which this pure crate does not take; its items, enums and
+/// the status record are these types. With the `schema` feature the controller's tests check
+/// that both have the same fields, types and required ones.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RawSpec {
     pub target: String,
