@@ -119,44 +119,16 @@ pub struct VirtualMachineIdentitySpec {
 /// A user-assigned identity resource ID.
 pub type UserAssignedIdentityId = String;
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-pub enum Mode {
-    Merge,
-    Exact,
-}
+/// `spec.mode` and `spec.deletionPolicy` are the planner's own types (their schema comes with
+/// the planner's `schema` feature).
+pub use planner::{DeletionPolicy, Mode};
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-pub enum DeletionPolicy {
-    Detach,
-    Retain,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RoleAssignment {
-    /// `SystemAssigned` or one of spec.userAssignedIdentities.
-    #[schemars(length(min = 1, max = 350))]
-    pub identity: String,
-    /// A built-in role name (`Reader`), a role definition GUID, or a role definition ID.
-    #[schemars(length(min = 1, max = 512))]
-    pub role: String,
-    /// The ARM scope: a subscription, resource group, resource or management group ID.
-    #[schemars(length(min = 1, max = 1024))]
-    pub scope: String,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct GroupMembership {
-    /// `SystemAssigned` or one of spec.userAssignedIdentities.
-    #[schemars(length(min = 1, max = 350))]
-    pub identity: String,
-    /// The Entra ID group's object ID.
-    #[schemars(regex(
-        pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-    ))]
-    pub group_object_id: String,
-}
+/// The items of `spec.roleAssignments` and `spec.groupMemberships` are the planner's own
+/// [`planner::RawSpec`] items (their schema, descriptions and bounds come with the planner's
+/// `schema` feature).
+pub use planner::model::{
+    RawGroupMembership as GroupMembership, RawRoleAssignment as RoleAssignment,
+};
 
 /// Observed state, kstatus style.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -182,41 +154,10 @@ pub struct VirtualMachineIdentityStatus {
     pub user_assigned_count: Option<i64>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AppliedIdentities {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub system_assigned: Option<bool>,
-    #[serde(default)]
-    pub user_assigned_identities: Vec<String>,
-    /// Role assignments this object created or adopted.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub role_assignments: Vec<AppliedRoleAssignment>,
-    /// Group memberships this object added.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub group_memberships: Vec<AppliedGroupMembership>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AppliedRoleAssignment {
-    /// The role assignment's ARM ID.
-    pub id: String,
-    pub scope: String,
-    /// The role definition GUID.
-    pub role_definition_id: String,
-    pub principal_id: String,
-    /// `SystemAssigned` or the user-assigned identity ID.
-    pub identity: String,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AppliedGroupMembership {
-    pub group_object_id: String,
-    pub principal_id: String,
-    pub identity: String,
-}
+/// `status.applied`, the ownership record, is the planner's [`planner::Applied`] itself (its
+/// schema comes with the planner's `schema` feature): no copy to keep in step.
+pub use planner::Applied as AppliedIdentities;
+pub use planner::model::{AppliedGroupMembership, AppliedRoleAssignment};
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -300,64 +241,6 @@ impl JsonSchema for StringMap {
     }
 }
 
-impl From<&AppliedIdentities> for planner::Applied {
-    fn from(a: &AppliedIdentities) -> Self {
-        planner::Applied {
-            system_assigned: a.system_assigned,
-            user_assigned_identities: a.user_assigned_identities.clone(),
-            role_assignments: a
-                .role_assignments
-                .iter()
-                .map(|r| planner::grants::AppliedRoleAssignment {
-                    id: r.id.clone(),
-                    scope: r.scope.clone(),
-                    role_definition_id: r.role_definition_id.clone(),
-                    principal_id: r.principal_id.clone(),
-                    identity: r.identity.clone(),
-                })
-                .collect(),
-            group_memberships: a
-                .group_memberships
-                .iter()
-                .map(|g| planner::grants::AppliedGroupMembership {
-                    group_object_id: g.group_object_id.clone(),
-                    principal_id: g.principal_id.clone(),
-                    identity: g.identity.clone(),
-                })
-                .collect(),
-        }
-    }
-}
-
-impl From<&planner::Applied> for AppliedIdentities {
-    fn from(a: &planner::Applied) -> Self {
-        AppliedIdentities {
-            system_assigned: a.system_assigned,
-            user_assigned_identities: a.user_assigned_identities.clone(),
-            role_assignments: a
-                .role_assignments
-                .iter()
-                .map(|r| AppliedRoleAssignment {
-                    id: r.id.clone(),
-                    scope: r.scope.clone(),
-                    role_definition_id: r.role_definition_id.clone(),
-                    principal_id: r.principal_id.clone(),
-                    identity: r.identity.clone(),
-                })
-                .collect(),
-            group_memberships: a
-                .group_memberships
-                .iter()
-                .map(|g| AppliedGroupMembership {
-                    group_object_id: g.group_object_id.clone(),
-                    principal_id: g.principal_id.clone(),
-                    identity: g.identity.clone(),
-                })
-                .collect(),
-        }
-    }
-}
-
 /// The one conversion of an object into the planner's input.
 impl VirtualMachineIdentity {
     /// The object as the planner names it (`default` when the namespace is not set, as for
@@ -382,7 +265,7 @@ impl VirtualMachineIdentity {
         self.status
             .as_ref()
             .and_then(|s| s.applied.as_ref())
-            .map(Into::into)
+            .cloned()
             .unwrap_or_default()
     }
 
@@ -426,33 +309,12 @@ impl VirtualMachineIdentitySpec {
         planner::RawSpec {
             target: self.target.clone(),
             arm_api_version: self.arm_api_version.clone(),
-            mode: self.mode.map(|m| match m {
-                Mode::Merge => planner::Mode::Merge,
-                Mode::Exact => planner::Mode::Exact,
-            }),
+            mode: self.mode,
             system_assigned: self.system_assigned,
             user_assigned_identities: self.user_assigned_identities.clone(),
-            role_assignments: self
-                .role_assignments
-                .iter()
-                .map(|r| planner::model::RawRoleAssignment {
-                    identity: r.identity.clone(),
-                    role: r.role.clone(),
-                    scope: r.scope.clone(),
-                })
-                .collect(),
-            group_memberships: self
-                .group_memberships
-                .iter()
-                .map(|g| planner::model::RawGroupMembership {
-                    identity: g.identity.clone(),
-                    group_object_id: g.group_object_id.clone(),
-                })
-                .collect(),
-            deletion_policy: self.deletion_policy.map(|d| match d {
-                DeletionPolicy::Detach => planner::DeletionPolicy::Detach,
-                DeletionPolicy::Retain => planner::DeletionPolicy::Retain,
-            }),
+            role_assignments: self.role_assignments.clone(),
+            group_memberships: self.group_memberships.clone(),
+            deletion_policy: self.deletion_policy,
         }
     }
 }
@@ -538,6 +400,29 @@ mod tests {
         o.spec.target = "not a target".into();
         assert!(o.desired().is_err());
         assert!(o.holding(&o.applied()).is_none());
+    }
+
+    /// The one mirror left: the CRD's spec (with its CEL rules) and the planner's `RawSpec`
+    /// must have the same fields, each of the same JSON type, and the same required ones.
+    #[test]
+    fn the_crd_spec_and_the_planner_raw_spec_have_the_same_fields() {
+        fn shape(
+            schema: schemars::Schema,
+        ) -> (Vec<(String, serde_json::Value)>, serde_json::Value) {
+            let v = schema.to_value();
+            let props = v["properties"]
+                .as_object()
+                .expect("properties")
+                .iter()
+                .map(|(k, p)| (k.clone(), p["type"].clone()))
+                .collect();
+            (props, v["required"].clone())
+        }
+        let crd = shape(schemars::schema_for!(VirtualMachineIdentitySpec));
+        let raw = shape(schemars::schema_for!(planner::RawSpec));
+        assert_eq!(crd, raw);
+        assert_eq!(crd.0.len(), 8, "{crd:?}");
+        assert_eq!(crd.1, serde_json::json!(["target"]));
     }
 
     #[test]

@@ -127,22 +127,6 @@ pub fn demo_objects() -> Result<Vec<DesiredObject>, CliError> {
     Ok(out)
 }
 
-fn carry_ownership(objects: &[DesiredObject], results: &[TargetResult]) -> Vec<DesiredObject> {
-    objects
-        .iter()
-        .map(|o| {
-            let rec = results
-                .iter()
-                .filter(|r| r.error.is_none())
-                .find_map(|r| r.applied(&o.object));
-            match rec {
-                Some(a) => o.clone().with_applied(a),
-                None => o.clone(),
-            }
-        })
-        .collect()
-}
-
 struct Pass {
     writes: u64,
     errors: usize,
@@ -218,7 +202,7 @@ pub async fn run() -> Result<i32, CliError> {
     )
     .await;
     let survivors = check_survivors(&sim, &web2, principal_before.as_deref());
-    let objects = carry_ownership(&objects, &r1);
+    let objects = engine::carry_ownership(&objects, &r1);
     let (p2, r2) = pass(
         "Pass 2: apply again (converged: expect 0 writes)",
         &exec,
@@ -226,7 +210,7 @@ pub async fn run() -> Result<i32, CliError> {
         &objects,
     )
     .await;
-    let mut objects = carry_ownership(&objects, &r2);
+    let mut objects = engine::carry_ownership(&objects, &r2);
 
     // platform/monitoring-agent stops asking for uai-monitoring on vm-web-1. It applied it, so
     // it goes (a `null` in the dictionary); team-data/db still has it on vm-db-1.
@@ -242,7 +226,7 @@ pub async fn run() -> Result<i32, CliError> {
         &objects,
     )
     .await;
-    let objects = carry_ownership(&objects, &r3);
+    let objects = engine::carry_ownership(&objects, &r3);
     let (p4, _) = pass(
         "Pass 4: apply again (expect 0 writes)",
         &exec,

@@ -642,6 +642,24 @@ pub fn with_state(objects: Vec<DesiredObject>, state: &State) -> Vec<DesiredObje
         .collect()
 }
 
+/// The objects with the new ownership records of the targets that succeeded (the next pass's
+/// input, as the controller would read them back from `status.applied`).
+pub fn carry_ownership(objects: &[DesiredObject], results: &[TargetResult]) -> Vec<DesiredObject> {
+    objects
+        .iter()
+        .map(|o| {
+            let rec = results
+                .iter()
+                .filter(|r| r.error.is_none())
+                .find_map(|r| r.applied(&o.object));
+            match rec {
+                Some(a) => o.clone().with_applied(a),
+                None => o.clone(),
+            }
+        })
+        .collect()
+}
+
 /// The state after a run: successful targets' new records replace the old ones, exactly as
 /// the controller writes `status.applied` (identities, role assignments with the IDs ARM
 /// answered, group memberships); objects being deleted are dropped once their target

@@ -318,20 +318,7 @@ async fn a_namespace_credential_confines_the_team_to_its_own_azure_rights() {
     // The platform admin binds the team's identity to its namespace.
     env.set_policy(allow_all_binding(&env.ns, &[TEAM_CLIENT]))
         .await;
-    let url = env.sim.base_url();
-    let _c = ControllerProc::start_with_env(
-        &env.ns,
-        &env.sim,
-        "a",
-        &[
-            "--namespace-credentials=required",
-            "--namespace-credential-ttl-seconds=1",
-        ],
-        &[
-            ("AZURE_ACCESS_TOKEN", TOKEN),
-            ("AZURE_AUTHORITY_HOST", &url),
-        ],
-    );
+    let _c = env.controller_requiring_credentials("a", false);
     // No Secret yet, and credentials are required: refused, nothing sent to ARM.
     env.create(
         "web",
@@ -642,10 +629,7 @@ async fn a_tenant_secret_cannot_redirect_the_controllers_token_or_borrow_an_iden
         &env.ns,
         &env.sim,
         "a",
-        &[
-            "--namespace-credentials=required",
-            "--namespace-credential-ttl-seconds=1",
-        ],
+        &REQUIRED_CREDENTIALS_FLAGS,
         &[
             ("VMIDENTITY_AUTH", "workloadIdentity"),
             ("AZURE_AUTHORITY_HOST", &url),

@@ -73,7 +73,7 @@ async fn a_denied_newcomer_in_another_namespace_cannot_freeze_a_tenants_vm() {
         &[],
         &[
             ("AZURE_ACCESS_TOKEN", TOKEN),
-            ("AZURE_GRAPH_ACCESS_TOKEN", "sim-graph-token"),
+            ("AZURE_GRAPH_ACCESS_TOKEN", vmidentity_testkit::GRAPH_TOKEN),
         ],
     );
     let team = env.ns.clone();
@@ -304,20 +304,7 @@ async fn a_denied_newcomer_without_or_with_another_credential_cannot_stall_a_ten
         json!({"AZURE_TENANT_ID": TENANT, "AZURE_CLIENT_ID": OTHER_CLIENT, "AZURE_CLIENT_SECRET": "other-secret"}),
     )
     .await;
-    let url = env.sim.base_url();
-    let _c = ControllerProc::start_cluster_wide(
-        &env.ns,
-        &env.sim,
-        "a",
-        &[
-            "--namespace-credentials=required",
-            "--namespace-credential-ttl-seconds=1",
-        ],
-        &[
-            ("AZURE_ACCESS_TOKEN", TOKEN),
-            ("AZURE_AUTHORITY_HOST", &url),
-        ],
-    );
+    let _c = env.controller_requiring_credentials("a", true);
     env.create_in(
         &team,
         "web",

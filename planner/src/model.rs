@@ -89,6 +89,7 @@ impl fmt::Display for ApiVersion {
 
 /// Merge adds what an object lists; Exact makes the list the whole user-assigned set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Mode {
     #[default]
     Merge,
@@ -97,11 +98,14 @@ pub enum Mode {
 
 /// What deleting an object does to what it applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum DeletionPolicy {
-    /// Remove the user-assigned identities the object applied and nobody else wants.
+    // Plain comments, not doc comments, on the variants: with these, schemars would describe
+    // the enum as a `oneOf` and change the CRD's schema of `spec.deletionPolicy`.
+    // Remove the user-assigned identities the object applied and nobody else wants.
     #[default]
     Detach,
-    /// Leave everything on the target.
+    // Leave everything on the target.
     Retain,
 }
 
@@ -127,11 +131,13 @@ impl fmt::Display for ObjectRef {
     }
 }
 
-/// A role assignment this object owns (`status.applied.roleAssignments`).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+// A role assignment this object owns (`status.applied.roleAssignments`). A plain comment: the
+// CRD's schema of the list's items carries no description.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct AppliedRoleAssignment {
-    /// The assignment's full ARM ID.
+    /// The role assignment's ARM ID.
     pub id: String,
     pub scope: String,
     /// The role definition GUID.
@@ -141,8 +147,10 @@ pub struct AppliedRoleAssignment {
     pub identity: String,
 }
 
-/// A group membership this object owns (`status.applied.groupMemberships`).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+// A group membership this object owns (`status.applied.groupMemberships`) (a plain comment,
+// as above).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct AppliedGroupMembership {
     pub group_object_id: String,
@@ -152,14 +160,17 @@ pub struct AppliedGroupMembership {
 
 /// The ownership record an object keeps in `status.applied`: what it manages on its target.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Applied {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_assigned: Option<bool>,
     #[serde(default)]
     pub user_assigned_identities: Vec<String>,
+    /// Role assignments this object created or adopted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub role_assignments: Vec<AppliedRoleAssignment>,
+    /// Group memberships this object added.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub group_memberships: Vec<AppliedGroupMembership>,
 }
@@ -239,8 +250,12 @@ pub struct GroupMembershipSpec {
 }
 
 /// The spec of a VirtualMachineIdentity as it arrives (from YAML or the API server), before
-/// validation. Mirrors the CRD's `spec` field for field.
+/// validation. Mirrors the CRD's `spec` field for field: the CRD's spec type carries the CEL
+/// rules (kube's `x_kube` attributes), which this pure crate does not take; its items, enums and
+/// the status record are these types. With the `schema` feature the controller's tests check
+/// that both have the same fields, types and required ones.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RawSpec {
     pub target: String,
@@ -260,18 +275,37 @@ pub struct RawSpec {
     pub deletion_policy: Option<DeletionPolicy>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+// The items of `spec.roleAssignments` and `spec.groupMemberships`: the CRD's schema of them
+// comes from these types (the `schema` feature), field docs included.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RawRoleAssignment {
+    /// `SystemAssigned` or one of spec.userAssignedIdentities.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 350)))]
     pub identity: String,
+    /// A built-in role name (`Reader`), a role definition GUID, or a role definition ID.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 512)))]
     pub role: String,
+    /// The ARM scope: a subscription, resource group, resource or management group ID.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 1024)))]
     pub scope: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RawGroupMembership {
+    /// `SystemAssigned` or one of spec.userAssignedIdentities.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 350)))]
     pub identity: String,
+    /// The Entra ID group's object ID.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(regex(
+            pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+        ))
+    )]
     pub group_object_id: String,
 }
 

@@ -1,35 +1,21 @@
 //! Shared harness for scenario tests: the ARM simulator on loopback, a client pointed at it,
-//! and helpers to build objects and read what the simulator received.
+//! and helpers to build objects and read what the simulator received. What the controller's
+//! end-to-end tests and the bench use too comes from `vmidentity-testkit`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::Value;
 use vmidentity::engine::{self, TargetResult};
 use vmidentity_azure::{ArmClient, ClientConfig, Executor, StaticToken};
-use vmidentity_planner::{Applied, DesiredObject, ObjectRef, RawSpec};
-use vmidentity_simulator::{SimConfig, SimHandle, WorldSeed};
+use vmidentity_planner::DesiredObject;
+use vmidentity_simulator::{RecordedRequest, SimConfig, SimHandle};
+pub use vmidentity_testkit::{GRAPH_TOKEN, TOKEN, test_client_config};
 
-pub const SUB: &str = "00000000-0000-0000-0000-000000000001";
-pub const TOKEN: &str = "sim-token";
-
-pub fn vm(name: &str) -> String {
-    format!(
-        "/subscriptions/{SUB}/resourceGroups/myResourceGroup/providers/Microsoft.Compute/virtualMachines/{name}"
-    )
-}
-
-pub fn vmss(name: &str) -> String {
-    format!(
-        "/subscriptions/{SUB}/resourceGroups/myResourceGroup/providers/Microsoft.Compute/virtualMachineScaleSets/{name}"
-    )
-}
-
-pub fn uai(name: &str) -> String {
-    format!(
-        "/subscriptions/{SUB}/resourceGroups/myResourceGroup/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}"
-    )
-}
+/// The planner tests' builders, one file for both suites: ARM IDs in subscription [`SUB`]
+/// (`vm`, `vmss`, `uai`), a validated object (`object`) and an ownership record (`owned`).
+#[path = "../../planner/tests/common/mod.rs"]
+mod builders;
+pub use builders::{SUB, applied as owned, obj as object, uai, vm, vmss};
 
 /// A world with UAIs ID1..ID3 and the given compute resources (YAML list items).
 pub fn world(compute_yaml: &str) -> String {
@@ -41,23 +27,21 @@ pub fn world(compute_yaml: &str) -> String {
     )
 }
 
-/// Client settings for tests: fast backoff, short inline waits.
-pub fn test_client_config(endpoint: &str) -> ClientConfig {
-    ClientConfig {
-        endpoint: endpoint.to_string(),
-        max_attempts: 4,
-        base_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(200),
-        max_inline_wait: Duration::from_secs(3),
-        default_retry_after: Duration::from_secs(1),
-        lro_poll_interval: Duration::from_millis(20),
-        lro_timeout: Duration::from_secs(20),
-        request_timeout: Duration::from_secs(10),
-        ..ClientConfig::default()
+/// `virtualMachines:` vm0..vm<n-1> as world YAML; the even ones carry a system identity and
+/// an unowned UAI (ID3).
+pub fn fleet_vms(n: usize) -> String {
+    let mut s = String::from("virtualMachines:\n");
+    for i in 0..n {
+        s.push_str(&format!("  - id: {}\n", vm(&format!("vm{i}"))));
+        if i % 2 == 0 {
+            s.push_str(&format!(
+                "    identity:\n      type: SystemAssigned, UserAssigned\n      userAssignedIdentities: [{}]\n",
+                uai("ID3")
+            ));
+        }
     }
+    s
 }
-
-pub const GRAPH_TOKEN: &str = "sim-graph-token";
 
 pub struct Harness {
     pub sim: SimHandle,
@@ -67,40 +51,34 @@ pub struct Harness {
 
 impl Harness {
     pub async fn new(world_yaml: &str) -> Harness {
-        let seed = WorldSeed::from_yaml_str(world_yaml).expect("world parses");
-        Harness::with_config(SimConfig {
-            seed,
-            ..SimConfig::default()
-        })
-        .await
+        let sim = vmidentity_testkit::start_sim(world_yaml, |_| {})
+            .await
+            .expect("simulator starts");
+        Harness::on(sim)
     }
 
     pub async fn with_config(cfg: SimConfig) -> Harness {
         let sim = vmidentity_simulator::start(cfg)
             .await
             .expect("simulator starts");
+        Harness::on(sim)
+    }
+
+    fn on(sim: SimHandle) -> Harness {
+        let graph = ClientConfig {
+            token_scope: vmidentity_azure::GRAPH_SCOPE.to_string(),
+            ..test_client_config(&sim.base_url())
+        };
         let exec = Harness::executor(&sim, TOKEN).with_graph(
-            ArmClient::new(
-                ClientConfig {
-                    token_scope: vmidentity_azure::GRAPH_SCOPE.to_string(),
-                    ..test_client_config(&sim.base_url())
-                },
-                Arc::new(StaticToken::new(GRAPH_TOKEN)),
-            )
-            .expect("graph client"),
+            ArmClient::new(graph, Arc::new(StaticToken::new(GRAPH_TOKEN))).expect("graph client"),
         );
         Harness { sim, exec }
     }
 
     /// An executor for ARM only, with `token`.
     pub fn executor(sim: &SimHandle, token: &str) -> Executor {
-        Executor::new(
-            ArmClient::new(
-                test_client_config(&sim.base_url()),
-                Arc::new(StaticToken::new(token)),
-            )
-            .expect("client"),
-        )
+        vmidentity_testkit::arm_executor(test_client_config(&sim.base_url()), token)
+            .expect("client")
     }
 
     /// One apply pass over the objects.
@@ -114,75 +92,30 @@ impl Harness {
         objects: &[DesiredObject],
     ) -> (Vec<TargetResult>, Vec<DesiredObject>) {
         let results = self.apply(objects).await;
-        let next = objects
-            .iter()
-            .map(|o| {
-                let rec = results
-                    .iter()
-                    .filter(|r| r.error.is_none())
-                    .find_map(|r| r.applied(&o.object));
-                match rec {
-                    Some(a) => o.clone().with_applied(a),
-                    None => o.clone(),
-                }
-            })
-            .collect();
+        let next = engine::carry_ownership(objects, &results);
         (results, next)
     }
 
-    /// Bodies of the PATCH requests the simulator received, in order.
-    pub fn patch_bodies(&self) -> Vec<Value> {
+    /// The PATCH requests the simulator received, in order.
+    pub fn patches(&self) -> impl Iterator<Item = RecordedRequest> {
         self.sim
             .requests()
             .into_iter()
             .filter(|r| r.method == "PATCH")
-            .filter_map(|r| r.body)
-            .collect()
+    }
+
+    /// Bodies of the PATCH requests the simulator received, in order.
+    pub fn patch_bodies(&self) -> Vec<Value> {
+        self.patches().filter_map(|r| r.body).collect()
+    }
+
+    /// Statuses of the answers to the PATCH requests the simulator received, in order.
+    pub fn patch_statuses(&self) -> Vec<u16> {
+        self.patches().map(|r| r.status).collect()
     }
 
     /// `(type, sorted lower-cased UAI names)` of a target, as a 2018-06-01 GET shows it.
     pub fn identity(&self, target: &str) -> (String, Vec<String>) {
-        let ident = self.sim.identity_of(target).unwrap_or(Value::Null);
-        let ty = ident
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("None")
-            .to_string();
-        let mut names: Vec<String> = ident
-            .get("userAssignedIdentities")
-            .and_then(Value::as_object)
-            .map(|m| {
-                m.keys()
-                    .map(|k| {
-                        k.rsplit('/')
-                            .next()
-                            .unwrap_or_default()
-                            .to_ascii_lowercase()
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        (ty, names)
-    }
-}
-
-/// Builds a validated object.
-pub fn object(name: &str, target: &str, f: impl FnOnce(&mut RawSpec)) -> DesiredObject {
-    let mut raw = RawSpec {
-        target: target.to_string(),
-        ..Default::default()
-    };
-    f(&mut raw);
-    DesiredObject::new(
-        ObjectRef::new("default", name),
-        raw.validate().expect("valid spec"),
-    )
-}
-
-pub fn owned(ids: &[String]) -> Applied {
-    Applied {
-        user_assigned_identities: ids.to_vec(),
-        ..Applied::default()
+        vmidentity_testkit::identity_of(&self.sim, target)
     }
 }

@@ -77,13 +77,7 @@ async fn a_user_assigned_identity_that_does_not_exist_is_refused_then_left_out()
     });
     let results = h.apply(&[o]).await;
     // ARM refuses the whole PATCH (nothing applied), then the rest goes without the bad ID.
-    let statuses: Vec<u16> = h
-        .sim
-        .requests()
-        .iter()
-        .filter(|r| r.method == "PATCH")
-        .map(|r| r.status)
-        .collect();
+    let statuses = h.patch_statuses();
     assert_eq!(statuses, vec![400, 200]);
     assert!(results[0].error.is_none(), "{:?}", results[0].error);
     let bad: Vec<String> = results[0]
@@ -132,13 +126,7 @@ async fn throttling_with_a_short_retry_after_is_waited_out() {
     );
     let stats = h.exec.client().stats();
     assert_eq!(stats.throttled, 1);
-    let patches: Vec<u16> = h
-        .sim
-        .requests()
-        .iter()
-        .filter(|r| r.method == "PATCH")
-        .map(|r| r.status)
-        .collect();
+    let patches = h.patch_statuses();
     assert_eq!(patches, vec![429, 200]);
     assert_eq!(h.identity(&vm("vm1")).0, "SystemAssigned");
 }
@@ -180,12 +168,7 @@ async fn server_errors_are_retried_and_the_patch_applied_once() {
     });
     let results = h.apply(&[o]).await;
     assert!(results[0].error.is_none(), "{:?}", results[0].error);
-    let ok_patches = h
-        .sim
-        .requests()
-        .iter()
-        .filter(|r| r.method == "PATCH" && r.status == 200)
-        .count();
+    let ok_patches = h.patches().filter(|r| r.status == 200).count();
     assert_eq!(ok_patches, 1);
     assert_eq!(
         h.identity(&vm("vm1")),

@@ -22,17 +22,7 @@ use vmidentity_tests::*;
 
 /// 12 VMs: even ones carry an unowned UAI (ID3) and a system identity.
 fn fleet() -> String {
-    let mut s = String::from("virtualMachines:\n");
-    for i in 0..12 {
-        s.push_str(&format!("  - id: {}\n", vm(&format!("vm{i}"))));
-        if i % 2 == 0 {
-            s.push_str(&format!(
-                "    identity:\n      type: SystemAssigned, UserAssigned\n      userAssignedIdentities: [{}]\n",
-                uai("ID3")
-            ));
-        }
-    }
-    world(&s)
+    world(&fleet_vms(12))
 }
 
 fn fleet_objects() -> Vec<DesiredObject> {
@@ -99,12 +89,7 @@ async fn a_429_storm_and_5xx_mid_converge_lose_nothing() {
         }
     }
     assert_fleet_converged(&h, &principals);
-    let ok_patches = h
-        .sim
-        .requests()
-        .iter()
-        .filter(|r| r.method == "PATCH" && r.status == 200)
-        .count();
+    let ok_patches = h.patches().filter(|r| r.status == 200).count();
     assert_eq!(ok_patches, 12, "one accepted PATCH per VM");
     let again = h.apply(&objects).await;
     assert!(again.iter().all(|r| r.writes() == 0));
@@ -170,13 +155,7 @@ async fn a_nonexistent_uai_is_dropped_and_named_and_the_rest_goes_through() {
             vec!["id1".into(), "id2".into()]
         )
     );
-    let statuses: Vec<u16> = h
-        .sim
-        .requests()
-        .iter()
-        .filter(|q| q.method == "PATCH")
-        .map(|q| q.status)
-        .collect();
+    let statuses = h.patch_statuses();
     assert_eq!(
         statuses,
         vec![400, 200],

@@ -7,6 +7,7 @@
 //! runs); the triggered reconciles go through the engine (`engine::apply`: GET, plan,
 //! `write_target`), the same read-plan-write path `reconcile_target` takes.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use vmidentity::operator::fleet::scan_targets;
@@ -15,16 +16,7 @@ use vmidentity_tests::*;
 
 /// vm0..vm3 (vm0 and vm2 with a system identity and an unowned ID3) and vmss0.
 fn fleet() -> String {
-    let mut s = String::from("virtualMachines:\n");
-    for i in 0..4 {
-        s.push_str(&format!("  - id: {}\n", vm(&format!("vm{i}"))));
-        if i % 2 == 0 {
-            s.push_str(&format!(
-                "    identity:\n      type: SystemAssigned, UserAssigned\n      userAssignedIdentities: [{}]\n",
-                uai("ID3")
-            ));
-        }
-    }
+    let mut s = fleet_vms(4);
     s.push_str(&format!(
         "virtualMachineScaleSets:\n  - id: {}\n",
         vmss("vmss0")
@@ -55,6 +47,14 @@ fn objects() -> Vec<DesiredObject> {
 }
 
 /// `(identity as GET shows it, system principal history)` of every target.
+/// The objects whose target a resync scan asked to reconcile.
+fn triggered(objs: &[DesiredObject], keys: &BTreeSet<String>) -> Vec<DesiredObject> {
+    objs.iter()
+        .filter(|o| keys.contains(o.spec.target.key()))
+        .cloned()
+        .collect()
+}
+
 fn snapshot(h: &Harness) -> Vec<(serde_json::Value, Vec<String>)> {
     targets()
         .iter()
@@ -87,12 +87,7 @@ async fn stale_resource_graph_rows_trigger_gets_only() {
     assert_eq!(scan.drifted.len(), targets().len(), "{scan:?}");
     assert!(scan.missing.is_empty());
     let keys = scan.to_reconcile();
-    let triggered: Vec<DesiredObject> = objs
-        .iter()
-        .filter(|o| keys.contains(o.spec.target.key()))
-        .cloned()
-        .collect();
-    let results = h.apply(&triggered).await;
+    let results = h.apply(&triggered(&objs, &keys)).await;
     assert!(results.iter().all(|r| r.error.is_none()), "{results:?}");
     assert!(
         results
@@ -168,17 +163,12 @@ async fn rows_showing_our_previous_change_trigger_gets_only() {
         .await
         .expect("Resource Graph query");
     let keys = scan.to_reconcile();
-    let expected: std::collections::BTreeSet<String> = [vm("vm0"), vm("vm1")]
+    let expected: BTreeSet<String> = [vm("vm0"), vm("vm1")]
         .iter()
         .map(|t| t.to_ascii_lowercase())
         .collect();
     assert_eq!(keys, expected, "the rows still show the first change");
-    let triggered: Vec<DesiredObject> = objs
-        .iter()
-        .filter(|o| keys.contains(o.spec.target.key()))
-        .cloned()
-        .collect();
-    let results = h.apply(&triggered).await;
+    let results = h.apply(&triggered(&objs, &keys)).await;
     assert!(
         results.iter().all(|r| r.error.is_none() && r.writes() == 0),
         "{results:?}"

@@ -9,26 +9,19 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use futures::{StreamExt, stream};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
 use vmidentity::crd::{VirtualMachineIdentity, VirtualMachineIdentitySpec};
-use vmidentity_simulator::{Counters, LroMode, SimConfig, SimHandle, WorldSeed};
+use vmidentity_simulator::{Counters, LroMode, SimHandle};
+use vmidentity_testkit::{self as kit, TOKEN};
 
-pub(super) const TOKEN: &str = "sim-token";
-pub(super) const CRD_NAME: &str = "virtualmachineidentities.vmidentity.dev";
 /// Resync period of a controller that must not resync during the measurement.
 pub(super) const NO_RESYNC_SECS: u64 = 3600;
 
@@ -203,6 +196,7 @@ pub async fn run(opt: Options) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vmidentity_simulator::WorldSeed;
 
     #[test]
     pub(super) fn parses_prometheus_text() {

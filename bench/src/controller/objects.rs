@@ -16,53 +16,10 @@ pub(super) async fn create_with_retry(
     false
 }
 
-/// Names of the objects of the namespace.
-pub(super) async fn names(api: &Api<VirtualMachineIdentity>) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let mut lp = ListParams::default().limit(500);
-        if let Some(t) = &token {
-            lp = lp.continue_token(t);
-        }
-        let page = api.list_metadata(&lp).await.context("listing objects")?;
-        out.extend(page.items.into_iter().filter_map(|o| o.metadata.name));
-        token = page.metadata.continue_.filter(|t| !t.is_empty());
-        if token.is_none() {
-            return Ok(out);
-        }
-    }
-}
-
 /// Removes every object of the namespace (finalizers first) and the Events there.
 pub(super) async fn cleanup(client: &Client, ns: &str, concurrency: usize) {
     let api: Api<VirtualMachineIdentity> = Api::namespaced(client.clone(), ns);
-    for _ in 0..3 {
-        let Ok(list) = names(&api).await else { break };
-        if list.is_empty() {
-            break;
-        }
-        stream::iter(list)
-            .map(|name| {
-                let api = api.clone();
-                async move {
-                    let _ = api
-                        .patch(
-                            &name,
-                            &PatchParams::default(),
-                            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-                        )
-                        .await;
-                }
-            })
-            .buffer_unordered(concurrency.max(1))
-            .collect::<Vec<()>>()
-            .await;
-        // One request instead of one per object.
-        let _ = api
-            .delete_collection(&DeleteParams::default(), &ListParams::default())
-            .await;
-    }
+    kit::clear_objects(&api, concurrency).await;
     let events: Api<Event> = Api::namespaced(client.clone(), ns);
     for _ in 0..3 {
         let _ = events

@@ -2,25 +2,6 @@
 
 use super::*;
 
-/// A tiny HTTP/1.0 GET of /metrics (plain HTTP on loopback).
-pub(super) async fn http_get(addr: &str) -> Result<String> {
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await?;
-    let (head, body) = buf
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("malformed HTTP response"))?;
-    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        bail!(
-            "/metrics answered {}",
-            head.lines().next().unwrap_or_default()
-        );
-    }
-    Ok(body.to_string())
-}
-
 /// Samples of a Prometheus text exposition.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Prom {

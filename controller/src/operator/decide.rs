@@ -12,9 +12,7 @@ use vmidentity_planner::{Applied, DesiredObject, LiveResource, PlanError, Target
 use super::conditions::{self, Phase};
 use super::credentials::CredentialError;
 use super::events::EventType;
-use crate::crd::{
-    AppliedIdentities, Principals, VirtualMachineIdentity, VirtualMachineIdentityStatus,
-};
+use crate::crd::{Principals, VirtualMachineIdentity, VirtualMachineIdentityStatus};
 use crate::engine::{EngineError, TargetResult};
 
 /// Why an object stands where it stands: the reason of its conditions and Events.
@@ -748,7 +746,7 @@ impl<'a> Success<'a> {
         let st = VirtualMachineIdentityStatus {
             observed_generation: o.metadata.generation,
             conditions: conds,
-            applied: Some(AppliedIdentities::from(&applied)),
+            applied: Some(applied.clone()),
             principals: (principals != Principals::default()).then_some(principals),
             target_name: Some(plan.target.name().to_string()),
             user_assigned_count: Some(present),

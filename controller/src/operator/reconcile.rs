@@ -23,7 +23,7 @@ use super::events::{EventRecorder, EventType, Published};
 use super::metrics::Metrics;
 use super::policy::PolicyView;
 use super::target::{objects_on, target_key};
-use crate::crd::{AppliedIdentities, VirtualMachineIdentity, VirtualMachineIdentityStatus};
+use crate::crd::{VirtualMachineIdentity, VirtualMachineIdentityStatus};
 use crate::engine::{EngineError, TargetResult, read_version, write_target};
 
 pub const FINALIZER: &str = "vmidentity.dev/finalizer";
@@ -619,7 +619,7 @@ async fn widen_records(
     for m in members.iter().filter(|m| m.is_active()) {
         if let Some(claim) = claims.get(&m.obj.planner_ref()) {
             let mut st = m.obj.status.clone().unwrap_or_default();
-            let claim = AppliedIdentities::from(claim);
+            let claim = claim.clone();
             if st.applied.as_ref() != Some(&claim) {
                 st.applied = Some(claim);
                 ctx.patch_status(&m.obj, &st).await?;

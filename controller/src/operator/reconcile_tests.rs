@@ -18,6 +18,7 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 use vmidentity_azure::Executor;
 use vmidentity_simulator::{LroMode, SimConfig, SimHandle, WorldSeed};
+use vmidentity_testkit::allow_all_policy;
 
 use super::{Context, FINALIZER, reconcile};
 use crate::crd::{VirtualMachineIdentity, VirtualMachineIdentityPolicy};
@@ -94,19 +95,6 @@ fn policy(spec: Value) -> VirtualMachineIdentityPolicy {
         "spec": spec,
     }))
     .expect("policy")
-}
-
-/// Everything, for namespace `ns` (tests/e2e/harness.rs `allow_all_policy`).
-fn allow_all(ns: &str) -> Value {
-    json!({
-        "namespaces": {"names": [ns]},
-        "targets": {"patterns": ["**"]},
-        "userAssignedIdentities": {"patterns": ["**"]},
-        "allowDisableSystemAssigned": true,
-        "allowExactMode": true,
-        "roleAssignments": [{"roles": ["*"], "scopes": ["/**"]}],
-        "groups": ["*"],
-    })
 }
 
 /// A request the mocked API server received.
@@ -283,7 +271,7 @@ async fn a_new_object_is_claimed_recorded_applied_and_reported() {
         "web",
         json!({"target": vm(), "userAssignedIdentities": [uai("uai-a")]}),
     );
-    let (action, seen) = run(o, &[policy(allow_all(NS))], &sim).await;
+    let (action, seen) = run(o, &[policy(allow_all_policy(NS))], &sim).await;
     let path = object_path("web");
 
     // 1. The finalizer, before anything is written to ARM (with the resourceVersion read).
@@ -351,7 +339,7 @@ async fn a_new_object_is_claimed_recorded_applied_and_reported() {
 async fn a_denied_object_is_stalled_without_a_claim_or_azure() {
     let sim = sim(None).await;
     // The policy covers the namespace but not this VM.
-    let mut spec = allow_all(NS);
+    let mut spec = allow_all_policy(NS);
     spec["targets"] = json!({"patterns": [format!("{}/providers/Microsoft.Compute/virtualMachines/other-*", rg())]});
     let o = object(
         "web",
@@ -378,7 +366,7 @@ async fn an_invalid_spec_is_stalled_without_azure() {
     let sim = sim(None).await;
     // A resource group is not a VM (the CRD would refuse it; the reconciler must too).
     let o = object("web", json!({"target": rg(), "systemAssigned": true}));
-    let (action, seen) = run(o, &[policy(allow_all(NS))], &sim).await;
+    let (action, seen) = run(o, &[policy(allow_all_policy(NS))], &sim).await;
 
     assert_eq!(seen.len(), 2, "{seen:#?}");
     assert_event(&seen[0], "Warning", "InvalidSpec");
@@ -420,7 +408,7 @@ async fn a_deleted_object_detaches_what_it_applied_then_lets_go() {
         }),
         ..Default::default()
     });
-    let (_action, seen) = run(o, &[policy(allow_all(NS))], &sim).await;
+    let (_action, seen) = run(o, &[policy(allow_all_policy(NS))], &sim).await;
 
     // The ARM PATCH removes uai-a only.
     let writes = arm_writes(&sim);
@@ -535,9 +523,9 @@ fn events_about<'a>(seen: &'a [Seen], name: &str) -> Vec<&'a Seen> {
 /// Ready first, not only age).
 #[tokio::test]
 async fn a_newcomer_in_another_namespace_is_refused_and_the_working_object_keeps_the_target() {
-    let mut platform = allow_all("platform");
+    let mut platform = allow_all_policy("platform");
     platform["allowDisableSystemAssigned"] = json!(false);
-    let mut sandbox = allow_all("sandbox");
+    let mut sandbox = allow_all_policy("sandbox");
     sandbox["allowExactMode"] = json!(true);
     let mut p2 = policy(sandbox);
     p2.metadata.name = Some("sandbox".into());

@@ -1,26 +1,25 @@
 //! End-to-end harness: a real API server (tests/apiserver/kube-up.sh), the ARM simulator in this
-//! process, and the real `vmidentity controller` binary as a child process.
+//! process, and the real `vmidentity controller` binary as a child process. What does not need
+//! the custom resource's Rust types comes from the shared kit (`vmidentity-testkit`, also used
+//! by the scenario tests and the bench); this file adds the typed `Env` and the names the tests
+//! call.
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use vmidentity::crd::{
-    VirtualMachineIdentity, VirtualMachineIdentityPolicy, VirtualMachineIdentitySpec,
-};
-use vmidentity_simulator::{SimConfig, SimHandle, WorldSeed};
+use vmidentity::crd::{VirtualMachineIdentity, VirtualMachineIdentitySpec};
+use vmidentity_simulator::{SimConfig, SimHandle};
+use vmidentity_testkit as kit;
+
+pub use kit::{TOKEN, allow_all_policy};
 
 pub const SUB: &str = "/subscriptions/00000000-0000-0000-0000-0000000000e2";
-pub const TOKEN: &str = "sim-token";
 
 pub fn vm(name: &str) -> String {
     format!("{SUB}/resourceGroups/rg-e2e/providers/Microsoft.Compute/virtualMachines/{name}")
@@ -32,96 +31,28 @@ pub fn uai(name: &str) -> String {
     )
 }
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The kubeconfig of the test API server: `VMIDENTITY_E2E_KUBECONFIG`, or what
-/// `tests/apiserver/kube-up.sh` prints (it is idempotent and fast once built).
+/// The kubeconfig of the test API server ([`kit::kubeconfig`], once per test binary).
 pub fn kubeconfig() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        if let Ok(p) = std::env::var("VMIDENTITY_E2E_KUBECONFIG") {
-            return PathBuf::from(p);
-        }
-        let out = Command::new("bash")
-            .arg(root().join("tests/apiserver/kube-up.sh"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("tests/apiserver/kube-up.sh runs");
-        assert!(out.status.success(), "tests/apiserver/kube-up.sh failed");
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    })
-    .clone()
+    PATH.get_or_init(|| kit::kubeconfig().expect("the test API server"))
+        .clone()
 }
 
 pub async fn client() -> Client {
-    let kc = Kubeconfig::read_from(kubeconfig()).expect("kubeconfig");
-    let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .expect("config");
-    Client::try_from(cfg).expect("client")
+    kit::client(&kubeconfig()).await.expect("client")
 }
 
 /// Installs (server-side apply) the CRDs from crds/ and waits until they are Established.
 pub async fn install_crd(client: &Client) {
-    for (file, name) in [
-        (
-            "crds/vmidentity.dev_virtualmachineidentities.yaml",
-            "virtualmachineidentities.vmidentity.dev",
-        ),
-        (
-            "crds/vmidentity.dev_virtualmachineidentitypolicies.yaml",
-            "virtualmachineidentitypolicies.vmidentity.dev",
-        ),
-    ] {
-        install_one_crd(client, file, name).await;
-    }
-    // The API server needs a moment before it serves the new (or updated) schema.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-}
-
-async fn install_one_crd(client: &Client, file: &str, name: &str) {
-    let text = std::fs::read_to_string(root().join(file)).expect("crds/");
-    let crd: CustomResourceDefinition = serde_yaml_ng::from_str(&text).expect("crd yaml");
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    api.patch(
-        name,
-        &PatchParams::apply("vmidentity-e2e").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("apply CRD");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let c = api.get(name).await.expect("get CRD");
-        let established = c
-            .status
-            .and_then(|s| s.conditions)
-            .unwrap_or_default()
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True");
-        if established {
-            break;
-        }
-        assert!(Instant::now() < deadline, "CRD not Established");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    kit::install_crds(client).await.expect("install the CRDs");
 }
 
 /// Creates namespace `ns` (labelled `vmidentity-e2e/ns: <ns>`, for tests that select it):
 /// objects need their namespace.
 async fn ensure_namespace(client: &Client, ns: &str) {
-    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    let body = json!({"apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": ns, "labels": {"vmidentity-e2e/ns": ns}}});
-    nss.patch(
-        ns,
-        &PatchParams::apply("vmidentity-e2e").force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .expect("namespace");
+    kit::apply_namespace(client, ns, &[("vmidentity-e2e/ns", ns)])
+        .await
+        .expect("namespace");
 }
 
 /// [`allow_all_policy`] that also binds these Azure client IDs to the namespace's credential
@@ -135,40 +66,25 @@ pub fn allow_all_binding(ns: &str, client_ids: &[&str]) -> Value {
 /// A federated (service account) token for the simulator's Entra, written to a file of this
 /// process; returns the file.
 pub fn federated_token_file(issuer: &str, subject: &str, name: &str) -> PathBuf {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
-    let jwt = vmidentity_simulator::make_jwt(&json!({"iss": issuer, "sub": subject,
-        "aud": ["api://AzureADTokenExchange"], "exp": now + 3600, "iat": now}));
-    let file = std::env::temp_dir().join(format!("vmidentity-e2e-{name}-{}", std::process::id()));
-    std::fs::write(&file, jwt).expect("token file");
-    file
+    kit::federated_token_file(issuer, subject, name).expect("token file")
 }
 
-/// A policy that lets namespace `ns` do everything but lift the built-in deny list.
-pub fn allow_all_policy(ns: &str) -> Value {
-    json!({
-        "namespaces": {"names": [ns]},
-        "targets": {"patterns": ["**"]},
-        "userAssignedIdentities": {"patterns": ["**"]},
-        "allowDisableSystemAssigned": true,
-        "allowExactMode": true,
-        "roleAssignments": [{"roles": ["*"], "scopes": ["/**"]}],
-        "groups": ["*"],
-    })
+/// The flags of a controller that requires a credential Secret per namespace and keeps a
+/// client for a second; with [`REQUIRED_CREDENTIALS_ENV`].
+pub const REQUIRED_CREDENTIALS_FLAGS: [&str; 2] = [
+    "--namespace-credentials=required",
+    "--namespace-credential-ttl-seconds=1",
+];
+
+/// The platform token, and the simulator (at `url`) as Entra ID's authority for namespace
+/// credentials.
+pub fn required_credentials_env(url: &str) -> [(&'static str, &str); 2] {
+    [("AZURE_ACCESS_TOKEN", TOKEN), ("AZURE_AUTHORITY_HOST", url)]
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// A running `vmidentity controller` process.
+/// A running `vmidentity controller` process (killed on drop).
 pub struct ControllerProc {
-    child: Child,
+    inner: kit::ControllerProc,
     pub metrics_port: u16,
     pub identity: String,
 }
@@ -182,7 +98,7 @@ impl ControllerProc {
             extra,
             &[
                 ("AZURE_ACCESS_TOKEN", TOKEN),
-                ("AZURE_GRAPH_ACCESS_TOKEN", "sim-graph-token"),
+                ("AZURE_GRAPH_ACCESS_TOKEN", kit::GRAPH_TOKEN),
             ],
         )
     }
@@ -218,112 +134,66 @@ impl ControllerProc {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> ControllerProc {
-        let port = free_port();
-        let log = std::fs::File::create(
+        let url = sim.base_url();
+        let mut cmd = kit::ControllerCmd::new(
+            Path::new(env!("CARGO_BIN_EXE_vmidentity")),
+            &kubeconfig(),
+            &url,
+            ns,
+            identity,
             std::env::temp_dir().join(format!("vmidentity-e2e-{ns}-{identity}.log")),
         )
-        .expect("log file");
-        let watch_args: Vec<&str> = match watch {
-            Some(w) => vec!["--namespace", w],
-            None => vec![],
-        };
-        let child = Command::new(env!("CARGO_BIN_EXE_vmidentity"))
-            .arg("controller")
-            .args(watch_args)
-            .args([
-                "--arm-endpoint",
-                &sim.base_url(),
-                "--graph-endpoint",
-                &sim.base_url(),
-                "--resync-seconds",
-                "3",
-                "--metrics-addr",
-                &format!("127.0.0.1:{port}"),
-                "--lease-name",
-                "vmidentity-leader",
-                "--lease-namespace",
-                ns,
-                "--identity",
-                identity,
-                "--lease-seconds",
-                "4",
-                "--lro-poll-ms",
-                "50",
-                "--namespace-labels=true",
-            ])
+        .expect("controller command")
+        .args([
+            "--graph-endpoint",
+            &url,
+            "--resync-seconds",
+            "3",
+            "--lease-name",
+            "vmidentity-leader",
+            "--lease-seconds",
+            "4",
+            "--lro-poll-ms",
+            "50",
+            "--namespace-labels=true",
+        ]);
+        if let Some(w) = watch {
+            cmd = cmd.watch(w);
+        }
+        let metrics_port = cmd.metrics_port();
+        let inner = cmd
             .args(extra)
-            .env("KUBECONFIG", kubeconfig())
-            .env_remove("AZURE_ACCESS_TOKEN")
-            .env_remove("AZURE_GRAPH_ACCESS_TOKEN")
             .envs(env.iter().copied())
-            .env("VMIDENTITY_LOG_FORMAT", "text")
-            .env("RUST_LOG", "info,kube=warn")
-            .stdout(Stdio::null())
-            .stderr(log)
             .spawn()
             .expect("controller starts");
         ControllerProc {
-            child,
-            metrics_port: port,
+            inner,
+            metrics_port,
             identity: identity.to_string(),
         }
     }
 
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.inner.kill();
     }
 
     /// SIGTERM for a graceful stop, then waits (without blocking the runtime, which also
     /// serves the simulator) for the process to exit.
     pub async fn terminate(&mut self) -> Option<i32> {
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        for _ in 0..300 {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        self.kill();
-        None
+        self.inner.terminate().await
     }
 
+    /// The `/metrics` text, retried for 5 s while the controller starts; empty when it never
+    /// answers.
     pub async fn metrics(&self) -> String {
-        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
         for _ in 0..50 {
-            if let Ok(r) = reqwest_get(&url).await {
+            if let Ok(r) = self.inner.metrics().await {
                 return r;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         String::new()
     }
-}
-
-impl Drop for ControllerProc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-async fn reqwest_get(url: &str) -> Result<String, String> {
-    // A tiny HTTP/1.0 GET over a TCP stream (the metrics endpoint is plain HTTP).
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").ok_or("not http")?;
-    let (host, path) = rest.split_once('/').ok_or("no path")?;
-    let mut s = tokio::net::TcpStream::connect(host)
-        .await
-        .map_err(|e| e.to_string())?;
-    s.write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(buf)
 }
 
 /// A test's world: its own namespace, simulator and API handle.
@@ -342,12 +212,7 @@ impl Env {
     pub async fn with_config(ns: &str, world_yaml: &str, f: impl FnOnce(&mut SimConfig)) -> Env {
         let client = client().await;
         install_crd(&client).await;
-        let mut cfg = SimConfig {
-            seed: WorldSeed::from_yaml_str(world_yaml).expect("world"),
-            ..SimConfig::default()
-        };
-        f(&mut cfg);
-        let sim = vmidentity_simulator::start(cfg).await.expect("simulator");
+        let sim = kit::start_sim(world_yaml, f).await.expect("simulator");
         let ns = format!("{ns}-{}", std::process::id());
         let api = Api::namespaced(client.clone(), &ns);
         ensure_namespace(&client, &ns).await;
@@ -369,51 +234,45 @@ impl Env {
 
     /// Creates or replaces this test's policy (cluster-scoped, covering its namespace).
     pub async fn set_policy(&self, spec: Value) {
-        let api: Api<VirtualMachineIdentityPolicy> = Api::all(self.client.clone());
-        let name = self.policy_name();
-        let body = json!({
-            "apiVersion": "vmidentity.dev/v1alpha1",
-            "kind": "VirtualMachineIdentityPolicy",
-            "metadata": {"name": name},
-            "spec": spec,
-        });
-        api.patch(
-            &name,
-            &PatchParams::apply("vmidentity-e2e").force(),
-            &Patch::Apply(&body),
-        )
-        .await
-        .expect("apply policy");
+        kit::apply_policy(&self.client, &self.policy_name(), &spec)
+            .await
+            .expect("apply policy");
     }
 
     /// Deletes this test's policy.
     pub async fn delete_policy(&self) {
-        let api: Api<VirtualMachineIdentityPolicy> = Api::all(self.client.clone());
-        let _ = api
-            .delete(&self.policy_name(), &DeleteParams::default())
-            .await;
+        kit::delete_policy(&self.client, &self.policy_name())
+            .await
+            .expect("delete policy");
     }
 
     /// Removes every object of the namespace (finalizers included).
     pub async fn cleanup(&self) {
-        if let Ok(list) = self.api.list(&Default::default()).await {
-            for o in list {
-                let name = o.metadata.name.clone().unwrap_or_default();
-                let _ = self
-                    .api
-                    .patch(
-                        &name,
-                        &PatchParams::default(),
-                        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-                    )
-                    .await;
-                let _ = self.api.delete(&name, &DeleteParams::default()).await;
-            }
-        }
+        self.cleanup_in(&self.ns).await;
     }
 
     pub fn controller(&self, identity: &str) -> ControllerProc {
         ControllerProc::start(&self.ns, &self.sim, identity, &[])
+    }
+
+    /// A controller of this test's namespace (every namespace with `cluster_wide`) that
+    /// requires namespace credentials ([`REQUIRED_CREDENTIALS_FLAGS`]).
+    pub fn controller_requiring_credentials(
+        &self,
+        identity: &str,
+        cluster_wide: bool,
+    ) -> ControllerProc {
+        let url = self.sim.base_url();
+        let env = required_credentials_env(&url);
+        let watch = (!cluster_wide).then_some(self.ns.as_str());
+        ControllerProc::spawn(
+            watch,
+            &self.ns,
+            &self.sim,
+            identity,
+            &REQUIRED_CREDENTIALS_FLAGS,
+            &env,
+        )
     }
 
     pub async fn create(
@@ -482,20 +341,7 @@ impl Env {
 
     /// [`Env::cleanup`] of another namespace.
     pub async fn cleanup_in(&self, ns: &str) {
-        let api = self.api_in(ns);
-        if let Ok(list) = api.list(&Default::default()).await {
-            for o in list {
-                let name = o.metadata.name.clone().unwrap_or_default();
-                let _ = api
-                    .patch(
-                        &name,
-                        &PatchParams::default(),
-                        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-                    )
-                    .await;
-                let _ = api.delete(&name, &DeleteParams::default()).await;
-            }
-        }
+        kit::clear_objects(&self.api_in(ns), 8).await;
     }
 
     /// Creates or replaces the credential Secret of namespace `ns`.
@@ -504,7 +350,7 @@ impl Env {
         let body = json!({"apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": name}, "stringData": data});
         // Replace, so keys of an earlier version do not linger.
-        let _ = api.delete(name, &DeleteParams::default()).await;
+        let _ = api.delete(name, &Default::default()).await;
         for _ in 0..50 {
             match api
                 .create(
@@ -580,28 +426,7 @@ impl Env {
 
     /// `(type, sorted lower-cased UAI names)` of a VM.
     pub fn identity(&self, id: &str) -> (String, Vec<String>) {
-        let ident = self.sim.identity_of(id).unwrap_or(Value::Null);
-        let ty = ident
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("None")
-            .to_string();
-        let mut names: Vec<String> = ident
-            .get("userAssignedIdentities")
-            .and_then(Value::as_object)
-            .map(|m| {
-                m.keys()
-                    .map(|k| {
-                        k.rsplit('/')
-                            .next()
-                            .unwrap_or_default()
-                            .to_ascii_lowercase()
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        (ty, names)
+        kit::identity_of(&self.sim, id)
     }
 
     /// Token requests the simulator's Entra saw for `client_id`.

@@ -1,5 +1,6 @@
 #![allow(dead_code)]
-//! Builders shared by the planner's tests.
+//! Builders shared by the planner's tests and, through `#[path]`, the scenario tests' harness
+//! (`tests/src/lib.rs`).
 
 use serde_json::{Value, json};
 use vmidentity_planner::*;
