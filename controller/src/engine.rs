@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 
 use futures::StreamExt;
-use tracing::info;
+use tracing::{debug, info};
 use vmidentity_azure::{AzureError, Executor};
 use vmidentity_planner::grants::{
     self, GrantPlan, KNOWN_AFTER_APPLY, LiveGrants, LiveRoleAssignment, Resolved,
@@ -128,6 +128,17 @@ fn principals_of(live: &LiveResource) -> Resolved {
         }
     }
     r
+}
+
+/// True when an enabled identity of `live` shows no principal yet (not a stale entry: that
+/// one is empty because its identity was deleted).
+fn principals_pending(live: &LiveResource) -> bool {
+    (live.identity.system_assigned && live.identity.principal_id.is_none())
+        || live
+            .identity
+            .user_assigned
+            .values()
+            .any(|u| u.principal_id.is_none() && !u.stale)
 }
 
 /// Offline: principals from the live body, or "(known after apply)" for identities the
@@ -485,6 +496,25 @@ pub async fn write_target(
             }
             Err(e) => return Err(e.into()),
         }
+    };
+    // ARM answers an identity PATCH before it has bound the user-assigned identities the
+    // PATCH adds: each new entry is `{}` there, and only a GET after the operation shows its
+    // principal (recorded in the Azure CLI's VM / VMSS identity tests). When grants follow,
+    // the target is read once more, through the executor, so a new identity is granted in
+    // this pass, not at the next resync. A GET rather than the identity's own principal
+    // from Microsoft.ManagedIdentity (cached by ID): the GET shows what ARM bound (an
+    // identity deleted and re-created under the same name has a new principal, a cache by
+    // ID would not know), needs no read right on the identities' resource groups, and
+    // costs one read only when a PATCH added an identity that grants need.
+    let live_after = if grants_too
+        && !plan.is_converged()
+        && plan.api_version.wire_format() == vmidentity_planner::WireFormat::UserAssignedDictionary
+        && principals_pending(&live_after)
+    {
+        debug!(target = %plan.target, "the PATCH answer lacks principals: reading the target after the operation");
+        exec.read_target(&plan.target, &plan.api_version).await?
+    } else {
+        live_after
     };
     let group = group.as_slice();
     let plan = &plan;
