@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 
 use futures::StreamExt;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 use vmidentity_azure::{AzureError, Executor};
 use vmidentity_planner::grants::{
     self, GrantPlan, KNOWN_AFTER_APPLY, LiveGrants, LiveRoleAssignment, Resolved,
@@ -130,15 +130,37 @@ fn principals_of(live: &LiveResource) -> Resolved {
     r
 }
 
-/// True when an enabled identity of `live` shows no principal yet (not a stale entry: that
-/// one is empty because its identity was deleted).
-fn principals_pending(live: &LiveResource) -> bool {
-    (live.identity.system_assigned && live.identity.principal_id.is_none())
-        || live
-            .identity
-            .user_assigned
-            .values()
-            .any(|u| u.principal_id.is_none() && !u.stale)
+/// Fills in the principal (and client) ID of each user-assigned identity `live` shows
+/// without one, from the identity itself (`Executor::read_user_assigned`, one GET each),
+/// not from a cache and not from a second GET of the target:
+///
+/// - the entries without a principal are the ones the PATCH just added, and ARM binds an
+///   added identity to its current incarnation, which is what its GET shows; a cache by ID
+///   could hold the principal of an identity since deleted and re-created under the same
+///   name (a new principal), so nothing is kept between passes;
+/// - a second GET of the target would break "one GET per target" and costs a Compute read
+///   where this costs a Managed Identity read per added identity (adding one is rare);
+/// - the right to read an identity comes with the right to assign it (Managed Identity
+///   Operator). If the read fails anyway, the principal stays unknown until the next pass
+///   (logged, not an error).
+///
+/// Stale entries (empty principal: the identity behind them was deleted) are left alone.
+async fn fill_new_principals(exec: &Executor, live: &mut LiveResource) {
+    for u in live.identity.user_assigned.values_mut() {
+        if u.principal_id.is_some() || u.stale {
+            continue;
+        }
+        match exec.read_user_assigned(&u.id).await {
+            Ok(ids) => {
+                debug!(identity = %u.id, principal = ?ids.principal_id, "principal of an identity the PATCH added");
+                u.principal_id = ids.principal_id;
+                u.client_id = ids.client_id;
+            }
+            Err(e) => {
+                warn!(identity = %u.id, error = %e, "could not read the principal of an identity the PATCH added; it is read at the next pass");
+            }
+        }
+    }
 }
 
 /// Offline: principals from the live body, or "(known after apply)" for identities the
@@ -498,24 +520,15 @@ pub async fn write_target(
         }
     };
     // ARM answers an identity PATCH before it has bound the user-assigned identities the
-    // PATCH adds: each new entry is `{}` there, and only a GET after the operation shows its
-    // principal (recorded in the Azure CLI's VM / VMSS identity tests). When grants follow,
-    // the target is read once more, through the executor, so a new identity is granted in
-    // this pass, not at the next resync. A GET rather than the identity's own principal
-    // from Microsoft.ManagedIdentity (cached by ID): the GET shows what ARM bound (an
-    // identity deleted and re-created under the same name has a new principal, a cache by
-    // ID would not know), needs no read right on the identities' resource groups, and
-    // costs one read only when a PATCH added an identity that grants need.
-    let live_after = if grants_too
-        && !plan.is_converged()
+    // PATCH adds: each new entry is `{}` there (recorded in the Azure CLI's VM / VMSS
+    // identity tests). Their principals are read from Microsoft.ManagedIdentity now, so the
+    // grants of a new identity are made, and the status shows its principal, in this pass.
+    let mut live_after = live_after;
+    if !plan.is_converged()
         && plan.api_version.wire_format() == vmidentity_planner::WireFormat::UserAssignedDictionary
-        && principals_pending(&live_after)
     {
-        debug!(target = %plan.target, "the PATCH answer lacks principals: reading the target after the operation");
-        exec.read_target(&plan.target, &plan.api_version).await?
-    } else {
-        live_after
-    };
+        fill_new_principals(exec, &mut live_after).await;
+    }
     let group = group.as_slice();
     let plan = &plan;
     result.plan = Some(plan.clone());

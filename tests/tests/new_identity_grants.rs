@@ -3,9 +3,10 @@
 //! ARM answers the identity PATCH before it has bound the identities it adds: in that
 //! answer each new `userAssignedIdentities` entry is `{}` (no `principalId`), and only a
 //! GET after the operation shows it (recorded in the Azure CLI's VM / VMSS identity tests;
-//! the simulator answers the same way, see `simulator/tests/lro.rs`). The executor reads
-//! the target once more after such a PATCH, so the role assignment of the new identity is
-//! made in the same `apply` (the same reconcile), not at the next resync.
+//! the simulator answers the same way, see `simulator/tests/lro.rs`). The engine reads each
+//! such identity from Microsoft.ManagedIdentity after the PATCH, so the role assignment of
+//! the new identity is made (and its principal reported) in the same `apply` (the same
+//! reconcile), not at the next resync.
 
 use serde_json::Value;
 use vmidentity_planner::model::RawRoleAssignment;
@@ -86,19 +87,30 @@ async fn a_new_uai_and_its_role_assignment_converge_in_one_apply() {
             holds_reader(&h, &p),
             "{kind}: {p} holds Reader on the group"
         );
-        // After the PATCH, the target was read again (its answer lacked ID1's principal).
+        // After the PATCH (whose answer showed ID1 as {}), ID1 itself was read; the target
+        // was read once, before the plan.
         let log = h.sim.requests();
         let patch_at = log
             .iter()
             .position(|r| r.method == "PATCH")
             .expect("a PATCH");
         assert!(
-            log[patch_at + 1..].iter().any(|r| r.method == "GET"
-                && r.query
-                    .as_deref()
-                    .is_some_and(|q| q.contains("api-version=2024-11-01"))
-                && r.resource_id.is_some()),
-            "{kind}: a GET of the target after the PATCH"
+            log[patch_at + 1..]
+                .iter()
+                .any(|r| r.method == "GET" && r.path.eq_ignore_ascii_case(&uai("ID1"))),
+            "{kind}: a GET of the new identity after the PATCH"
+        );
+        assert_eq!(h.sim.reads_for(&target), 1, "{kind}: one GET of the target");
+        // The status principal of the new identity is known in this pass too.
+        let after = results[0]
+            .live_after
+            .as_ref()
+            .expect("live after the write");
+        let key = uai("ID1").to_ascii_lowercase();
+        assert_eq!(
+            after.identity.user_assigned[&key].principal_id.as_deref(),
+            Some(p.as_str()),
+            "{kind}"
         );
         // Converged: the next pass writes nothing.
         let next = o
@@ -110,8 +122,8 @@ async fn a_new_uai_and_its_role_assignment_converge_in_one_apply() {
     }
 }
 
-/// A PATCH whose answer already carries every principal (removing an identity, enabling
-/// the system identity) is not followed by a read.
+/// A PATCH whose answer already carries every principal (enabling the system identity,
+/// keeping a bound user-assigned one) is not followed by a read.
 #[tokio::test]
 async fn no_extra_read_when_the_answer_has_the_principals() {
     let target = vm("vm-1");
