@@ -26,6 +26,18 @@ use crate::error::AzureError;
 use crate::graph;
 pub use crate::records::Sent;
 
+/// The Microsoft.ManagedIdentity api-version user-assigned identities are read at
+/// (`specification/msi/resource-manager/Microsoft.ManagedIdentity/ManagedIdentity/stable/2023-01-31/ManagedIdentity.json`;
+/// one of [`vmidentity_planner::arm_versions::MANAGED_IDENTITY`]).
+pub const UAI_API_VERSION: &str = "2023-01-31";
+
+/// The IDs of a user-assigned identity's service principal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UaiIds {
+    pub principal_id: Option<String>,
+    pub client_id: Option<String>,
+}
+
 /// What sending a plan did.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -96,6 +108,23 @@ impl Executor {
         let url = self.arm.url(target.as_str(), api_version.as_str())?;
         let body = self.arm.get(target.as_str(), api_version.as_str()).await?;
         parse_live(&url, &body)
+    }
+
+    /// GET a user-assigned identity (Microsoft.ManagedIdentity, [`UAI_API_VERSION`]): its
+    /// `properties.principalId` and `clientId`.
+    pub async fn read_user_assigned(&self, id: &ArmId) -> Result<UaiIds, AzureError> {
+        let body = self.arm.get(id.as_str(), UAI_API_VERSION).await?;
+        let field = |k: &str| {
+            body.get("properties")
+                .and_then(|p| p.get(k))
+                .and_then(Value::as_str)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        Ok(UaiIds {
+            principal_id: field("principalId"),
+            client_id: field("clientId"),
+        })
     }
 
     /// Ids (lower-cased) of the groups the principal is a direct member of (Graph
@@ -295,4 +324,15 @@ fn parse_live(url: &str, body: &Value) -> Result<LiveResource, AzureError> {
         url: url.to_string(),
         message: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_uai_api_version_is_published() {
+        assert!(vmidentity_planner::arm_versions::is_published(
+            vmidentity_planner::arm_versions::MANAGED_IDENTITY,
+            super::UAI_API_VERSION
+        ));
+    }
 }

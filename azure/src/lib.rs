@@ -32,7 +32,7 @@ pub use client::{
     StatsSnapshot,
 };
 pub use error::{AzureError, ErrorClass};
-pub use executor::{Executor, Outcome, Sent};
+pub use executor::{Executor, Outcome, Sent, UAI_API_VERSION, UaiIds};
 /// The HTTP method type [`ArmClient::send`] and [`ArmClient::write`] take.
 pub use reqwest::Method;
 pub use token::{ARM_SCOPE, AccessToken, GRAPH_SCOPE, StaticToken, TokenError, TokenSource};

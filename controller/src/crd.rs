@@ -74,6 +74,9 @@ pub struct VirtualMachineIdentitySpec {
     /// the `identityIds` array; later versions behave as 2018-06-01.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?$"))]
+    #[x_kube(
+        validation = Rule::new(planner::arm_versions::compute_cel_rule()).message(planner::arm_versions::compute_message().as_str())
+    )]
     pub arm_api_version: Option<String>,
 
     /// Merge (default): add what is listed, remove only what this object applied. Exact: the

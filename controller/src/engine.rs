@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 
 use futures::StreamExt;
-use tracing::info;
+use tracing::{debug, info, warn};
 use vmidentity_azure::{AzureError, Executor};
 use vmidentity_planner::grants::{
     self, GrantPlan, KNOWN_AFTER_APPLY, LiveGrants, LiveRoleAssignment, Resolved,
@@ -170,6 +170,39 @@ fn principals_of(live: &LiveResource) -> Resolved {
         }
     }
     r
+}
+
+/// Fills in the principal (and client) ID of each user-assigned identity `live` shows
+/// without one, from the identity itself (`Executor::read_user_assigned`, one GET each),
+/// not from a cache and not from a second GET of the target:
+///
+/// - the entries without a principal are the ones the PATCH just added, and ARM binds an
+///   added identity to its current incarnation, which is what its GET shows; a cache by ID
+///   could hold the principal of an identity since deleted and re-created under the same
+///   name (a new principal), so nothing is kept between passes;
+/// - a second GET of the target would break "one GET per target" and costs a Compute read
+///   where this costs a Managed Identity read per added identity (adding one is rare);
+/// - the right to read an identity comes with the right to assign it (Managed Identity
+///   Operator). If the read fails anyway, the principal stays unknown until the next pass
+///   (logged, not an error).
+///
+/// Stale entries (empty principal: the identity behind them was deleted) are left alone.
+async fn fill_new_principals(exec: &Executor, live: &mut LiveResource) {
+    for u in live.identity.user_assigned.values_mut() {
+        if u.principal_id.is_some() || u.stale {
+            continue;
+        }
+        match exec.read_user_assigned(&u.id).await {
+            Ok(ids) => {
+                debug!(identity = %u.id, principal = ?ids.principal_id, "principal of an identity the PATCH added");
+                u.principal_id = ids.principal_id;
+                u.client_id = ids.client_id;
+            }
+            Err(e) => {
+                warn!(identity = %u.id, error = %e, "could not read the principal of an identity the PATCH added; it is read at the next pass");
+            }
+        }
+    }
 }
 
 /// Offline: principals from the live body, or "(known after apply)" for identities the
@@ -563,6 +596,16 @@ pub async fn write_target(
             Err(e) => return Err(e.into()),
         }
     };
+    // ARM answers an identity PATCH before it has bound the user-assigned identities the
+    // PATCH adds: each new entry is `{}` there (recorded in the Azure CLI's VM / VMSS
+    // identity tests). Their principals are read from Microsoft.ManagedIdentity now, so the
+    // grants of a new identity are made, and the status shows its principal, in this pass.
+    let mut live_after = live_after;
+    if !plan.is_converged()
+        && plan.api_version.wire_format() == vmidentity_planner::WireFormat::UserAssignedDictionary
+    {
+        fill_new_principals(exec, &mut live_after).await;
+    }
     let group = group.as_slice();
     let plan = &plan;
     result.plan = Some(plan.clone());

@@ -414,6 +414,11 @@ async fn the_api_server_refuses_bad_objects_with_a_message_that_says_what_to_fix
             json!({"target": vm("vm1"), "armApiVersion": "latest"}),
             "spec.armApiVersion",
         ),
+        (
+            "unpublished",
+            json!({"target": vm("vm1"), "armApiVersion": "2025-04-02"}),
+            "spec.armApiVersion must be an api-version Microsoft.Compute publishes",
+        ),
     ];
     for (name, spec, want) in bad {
         let obj = json!({"apiVersion": "vmidentity.dev/v1alpha1", "kind": "VirtualMachineIdentity",

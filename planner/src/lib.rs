@@ -40,3 +40,5 @@ pub use plan::{
     Change, IF_MATCH, IdentityState, MAX_IDENTITIES_PER_REQUEST, PlanError, Refused, Request,
     Service, TargetPlan, Write, group_by_target, plan_target, plan_target_by_seniority,
 };
+/// The published api-versions (one list, shared with the simulator and the CRD).
+pub use vmidentity_arm_versions as arm_versions;

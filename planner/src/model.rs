@@ -35,6 +35,13 @@ pub enum ApiVersionError {
         "api-version {0:?} predates user-assigned identities on Microsoft.Compute (use {OLDEST_API_VERSION} or later; {DICTIONARY_API_VERSION} or later is recommended)"
     )]
     TooOld(String),
+    /// Well formed, but not an api-version Microsoft.Compute publishes
+    /// ([`vmidentity_arm_versions::COMPUTE`]): ARM would refuse every request.
+    #[error(
+        "api-version {0:?} is not one Microsoft.Compute publishes for virtual machines and scale sets; the supported versions are {versions}",
+        versions = vmidentity_arm_versions::COMPUTE.join(", ")
+    )]
+    Unpublished(String),
 }
 
 impl ApiVersion {
@@ -58,6 +65,9 @@ impl ApiVersion {
         }
         if date < OLDEST_API_VERSION {
             return Err(ApiVersionError::TooOld(s.to_string()));
+        }
+        if !vmidentity_arm_versions::is_compute(s) {
+            return Err(ApiVersionError::Unpublished(s.to_string()));
         }
         Ok(ApiVersion(s.to_string()))
     }
@@ -629,7 +639,25 @@ mod tests {
             ApiVersion::parse("2024-11-01").unwrap().wire_format(),
             WireFormat::UserAssignedDictionary
         );
-        assert!(ApiVersion::parse("2024-11-01-preview").is_ok());
+        assert_eq!(
+            ApiVersion::parse("2025-04-01").unwrap().wire_format(),
+            WireFormat::UserAssignedDictionary
+        );
+        // Well formed but not published: ARM would refuse it, so the planner does.
+        for unpublished in ["2024-11-01-preview", "2024-11-02", "2099-01-01"] {
+            assert!(
+                matches!(
+                    ApiVersion::parse(unpublished),
+                    Err(ApiVersionError::Unpublished(_))
+                ),
+                "{unpublished}"
+            );
+        }
+        let message = ApiVersion::parse("2024-11-02").unwrap_err().to_string();
+        assert!(
+            message.contains("2017-12-01, 2018-04-01, 2018-06-01"),
+            "{message}"
+        );
         assert!(matches!(
             ApiVersion::parse("2017-03-30"),
             Err(ApiVersionError::TooOld(_))

@@ -5,38 +5,22 @@ use serde_json::{Map, Value};
 
 use crate::LroMode;
 use crate::errors::ArmError;
-use crate::identity::{self, Mode, Shape};
+use crate::identity::{self, IdentityState, Mode, Shape};
 use crate::ids::{ResourceId, ResourceKind};
 use crate::lro;
 use crate::server::{ArmResponse, api_version_error};
 use crate::state::State;
 use crate::world::ComputeResource;
 
-/// Compute api-versions the simulator serves. 2017-12-01 uses `identityIds`; the rest
-/// use the `userAssignedIdentities` dictionary introduced in 2018-06-01.
-pub const COMPUTE_API_VERSIONS: &[&str] = &[
-    "2017-12-01",
-    "2018-06-01",
-    "2018-10-01",
-    "2019-03-01",
-    "2019-07-01",
-    "2019-12-01",
-    "2020-06-01",
-    "2020-12-01",
-    "2021-03-01",
-    "2021-04-01",
-    "2021-07-01",
-    "2021-11-01",
-    "2022-03-01",
-    "2022-08-01",
-    "2022-11-01",
-    "2023-03-01",
-    "2023-07-01",
-    "2023-09-01",
-    "2024-03-01",
-    "2024-07-01",
-    "2024-11-01",
-];
+/// Compute api-versions the simulator serves: those Microsoft.Compute publishes for VMs and
+/// scale sets (the one list, [`vmidentity_arm_versions::COMPUTE`], with its sources).
+/// Before 2018-06-01 (2017-12-01, 2018-04-01) the identity block uses `identityIds`; from
+/// 2018-06-01 on, the `userAssignedIdentities` dictionary.
+pub const COMPUTE_API_VERSIONS: &[&str] = vmidentity_arm_versions::COMPUTE;
+
+/// The first Compute api-version with the `userAssignedIdentities` dictionary
+/// (`compute/2018-06-01/compute.json`).
+const DICTIONARY_API_VERSION: &str = "2018-06-01";
 
 /// The first Compute api-version with entity tags: `etag` on VM / VMSS bodies (and the
 /// `ETag` header), `If-Match` / `If-None-Match` on PUT and PATCH. Added to the
@@ -135,7 +119,7 @@ pub(crate) fn check_api_version(
                 .iter()
                 .any(|k| k.eq_ignore_ascii_case(v)) =>
         {
-            let shape = if v == "2017-12-01" {
+            let shape = if v.to_ascii_lowercase().as_str() < DICTIONARY_API_VERSION {
                 Shape::IdentityIds
             } else {
                 Shape::Dictionary
@@ -253,6 +237,7 @@ pub(crate) fn patch(
             }
         }
     }
+    let fresh = added_entries(Some(&current), &new_identity);
     updated.set_identity(new_identity);
     let changed = updated != current;
     check_preconditions(pre, api_version, Some(&current))?;
@@ -263,6 +248,7 @@ pub(crate) fn patch(
         updated,
         changed,
         false,
+        &fresh,
     ))
 }
 
@@ -320,14 +306,60 @@ pub(crate) fn put(
             }
         }
     }
+    let fresh = added_entries(existing.as_ref(), &new_identity);
     updated.set_identity(new_identity);
     check_preconditions(pre, api_version, existing.as_ref())?;
-    Ok(commit_write(st, api_version, shape, updated, true, created))
+    Ok(commit_write(
+        st,
+        api_version,
+        shape,
+        updated,
+        true,
+        created,
+        &fresh,
+    ))
+}
+
+/// The user-assigned entries a write adds (by key): the ones its answer shows as `{}`.
+fn added_entries(before: Option<&ComputeResource>, after: &IdentityState) -> Vec<String> {
+    after
+        .user
+        .iter()
+        .filter(|e| before.is_none_or(|b| !b.identity.user.iter().any(|o| o.key == e.key)))
+        .map(|e| e.id.clone())
+        .collect()
+}
+
+/// Shows the entries `fresh` as `{}` in a write's answer: ARM answers an identity PATCH
+/// before the new user-assigned identities are bound, and only a later GET shows their
+/// `principalId` / `clientId` (recorded at 2018-06-01 and 2024-07-01 in the Azure CLI's VM
+/// identity tests, and at 2024-11-01 for a scale set in
+/// `src/azure-cli/azure/cli/command_modules/vm/tests/latest/recordings/test_vmss_explicit_msi.yaml`,
+/// Azure/azure-cli commit 0151a1baa6e087378dbbbc374a9806098d6314c8). Entries that were
+/// already there keep theirs.
+fn blank_fresh_entries(body: &mut Value, fresh: &[String]) {
+    if fresh.is_empty() {
+        return;
+    }
+    if let Some(d) = body
+        .get_mut("identity")
+        .and_then(|i| i.get_mut("userAssignedIdentities"))
+        .and_then(Value::as_object_mut)
+    {
+        for id in fresh {
+            if let Some(v) = d.get_mut(id) {
+                *v = Value::Object(Map::new());
+            }
+        }
+    }
 }
 
 /// Stores the written resource and answers per the LRO mode (see [`crate::LroMode`]). Every
-/// accepted write of an existing resource bumps its entity tag, even one that changes
-/// nothing (CHOSEN); a created one starts at `"1"`.
+/// accepted write of an existing resource bumps its entity tag by one, even one that changes
+/// nothing (CHOSEN); a created one starts at `"1"`. Completing the operation leaves the tag
+/// as it is (recorded: `"2"` in the PATCH answer and in the GET after the operation, the
+/// same scale-set recording). `fresh`: the user-assigned entries the write adds, shown as
+/// `{}` while the operation runs.
 fn commit_write(
     st: &mut State,
     api_version: &str,
@@ -335,6 +367,7 @@ fn commit_write(
     mut res: ComputeResource,
     changed: bool,
     created: bool,
+    fresh: &[String],
 ) -> ArmResponse {
     let key = res.id.key();
     let ok_status = if created {
@@ -372,7 +405,10 @@ fn commit_write(
     let async_url = lro::status_url(st, &res.id.subscription, &res.location, &op, api_version);
     let monitor_url = lro::monitor_url(st, &res.id.subscription, &res.location, &op, api_version);
     let retry_after = st.config.retry_after_secs.to_string();
-    let body = st.world.render_compute(&res, shape, etag);
+    let mut body = st.world.render_compute(&res, shape, etag);
+    if shape == Shape::Dictionary {
+        blank_fresh_entries(&mut body, fresh);
+    }
     st.world.compute.insert(key.clone(), res);
     st.world.sync_compute_principals(&key);
     let resp = match mode {
@@ -380,9 +416,12 @@ fn commit_write(
             .header(HeaderName::from_static("location"), &monitor_url),
         _ => ArmResponse::json(ok_status, body),
     };
-    tag(resp)
-        .header(HeaderName::from_static("azure-asyncoperation"), &async_url)
-        .header(HeaderName::from_static("retry-after"), &retry_after)
+    let resp = tag(resp).header(HeaderName::from_static("azure-asyncoperation"), &async_url);
+    if mode.sends_retry_after() {
+        resp.header(HeaderName::from_static("retry-after"), &retry_after)
+    } else {
+        resp
+    }
 }
 
 pub(crate) fn delete(st: &mut State, id: &ResourceId) -> Result<ArmResponse, ArmError> {

@@ -334,11 +334,22 @@ pub fn resolve(
                     if user.iter().any(|e| e.key == key) {
                         continue;
                     }
-                    let entry = existing(&key).unwrap_or_else(|| UserEntry {
-                        id: raw.clone(),
-                        key: key.clone(),
-                        bound_principal: bind(id),
-                    });
+                    // A 2017-12-01 `identityIds` list replaces the set: later GETs show
+                    // each ID as the request spelled it (recorded in the Azure CLI's
+                    // 2017-12-01 VM identity tests), an entry kept keeps its binding.
+                    let respell = shape == Shape::IdentityIds && present;
+                    let entry = existing(&key)
+                        .map(|mut e| {
+                            if respell {
+                                e.id = raw.clone();
+                            }
+                            e
+                        })
+                        .unwrap_or_else(|| UserEntry {
+                            id: raw.clone(),
+                            key: key.clone(),
+                            bound_principal: bind(id),
+                        });
                     user.push(entry);
                 }
             }

@@ -80,11 +80,26 @@ use crate::world::World;
 pub enum LroMode {
     /// 200 with the full resource, `provisioningState: Succeeded`, no LRO headers.
     Sync,
-    /// 200 with the full resource, `provisioningState: Updating`, `Azure-AsyncOperation`.
+    /// What ARM answers an identity PATCH with (the default): 200 with the full resource,
+    /// `provisioningState: Updating`, newly added user-assigned entries `{}`, and an
+    /// `Azure-AsyncOperation` header; no `Location`, no `Retry-After` (on the PATCH nor on
+    /// the polls). Recorded for VM and scale-set identity PATCHes in the Azure CLI's VM
+    /// identity tests (e.g. `test_vmss_explicit_msi.yaml`, Azure/azure-cli commit
+    /// 0151a1baa6e087378dbbbc374a9806098d6314c8, api-version 2024-11-01).
     #[default]
     Async200,
-    /// 202 with `Azure-AsyncOperation` and `Location`, no body.
+    /// [`LroMode::Async200`] with `Retry-After` (`SimConfig::retry_after_secs`) on the
+    /// PATCH and on `InProgress` polls: for tests of how a client honours it.
+    Async200RetryAfter,
+    /// 202 with `Azure-AsyncOperation`, `Location` and `Retry-After`, no body.
     Async202,
+}
+
+impl LroMode {
+    /// Whether the write's answer and `InProgress` polls carry `Retry-After`.
+    pub fn sends_retry_after(self) -> bool {
+        matches!(self, LroMode::Async200RetryAfter | LroMode::Async202)
+    }
 }
 
 impl std::str::FromStr for LroMode {
@@ -93,9 +108,10 @@ impl std::str::FromStr for LroMode {
         match s.to_ascii_lowercase().as_str() {
             "sync" => Ok(LroMode::Sync),
             "async200" => Ok(LroMode::Async200),
+            "async200-retry-after" => Ok(LroMode::Async200RetryAfter),
             "async202" => Ok(LroMode::Async202),
             other => Err(format!(
-                "unknown LRO mode '{other}' (expected sync, async200 or async202)"
+                "unknown LRO mode '{other}' (expected sync, async200, async200-retry-after or async202)"
             )),
         }
     }
@@ -153,9 +169,12 @@ pub struct SimConfig {
     /// Bearer tokens accepted on ARM routes.
     pub accepted_tokens: Vec<String>,
     pub lro: LroMode,
-    /// Polls answering `InProgress` before `Succeeded`.
+    /// Polls answering `InProgress` before `Succeeded`. Default 0: the first poll of an
+    /// identity PATCH's operation is often already `Succeeded` on ARM (the Azure CLI's VM
+    /// identity recordings); set more for tests of polling.
     pub lro_polls: u32,
-    /// `Retry-After` (seconds) on LRO responses and polls.
+    /// `Retry-After` (seconds) on LRO responses and polls, in the modes that send it
+    /// ([`LroMode::sends_retry_after`]).
     pub retry_after_secs: u64,
     /// An operation stays `InProgress` at least this long (besides `lro_polls`).
     pub min_operation_duration: Duration,
@@ -214,7 +233,7 @@ impl Default for SimConfig {
             seed: WorldSeed::default(),
             accepted_tokens: vec!["sim-token".to_string()],
             lro: LroMode::Async200,
-            lro_polls: 1,
+            lro_polls: 0,
             retry_after_secs: 0,
             min_operation_duration: Duration::ZERO,
             noop_patch_completes_immediately: true,

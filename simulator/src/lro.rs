@@ -76,6 +76,7 @@ pub(crate) fn monitor_url(
 /// (and any before the minimum duration) answer `InProgress`, then `Succeeded`.
 pub(crate) fn poll(st: &mut State, op_id: &str, monitor: bool) -> Result<ArmResponse, ArmError> {
     let retry_after = st.config.retry_after_secs;
+    let sends_retry_after = st.config.lro.sends_retry_after();
     let Some(op) = st.ops.get_mut(op_id) else {
         return Err(ArmError::new(
             StatusCode::NOT_FOUND,
@@ -121,7 +122,7 @@ pub(crate) fn poll(st: &mut State, op_id: &str, monitor: bool) -> Result<ArmResp
     );
     m.insert("name".into(), Value::String(op.id.clone()));
     let mut resp = ArmResponse::json(StatusCode::OK, Value::Object(m));
-    if !done {
+    if !done && sends_retry_after {
         resp = resp.header(
             HeaderName::from_static("retry-after"),
             &retry_after.to_string(),

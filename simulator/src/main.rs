@@ -25,13 +25,13 @@ struct Args {
     /// Accepted bearer token (repeatable). Default: sim-token.
     #[arg(long = "token")]
     tokens: Vec<String>,
-    /// LRO mode: sync, async200 or async202.
+    /// LRO mode: async200 (ARM's: Azure-AsyncOperation only), async200-retry-after, async202 or sync.
     #[arg(long, default_value = "async200")]
     lro: LroMode,
     /// Polls answering InProgress before Succeeded.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 0)]
     lro_polls: u32,
-    /// Retry-After seconds on LRO responses.
+    /// Retry-After seconds on LRO responses (async200-retry-after, async202).
     #[arg(long, default_value_t = 0)]
     retry_after: u64,
     /// Minimum operation duration in milliseconds.

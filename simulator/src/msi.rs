@@ -9,19 +9,16 @@ use crate::ids::ResourceId;
 use crate::server::{ArmResponse, api_version_error};
 use crate::state::State;
 
-/// Microsoft.ManagedIdentity api-versions served (2018-11-30 and later).
-pub const MSI_API_VERSIONS: &[&str] = &[
-    "2018-11-30",
-    "2021-09-30-preview",
-    "2022-01-31-preview",
-    "2023-01-31",
-    "2023-07-31-preview",
-    "2024-11-30",
-];
+/// Microsoft.ManagedIdentity api-versions served: those the provider publishes (the one
+/// list, [`vmidentity_arm_versions::MANAGED_IDENTITY`], with its sources).
+pub const MSI_API_VERSIONS: &[&str] = vmidentity_arm_versions::MANAGED_IDENTITY;
 
-pub(crate) fn check_api_version(api_version: Option<&str>, location: &str) -> Result<(), ArmError> {
+pub(crate) fn check_api_version(
+    api_version: Option<&str>,
+    location: &str,
+) -> Result<String, ArmError> {
     match api_version {
-        Some(v) if MSI_API_VERSIONS.iter().any(|k| k.eq_ignore_ascii_case(v)) => Ok(()),
+        Some(v) if MSI_API_VERSIONS.iter().any(|k| k.eq_ignore_ascii_case(v)) => Ok(v.to_string()),
         other => Err(api_version_error(
             other,
             MSI_API_VERSIONS,
@@ -31,19 +28,58 @@ pub(crate) fn check_api_version(api_version: Option<&str>, location: &str) -> Re
     }
 }
 
-pub(crate) fn get(st: &mut State, id: &ResourceId) -> Result<ArmResponse, ArmError> {
+/// The first Microsoft.ManagedIdentity api-version whose bodies carry
+/// `properties.isolationScope` (`ManagedIdentity/stable/2024-11-30/ManagedIdentity.json`;
+/// observed as `"isolationScope": "None"` in a 2024-11-30 PUT answer of the Azure CLI's
+/// recording `test_vm_explicit_msi.yaml`, Azure/azure-cli commit 0088c878b2ee9514b99eda3da2912257494cb3ee).
+const ISOLATION_SCOPE_API_VERSION: &str = "2024-11-30";
+
+/// A user-assigned identity as the api-version shows it.
+fn render(st: &State, u: &crate::world::Uai, api_version: &str) -> Value {
+    let mut v = st.world.render_uai(u);
+    if api_version.to_ascii_lowercase().as_str() < ISOLATION_SCOPE_API_VERSION {
+        return v;
+    }
+    // An identity without tags shows `"tags": {}` (the same recording, identity `id2`).
+    if let Some(m) = v.as_object_mut()
+        && !m.contains_key("tags")
+    {
+        m.insert("tags".into(), Value::Object(serde_json::Map::new()));
+    }
+    if let Some(p) = v.get_mut("properties").and_then(Value::as_object_mut) {
+        let mut props = serde_json::Map::new();
+        props.insert("isolationScope".into(), Value::String("None".into()));
+        props.extend(std::mem::take(p));
+        *p = props;
+    }
+    v
+}
+
+pub(crate) fn get(
+    st: &mut State,
+    id: &ResourceId,
+    api_version: &str,
+) -> Result<ArmResponse, ArmError> {
     if !st.world.group_exists(id) {
         return Err(ArmError::resource_group_not_found(&id.resource_group));
     }
     let u = st.world.uais.get(&id.key()).ok_or_else(|| {
         ArmError::resource_not_found(id.kind.arm_type(), &id.name, &id.resource_group)
     })?;
-    Ok(ArmResponse::json(StatusCode::OK, st.world.render_uai(u)))
+    Ok(ArmResponse::json(
+        StatusCode::OK,
+        render(st, u, api_version),
+    ))
 }
 
+/// Create or update. The answer carries a `Location` header naming the identity (its id as
+/// Microsoft.ManagedIdentity spells it, `resourcegroups` lower-case), as recorded for
+/// 2024-11-30 PUTs (201) in the Azure CLI's `test_vm_explicit_msi.yaml` (Azure/azure-cli
+/// commit 0088c878b2ee9514b99eda3da2912257494cb3ee).
 pub(crate) fn put(
     st: &mut State,
     id: &ResourceId,
+    api_version: &str,
     body: Option<&Value>,
 ) -> Result<ArmResponse, ArmError> {
     let Some(group) = st.world.groups.get(&id.group_key()).cloned() else {
@@ -89,14 +125,16 @@ pub(crate) fn put(
     let u = st.world.uais.get(&id.key()).ok_or_else(|| {
         ArmError::resource_not_found(id.kind.arm_type(), &id.name, &id.resource_group)
     })?;
+    let location = u.id.msi_spelling();
     Ok(ArmResponse::json(
         if created {
             StatusCode::CREATED
         } else {
             StatusCode::OK
         },
-        st.world.render_uai(u),
-    ))
+        render(st, u, api_version),
+    )
+    .header(axum::http::HeaderName::from_static("location"), &location))
 }
 
 pub(crate) fn delete(st: &mut State, id: &ResourceId) -> Result<ArmResponse, ArmError> {

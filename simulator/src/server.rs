@@ -506,11 +506,11 @@ fn dispatch(
                     _ => Err(method_not_allowed(method)),
                 }
             } else {
-                msi::check_api_version(api_version, &location)?;
+                let v = msi::check_api_version(api_version, &location)?;
                 check_body(writes_body, body_ok)?;
                 match *method {
-                    Method::GET => msi::get(st, id),
-                    Method::PUT => msi::put(st, id, body),
+                    Method::GET => msi::get(st, id, &v),
+                    Method::PUT => msi::put(st, id, &v, body),
                     Method::DELETE => msi::delete(st, id),
                     _ => Err(method_not_allowed(method)),
                 }

@@ -15,9 +15,113 @@ fn op_url_prefix(base: &str) -> String {
     )
 }
 
+/// The default mode answers an identity PATCH as ARM does (recorded in the Azure CLI's
+/// `test_vmss_explicit_msi.yaml`, Azure/azure-cli commit
+/// 0151a1baa6e087378dbbbc374a9806098d6314c8): 200, `Updating`, `Azure-AsyncOperation` and
+/// neither `Location` nor `Retry-After`; the etag goes up by one and stays when the
+/// operation completes; the first poll may already say `Succeeded`.
+#[tokio::test]
+async fn the_default_answers_as_recorded() {
+    let sim = sim().await;
+    let c = Client::new(&sim);
+    let before = c.get(&vm("vm-1"), "2024-11-01").await;
+    let tag = |r: &Resp| {
+        r.body["etag"]
+            .as_str()
+            .and_then(|t| t.trim_matches('"').parse::<u64>().ok())
+            .expect("etag")
+    };
+    let r = c
+        .patch(
+            &vm("vm-1"),
+            "2024-11-01",
+            json!({"identity":{"type":"SystemAssigned"}}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["properties"]["provisioningState"], "Updating");
+    assert!(r.header("azure-asyncoperation").is_some());
+    assert!(r.header("location").is_none());
+    assert!(r.header("retry-after").is_none());
+    assert_eq!(tag(&r), tag(&before) + 1);
+    let url = r.header("azure-asyncoperation").unwrap_or_default();
+    let p = c.poll(&url).await;
+    assert_eq!(p.body["status"], "Succeeded", "the first poll: lro_polls 0");
+    assert!(p.header("retry-after").is_none());
+    let after = c.get(&vm("vm-1"), "2024-11-01").await;
+    assert_eq!(after.body["properties"]["provisioningState"], "Succeeded");
+    assert_eq!(
+        tag(&after),
+        tag(&r),
+        "completing the operation keeps the etag"
+    );
+}
+
+/// Newly added user-assigned identities are `{}` in the PATCH answer (no principal yet);
+/// one already there keeps its principal; a later GET shows both filled in. Recorded at
+/// 2024-11-01 for a scale set (the same recording) and at 2018-06-01 / 2024-07-01 for VMs.
+#[tokio::test]
+async fn new_user_assigned_entries_are_empty_in_the_patch_answer() {
+    for (target, v) in [(vm("vm-1"), V2018), (vmss("vmss-1"), "2024-07-01")] {
+        let sim = sim().await;
+        let c = Client::new(&sim);
+        let r = c
+            .patch(
+                &target,
+                v,
+                json!({"identity":{"type":"UserAssigned","userAssignedIdentities":{uai("uai-1"):{}}}}),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.body["identity"]["userAssignedIdentities"],
+            json!({uai("uai-1"): {}}),
+            "{target}"
+        );
+        let r = c
+            .patch(
+                &target,
+                v,
+                json!({"identity":{"type":"UserAssigned","userAssignedIdentities":{uai("uai-2"):{}}}}),
+            )
+            .await;
+        assert_eq!(
+            r.body["identity"]["userAssignedIdentities"],
+            json!({uai("uai-1"): live_entry(&sim, &uai("uai-1")), uai("uai-2"): {}}),
+            "{target}"
+        );
+        let g = c.get(&target, v).await;
+        assert_eq!(
+            g.body["identity"]["userAssignedIdentities"],
+            json!({uai("uai-1"): live_entry(&sim, &uai("uai-1")), uai("uai-2"): live_entry(&sim, &uai("uai-2"))}),
+            "{target}"
+        );
+        // Sync mode: the operation is over when it answers, so the entries are filled.
+        sim.set_lro_mode(LroMode::Sync);
+        let r = c
+            .patch(
+                &target,
+                v,
+                json!({"identity":{"type":"UserAssigned","userAssignedIdentities":{uai("uai-3"):{}}}}),
+            )
+            .await;
+        assert_eq!(
+            r.body["identity"]["userAssignedIdentities"][uai("uai-3")],
+            live_entry(&sim, &uai("uai-3"))
+        );
+    }
+}
+
+/// [`LroMode::Async200RetryAfter`]: the former default, kept for tests of `Retry-After`.
 #[tokio::test]
 async fn async200_polls_until_succeeded() {
-    let sim = sim().await; // default: Async200, 1 InProgress poll
+    let sim = sim_with(SimConfig {
+        seed: seed(),
+        lro: LroMode::Async200RetryAfter,
+        lro_polls: 1,
+        ..SimConfig::default()
+    })
+    .await;
     let c = Client::new(&sim);
     let r = c
         .patch(

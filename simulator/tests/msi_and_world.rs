@@ -59,7 +59,9 @@ async fn uai_get_put_delete() {
             "The Resource 'Microsoft.ManagedIdentity/userAssignedIdentities/uai-new' under resource group 'rg-apps' was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix"
         )
     );
-    let r = c.get(&uai("uai-1"), "2015-08-31-preview").await;
+    // 2015-08-31-preview is published (and was accepted in 2018); 2015-08-31 is not.
+    assert_eq!(c.get(&uai("uai-1"), "2015-08-31-preview").await.status, 200);
+    let r = c.get(&uai("uai-1"), "2015-08-31").await;
     assert_eq!(r.status, 400);
     assert_eq!(r.body["error"]["code"], "NoRegisteredProviderFound");
 }
@@ -107,8 +109,14 @@ async fn stale_entry_after_delete_and_recreate() {
             json!({"identity":{"type":"UserAssigned","userAssignedIdentities":{id1.clone():{}}}}),
         )
         .await;
+    // Re-added: `{}` in the PATCH answer (as for any newly added identity), bound to the
+    // new principal in the GET.
     assert_eq!(
         r.body["identity"],
+        json!({"type":"UserAssigned","userAssignedIdentities":{id1.clone(): {}}})
+    );
+    assert_eq!(
+        c.get(&vm("vm-1"), V2018).await.body["identity"],
         json!({"type":"UserAssigned","userAssignedIdentities":{id1.clone(): new}})
     );
 }
