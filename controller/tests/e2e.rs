@@ -305,6 +305,11 @@ async fn with_two_replicas_only_the_leader_writes() {
 #[tokio::test]
 async fn the_api_server_refuses_bad_objects_with_a_message_that_says_what_to_fix() {
     let env = Env::new("e2e-cel", &world(&[], "")).await;
+    // The duplicate is named (messageExpression), not only `Invalid value: "array"`.
+    let dup = format!(
+        "must not list the same identity twice (resource IDs are case-insensitive); listed more than once: {}",
+        uai("u1")
+    );
     let bad: Vec<(&str, serde_json::Value, &str)> = vec![
         (
             "target",
@@ -319,7 +324,7 @@ async fn the_api_server_refuses_bad_objects_with_a_message_that_says_what_to_fix
         (
             "dup",
             json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u1"), uai("u1").to_uppercase().replace("/SUBSCRIPTIONS/", "/subscriptions/")]}),
-            "must not list the same identity twice",
+            &dup,
         ),
         (
             "role",
