@@ -150,8 +150,11 @@ fn escaping_targets_and_identities_are_refused() {
     }
 }
 
-/// The rules that refuse one entry of a list name that entry (with `messageExpression`), so
-/// the API server's answer is not only `Invalid value: "array"`.
+/// The rules that refuse one entry of `userAssignedIdentities` name that entry (with
+/// `messageExpression`), so the API server's answer is not only `Invalid value: "array"`.
+/// (The roleAssignments/groupMemberships identity rules keep a fixed message: a
+/// messageExpression that finds the entry costs more than the API server's CEL budget for
+/// the schema allows; kube-apiserver 1.34 refuses the CRD.)
 #[test]
 fn list_rules_name_the_entry_they_refuse() {
     let dup = uai("u1").replace("resourceGroups", "resourcegroups");
@@ -170,24 +173,6 @@ fn list_rules_name_the_entry_they_refuse() {
         msgs.iter().any(|m| m
             .starts_with("each userAssignedIdentities entry must be a user-assigned identity ID")
             && m.ends_with(&format!("this one is not: {vm2}"))),
-        "{msgs:?}"
-    );
-    let o = object(|s| {
-        s.role_assignments[0].identity = uai("u9");
-        s.group_memberships[0].identity = "Nobody".into();
-    });
-    let msgs = broken(&o);
-    assert!(
-        msgs.iter()
-            .any(|m| m.starts_with("each roleAssignments[].identity must be")
-                && m.ends_with(&format!("this one is neither: {}", uai("u9")))),
-        "{msgs:?}"
-    );
-    assert!(
-        msgs.iter().any(
-            |m| m.starts_with("each groupMemberships[].identity must be")
-                && m.ends_with("this one is neither: Nobody")
-        ),
         "{msgs:?}"
     );
 }
