@@ -8,6 +8,7 @@
 #
 #   scripts/try-local.sh        # up: everything above; leaves it running
 #   scripts/try-local.sh down   # stops the controller, armsim and the API server
+#   scripts/try-local.sh down --clean   # ... and wipes the API server's etcd data
 #
 # Environment (optional): TRY_DIR (state, logs; default target/try-local), ARMSIM_PORT
 # (48080), METRICS_PORT (48081), KAS_DIR (passed to kube-up.sh), CARGO_PROFILE (dev).
@@ -50,7 +51,7 @@ stop_pid() { # stop_pid FILE: ends the process we started (by its recorded id) a
 if [[ ${1:-up} == down ]]; then
     stop_pid "$DIR/controller.pid"
     stop_pid "$DIR/armsim.pid"
-    tests/apiserver/kube-down.sh >&2 || true
+    tests/apiserver/kube-down.sh ${2:+"$2"} >&2 || true
     log "stopped"
     exit 0
 fi
@@ -107,8 +108,11 @@ step "controller running (log: $DIR/controller.log)"
 
 # 7. The example objects: every one Ready.
 kubectl apply -f examples/ >/dev/null
-kubectl wait vmid --all -A --for=condition=Ready --timeout=90s >/dev/null ||
-    { kubectl get vmid -A -o wide >&2; die "not every object became Ready"; }
+# (The examples' namespaces only: etcd keeps what earlier runs or tests left in others.)
+for ns in team-web team-data team-batch platform; do
+    kubectl wait vmid --all -n "$ns" --for=condition=Ready --timeout=90s >/dev/null ||
+        { kubectl get vmid -n "$ns" -o wide >&2; die "not every object in $ns became Ready"; }
+done
 step "examples/ applied and Ready"
 kubectl get vmid -A >&2
 
