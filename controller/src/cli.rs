@@ -349,6 +349,11 @@ async fn plan(a: PlanArgs) -> Result<i32, CliError> {
     let lives = a.live.as_ref().map(|p| input::load_live(p)).transpose()?;
     let azure = match &lives {
         Some(_) => None,
+        None if a.azure.simulator.is_none() && a.azure.token.is_none() => {
+            return Err(CliError::Other(
+                "plan needs live state: no ARM credentials for --endpoint (set AZURE_ACCESS_TOKEN or --token, for example `az account get-access-token --query accessToken -o tsv`), or give --simulator WORLD.yaml, or --live FILE to plan offline".into(),
+            ));
+        }
         None => Some(connect(&a.azure).await?),
     };
     let exec = azure.as_ref().map(|z| &z.exec);
