@@ -7,8 +7,10 @@
 # fails, printing how long each took.
 #
 #   scripts/try-local.sh        # up: everything above; leaves it running
-#   scripts/try-local.sh down   # stops the controller, armsim and the API server
-#   scripts/try-local.sh down --clean   # ... and wipes the API server's etcd data
+#   scripts/try-local.sh down   # stops the controller, armsim and the API server, and wipes
+#                               # its etcd data (the try-out's policies and admission policy
+#                               # would otherwise stay for the next user of the API server,
+#                               # the end-to-end tests included); `down --keep` keeps it
 #
 # Environment (optional): TRY_DIR (state, logs; default target/try-local), ARMSIM_PORT
 # (48080), METRICS_PORT (48081), KAS_DIR (passed to kube-up.sh), CARGO_PROFILE (dev).
@@ -51,7 +53,11 @@ stop_pid() { # stop_pid FILE: ends the process we started (by its recorded id) a
 if [[ ${1:-up} == down ]]; then
     stop_pid "$DIR/controller.pid"
     stop_pid "$DIR/armsim.pid"
-    tests/apiserver/kube-down.sh ${2:+"$2"} >&2 || true
+    if [[ ${2:-} == --keep ]]; then
+        tests/apiserver/kube-down.sh >&2 || true
+    else
+        tests/apiserver/kube-down.sh --clean >&2 || true
+    fi
     log "stopped"
     exit 0
 fi

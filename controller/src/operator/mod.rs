@@ -22,8 +22,12 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::core::PartialObjectMeta;
-use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
+use kube::runtime::controller::{ReconcileReason, ReconcileRequest, applier};
+use kube::runtime::utils::{CancelableJoinHandle, StreamBackoff};
+use kube::runtime::watcher::DefaultBackoff;
+use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client};
+use tracing::Instrument;
 use tracing::{error, info, warn};
 use vmidentity_azure::{ArmClient, ClientConfig, Executor, StaticToken};
 
@@ -336,19 +340,60 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
     // period, then the process goes (a write cut short is safe: ownership was claimed first,
     // and the next leader plans again from what ARM says).
     let (grace_tx, grace_rx) = tokio::sync::oneshot::channel::<()>();
-    let controller = Controller::for_stream(triggers, reader)
-        .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency))
-        .reconcile_on(futures::stream::select(scan_rx, retrigger_rx))
-        .graceful_shutdown_on(async move {
-            let _ = stop_rx.await;
-            let _ = grace_tx.send(());
-        })
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "controller event");
-            }
-        });
+    // kube-runtime's `Controller` with its parts spelled out (`applier`, as `Controller::run`
+    // calls it), so each trigger carries its own reason into the `reconciling object` span:
+    // `object updated` for watch events, and what the resync scanner or a policy change found
+    // (`Controller::reconcile_on` would label both `unknown`).
+    let queue = futures::stream::select_all([
+        triggers
+            .map_ok(|obj| ReconcileRequest {
+                obj_ref: reflector::ObjectRef::from_obj(&obj),
+                reason: ReconcileReason::ObjectUpdated,
+            })
+            .boxed(),
+        scan_rx
+            .map(|obj_ref| {
+                Ok(ReconcileRequest {
+                    obj_ref,
+                    reason: ReconcileReason::Custom {
+                        reason: "resync found drift".into(),
+                    },
+                })
+            })
+            .boxed(),
+        retrigger_rx
+            .map(|obj_ref| {
+                Ok(ReconcileRequest {
+                    obj_ref,
+                    reason: ReconcileReason::Custom {
+                        reason: "policy or namespace labels changed".into(),
+                    },
+                })
+            })
+            .boxed(),
+    ]);
+    let queue = StreamBackoff::new(queue, DefaultBackoff::default()).take_until(async move {
+        let _ = stop_rx.await;
+        let _ = grace_tx.send(());
+    });
+    let controller = applier(
+        |obj, ctx| {
+            CancelableJoinHandle::spawn(
+                reconcile(obj, ctx).in_current_span(),
+                &tokio::runtime::Handle::current(),
+            )
+        },
+        error_policy,
+        ctx,
+        reader,
+        queue,
+        kube::runtime::controller::Config::default().concurrency(args.concurrency),
+    )
+    .for_each(|res| async move {
+        if let Err(e) = res {
+            tracing::debug!(error = %e, "controller event");
+        }
+    });
     let grace = async move {
         if grace_rx.await.is_ok() {
             tokio::time::sleep(SHUTDOWN_GRACE).await;
