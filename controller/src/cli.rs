@@ -51,22 +51,22 @@ pub struct PlanArgs {
     /// VirtualMachineIdentity YAML files or directories (multi-document; `status` allowed).
     #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
     pub files: Vec<PathBuf>,
-    /// ARM GET body of the target (with its `id`), or an object mapping resource ID to GET body.
-    #[arg(long)]
-    pub live: PathBuf,
+    /// ARM GET body of the target (with its `id`), or an object mapping resource ID to GET
+    /// body: plan offline. Without it, `plan` reads every target (and, for objects with grants,
+    /// their role assignments and group memberships) from --endpoint with the same credentials
+    /// as `apply`, or from --simulator; it writes nothing.
+    #[arg(long, conflicts_with = "simulator")]
+    pub live: Option<PathBuf>,
+    #[command(flatten)]
+    pub azure: AzureArgs,
+    /// Targets read at once (with --endpoint or --simulator).
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     pub output: Output,
     /// Exit 2 when there are changes (0 when converged, 1 on errors).
     #[arg(long)]
     pub detailed_exitcode: bool,
-    /// Microsoft Graph endpoint the group membership writes are shown for (the member's
-    /// `@odata.id` names it), as `apply` would send them.
-    #[arg(
-        long,
-        env = "VMIDENTITY_GRAPH_ENDPOINT",
-        default_value = vmidentity_planner::grants::PUBLIC_GRAPH_ENDPOINT
-    )]
-    pub graph_endpoint: String,
     /// VirtualMachineIdentityPolicy YAML (files or directories; `Namespace` documents in them
     /// give namespace labels for the policies' selectors): every object is checked as the
     /// controller would check it, and nothing is planned or written when one is denied.
@@ -74,18 +74,18 @@ pub struct PlanArgs {
     pub policy: Vec<PathBuf>,
 }
 
+/// Where `plan` and `apply` find Azure: an endpoint and its tokens, or an in-process
+/// simulator.
 #[derive(Debug, clap::Args)]
-pub struct ApplyArgs {
-    /// VirtualMachineIdentity YAML files or directories.
-    #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
-    pub files: Vec<PathBuf>,
+pub struct AzureArgs {
     /// ARM endpoint.
     #[arg(long, env = "VMIDENTITY_ARM_ENDPOINT", default_value = vmidentity_azure::client::PUBLIC_ARM_ENDPOINT)]
     pub endpoint: String,
     /// Bearer token for ARM (for example from `az account get-access-token --query accessToken -o tsv`).
     #[arg(long, env = "AZURE_ACCESS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Microsoft Graph endpoint (for groupMemberships).
+    /// Microsoft Graph endpoint (for groupMemberships; `plan --live` shows the member's
+    /// `@odata.id` for it, as `apply` would send it).
     #[arg(
         long,
         env = "VMIDENTITY_GRAPH_ENDPOINT",
@@ -99,6 +99,15 @@ pub struct ApplyArgs {
     /// Run against an in-process ARM simulator seeded from this world file instead of Azure.
     #[arg(long, value_name = "WORLD_YAML", conflicts_with_all = ["endpoint", "token", "graph_endpoint", "graph_token"])]
     pub simulator: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// VirtualMachineIdentity YAML files or directories.
+    #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+    pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub azure: AzureArgs,
     /// Keep ownership records in this JSON file between runs (read before, written after).
     #[arg(long)]
     pub state: Option<PathBuf>,
@@ -265,21 +274,130 @@ async fn policy_denies(
     Ok(denied)
 }
 
+/// The door to Azure that `plan` and `apply` use: ARM, Graph when it has a token, and the
+/// in-process simulator that serves them (kept alive as long as the door).
+struct Azure {
+    exec: Executor,
+    #[cfg(feature = "simulator")]
+    _sim: Option<vmidentity_simulator::SimHandle>,
+}
+
+async fn connect(a: &AzureArgs) -> Result<Azure, CliError> {
+    #[cfg(feature = "simulator")]
+    let mut sim = None;
+    let (endpoint, token, graph) = match &a.simulator {
+        #[cfg(feature = "simulator")]
+        Some(world) => {
+            let text = std::fs::read_to_string(world)
+                .map_err(|e| CliError::Other(format!("{}: {e}", world.display())))?;
+            let handle = crate::demo::start_simulator(&text)
+                .await
+                .map_err(|e| CliError::Other(format!("{}: {e}", world.display())))?;
+            let url = handle.base_url();
+            sim = Some(handle);
+            (
+                url.clone(),
+                crate::demo::SIM_TOKEN.to_string(),
+                Some((url, crate::demo::SIM_GRAPH_TOKEN.to_string())),
+            )
+        }
+        #[cfg(not(feature = "simulator"))]
+        Some(_) => return Err(no_simulator("`--simulator`")),
+        None => {
+            let token = a.token.clone().ok_or_else(|| {
+                CliError::Other(
+                    "no ARM credentials: set AZURE_ACCESS_TOKEN or --token (for example `az account get-access-token --query accessToken -o tsv`), or use --simulator WORLD.yaml".into(),
+                )
+            })?;
+            let graph = a.graph_token.clone().map(|t| (a.graph_endpoint.clone(), t));
+            (a.endpoint.clone(), token, graph)
+        }
+    };
+    let client = ArmClient::new(
+        cli_client_config(&endpoint),
+        Arc::new(StaticToken::new(token)),
+    )
+    .map_err(|e| CliError::Other(e.to_string()))?;
+    // One door for every write: ARM, and Graph when it has a token.
+    let mut exec = Executor::new(client);
+    if let Some((endpoint, token)) = graph {
+        exec = exec.with_graph(
+            ArmClient::new(
+                ClientConfig {
+                    max_inline_wait: Duration::from_secs(120),
+                    ..ClientConfig::graph(&endpoint)
+                },
+                Arc::new(StaticToken::new(token)),
+            )
+            .map_err(|e| CliError::Other(e.to_string()))?,
+        );
+    }
+    Ok(Azure {
+        exec,
+        #[cfg(feature = "simulator")]
+        _sim: sim,
+    })
+}
+
+/// What `plan` says about where the existing role assignments and group memberships came
+/// from, when any object has grants; `None` otherwise.
+pub fn grants_source_note(results: &[TargetResult], read_from_azure: bool) -> Option<&'static str> {
+    if !results.iter().any(|r| r.grants.is_some()) {
+        return None;
+    }
+    Some(if read_from_azure {
+        "Existing role assignments and group memberships were read from Azure."
+    } else {
+        "Existing role assignments and group memberships were NOT read from Azure: with --live they are taken from the objects' status.applied, so a grant made or removed outside vmidentity is not seen (plan with --endpoint or --simulator instead of --live to read them)."
+    })
+}
+
 async fn plan(a: PlanArgs) -> Result<i32, CliError> {
     let loaded = input::load_objects(&a.files)?;
     let objects = desired(&loaded)?;
-    let denied = policy_denies(&a.policy, &objects, None).await?;
-    if denied {
+    // Read every input before a connection: bad input is refused without a request.
+    let lives = a.live.as_ref().map(|p| input::load_live(p)).transpose()?;
+    let azure = match &lives {
+        Some(_) => None,
+        None if a.azure.simulator.is_none() && a.azure.token.is_none() => {
+            return Err(CliError::Other(
+                "plan needs live state: no ARM credentials for --endpoint (set AZURE_ACCESS_TOKEN or --token, for example `az account get-access-token --query accessToken -o tsv`), or give --simulator WORLD.yaml, or --live FILE to plan offline".into(),
+            ));
+        }
+        None => Some(connect(&a.azure).await?),
+    };
+    let exec = azure.as_ref().map(|z| &z.exec);
+    if policy_denies(&a.policy, &objects, exec).await? {
         return Ok(1);
     }
-    let lives = input::load_live(&a.live)?;
-    let results = engine::plan_offline(objects, &lives);
-    match a.output {
-        Output::Json => crate::outln!(
-            "{}",
-            serde_json::to_string_pretty(&writes_json(&results, &a.graph_endpoint))
-                .unwrap_or_default()
+    let (results, graph_endpoint) = match (&lives, exec) {
+        (Some(lives), _) => (
+            engine::plan_offline(objects, lives),
+            a.azure.graph_endpoint.clone(),
         ),
+        (None, Some(exec)) => (
+            engine::plan_online(exec, objects, a.concurrency).await,
+            exec.graph_endpoint().to_string(),
+        ),
+        (None, None) => {
+            return Err(CliError::Other(
+                "give --live FILE, --simulator WORLD.yaml or ARM credentials".into(),
+            ));
+        }
+    };
+    let note = grants_source_note(&results, lives.is_none());
+    match a.output {
+        Output::Json => {
+            crate::outln!(
+                "{}",
+                serde_json::to_string_pretty(&writes_json(&results, &graph_endpoint))
+                    .unwrap_or_default()
+            );
+            // The JSON on stdout is an array of writes (a contract): the note goes to stderr.
+            if let Some(n) = note {
+                eprintln!("note: {n}");
+            }
+        }
         Output::Text => {
             let plans: Vec<_> = results
                 .iter()
@@ -295,6 +413,9 @@ async fn plan(a: PlanArgs) -> Result<i32, CliError> {
                 for g in grants {
                     text.push_str(&format!("  {g}\n"));
                 }
+            }
+            if let Some(n) = note {
+                text.push_str(&format!("\nNote: {n}\n"));
             }
             crate::out!("{text}");
         }
@@ -328,10 +449,6 @@ fn write_state(path: &PathBuf, state: &State) -> Result<(), CliError> {
 }
 
 async fn apply(a: ApplyArgs) -> Result<i32, CliError> {
-    #[cfg(not(feature = "simulator"))]
-    if a.simulator.is_some() {
-        return Err(no_simulator("`apply --simulator`"));
-    }
     let loaded = input::load_objects(&a.files)?;
     let mut objects = desired(&loaded)?;
     let state = match &a.state {
@@ -339,61 +456,13 @@ async fn apply(a: ApplyArgs) -> Result<i32, CliError> {
         None => State::new(),
     };
     objects = engine::with_state(objects, &state);
-
-    #[cfg(feature = "simulator")]
-    let mut _sim = None;
-    let (endpoint, token, graph) = match &a.simulator {
-        #[cfg(feature = "simulator")]
-        Some(world) => {
-            let text = std::fs::read_to_string(world)
-                .map_err(|e| CliError::Other(format!("{}: {e}", world.display())))?;
-            let sim = crate::demo::start_simulator(&text)
-                .await
-                .map_err(|e| CliError::Other(format!("{}: {e}", world.display())))?;
-            let url = sim.base_url();
-            _sim = Some(sim);
-            (
-                url.clone(),
-                crate::demo::SIM_TOKEN.to_string(),
-                Some((url, crate::demo::SIM_GRAPH_TOKEN.to_string())),
-            )
-        }
-        #[cfg(not(feature = "simulator"))]
-        Some(_) => return Err(no_simulator("`apply --simulator`")),
-        None => {
-            let token = a.token.clone().ok_or_else(|| {
-                CliError::Other(
-                    "no ARM credentials: set AZURE_ACCESS_TOKEN or --token (for example `az account get-access-token --query accessToken -o tsv`), or use --simulator WORLD.yaml".into(),
-                )
-            })?;
-            let graph = a.graph_token.clone().map(|t| (a.graph_endpoint.clone(), t));
-            (a.endpoint.clone(), token, graph)
-        }
-    };
-    let client = ArmClient::new(
-        cli_client_config(&endpoint),
-        Arc::new(StaticToken::new(token)),
-    )
-    .map_err(|e| CliError::Other(e.to_string()))?;
-    // One door for every write: ARM, and Graph when it has a token.
-    let mut exec = Executor::new(client);
-    if let Some((endpoint, token)) = graph {
-        exec = exec.with_graph(
-            ArmClient::new(
-                ClientConfig {
-                    max_inline_wait: Duration::from_secs(120),
-                    ..ClientConfig::graph(&endpoint)
-                },
-                Arc::new(StaticToken::new(token)),
-            )
-            .map_err(|e| CliError::Other(e.to_string()))?,
-        );
-    }
-    if policy_denies(&a.policy, &objects, Some(&exec)).await? {
+    let azure = connect(&a.azure).await?;
+    let exec = &azure.exec;
+    if policy_denies(&a.policy, &objects, Some(exec)).await? {
         eprintln!("error: nothing was written (objects denied by --policy)");
         return Ok(1);
     }
-    let results = engine::apply(&exec, objects.clone(), a.concurrency).await;
+    let results = engine::apply(exec, objects.clone(), a.concurrency).await;
     match a.output {
         Output::Text => crate::out!("{}", render_apply(&results, exec.graph_endpoint())),
         Output::Json => crate::outln!(

@@ -3,6 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -22,14 +25,14 @@ use vmidentity_planner as planner;
     shortname = "vmid",
     category = "azure",
     status = "VirtualMachineIdentityStatus",
-    doc = "Declares the managed identities of an Azure VM or VM scale set",
+    doc = "Declares the managed identities of an Azure VM or VM scale set.",
     printcolumn(
-        name = "Target",
+        name = "Target ID",
         type_ = "string",
         json_path = ".spec.target",
         priority = "1"
     ),
-    printcolumn(name = "VM", type_ = "string", json_path = ".status.targetName"),
+    printcolumn(name = "Target", type_ = "string", json_path = ".status.targetName"),
     printcolumn(name = "System", type_ = "boolean", json_path = ".spec.systemAssigned"),
     printcolumn(
         name = "User",
@@ -70,8 +73,9 @@ pub struct VirtualMachineIdentitySpec {
     #[schemars(length(min = 1, max = 1024))]
     pub target: String,
 
-    /// Microsoft.Compute api-version used for the target. Default 2018-06-01; 2017-12-01 uses
-    /// the `identityIds` array; later versions behave as 2018-06-01.
+    /// The Microsoft.Compute api-version used for the target (default 2018-06-01). 2017-12-01
+    /// uses the `identityIds` array; later versions behave as 2018-06-01, and from 2023-09-01
+    /// the identity PATCH carries the target's entity tag.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?$"))]
     #[x_kube(
@@ -79,24 +83,25 @@ pub struct VirtualMachineIdentitySpec {
     )]
     pub arm_api_version: Option<String>,
 
-    /// Merge (default): add what is listed, remove only what this object applied. Exact: the
-    /// list is the whole user-assigned set of the target.
+    /// How the user-assigned identities are applied. Merge (default): add what is listed and
+    /// remove only what this object applied. Exact: the list is the whole user-assigned set of
+    /// the target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
 
-    /// true enables the system-assigned identity, false disables it (destroying its
-    /// principal), absent leaves it untouched.
+    /// Whether the target's system-assigned identity is on: `true` enables it, `false`
+    /// disables it (destroying its principal), and absent leaves it untouched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_assigned: Option<bool>,
 
-    /// Resource IDs of user-assigned identities
-    /// (`.../providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>`).
+    /// Resource IDs of the user-assigned identities the target must carry
+    /// (`.../providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>`), each once.
     #[serde(default)]
     #[schemars(length(max = 150), inner(length(min = 1, max = 350)))]
     #[x_kube(
-        validation = Rule::new("self.all(id, id.matches('(?i)^/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\\\\.managedidentity/userassignedidentities/[^/]+$'))").message("each userAssignedIdentities entry must be a user-assigned identity ID: /subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>"),
+        validation = Rule::new("self.all(id, id.matches('(?i)^/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\\\\.managedidentity/userassignedidentities/[^/]+$'))").message(Message::Expression("'each userAssignedIdentities entry must be a user-assigned identity ID (/subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>); this one is not: ' + self.filter(id, !id.matches('(?i)^/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\\\\.managedidentity/userassignedidentities/[^/]+$'))[0]".into())),
         validation = Rule::new("self.all(id, !id.matches('/[.]{1,2}(/|$)') && !id.matches('[%?#[:cntrl:][:space:]]') && !id.contains('\\\\'))").message("each userAssignedIdentities entry must not contain '.' or '..' segments, '%', '\\', '?', '#', whitespace or control characters"),
-        validation = Rule::new("self.all(a, self.filter(b, b.lowerAscii() == a.lowerAscii()).size() == 1)").message("userAssignedIdentities must not list the same identity twice (resource IDs are case-insensitive)")
+        validation = Rule::new("self.all(a, self.filter(b, b.lowerAscii() == a.lowerAscii()).size() == 1)").message(Message::Expression("'userAssignedIdentities must not list the same identity twice (resource IDs are case-insensitive); listed more than once: ' + self.filter(a, self.filter(b, b.lowerAscii() == a.lowerAscii()).size() > 1)[0]".into()))
     )]
     pub user_assigned_identities: Vec<UserAssignedIdentityId>,
 
@@ -113,8 +118,9 @@ pub struct VirtualMachineIdentitySpec {
     #[schemars(length(max = 64))]
     pub group_memberships: Vec<GroupMembership>,
 
-    /// Detach (default): on deletion, remove the user-assigned identities this object applied
-    /// and nobody else wants. Retain: leave everything.
+    /// What deleting this object does. Detach (default): remove what this object applied
+    /// (identities, role assignments, group memberships) and nobody else wants. Retain: leave
+    /// everything in place.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_policy: Option<DeletionPolicy>,
 }
@@ -133,26 +139,28 @@ pub use planner::model::{
     RawGroupMembership as GroupMembership, RawRoleAssignment as RoleAssignment,
 };
 
-/// Observed state, kstatus style.
+/// The state the controller observed and what this object owns, kstatus style.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VirtualMachineIdentityStatus {
+    /// The `metadata.generation` of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready, Reconciling, Stalled.
+    /// The kstatus conditions `Ready`, `Reconciling` and `Stalled`, each with a reason and a
+    /// message that says what to do.
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// The ownership record: what this object has put on the target. Only what is listed here
     /// is ever removed on this object's behalf.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied: Option<AppliedIdentities>,
-    /// principalIds of the identities this object manages.
+    /// The principal IDs (Entra object IDs) of the identities this object manages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub principals: Option<Principals>,
-    /// The target's name, for `kubectl get`.
+    /// The target's name (the last segment of its ID), for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_name: Option<String>,
-    /// How many user-assigned identities this object lists and the target carries.
+    /// How many of the user-assigned identities this object lists the target carries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_assigned_count: Option<i64>,
 }
@@ -165,9 +173,10 @@ pub use planner::model::{AppliedGroupMembership, AppliedRoleAssignment};
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Principals {
+    /// The system-assigned identity's principal ID, when it is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_assigned: Option<String>,
-    /// User-assigned identity ID -> principalId.
+    /// The principal ID of each user-assigned identity, by identity ID.
     #[serde(default, skip_serializing_if = "StringMap::is_empty")]
     pub user_assigned: StringMap,
 }
@@ -322,10 +331,47 @@ impl VirtualMachineIdentitySpec {
     }
 }
 
+/// Descriptions as `kubectl explain` shows them: the line breaks of the doc comments they come
+/// from are joined (a paragraph break stays), so no sentence looks cut.
+fn tidy_descriptions(crd: &mut CustomResourceDefinition) {
+    fn join_lines(text: &str) -> String {
+        text.split("\n\n")
+            .map(|para| para.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    }
+    fn walk(p: &mut JSONSchemaProps) {
+        if let Some(d) = &mut p.description {
+            *d = join_lines(d);
+        }
+        for child in p.properties.iter_mut().flat_map(|m| m.values_mut()) {
+            walk(child);
+        }
+        match &mut p.items {
+            Some(JSONSchemaPropsOrArray::Schema(s)) => walk(s),
+            Some(JSONSchemaPropsOrArray::Schemas(v)) => v.iter_mut().for_each(walk),
+            None => {}
+        }
+        if let Some(JSONSchemaPropsOrBool::Schema(s)) = &mut p.additional_properties {
+            walk(s);
+        }
+    }
+    for v in &mut crd.spec.versions {
+        if let Some(s) = v
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            walk(s);
+        }
+    }
+}
+
 /// The CRD as YAML, as `vmidentity crd` prints it and `crds/` holds it.
 pub fn crd_yaml() -> Result<String, serde_yaml_ng::Error> {
     use kube::CustomResourceExt;
-    let crd = VirtualMachineIdentity::crd();
+    let mut crd = VirtualMachineIdentity::crd();
+    tidy_descriptions(&mut crd);
     Ok(format!(
         "# Generated by `vmidentity crd`: do not edit.\n{}",
         serde_yaml_ng::to_string(&crd)?
@@ -343,7 +389,7 @@ pub fn crd_yaml() -> Result<String, serde_yaml_ng::Error> {
     kind = "VirtualMachineIdentityPolicy",
     shortname = "vmidpolicy",
     category = "azure",
-    doc = "What VirtualMachineIdentity objects in a set of namespaces may do",
+    doc = "What VirtualMachineIdentity objects in a set of namespaces may do.",
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -368,7 +414,8 @@ impl VirtualMachineIdentityPolicy {
 /// The policy CRD as YAML (`vmidentity crd --policy`).
 pub fn policy_crd_yaml() -> Result<String, serde_yaml_ng::Error> {
     use kube::CustomResourceExt;
-    let crd = VirtualMachineIdentityPolicy::crd();
+    let mut crd = VirtualMachineIdentityPolicy::crd();
+    tidy_descriptions(&mut crd);
     Ok(format!(
         "# Generated by `vmidentity crd --policy`: do not edit.\n{}",
         serde_yaml_ng::to_string(&crd)?

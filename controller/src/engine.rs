@@ -501,6 +501,77 @@ async fn apply_target(exec: &Executor, group: Vec<DesiredObject>) -> TargetResul
     result
 }
 
+/// Plans every target against what Azure says now, writing nothing: one GET per target and,
+/// for targets with grants, the reads `apply` makes first (role definitions, the principals'
+/// role assignments and group memberships), so the grant writes shown are the ones `apply`
+/// would send. Principals that the identity PATCH would create are "(known after apply)".
+pub async fn plan_online(
+    exec: &Executor,
+    objects: Vec<DesiredObject>,
+    concurrency: usize,
+) -> Vec<TargetResult> {
+    let groups = group_by_target(objects);
+    let mut results: Vec<TargetResult> = futures::stream::iter(groups.into_values())
+        .map(|group| plan_target_online(exec, group))
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    results.sort_by(|a, b| {
+        a.target
+            .to_ascii_lowercase()
+            .cmp(&b.target.to_ascii_lowercase())
+    });
+    results
+}
+
+async fn plan_target_online(exec: &Executor, group: Vec<DesiredObject>) -> TargetResult {
+    let mut result = TargetResult {
+        target: group[0].spec.target.to_string(),
+        objects: group.iter().map(|o| o.object.clone()).collect(),
+        plan: None,
+        error: None,
+        live_after: None,
+        grant_writes: Vec::new(),
+        grants: None,
+        bad_identities: Vec::new(),
+        refused: Vec::new(),
+        role_names: BTreeMap::new(),
+    };
+    let read = async {
+        let live = exec
+            .read_target(&group[0].spec.target, &read_version(&group))
+            .await?;
+        // The same seniority rule as `apply`: a newcomer that conflicts is refused.
+        let (plan, group, refused) = plan_by_seniority(&group, &live);
+        let plan = plan?;
+        let mut grant_plan = None;
+        let mut names = BTreeMap::new();
+        if has_grants(&group) {
+            let mut resolved = resolve_offline(&group, &live, &plan);
+            resolved.roles.clear();
+            resolve_roles(exec, &group, &mut resolved).await?;
+            names = role_names(&group, &resolved);
+            let principals = grants::principals_to_read(&group, &resolved);
+            let held = read_grants(exec, &group, target_subscription(&plan), &principals).await?;
+            grant_plan = Some(grants::plan_grants(&group, &resolved, &held));
+        }
+        Ok::<_, EngineError>((plan, grant_plan, refused, names))
+    };
+    match read.await {
+        Ok((plan, grant_plan, refused, names)) => {
+            result.refused = refused;
+            result.role_names = names;
+            result.plan = Some(plan);
+            if let Some(gp) = grant_plan {
+                result.grant_writes = gp.removals.iter().chain(&gp.additions).cloned().collect();
+                result.grants = Some(gp);
+            }
+        }
+        Err(e) => result.error = Some(e),
+    }
+    result
+}
+
 /// How often a target's identity write is sent when ARM keeps answering 412 (another
 /// writer changes the target between our GET and our PATCH): each 412 is followed by a GET
 /// and a new plan; after the last one the error surfaces (and the reconcile is retried).

@@ -16,8 +16,11 @@ async fn main() {
         Ok("text") => false,
         _ => controller && !std::io::stderr().is_terminal(),
     };
+    // Colour only when a person reads it: the text format written into a file or a pipe
+    // carries no ANSI escape codes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if json {
         builder.json().flatten_event(true).init();

@@ -968,3 +968,227 @@ fn plan_names_roles_by_name() {
         stdout(&o)
     );
 }
+
+/// `plan` reads live state from an endpoint with `apply`'s credentials: a role assignment
+/// recorded in `status.applied` but removed in Azure by someone else is seen (and planned
+/// again) only when grants are read from Azure; with `--live` the plan says plainly that they
+/// were taken from `status.applied`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_reads_targets_and_grants_from_an_endpoint() {
+    use vmidentity_simulator::{SimConfig, WorldSeed};
+
+    const READER: &str = "acdd72a7-3385-48ef-bd42-f606fba81ae7";
+    const PA: &str = "aaaaaaaa-0000-4000-8000-00000000000a";
+    let rg = format!("{SUB}/resourceGroups/rg-plan");
+    let vm1 = format!("{rg}/providers/Microsoft.Compute/virtualMachines/vm-plan-1");
+    let ua = format!("{rg}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/uai-a");
+    let name = vmidentity_planner::grants::assignment_name(&rg, READER, PA);
+    let ra_id = format!("{rg}/providers/Microsoft.Authorization/roleAssignments/{name}");
+    // Azure: the identity is attached; the Reader assignment is gone (removed out of band).
+    let world = format!(
+        "userAssignedIdentities:
+  - {{id: {ua}, principalId: {PA}}}
+virtualMachines:
+  - id: {vm1}
+    identity: {{type: UserAssigned, userAssignedIdentities: [{ua}]}}
+"
+    );
+    let sim = vmidentity_simulator::start(SimConfig {
+        seed: WorldSeed::from_yaml_str(&world).expect("world"),
+        ..SimConfig::default()
+    })
+    .await
+    .expect("simulator");
+    let url = sim.base_url();
+    let objects = tmp(
+        "plan-endpoint.yaml",
+        &format!(
+            "apiVersion: vmidentity.dev/v1alpha1
+kind: VirtualMachineIdentity
+metadata: {{name: reader, namespace: team}}
+spec:
+  target: {vm1}
+  userAssignedIdentities: [{ua}]
+  roleAssignments:
+    - {{identity: {ua}, role: Reader, scope: {rg}}}
+status:
+  applied:
+    userAssignedIdentities: [{ua}]
+    roleAssignments:
+      - {{id: {ra_id}, scope: {rg}, roleDefinitionId: {READER}, principalId: {PA}, identity: {ua}}}
+"
+        ),
+    );
+    let objects = objects.to_str().unwrap().to_string();
+
+    // Online, JSON: exactly the PUT that makes the assignment again, nothing else.
+    let o = run_async(
+        [
+            "plan",
+            "-f",
+            &objects,
+            "--endpoint",
+            &url,
+            "--token",
+            "sim-token",
+            "-o",
+            "json",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let writes: Value = serde_json::from_str(&stdout(&o)).expect("json");
+    let writes = writes.as_array().expect("array").clone();
+    assert_eq!(writes.len(), 1, "{writes:#?}");
+    assert_eq!(writes[0]["method"], "PUT", "{writes:#?}");
+    assert!(
+        writes[0].to_string().contains(&name),
+        "the deterministic name: {writes:#?}"
+    );
+    assert!(
+        stderr(&o).contains("were read from Azure"),
+        "{}",
+        stderr(&o)
+    );
+    // Nothing was written: only reads reached the simulator.
+    assert_eq!(sim.counters().writes, 0);
+    assert!(sim.role_assignments().is_empty());
+
+    // Online, text, --detailed-exitcode: changes (2), and the grant is named.
+    let o = run_async(
+        [
+            "plan",
+            "-f",
+            &objects,
+            "--endpoint",
+            &url,
+            "--token",
+            "sim-token",
+            "--detailed-exitcode",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("+ role"), "{text}");
+    assert!(
+        text.contains(
+            "Note: Existing role assignments and group memberships were read from Azure."
+        ),
+        "{text}"
+    );
+
+    // Offline (--live): status.applied is believed, so nothing to do — and it says so.
+    let live = tmp(
+        "plan-endpoint-live.json",
+        &json!({
+            "id": vm1,
+            "identity": {
+                "type": "UserAssigned",
+                "userAssignedIdentities": {ua.clone(): {"principalId": PA, "clientId": "c0c0c0c0-0000-4000-8000-000000000000"}}
+            }
+        })
+        .to_string(),
+    );
+    let o = run_async(
+        [
+            "plan",
+            "-f",
+            &objects,
+            "--live",
+            live.to_str().unwrap(),
+            "--detailed-exitcode",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains(
+            "NOT read from Azure: with --live they are taken from the objects' status.applied"
+        ),
+        "{text}"
+    );
+
+    // Without credentials: one line that says how to get them, and no request.
+    let o = bin()
+        .args(["plan", "-f", &objects, "--endpoint", &url])
+        .current_dir(root())
+        .env_remove("AZURE_ACCESS_TOKEN")
+        .output()
+        .expect("runs");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no ARM credentials"), "{}", stderr(&o));
+    sim.shutdown().await;
+}
+
+/// `plan --simulator WORLD` plans the bundled examples against the simulator as `apply
+/// --simulator` would write them (7 PATCHes, 2 role assignment PUTs, 1 member POST).
+#[test]
+fn plan_against_the_simulator_shows_what_apply_would_write() {
+    let o = run(&[
+        "plan",
+        "-f",
+        "examples",
+        "--simulator",
+        "examples/demo/world.yaml",
+        "-o",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let writes: Value = serde_json::from_str(&stdout(&o)).expect("json");
+    let methods: Vec<&str> = writes
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|w| w["method"].as_str())
+        .collect();
+    assert_eq!(
+        methods.iter().filter(|m| **m == "PATCH").count(),
+        7,
+        "{writes:#}"
+    );
+    assert_eq!(
+        methods.iter().filter(|m| **m == "PUT").count(),
+        2,
+        "{writes:#}"
+    );
+    assert_eq!(
+        methods.iter().filter(|m| **m == "POST").count(),
+        1,
+        "{writes:#}"
+    );
+}
+
+/// The text log format written into a file or a pipe carries no ANSI colour codes (colour is
+/// for a terminal only).
+#[test]
+fn text_logs_into_a_pipe_have_no_colour_codes() {
+    let o = bin()
+        .args([
+            "plan",
+            "-f",
+            "examples/vm-web.yaml",
+            "--simulator",
+            "examples/demo/world.yaml",
+        ])
+        .current_dir(root())
+        .env("VMIDENTITY_LOG_FORMAT", "text")
+        .env("RUST_LOG", "debug")
+        .env_remove("NO_COLOR")
+        .output()
+        .expect("runs");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("DEBUG"), "debug logs expected: {err}");
+    assert!(
+        !err.contains('\u{1b}'),
+        "ANSI escape codes in piped logs: {err:?}"
+    );
+}

@@ -149,3 +149,104 @@ fn escaping_targets_and_identities_are_refused() {
         );
     }
 }
+
+/// The rules that refuse one entry of `userAssignedIdentities` name that entry (with
+/// `messageExpression`), so the API server's answer is not only `Invalid value: "array"`.
+/// (The roleAssignments/groupMemberships identity rules keep a fixed message: a
+/// messageExpression that finds the entry costs more than the API server's CEL budget for
+/// the schema allows; kube-apiserver 1.34 refuses the CRD.)
+#[test]
+fn list_rules_name_the_entry_they_refuse() {
+    let dup = uai("u1").replace("resourceGroups", "resourcegroups");
+    let o = object(|s| s.user_assigned_identities = vec![uai("u1"), uai("u2"), dup.clone()]);
+    let msgs = broken(&o);
+    assert!(
+        msgs.iter().any(|m| m.starts_with(
+            "userAssignedIdentities must not list the same identity twice (resource IDs are case-insensitive); listed more than once: "
+        ) && (m.ends_with(&uai("u1")) || m.ends_with(&dup))),
+        "{msgs:?}"
+    );
+    let vm2 = format!("{SUB}/resourceGroups/rg-a/providers/Microsoft.Compute/virtualMachines/vm2");
+    let o = object(|s| s.user_assigned_identities = vec![uai("u1"), vm2.clone()]);
+    let msgs = broken(&o);
+    assert!(
+        msgs.iter().any(|m| m
+            .starts_with("each userAssignedIdentities entry must be a user-assigned identity ID")
+            && m.ends_with(&format!("this one is not: {vm2}"))),
+        "{msgs:?}"
+    );
+}
+
+/// Every field `kubectl explain` shows, in both CRDs (`status.applied.*` included), has a
+/// description that is whole sentences: it starts with a capital letter, a code span or its
+/// own field name (the Kubernetes convention of `Condition`), ends with a full stop, and has
+/// no line break inside a paragraph (which reads as a sentence cut off).
+#[test]
+fn every_field_of_both_crds_has_a_whole_sentence_description() {
+    fn check(node: &serde_json::Value, path: &str, field: &str, bad: &mut Vec<String>) {
+        if !field.is_empty() {
+            match node.get("description").and_then(|d| d.as_str()) {
+                None => bad.push(format!("{path}: no description")),
+                Some(d) => {
+                    let d = d.trim();
+                    let starts_well = d.starts_with(|c: char| c.is_ascii_uppercase() || c == '`')
+                        || d.starts_with(field);
+                    let single_breaks = d.replace("\n\n", "").contains('\n');
+                    if d.is_empty() || !starts_well || !d.ends_with('.') || single_breaks {
+                        bad.push(format!("{path}: {d:?}"));
+                    }
+                }
+            }
+        }
+        if let Some(props) = node.get("properties").and_then(|p| p.as_object()) {
+            for (k, v) in props {
+                check(v, &format!("{path}.{k}"), k, bad);
+            }
+        }
+        if let Some(items) = node.get("items") {
+            // An array's entries are explained by the array field's own description.
+            if let Some(props) = items.get("properties").and_then(|p| p.as_object()) {
+                for (k, v) in props {
+                    check(v, &format!("{path}[].{k}"), k, bad);
+                }
+            }
+        }
+        if let Some(props) = node
+            .get("additionalProperties")
+            .and_then(|a| a.get("properties"))
+            .and_then(|p| p.as_object())
+        {
+            for (k, v) in props {
+                check(v, &format!("{path}{{}}.{k}"), k, bad);
+            }
+        }
+    }
+    let mut bad = Vec::new();
+    for (name, yaml) in [
+        (
+            "VirtualMachineIdentity",
+            vmidentity::crd::crd_yaml().expect("crd"),
+        ),
+        (
+            "VirtualMachineIdentityPolicy",
+            vmidentity::crd::policy_crd_yaml().expect("crd"),
+        ),
+    ] {
+        let crd: serde_json::Value = serde_yaml_ng::from_str(&yaml).expect("yaml");
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let root = schema["description"].as_str().unwrap_or_default();
+        if !root.ends_with('.') {
+            bad.push(format!("{name}: {root:?}"));
+        }
+        for part in ["spec", "status"] {
+            if let Some(node) = schema["properties"].get(part) {
+                check(node, &format!("{name}.{part}"), part, &mut bad);
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "fields without a whole-sentence description:\n{}",
+        bad.join("\n")
+    );
+}

@@ -368,6 +368,11 @@ async fn with_two_replicas_only_the_leader_writes() {
 #[tokio::test]
 async fn the_api_server_refuses_bad_objects_with_a_message_that_says_what_to_fix() {
     let env = Env::new("e2e-cel", &world(&[], "")).await;
+    // The duplicate is named (messageExpression), not only `Invalid value: "array"`.
+    let dup = format!(
+        "must not list the same identity twice (resource IDs are case-insensitive); listed more than once: {}",
+        uai("u1")
+    );
     let bad: Vec<(&str, serde_json::Value, &str)> = vec![
         (
             "target",
@@ -382,7 +387,7 @@ async fn the_api_server_refuses_bad_objects_with_a_message_that_says_what_to_fix
         (
             "dup",
             json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u1"), uai("u1").to_uppercase().replace("/SUBSCRIPTIONS/", "/subscriptions/")]}),
-            "must not list the same identity twice",
+            &dup,
         ),
         (
             "role",
@@ -762,5 +767,45 @@ async fn repeated_events_count_on_one_event() {
     assert_eq!(list.len(), 2, "{list:?}");
     assert_ne!(list[0].metadata.name.as_deref(), Some(name.as_str()));
     assert!(list[0].series.is_none());
+    env.cleanup().await;
+}
+
+/// A refusal is logged once at WARN, naming the object (namespace/name), the target and the
+/// reason, however many resyncs see it again; the text log written into a file has no colour
+/// codes; the start-up line states the watch scope.
+#[tokio::test]
+async fn a_refusal_is_logged_once_at_warn_with_object_target_and_reason() {
+    let env = Env::new("e2e-warn", &world(&["vm1"], "")).await;
+    env.delete_policy().await;
+    let _c = env.controller("a");
+    env.create(
+        "web",
+        json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u1")]}),
+    )
+    .await
+    .expect("create");
+    env.wait_for("web", 30, "denied", |o| stalled_with(o, "PolicyDenied"))
+        .await;
+    // Two resyncs (every 3 s) look at it again.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let path = std::env::temp_dir().join(format!("vmidentity-e2e-{}-a.log", env.ns));
+    let log = std::fs::read_to_string(&path).expect("controller log");
+    let refusals: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("refused:"))
+        .collect();
+    assert_eq!(refusals.len(), 1, "{log}");
+    let line = refusals[0];
+    assert!(line.contains(&format!("object={}/web", env.ns)), "{line}");
+    assert!(line.contains(&format!("target={}", vm("vm1"))), "{line}");
+    assert!(line.contains("reason=\"PolicyDenied\""), "{line}");
+    assert!(!log.contains('\u{1b}'), "colour codes in a log file");
+    assert!(
+        log.contains(&format!(
+            "controller running: watching namespace {}",
+            env.ns
+        )),
+        "{log}"
+    );
     env.cleanup().await;
 }

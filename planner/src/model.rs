@@ -149,11 +149,13 @@ impl fmt::Display for ObjectRef {
 pub struct AppliedRoleAssignment {
     /// The role assignment's ARM ID.
     pub id: String,
+    /// The ARM scope the role is assigned at.
     pub scope: String,
     /// The role definition GUID.
     pub role_definition_id: String,
+    /// The principal ID (Entra object ID) the role is assigned to.
     pub principal_id: String,
-    /// `SystemAssigned` or the user-assigned identity ID.
+    /// The identity that holds it: `SystemAssigned` or the user-assigned identity ID.
     pub identity: String,
 }
 
@@ -163,8 +165,11 @@ pub struct AppliedRoleAssignment {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct AppliedGroupMembership {
+    /// The Entra ID group's object ID.
     pub group_object_id: String,
+    /// The member's principal ID (Entra object ID).
     pub principal_id: String,
+    /// The identity that is the member: `SystemAssigned` or the user-assigned identity ID.
     pub identity: String,
 }
 
@@ -173,8 +178,12 @@ pub struct AppliedGroupMembership {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Applied {
+    /// The system-assigned identity's state as this object last set it (`true` or `false`),
+    /// absent when this object never set it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_assigned: Option<bool>,
+    /// The user-assigned identity IDs this object added or co-owns; they are removed only
+    /// when no object on the target wants them any more.
     #[serde(default)]
     pub user_assigned_identities: Vec<String>,
     /// Role assignments this object created or adopted.

@@ -423,8 +423,10 @@ pub fn escalation(blocks: &[PermissionBlock]) -> Option<Escalation> {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LabelSelector {
+    /// Labels a namespace must carry, each with exactly this value.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub match_labels: BTreeMap<String, String>,
+    /// Requirements on a namespace's labels; all of them must hold.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub match_expressions: Vec<LabelSelectorRequirement>,
 }
@@ -434,6 +436,7 @@ pub struct LabelSelector {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LabelSelectorRequirement {
+    /// The label key the requirement is about.
     pub key: String,
     /// `In`, `NotIn`, `Exists` or `DoesNotExist`.
     #[cfg_attr(
@@ -441,6 +444,7 @@ pub struct LabelSelectorRequirement {
         schemars(extend("enum" = ["In", "NotIn", "Exists", "DoesNotExist"]))
     )]
     pub operator: String,
+    /// The label values for `In` and `NotIn` (empty for `Exists` and `DoesNotExist`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub values: Vec<String>,
 }

@@ -27,6 +27,7 @@ pub(crate) fn router() -> Router<Shared> {
         .route("/_sim/throttling", get(get_throttling).post(set_throttling))
         .route("/_sim/buckets/{subscription}", get(bucket_levels))
         .route("/_sim/clock/advance", post(advance_clock))
+        .route("/_sim/identity", post(edit_identity))
 }
 
 async fn counters(AxState(s): AxState<Shared>) -> Json<Counters> {
@@ -134,4 +135,98 @@ fn bad_request(code: &str, message: &str) -> Response {
         Json(json!({ "error": { "code": code, "message": message } })),
     )
         .into_response()
+}
+
+/// Body of `POST /_sim/identity`: an out-of-band edit of a VM's or VMSS's identity, as
+/// someone else (the portal, `az vm identity assign`, a script) would make it.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct IdentityEdit {
+    /// The VM or VMSS resource ID.
+    id: String,
+    /// Enable (`true`) or disable (`false`) the system-assigned identity; absent: unchanged.
+    #[serde(default)]
+    system_assigned: Option<bool>,
+    /// User-assigned identity IDs to attach (need not exist: then the entry is stale).
+    #[serde(default)]
+    add_user_assigned: Vec<String>,
+    /// User-assigned identity IDs to detach (compared case-insensitively).
+    #[serde(default)]
+    remove_user_assigned: Vec<String>,
+    /// Drop the whole identity block first (`{"type":"None"}`).
+    #[serde(default)]
+    remove_identity: bool,
+}
+
+/// The identity block `edit` leads to from `current` (as a 2018-06-01 GET shows it), in the
+/// shape [`crate::set_identity_in`] takes: a kept system identity keeps its principal.
+fn edited_identity(current: &serde_json::Value, edit: &IdentityEdit) -> serde_json::Value {
+    let ty = current["type"]
+        .as_str()
+        .unwrap_or("None")
+        .to_ascii_lowercase();
+    let mut system = !edit.remove_identity && ty.contains("systemassigned");
+    let mut uais: Vec<String> = if edit.remove_identity {
+        Vec::new()
+    } else {
+        current["userAssignedIdentities"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    if let Some(on) = edit.system_assigned {
+        system = on;
+    }
+    uais.retain(|u| {
+        !edit
+            .remove_user_assigned
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(u))
+    });
+    for a in &edit.add_user_assigned {
+        if !uais.iter().any(|u| u.eq_ignore_ascii_case(a)) {
+            uais.push(a.clone());
+        }
+    }
+    let ty = match (system, !uais.is_empty()) {
+        (true, true) => "SystemAssigned, UserAssigned",
+        (true, false) => "SystemAssigned",
+        (false, true) => "UserAssigned",
+        (false, false) => "None",
+    };
+    let mut out = json!({ "type": ty });
+    if system && let Some(p) = current["principalId"].as_str() {
+        out["principalId"] = json!(p);
+    }
+    if !uais.is_empty() {
+        out["userAssignedIdentities"] = json!(uais);
+    }
+    out
+}
+
+/// `POST /_sim/identity`: applies an [`IdentityEdit`] out of band (the entity tag changes, as
+/// for any write; not counted, not logged) and answers the identity block as a 2018-06-01
+/// GET now shows it. 404 for an unknown resource, 400 for a body or identity ARM would refuse.
+async fn edit_identity(AxState(s): AxState<Shared>, body: Bytes) -> Response {
+    let edit = match serde_json::from_slice::<IdentityEdit>(&body) {
+        Ok(e) => e,
+        Err(e) => return bad_request("InvalidIdentityEdit", &e.to_string()),
+    };
+    let Some(current) = crate::identity_in(&s, &edit.id) else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": { "code": "ResourceNotFound", "message": format!("no VM or VMSS '{}' in the simulated world", edit.id) } })),
+        )
+            .into_response();
+    };
+    match crate::set_identity_in(&s, &edit.id, edited_identity(&current, &edit)) {
+        Ok(()) => Json(crate::identity_in(&s, &edit.id).unwrap_or(json!({"type": "None"})))
+            .into_response(),
+        Err(crate::SimError::NotFound(id)) => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": { "code": "ResourceNotFound", "message": format!("no VM or VMSS '{id}' in the simulated world") } })),
+        )
+            .into_response(),
+        Err(e) => bad_request("InvalidIdentityEdit", &e.to_string()),
+    }
 }

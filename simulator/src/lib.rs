@@ -333,6 +333,54 @@ pub struct SimHandle {
     task: Option<JoinHandle<()>>,
 }
 
+/// [`SimHandle::identity_of`] on the shared state (also the admin routes').
+pub(crate) fn identity_in(shared: &Shared, resource_id: &str) -> Option<Value> {
+    let st = shared.lock();
+    let res = st.world.compute.get(&key_of(resource_id))?;
+    Some(
+        st.world
+            .render_identity(res, Shape::Dictionary)
+            .unwrap_or_else(|| serde_json::json!({ "type": "None" })),
+    )
+}
+
+/// [`SimHandle::set_identity`] on the shared state (also the admin routes').
+pub(crate) fn set_identity_in(
+    shared: &Shared,
+    resource_id: &str,
+    identity: Value,
+) -> Result<(), SimError> {
+    let id = compute_id(resource_id)?;
+    let mut identity = identity;
+    let mut principal = None;
+    if let Value::Object(m) = &mut identity {
+        if let Some(Value::String(p)) = m.get("principalId") {
+            principal = Some(p.clone());
+        }
+        if let Some(Value::Array(a)) = m.get("userAssignedIdentities") {
+            let d: serde_json::Map<String, Value> = a
+                .iter()
+                .filter_map(|v| v.as_str().map(|s| (s.to_string(), serde_json::json!({}))))
+                .collect();
+            m.insert("userAssignedIdentities".into(), Value::Object(d));
+        }
+    }
+    let mut st = shared.lock();
+    let res = st
+        .world
+        .compute
+        .get(&id.key())
+        .cloned()
+        .ok_or_else(|| SimError::NotFound(resource_id.to_string()))?;
+    let state = st.world.out_of_band_identity(&res, &identity, principal)?;
+    if let Some(r) = st.world.compute.get_mut(&id.key()) {
+        r.set_identity(state);
+        r.bump_etag();
+    }
+    st.world.sync_compute_principals(&id.key());
+    Ok(())
+}
+
 fn compute_id(resource_id: &str) -> Result<ResourceId, SimError> {
     let id = ResourceId::parse(resource_id).map_err(|_| SimError::InvalidResourceId {
         id: resource_id.to_string(),
@@ -431,13 +479,7 @@ impl SimHandle {
     /// The identity block as a 2018-06-01 GET shows it; `{"type":"None"}` when the
     /// resource has no identity; `None` when the resource does not exist.
     pub fn identity_of(&self, resource_id: &str) -> Option<Value> {
-        let st = self.shared.lock();
-        let res = st.world.compute.get(&key_of(resource_id))?;
-        Some(
-            st.world
-                .render_identity(res, Shape::Dictionary)
-                .unwrap_or_else(|| serde_json::json!({ "type": "None" })),
-        )
+        identity_in(&self.shared, resource_id)
     }
 
     /// `properties.provisioningState` of a VM/VMSS.
@@ -464,35 +506,7 @@ impl SimHandle {
     /// `userAssignedIdentities` (map or array of ids; need not exist → stale entries).
     /// Bumps the resource's entity tag, as any write does.
     pub fn set_identity(&self, resource_id: &str, identity: Value) -> Result<(), SimError> {
-        let id = compute_id(resource_id)?;
-        let mut identity = identity;
-        let mut principal = None;
-        if let Value::Object(m) = &mut identity {
-            if let Some(Value::String(p)) = m.get("principalId") {
-                principal = Some(p.clone());
-            }
-            if let Some(Value::Array(a)) = m.get("userAssignedIdentities") {
-                let d: serde_json::Map<String, Value> = a
-                    .iter()
-                    .filter_map(|v| v.as_str().map(|s| (s.to_string(), serde_json::json!({}))))
-                    .collect();
-                m.insert("userAssignedIdentities".into(), Value::Object(d));
-            }
-        }
-        let mut st = self.shared.lock();
-        let res = st
-            .world
-            .compute
-            .get(&id.key())
-            .cloned()
-            .ok_or_else(|| SimError::NotFound(resource_id.to_string()))?;
-        let state = st.world.out_of_band_identity(&res, &identity, principal)?;
-        if let Some(r) = st.world.compute.get_mut(&id.key()) {
-            r.set_identity(state);
-            r.bump_etag();
-        }
-        st.world.sync_compute_principals(&id.key());
-        Ok(())
+        set_identity_in(&self.shared, resource_id, identity)
     }
 
     /// Creates a VM or VMSS out of band (no identity; the resource group is implied).

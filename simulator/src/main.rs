@@ -13,7 +13,8 @@ use vmidentity_simulator::{
 #[derive(Debug, Parser)]
 #[command(
     name = "armsim",
-    about = "Azure Resource Manager simulator (VM/VMSS identity, MSI)"
+    about = "Azure Resource Manager simulator (VM/VMSS identity, MSI, Authorization, Microsoft Graph group memberships, Resource Graph)",
+    after_help = "Tokens: ARM routes accept `Authorization: Bearer sim-token` (--token), Microsoft Graph routes (/v1.0/...) `Bearer sim-graph-token` (--graph-token).\nAdmin routes under /_sim/ need no token: counters, requests, faults, world, and POST /_sim/identity for out-of-band identity edits (simulator/README.md)."
 )]
 struct Args {
     /// World seed YAML (empty world when absent).
@@ -22,9 +23,14 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Accepted bearer token (repeatable). Default: sim-token.
+    /// Accepted ARM bearer token (repeatable). Default: sim-token.
     #[arg(long = "token")]
     tokens: Vec<String>,
+    /// Accepted Microsoft Graph bearer token (repeatable), for the /v1.0/... routes (group
+    /// memberships; give the controller --graph-token / AZURE_GRAPH_ACCESS_TOKEN). Default:
+    /// sim-graph-token. ARM tokens are refused on Graph routes and the other way round.
+    #[arg(long = "graph-token")]
+    graph_tokens: Vec<String>,
     /// LRO mode: async200 (ARM's: Azure-AsyncOperation only), async200-retry-after, async202 or sync.
     #[arg(long, default_value = "async200")]
     lro: LroMode,
@@ -144,6 +150,9 @@ async fn main() -> ExitCode {
     }
     if !args.tokens.is_empty() {
         config.accepted_tokens = args.tokens;
+    }
+    if !args.graph_tokens.is_empty() {
+        config.graph_tokens = args.graph_tokens;
     }
     let handle = match start_on(config, args.listen).await {
         Ok(h) => h,

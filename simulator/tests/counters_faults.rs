@@ -282,3 +282,90 @@ async fn paths_are_case_insensitive() {
     assert_eq!(r.status, 404);
     assert_eq!(r.body["error"]["code"], "NotFound");
 }
+
+/// `POST /_sim/identity`: someone else changes a VM's identity out of band (add and remove a
+/// user-assigned identity, enable and disable the system identity, drop the whole block); a
+/// GET shows each change, the system principal is kept while the system identity stays on,
+/// the entity tag moves, and the edits are neither counted nor logged.
+#[tokio::test]
+async fn admin_identity_edits() {
+    let sim = sim().await;
+    let c = Client::new(&sim);
+    let http = reqwest::Client::new();
+    let base = sim.base_url();
+    let edit = |body: Value| {
+        let http = http.clone();
+        let url = format!("{base}/_sim/identity");
+        async move {
+            let r = http.post(url).json(&body).send().await.expect("sent");
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let etag0 = sim.etag_of(&vm("vm-1"));
+
+    // Enable the system identity and attach uai-1 (spelled in lower case, as the docs do).
+    let (status, id) = edit(json!({"id": vm("vm-1"), "systemAssigned": true, "addUserAssigned": [uai_lower_rg("uai-1")]})).await;
+    assert_eq!(status, 200, "{id}");
+    assert_eq!(id["type"], "SystemAssigned, UserAssigned");
+    let principal = id["principalId"]
+        .as_str()
+        .expect("system principal")
+        .to_string();
+    let got = c.get(&vm("vm-1"), V2018).await.body;
+    assert_eq!(got["identity"]["type"], "SystemAssigned, UserAssigned");
+    assert_eq!(
+        got["identity"]["userAssignedIdentities"]
+            .as_object()
+            .map(|m| m.len()),
+        Some(1)
+    );
+    assert_ne!(sim.etag_of(&vm("vm-1")), etag0);
+
+    // Add uai-2, remove uai-1: the system principal is kept.
+    let (status, id) = edit(json!({"id": vm("vm-1"), "addUserAssigned": [uai("uai-2")], "removeUserAssigned": [uai("uai-1")]})).await;
+    assert_eq!(status, 200, "{id}");
+    let keys: Vec<String> = id["userAssignedIdentities"]
+        .as_object()
+        .map(|m| m.keys().map(|k| k.to_lowercase()).collect())
+        .unwrap_or_default();
+    assert_eq!(keys, vec![uai("uai-2").to_lowercase()]);
+    assert_eq!(id["principalId"], principal.as_str());
+
+    // Disable the system identity: only the user-assigned one is left.
+    let (status, id) = edit(json!({"id": vm("vm-1"), "systemAssigned": false})).await;
+    assert_eq!(status, 200, "{id}");
+    assert_eq!(id["type"], "UserAssigned");
+    assert!(id.get("principalId").is_none(), "{id}");
+
+    // Drop the whole block.
+    let (status, id) = edit(json!({"id": vm("vm-1"), "removeIdentity": true})).await;
+    assert_eq!(status, 200, "{id}");
+    assert_eq!(id, json!({"type": "None"}));
+    assert!(
+        c.get(&vm("vm-1"), V2018)
+            .await
+            .body
+            .get("identity")
+            .is_none()
+    );
+
+    // Scale sets too.
+    let (status, id) = edit(json!({"id": vmss("vmss-1"), "addUserAssigned": [uai("uai-3")]})).await;
+    assert_eq!(status, 200, "{id}");
+    assert_eq!(id["type"], "UserAssigned");
+
+    // Unknown resources and bad bodies are refused.
+    let (status, _) = edit(json!({"id": vm("vm-nope"), "systemAssigned": true})).await;
+    assert_eq!(status, 404);
+    let (status, body) = edit(json!({"id": vm("vm-1"), "enable": true})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "InvalidIdentityEdit");
+    // A user-assigned identity is no VM or VMSS.
+    let (status, _) = edit(json!({"id": uai("uai-1"), "systemAssigned": true})).await;
+    assert_eq!(status, 404);
+
+    // Out of band: not counted as ARM traffic (only the two GETs above were).
+    assert_eq!(sim.counters().requests, 2);
+    assert_eq!(sim.counters().writes, 0);
+}

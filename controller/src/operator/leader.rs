@@ -113,11 +113,16 @@ impl Elector {
         loop {
             match self.try_acquire_or_renew().await {
                 Ok(true) => {
-                    info!(lease = %self.cfg.name, identity = %self.cfg.identity, "acquired the leader lease");
+                    info!(lease = %format!("{}/{}", self.cfg.namespace, self.cfg.name), identity = %self.cfg.identity, "acquired the leader lease");
                     return;
                 }
                 Ok(false) => {}
-                Err(e) => warn!(error = %e, "leader election: cannot read or write the lease"),
+                Err(e) => warn!(
+                    lease = %format!("{}/{}", self.cfg.namespace, self.cfg.name),
+                    error = %e,
+                    "leader election: cannot read or write the lease (does namespace {} exist? --lease-namespace chooses another)",
+                    self.cfg.namespace
+                ),
             }
             tokio::time::sleep(self.cfg.retry_period).await;
         }

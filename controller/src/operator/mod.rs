@@ -10,6 +10,7 @@ pub mod leader;
 pub mod metrics;
 pub mod policy;
 pub mod reconcile;
+pub mod refusals;
 pub mod target;
 #[cfg(test)]
 mod test_support;
@@ -21,8 +22,12 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::core::PartialObjectMeta;
-use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
+use kube::runtime::controller::{ReconcileReason, ReconcileRequest, applier};
+use kube::runtime::utils::{CancelableJoinHandle, StreamBackoff};
+use kube::runtime::watcher::DefaultBackoff;
+use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client};
+use tracing::Instrument;
 use tracing::{error, info, warn};
 use vmidentity_azure::{ArmClient, ClientConfig, Executor, StaticToken};
 
@@ -86,8 +91,14 @@ pub struct ControllerArgs {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "VMIDENTITY_NAMESPACE")]
     pub namespace: Option<String>,
-    /// Address of /metrics, /healthz and /readyz.
-    #[arg(long, env = "VMIDENTITY_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    /// Address of /metrics, /healthz and /readyz. Loopback by default, so a controller run
+    /// by hand on a shared machine does not publish its metrics; in a pod the chart sets the
+    /// pod's address (`0.0.0.0:8080`).
+    #[arg(
+        long,
+        env = "VMIDENTITY_METRICS_ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
     pub metrics_addr: SocketAddr,
     /// Disable leader election (a single replica).
     #[arg(long, env = "VMIDENTITY_NO_LEADER_ELECTION")]
@@ -99,9 +110,11 @@ pub struct ControllerArgs {
         default_value = "vmidentity-leader"
     )]
     pub lease_name: String,
-    /// Namespace of the leader Lease (default: POD_NAMESPACE, else "default").
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
-    pub lease_namespace: String,
+    /// Namespace of the leader Lease. Default: POD_NAMESPACE (the controller's own namespace
+    /// in a pod); outside a pod, the one namespace watched (--namespace), else
+    /// "vmidentity-system" (the chart's namespace; it must exist). Never "default".
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
     /// This replica's identity in the Lease (default: POD_NAME, else host name and pid).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
@@ -145,6 +158,32 @@ pub struct ControllerArgs {
     pub lro_poll_ms: u64,
 }
 
+/// Where the leader Lease lives outside a pod when nothing names a namespace: the namespace
+/// the chart installs the controller in.
+pub const DEFAULT_LEASE_NAMESPACE: &str = "vmidentity-system";
+
+/// The namespace of the leader Lease and how it was chosen: `--lease-namespace` or
+/// `POD_NAMESPACE` (the controller's own namespace in a pod), else the one namespace it
+/// watches, else [`DEFAULT_LEASE_NAMESPACE`].
+pub fn lease_namespace(args: &ControllerArgs) -> (String, &'static str) {
+    match (&args.lease_namespace, &args.namespace) {
+        (Some(ns), _) if !ns.is_empty() => (ns.clone(), "--lease-namespace or POD_NAMESPACE"),
+        (_, Some(ns)) if !ns.is_empty() => (ns.clone(), "the watched namespace (--namespace)"),
+        _ => (
+            DEFAULT_LEASE_NAMESPACE.to_string(),
+            "the default outside a pod",
+        ),
+    }
+}
+
+/// The watch scope, as the start-up log line states it.
+pub fn watch_scope(args: &ControllerArgs) -> String {
+    match &args.namespace {
+        Some(ns) if !ns.is_empty() => format!("namespace {ns}"),
+        _ => "all namespaces".to_string(),
+    }
+}
+
 /// How long running reconciles may go on after a stop signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -178,12 +217,25 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
     let doors = azure_doors(&args, &metrics)?;
     let exec = doors.exec.clone();
     let me = identity(&args);
+    let (lease_ns, lease_ns_from) = lease_namespace(&args);
+    let scope = watch_scope(&args);
+    info!(
+        watching = %scope,
+        metrics_addr = %args.metrics_addr,
+        leader_election = !args.no_leader_election,
+        lease = %format!("{lease_ns}/{}", args.lease_name),
+        lease_namespace_from = lease_ns_from,
+        identity = %me,
+        arm_endpoint = %args.arm_endpoint,
+        resync_seconds = args.resync_seconds,
+        "starting the controller: watching {scope}"
+    );
     let elector = (!args.no_leader_election).then(|| {
         Elector::new(
             client.clone(),
             LeaderConfig {
                 name: args.lease_name.clone(),
-                namespace: args.lease_namespace.clone(),
+                namespace: lease_ns.clone(),
                 identity: me.clone(),
                 lease_duration: Duration::from_secs(args.lease_seconds.max(2)),
                 retry_period: Duration::from_secs((args.lease_seconds / 5).max(1)),
@@ -192,7 +244,7 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
     });
     metrics.set_ready(true);
     if let Some(el) = &elector {
-        info!(identity = %me, lease = %args.lease_name, "waiting for the leader lease");
+        info!(identity = %me, lease = %format!("{lease_ns}/{}", args.lease_name), "waiting for the leader lease");
         el.acquire().await;
     }
     metrics.leader.set(1);
@@ -293,30 +345,69 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
             let _ = stop_tx.send(());
         });
     }
-    info!(namespace = ?args.namespace, resync = args.resync_seconds, "controller running");
+    info!(watching = %scope, resync_seconds = args.resync_seconds, "controller running: watching {scope}");
     // On a stop signal the controller starts no new reconciles; running ones get a grace
     // period, then the process goes (a write cut short is safe: ownership was claimed first,
     // and the next leader plans again from what ARM says).
     let (grace_tx, grace_rx) = tokio::sync::oneshot::channel::<()>();
-    let controller = Controller::for_stream(triggers, reader)
-        .with_config(
-            kube::runtime::controller::Config::default()
-                .concurrency(args.concurrency)
-                // kube-runtime's scheduler debounces per object reference; triggers are keyed
-                // by the target's representative, so this coalesces per target.
-                .debounce(Duration::from_millis(args.debounce_ms)),
-        )
-        .reconcile_on(futures::stream::select(scan_rx, retrigger_rx))
-        .graceful_shutdown_on(async move {
-            let _ = stop_rx.await;
-            let _ = grace_tx.send(());
-        })
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "controller event");
-            }
-        });
+    // kube-runtime's `Controller` with its parts spelled out (`applier`, as `Controller::run`
+    // calls it), so each trigger carries its own reason into the `reconciling object` span:
+    // `object updated` for watch events, and what the resync scanner or a policy change found
+    // (`Controller::reconcile_on` would label both `unknown`).
+    let queue = futures::stream::select_all([
+        triggers
+            .map_ok(|obj| ReconcileRequest {
+                obj_ref: reflector::ObjectRef::from_obj(&obj),
+                reason: ReconcileReason::ObjectUpdated,
+            })
+            .boxed(),
+        scan_rx
+            .map(|obj_ref| {
+                Ok(ReconcileRequest {
+                    obj_ref,
+                    reason: ReconcileReason::Custom {
+                        reason: "resync found drift".into(),
+                    },
+                })
+            })
+            .boxed(),
+        retrigger_rx
+            .map(|obj_ref| {
+                Ok(ReconcileRequest {
+                    obj_ref,
+                    reason: ReconcileReason::Custom {
+                        reason: "policy or namespace labels changed".into(),
+                    },
+                })
+            })
+            .boxed(),
+    ]);
+    let queue = StreamBackoff::new(queue, DefaultBackoff::default()).take_until(async move {
+        let _ = stop_rx.await;
+        let _ = grace_tx.send(());
+    });
+    let controller = applier(
+        |obj, ctx| {
+            CancelableJoinHandle::spawn(
+                reconcile(obj, ctx).in_current_span(),
+                &tokio::runtime::Handle::current(),
+            )
+        },
+        error_policy,
+        ctx,
+        reader,
+        queue,
+        kube::runtime::controller::Config::default()
+            .concurrency(args.concurrency)
+            // The scheduler debounces per object reference; triggers are keyed by the
+            // target's representative, so this coalesces per target.
+            .debounce(Duration::from_millis(args.debounce_ms)),
+    )
+    .for_each(|res| async move {
+        if let Err(e) = res {
+            tracing::debug!(error = %e, "controller event");
+        }
+    });
     let grace = async move {
         if grace_rx.await.is_ok() {
             tokio::time::sleep(SHUTDOWN_GRACE).await;
@@ -541,5 +632,63 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> ControllerArgs {
+        let argv = ["vmidentity", "controller"].iter().chain(extra.iter());
+        match Cli::try_parse_from(argv) {
+            Ok(Cli {
+                command: Command::Controller(a),
+            }) => a,
+            other => panic!("not a controller command line: {other:?}"),
+        }
+    }
+
+    // These read POD_NAMESPACE / VMIDENTITY_* from the environment as the binary does; the
+    // test environment sets none of them.
+    #[test]
+    fn metrics_bind_to_loopback_unless_told_otherwise() {
+        assert_eq!(args(&[]).metrics_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            args(&["--metrics-addr", "0.0.0.0:9090"])
+                .metrics_addr
+                .to_string(),
+            "0.0.0.0:9090"
+        );
+    }
+
+    #[test]
+    fn the_lease_never_lands_in_default_outside_a_pod() {
+        assert_eq!(lease_namespace(&args(&[])).0, "vmidentity-system");
+        assert_eq!(
+            lease_namespace(&args(&["--namespace", "team-web"])).0,
+            "team-web"
+        );
+        assert_eq!(
+            lease_namespace(&args(&[
+                "--namespace",
+                "team-web",
+                "--lease-namespace",
+                "ops"
+            ]))
+            .0,
+            "ops"
+        );
+    }
+
+    #[test]
+    fn the_start_up_line_states_the_watch_scope() {
+        assert_eq!(watch_scope(&args(&[])), "all namespaces");
+        assert_eq!(
+            watch_scope(&args(&["--namespace", "team-web"])),
+            "namespace team-web"
+        );
     }
 }

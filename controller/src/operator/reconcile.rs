@@ -162,7 +162,7 @@ impl Context {
         match published {
             Ok(Published::Created) => self.metrics.kube_write("create-event"),
             Ok(Published::Counted) => self.metrics.kube_write("patch-event"),
-            Err(e) => warn!(object = %o.name_any(), error = %e, "cannot publish event"),
+            Err(e) => warn!(object = %super::refusals::key(o), error = %e, "cannot publish event"),
         }
     }
 
@@ -269,6 +269,7 @@ impl Context {
             self.event(o, n.type_, n.reason.as_str(), n.note).await;
         }
         if let Some(st) = &r.status {
+            super::refusals::log_new(o, st);
             self.patch_status(o, st).await?;
         }
         for n in r.events_after {
@@ -399,7 +400,7 @@ fn sparse(len: usize, capacity: usize) -> bool {
 
 /// Kubernetes API failures (status or finalizer writes): back off and try again.
 pub fn error_policy(rep: Arc<VirtualMachineIdentity>, err: &Error, ctx: Arc<Context>) -> Action {
-    warn!(object = %rep.name_any(), error = %err, "reconcile failed");
+    warn!(object = %super::refusals::key(&rep), error = %err, "reconcile failed");
     Action::requeue(jitter(ctx.backoff(&target_key(&rep))))
 }
 
