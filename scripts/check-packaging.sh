@@ -206,7 +206,7 @@ for f in sys.argv[1:-1]:
     name = "%s-%s-%s.json" % (kind.lower(), group.split(".")[0], v["name"])
     json.dump(schema, open(os.path.join(out, name), "w"), indent=1)
 PY
-KC_ARGS=(-strict -summary -kubernetes-version "$K8S_VERSION" -skip ServiceMonitor
+KC_ARGS=(-strict -summary -kubernetes-version "$K8S_VERSION" -skip ServiceMonitor,PrometheusRule
     -schema-location "$SCHEMAS/{{ .NormalizedKubernetesVersion }}-local{{ .StrictSuffix }}/{{ .ResourceKind }}{{ .KindSuffix }}.json"
     -schema-location "$CRD_SCHEMAS/{{ .ResourceKind }}{{ .KindSuffix }}.json")
 kubeconform() { "$KUBECONFORM" "${KC_ARGS[@]}" "$@"; }
@@ -368,6 +368,14 @@ expect(rb is not None and rb["metadata"]["namespace"] == "team-web" and rb["role
 expect(("PodDisruptionBudget", "vmidentity") not in r, "replicas 1: no PodDisruptionBudget")
 sm = r.get(("ServiceMonitor", "vmidentity"))
 expect(sm is not None and sm["spec"]["endpoints"][0]["port"] == "http-metrics", "ServiceMonitor when enabled")
+pr = r.get(("PrometheusRule", "vmidentity"))
+src = yaml.safe_load(open("charts/vmidentity/files/prometheus-rules.yaml"))
+expect(pr is not None and pr["metadata"]["labels"].get("release") == "kube-prometheus-stack"
+       and [x["alert"] for g in pr["spec"]["groups"] for x in g["rules"]] == [x["alert"] for g in src["groups"] for x in g["rules"]]
+       and "job=\"vmidentity\"" not in yaml.safe_dump(pr) and "job=\"vmidentity-metrics\"" in yaml.safe_dump(pr),
+       "PrometheusRule when enabled: every alert of files/prometheus-rules.yaml, on the ServiceMonitor's job")
+yaml.safe_dump(pr["spec"] if pr else {}, open(work + "/prometheusrule-groups.yaml", "w"))
+expect(not any(k == "PrometheusRule" for k, _ in load("workload-identity-values")), "no PrometheusRule by default")
 
 r = load("managed-identity-values")
 d = r[("Deployment", "vmidentity")]
@@ -390,6 +398,11 @@ cat "$WORK/render-assertions.log"
 pass=$((pass + $(grep -c '^ok ' "$WORK/render-assertions.log")))
 fail=$((fail + $(grep -c '^FAIL ' "$WORK/render-assertions.log")))
 ((rc == 0)) || grep -q '^FAIL ' "$WORK/render-assertions.log" || bad "chart render assertions (the script itself failed)"
+if command -v promtool >/dev/null; then
+    check "promtool check rules: the chart's rendered PrometheusRule groups" promtool check rules "$WORK/prometheusrule-groups.yaml"
+else
+    bad "promtool is installed (apt-get install prometheus) for the PrometheusRule check"
+fi
 
 # helm template does not render NOTES.txt: render it from a copy of the chart, through tpl.
 notes_chart=$WORK/notes-chart
