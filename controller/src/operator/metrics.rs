@@ -91,6 +91,8 @@ pub struct Metrics {
     pub arm_ratelimit_remaining: Family<BucketLabels, Gauge>,
     /// Token acquisitions that failed, per token scope.
     pub token_failures: Family<ScopeLabels, Counter>,
+    /// Resident memory of the process (`VmRSS` of /proc/self/status, read when scraped).
+    pub resident_memory: Gauge,
     /// The objects cache, read when scraped (set once the controller has one).
     store: OnceLock<Store<VirtualMachineIdentity>>,
     ready: AtomicBool,
@@ -123,6 +125,12 @@ impl Metrics {
         let drift_repaired = Family::<TargetLabels, Counter>::default();
         let arm_ratelimit_remaining = Family::<BucketLabels, Gauge>::default();
         let token_failures = Family::<ScopeLabels, Counter>::default();
+        let resident_memory = Gauge::default();
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory of the controller process (VmRSS)",
+            resident_memory.clone(),
+        );
         registry.register(
             "objects_by_condition",
             "VirtualMachineIdentity objects in the cache by the condition that is True (Unknown: none yet for the current generation)",
@@ -209,6 +217,14 @@ impl Metrics {
             "1 when this replica holds the leader lease",
             leader.clone(),
         );
+        // Every result label exists from the start (at 0), so rates and ratios over them have
+        // data before the first error (Prometheus' "Instrumentation" practices: avoid missing
+        // metrics). The labels are decide::Outcome::label's and "error".
+        for result in ["converged", "applied", "retry", "stalled", "idle", "error"] {
+            reconciles.get_or_create(&ResultLabels {
+                result: result.to_string(),
+            });
+        }
         Metrics {
             registry,
             reconciles,
@@ -229,6 +245,7 @@ impl Metrics {
             drift_repaired,
             arm_ratelimit_remaining,
             token_failures,
+            resident_memory,
             store: OnceLock::new(),
             ready: AtomicBool::new(false),
         }
@@ -301,12 +318,32 @@ impl Metrics {
 
     pub fn encode(&self) -> String {
         self.refresh_objects(k8s_openapi::jiff::Timestamp::now());
+        if let Some(rss) = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .as_deref()
+            .and_then(vm_rss_bytes)
+        {
+            self.resident_memory.set(rss);
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
         out
     }
+}
+
+/// `VmRSS` of a /proc/<pid>/status text, in bytes ("VmRSS:\t  123 kB", proc(5)).
+fn vm_rss_bytes(status: &str) -> Option<i64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: i64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 /// Objects by the condition that is `True`, and the age of the oldest `Stalled`.
@@ -488,6 +525,21 @@ mod tests {
                 stalled_max_age_secs: 3600,
             }
         );
+    }
+
+    #[test]
+    fn resident_memory_from_proc_status() {
+        assert_eq!(
+            vm_rss_bytes("Name:\tvmidentity\nVmRSS:\t   20480 kB\nThreads:\t4\n"),
+            Some(20480 * 1024)
+        );
+        assert_eq!(vm_rss_bytes("Name:\tx\n"), None);
+        let m = Metrics::new();
+        assert!(
+            m.encode()
+                .contains("vmidentity_process_resident_memory_bytes ")
+        );
+        assert!(m.resident_memory.get() > 0, "read off /proc/self/status");
     }
 
     #[test]
