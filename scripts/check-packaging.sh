@@ -266,7 +266,7 @@ check_fails "kubeconform refuses a Deployment with an unknown field (the Kuberne
 
 step "what the chart renders (assertions on helm template output)"
 python3 - "$WORK" >"$WORK/render-assertions.log" 2>&1 <<'PY'
-import sys, yaml
+import json, sys, yaml
 work = sys.argv[1]
 failures = 0
 def load(name):
@@ -376,6 +376,12 @@ expect(pr is not None and pr["metadata"]["labels"].get("release") == "kube-prome
        "PrometheusRule when enabled: every alert of files/prometheus-rules.yaml, on the ServiceMonitor's job")
 yaml.safe_dump(pr["spec"] if pr else {}, open(work + "/prometheusrule-groups.yaml", "w"))
 expect(not any(k == "PrometheusRule" for k, _ in load("workload-identity-values")), "no PrometheusRule by default")
+cm = r.get(("ConfigMap", "vmidentity-dashboard"))
+dash = json.load(open("charts/vmidentity/files/dashboards/vmidentity.json"))
+expect(cm is not None and cm["metadata"]["labels"].get("grafana_dashboard") == "1" and cm["metadata"]["namespace"] == "monitoring"
+       and cm["metadata"].get("annotations") == {"grafana_folder": "Azure"} and json.loads(cm["data"]["vmidentity.json"]) == dash,
+       "Grafana dashboard ConfigMap when enabled: sidecar label, the repository's dashboard JSON unchanged")
+expect(not any(k == "ConfigMap" for k, _ in load("workload-identity-values")), "no dashboard ConfigMap by default")
 
 r = load("managed-identity-values")
 d = r[("Deployment", "vmidentity")]
