@@ -221,9 +221,9 @@ impl Metrics {
         // data before the first error (Prometheus' "Instrumentation" practices: avoid missing
         // metrics). The labels are decide::Outcome::label's and "error".
         for result in ["converged", "applied", "retry", "stalled", "idle", "error"] {
-            reconciles.get_or_create(&ResultLabels {
+            drop(reconciles.get_or_create(&ResultLabels {
                 result: result.to_string(),
-            });
+            }));
         }
         Metrics {
             registry,
