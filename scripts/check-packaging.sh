@@ -206,7 +206,7 @@ for f in sys.argv[1:-1]:
     name = "%s-%s-%s.json" % (kind.lower(), group.split(".")[0], v["name"])
     json.dump(schema, open(os.path.join(out, name), "w"), indent=1)
 PY
-KC_ARGS=(-strict -summary -kubernetes-version "$K8S_VERSION" -skip ServiceMonitor,PrometheusRule
+KC_ARGS=(-strict -summary -kubernetes-version "$K8S_VERSION" -skip ServiceMonitor,PrometheusRule,PodMonitor
     -schema-location "$SCHEMAS/{{ .NormalizedKubernetesVersion }}-local{{ .StrictSuffix }}/{{ .ResourceKind }}{{ .KindSuffix }}.json"
     -schema-location "$CRD_SCHEMAS/{{ .ResourceKind }}{{ .KindSuffix }}.json")
 kubeconform() { "$KUBECONFORM" "${KC_ARGS[@]}" "$@"; }
@@ -234,6 +234,8 @@ declare -A BAD=(
     [client-secret-no-secret.yaml]="secretName"
     [two-replicas-no-leader-election.yaml]="/replicas"
     [namespace-credentials-unknown.yaml]="mode"
+    [network-policy-cidr-not-cidr.yaml]="cidrs"
+    [azure-monitor-kind-unknown.yaml]="kind"
 )
 for f in $(printf '%s\n' "${!BAD[@]}" | sort); do
     [[ -f $CHART/ci/bad/$f ]] || { bad "ci/bad/$f exists"; continue; }
@@ -376,6 +378,52 @@ expect(pr is not None and pr["metadata"]["labels"].get("release") == "kube-prome
        "PrometheusRule when enabled: every alert of files/prometheus-rules.yaml, on the ServiceMonitor's job")
 yaml.safe_dump(pr["spec"] if pr else {}, open(work + "/prometheusrule-groups.yaml", "w"))
 expect(not any(k == "PrometheusRule" for k, _ in load("workload-identity-values")), "no PrometheusRule by default")
+# Hardening, in every rendered variant: the restricted Pod Security Standard's container and
+# pod settings (read-only root FS, no privilege escalation, every capability dropped, seccomp
+# RuntimeDefault, non-root), no writable volume, no host namespaces, spread over nodes and zones.
+for variant in ("workload-identity-values", "client-secret-values", "managed-identity-values", "static-values"):
+    rv = load(variant)
+    ps = rv[("Deployment", "vmidentity")]["spec"]["template"]["spec"]
+    for ctr in ps["containers"] + ps.get("initContainers", []):
+        csc = ctr.get("securityContext", {})
+        expect(csc.get("readOnlyRootFilesystem") is True and csc.get("allowPrivilegeEscalation") is False
+               and csc.get("privileged") is False and csc.get("capabilities", {}).get("drop") == ["ALL"]
+               and not csc.get("capabilities", {}).get("add")
+               and csc.get("seccompProfile", {}).get("type") == "RuntimeDefault" and csc.get("runAsNonRoot") is True,
+               "%s: container %s read-only root FS, no capabilities, seccomp RuntimeDefault, non-root" % (variant, ctr["name"]))
+    expect(ps["securityContext"].get("seccompProfile", {}).get("type") == "RuntimeDefault" and ps["securityContext"].get("runAsNonRoot") is True
+           and not any(ps.get(k) for k in ("hostNetwork", "hostPID", "hostIPC")) and not ps.get("volumes"),
+           "%s: pod seccomp RuntimeDefault, non-root, no host namespaces, no volumes" % variant)
+    tsc = ps.get("topologySpreadConstraints", [])
+    sel = {"app.kubernetes.io/name": "vmidentity", "app.kubernetes.io/instance": "vmidentity"}
+    if variant == "managed-identity-values":
+        expect(tsc == [{"maxSkew": 2, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule",
+                        "labelSelector": {"matchLabels": {"team": "platform"}}}], "topologySpreadConstraints: an entry's own labelSelector is kept")
+    else:
+        expect([(t["topologyKey"], t["whenUnsatisfiable"], t["labelSelector"]["matchLabels"]) for t in tsc]
+               == [("kubernetes.io/hostname", "ScheduleAnyway", sel), ("topology.kubernetes.io/zone", "ScheduleAnyway", sel)],
+               "%s: replicas spread over nodes and zones (the chart's selector labels)" % variant)
+expect(("NetworkPolicy", "vmidentity") not in load("workload-identity-values"), "no NetworkPolicy by default")
+np = load("managed-identity-values")[("NetworkPolicy", "vmidentity")]["spec"]
+eg = np["egress"]
+expect(np["policyTypes"] == ["Ingress", "Egress"] and np["podSelector"]["matchLabels"] == sel
+       and np["ingress"] == [{"ports": [{"port": "http-metrics", "protocol": "TCP"}],
+                              "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]}],
+       "NetworkPolicy: ingress to the metrics port only, from the configured peers")
+expect([sorted((p["protocol"], p["port"]) for p in e["ports"]) for e in eg]
+       == [[("TCP", 53), ("UDP", 53)], [("TCP", 443)], [("TCP", 443)], [("TCP", 80)]]
+       and eg[1]["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
+       and eg[2]["to"] == [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}}]
+       and eg[3]["to"] == [{"ipBlock": {"cidr": "169.254.169.254/32"}}],
+       "NetworkPolicy: egress to DNS, the API server, HTTPS to Azure and (managedIdentity) IMDS only")
+np = load("static-values")[("NetworkPolicy", "vmidentity")]["spec"]
+expect(len(np["egress"]) == 3 and np["ingress"] == [{"ports": [{"port": "http-metrics", "protocol": "TCP"}]}],
+       "NetworkPolicy without managedIdentity: no IMDS egress; metrics port open to any peer by default")
+am = load("static-values").get(("ServiceMonitor", "vmidentity"))
+expect(am is not None and am["apiVersion"] == "azmonitoring.coreos.com/v1" and am["spec"]["endpoints"][0]["port"] == "http-metrics"
+       and am["spec"]["labelLimit"] == 63, "Azure Managed Prometheus ServiceMonitor (azmonitoring.coreos.com/v1)")
+pm = load("workload-identity-values").get(("PodMonitor", "vmidentity"))
+expect(pm is None, "no Azure Managed Prometheus monitor by default")
 cm = r.get(("ConfigMap", "vmidentity-dashboard"))
 dash = json.load(open("charts/vmidentity/files/dashboards/vmidentity.json"))
 expect(cm is not None and cm["metadata"]["labels"].get("grafana_dashboard") == "1" and cm["metadata"]["namespace"] == "monitoring"
