@@ -20,6 +20,8 @@ TOOLS=${PACKAGING_TOOLS_DIR:-$ROOT/target/tools}
 WORK=$ROOT/target/monitoring
 mkdir -p "$WORK" "$TOOLS/bin"
 
+python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml
+
 pass=0; fail=0
 ok()  { pass=$((pass + 1)); printf 'ok   - %s\n' "$*"; }
 bad() { fail=$((fail + 1)); printf 'FAIL - %s\n' "$*"; }
