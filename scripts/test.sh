@@ -44,5 +44,8 @@ trap 'tests/apiserver/kube-down.sh >/dev/null 2>&1 || true' EXIT
 step "cargo test --workspace"
 cargo test --workspace --locked
 
-step "packaging: Helm chart, kustomize, kubeconform, Dockerfile, static binary, CRD on the API server (scripts/check-packaging.sh)"
+step "release supply chain: cargo-deny licences/sources (offline), CycloneDX SBOM (scripts/check-release.sh)"
+scripts/check-release.sh
+
+step "packaging: Helm chart, kustomize, kubeconform, Dockerfile, amd64 and arm64 static binaries, CRD on the API server (scripts/check-packaging.sh)"
 scripts/check-packaging.sh
