@@ -2,7 +2,7 @@
 # Packaging checks, as CI runs them: the Helm chart, the kustomize base in manifests/, the
 # Dockerfile, the chart's CRD on a real API server, and the static binary the image ships.
 #
-#   scripts/check-packaging.sh                   # everything (the static release build is last, several minutes)
+#   scripts/check-packaging.sh                   # everything (the static release builds, amd64 then arm64, are last: several minutes each)
 #   SKIP_STATIC_BUILD=1 scripts/check-packaging.sh   # all but the static build
 #   SKIP_APISERVER=1 ...                         # all but the API-server step
 #   scripts/check-packaging.sh --tools-only      # only install the pinned tools
@@ -38,6 +38,7 @@ CRD_FILE=vmidentity.dev_virtualmachineidentities.yaml
 POLICY_CRD_FILE=vmidentity.dev_virtualmachineidentitypolicies.yaml
 CHART=charts/vmidentity
 MUSL_TARGET=x86_64-unknown-linux-musl
+ARM_TARGET=aarch64-unknown-linux-musl
 
 export GOTOOLCHAIN=local GOPATH=$TOOLS/go GOMODCACHE=$TOOLS/go/pkg/mod GOCACHE=$TOOLS/go-build \
     GOBIN=$BIN GOFLAGS=-p=2 CGO_ENABLED=0
@@ -546,10 +547,10 @@ PY' _ "$KUSTOMIZE" "$overlay"
 
 # ---------------------------------------------------------------- Dockerfile
 step "Dockerfile (static checks; no Docker here)"
-check "Dockerfile: builder (rust, musl) and distroless/static final stage; builds -p vmidentity --no-default-features for $MUSL_TARGET; copies that binary; non-root; ENTRYPOINT is the [[bin]] name" \
-    python3 - Dockerfile controller/Cargo.toml "$MUSL_TARGET" <<'PY'
+check "Dockerfile: builder (rust on \$BUILDPLATFORM) and distroless/static final stage; builds -p vmidentity --no-default-features for $MUSL_TARGET (cargo build) and $ARM_TARGET (cargo zigbuild) by TARGETARCH; copies that binary; non-root; ENTRYPOINT is the [[bin]] name" \
+    python3 - Dockerfile controller/Cargo.toml "$MUSL_TARGET" "$ARM_TARGET" <<'PY'
 import json, re, shlex, sys, tomllib
-dockerfile, cargo_toml, target = sys.argv[1:]
+dockerfile, cargo_toml, target, arm_target = sys.argv[1:]
 text = re.sub(r"\\\n", " ", open(dockerfile).read())
 lines = [l.strip() for l in text.splitlines() if l.strip() and not l.strip().startswith("#")]
 stages, cur = [], None
@@ -571,19 +572,33 @@ builder, final = stages[0], stages[-1]
 need(re.match(r"(docker\.io/(library/)?)?rust:1\.\d+(\.\d+)?-(bookworm|trixie)$", builder["image"]), "builder is rust:1.x-bookworm: " + builder["image"])
 runs = " ; ".join(r for i, r in builder["instr"] if i == "RUN")
 need("musl-tools" in runs, "builder installs musl-tools")
-need("rustup target add %s" % target in runs, "builder adds the %s target" % target)
-need(re.search(r"strip --strip-debug \S*/target/%s/release/%s" % (target, bin_name), runs) is not None,
-     "builder strips the debug info of the binary (strip --strip-debug)")
-build = re.search(r"cargo build[^;&|]*", runs)
-need(build, "builder runs cargo build")
-if build:
-    args = shlex.split(build.group(0))
-    need("--release" in args and "--locked" in args, "cargo build --release --locked")
-    need("-p" in args and args[args.index("-p") + 1] == "vmidentity", "cargo build -p vmidentity")
-    need("--target" in args and args[args.index("--target") + 1] == target, "cargo build --target " + target)
-    need("--no-default-features" in args, "cargo build --no-default-features (the image does not link the ARM simulator)")
+rustup = re.search(r"rustup target add ([^;&|]*)", runs)
+need(rustup and {target, arm_target} <= set(rustup.group(1).split()), "builder adds the %s and %s targets" % (target, arm_target))
+need(re.search(r"--platform=\$BUILDPLATFORM", open(dockerfile).read()) and ("ARG", "TARGETARCH") in builder["instr"],
+     "builder runs on $BUILDPLATFORM and reads ARG TARGETARCH (one builder cross-compiles for each platform)")
+need(re.search(r"cargo-zigbuild==\S+", runs) and re.search(r"ziglang==\S+", runs), "builder pins cargo-zigbuild and ziglang (PyPI)")
 workdir = [r for i, r in builder["instr"] if i == "WORKDIR"]
-produced = "%s/target/%s/release/%s" % (workdir[-1].rstrip("/") if workdir else "", target, bin_name)
+wd = workdir[-1].rstrip("/") if workdir else ""
+for arch, tgt, cmd, strip in (("amd64", target, "cargo build", "strip"), ("arm64", arm_target, "cargo zigbuild", "aarch64-linux-gnu-strip")):
+    branch = re.search(r"\b%s\)([^;]*(?:;(?!;)[^;]*)*);;" % arch, runs)
+    need(branch, "a case branch for TARGETARCH=%s" % arch)
+    if not branch:
+        continue
+    b = branch.group(1)
+    build = re.search(r"%s[^;&|]*" % cmd, b)
+    need(build, "%s: builder runs %s" % (arch, cmd))
+    if build:
+        args = shlex.split(build.group(0))
+        need("--release" in args and "--locked" in args, "%s --release --locked" % cmd)
+        need("-p" in args and args[args.index("-p") + 1] == "vmidentity", "%s -p vmidentity" % cmd)
+        need("--target" in args and args[args.index("--target") + 1] == tgt, "%s --target %s" % (cmd, tgt))
+        need("--no-default-features" in args, "%s --no-default-features (the image does not link the ARM simulator)" % cmd)
+    produced_arch = "%s/target/%s/release/%s" % (wd, tgt, bin_name)
+    need(re.search(r"(^|\s)%s --strip-debug %s\b" % (re.escape(strip), re.escape(produced_arch)), b),
+         "%s: strips the debug info of the binary (%s --strip-debug)" % (arch, strip))
+    need(re.search(r"cp %s /%s\b" % (re.escape(produced_arch), bin_name), b), "%s: copies %s to /%s" % (arch, produced_arch, bin_name))
+need(re.search(r"\*\)\s*echo[^;]*;\s*exit 1\s*;;", runs), "any other TARGETARCH fails the build")
+produced = "/" + bin_name
 need(re.match(r"(gcr\.io/distroless/static(-debian\d+)?(:\S+)?|scratch)$", final["image"]), "final stage is distroless/static or scratch: " + final["image"])
 copies = [r for i, r in final["instr"] if i == "COPY"]
 need(len(copies) == 1, "final stage copies exactly one thing (the binary)")
@@ -758,5 +773,53 @@ if $BUILD_CMD >"$WORK/static-build.log" 2>&1; then
         "$STATIC" apply --simulator examples/demo/world.yaml -f examples/vm-web.yaml
 else
     bad "$BUILD_CMD"; tail -n 30 "$WORK/static-build.log" | sed 's/^/     | /'
+fi
+
+# ---------------------------------------------------------------- linux/arm64 (cross, Zig)
+step "the linux/arm64 static binary the Dockerfile builds (cargo zigbuild --target $ARM_TARGET)"
+# The Dockerfile's own command and pins: cargo-zigbuild and ziglang from PyPI into a venv under
+# target/tools (cached), aarch64-linux-gnu-strip from Debian's binutils-aarch64-linux-gnu.
+ARM_BUILD_CMD=$(sed -e ':a' -e '/\\$/N; s/\\\n/ /; ta' Dockerfile | grep -o 'cargo zigbuild [^&;|]*' | head -n1 | sed 's/ *$//')
+ZIG_PINS=$(grep -oE '(cargo-zigbuild|ziglang)==[^ ]+' Dockerfile | sort | tr '\n' ' ')
+echo "Dockerfile: $ARM_BUILD_CMD (with ${ZIG_PINS% })"
+ZIGVENV=$TOOLS/zigvenv
+if [[ ! -x $ZIGVENV/bin/cargo-zigbuild || ! -f $ZIGVENV/.pins || $(<"$ZIGVENV/.pins") != "$ZIG_PINS" ]]; then
+    t0=$(secs)
+    rm -rf "$ZIGVENV"
+    # shellcheck disable=SC2086
+    { python3 -m venv "$ZIGVENV" && "$ZIGVENV/bin/pip" install --quiet $ZIG_PINS && echo "$ZIG_PINS" >"$ZIGVENV/.pins"; } >"$WORK/zig-install.log" 2>&1
+    echo "pip install $ZIG_PINS: $(elapsed "$t0")s"
+fi
+check "cargo-zigbuild and ziglang installed (PyPI: $ZIG_PINS)" "$ZIGVENV/bin/cargo-zigbuild" --version
+# qemu-user-static runs the aarch64 binary here (user-mode emulation), so it is executed too.
+if ! command -v aarch64-linux-gnu-strip >/dev/null || ! command -v qemu-aarch64-static >/dev/null; then
+    t0=$(secs)
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends binutils-aarch64-linux-gnu qemu-user-static; } >"$WORK/apt-arm64.log" 2>&1
+    echo "apt-get install binutils-aarch64-linux-gnu qemu-user-static: $(elapsed "$t0")s"
+fi
+if ! rustup target list --installed 2>/dev/null | grep -qx "$ARM_TARGET"; then
+    t0=$(secs)
+    rustup target add "$ARM_TARGET" >"$WORK/rustup-arm64.log" 2>&1
+    echo "rustup target add $ARM_TARGET: $(elapsed "$t0")s"
+fi
+check "rust target $ARM_TARGET installed" bash -c "rustup target list --installed | grep -qx $ARM_TARGET"
+t0=$(secs)
+# shellcheck disable=SC2086
+if PATH=$ZIGVENV/bin:$PATH $ARM_BUILD_CMD >"$WORK/static-build-arm64.log" 2>&1; then
+    took=$(elapsed "$t0")
+    ok "$ARM_BUILD_CMD (${took}s)"
+    ARM_STATIC=$WORK/vmidentity-arm64
+    cp "target/$ARM_TARGET/release/vmidentity" "$ARM_STATIC" && aarch64-linux-gnu-strip --strip-debug "$ARM_STATIC"
+    printf '%s arm64 static build %ss, %s bytes stripped\n' "$(date -u +%FT%TZ)" "$took" "$(stat -c %s "$ARM_STATIC")" >>"$TOOLS/build-times.txt"
+    finfo=$(file -b "$ARM_STATIC"); echo "file: $finfo"
+    [[ $finfo == ELF\ 64-bit\ LSB\ *"ARM aarch64"* ]] && ok "file: an aarch64 ELF" || bad "file: not an aarch64 ELF ($finfo)"
+    [[ ($finfo == *"statically linked"* || $finfo == *"static-pie linked"*) && $finfo != *interpreter* ]] \
+        && ok "file: statically linked, no interpreter" || bad "file: not static ($finfo)"
+    check "aarch64 binary: no dynamic section (readelf -d)" bash -c "aarch64-linux-gnu-readelf -d '$ARM_STATIC' | grep -q 'no dynamic section'"
+    check "aarch64 binary links no vmidentity_simulator code (nm)" bash -c "aarch64-linux-gnu-nm '$ARM_STATIC' | grep -c vmidentity_simulator | grep -qx 0"
+    check "qemu-aarch64-static $ARM_STATIC --version" qemu-aarch64-static "$ARM_STATIC" --version
+    check "qemu-aarch64-static $ARM_STATIC crd | diff - crds/$CRD_FILE" bash -c "qemu-aarch64-static '$ARM_STATIC' crd | diff - 'crds/$CRD_FILE'"
+else
+    bad "$ARM_BUILD_CMD"; tail -n 30 "$WORK/static-build-arm64.log" | sed 's/^/     | /'
 fi
 finish
