@@ -2,7 +2,7 @@
 # Packaging checks, as CI runs them: the Helm chart, the kustomize base in manifests/, the
 # Dockerfile, the chart's CRD on a real API server, and the static binary the image ships.
 #
-#   scripts/check-packaging.sh                   # everything (the static release build is last, several minutes)
+#   scripts/check-packaging.sh                   # everything (the static release builds, amd64 then arm64, are last: several minutes each)
 #   SKIP_STATIC_BUILD=1 scripts/check-packaging.sh   # all but the static build
 #   SKIP_APISERVER=1 ...                         # all but the API-server step
 #   scripts/check-packaging.sh --tools-only      # only install the pinned tools
@@ -38,6 +38,7 @@ CRD_FILE=vmidentity.dev_virtualmachineidentities.yaml
 POLICY_CRD_FILE=vmidentity.dev_virtualmachineidentitypolicies.yaml
 CHART=charts/vmidentity
 MUSL_TARGET=x86_64-unknown-linux-musl
+ARM_TARGET=aarch64-unknown-linux-musl
 
 export GOTOOLCHAIN=local GOPATH=$TOOLS/go GOMODCACHE=$TOOLS/go/pkg/mod GOCACHE=$TOOLS/go-build \
     GOBIN=$BIN GOFLAGS=-p=2 CGO_ENABLED=0
@@ -206,7 +207,7 @@ for f in sys.argv[1:-1]:
     name = "%s-%s-%s.json" % (kind.lower(), group.split(".")[0], v["name"])
     json.dump(schema, open(os.path.join(out, name), "w"), indent=1)
 PY
-KC_ARGS=(-strict -summary -kubernetes-version "$K8S_VERSION" -skip ServiceMonitor
+KC_ARGS=(-strict -summary -kubernetes-version "$K8S_VERSION" -skip ServiceMonitor,PrometheusRule,PodMonitor
     -schema-location "$SCHEMAS/{{ .NormalizedKubernetesVersion }}-local{{ .StrictSuffix }}/{{ .ResourceKind }}{{ .KindSuffix }}.json"
     -schema-location "$CRD_SCHEMAS/{{ .ResourceKind }}{{ .KindSuffix }}.json")
 kubeconform() { "$KUBECONFORM" "${KC_ARGS[@]}" "$@"; }
@@ -234,6 +235,8 @@ declare -A BAD=(
     [client-secret-no-secret.yaml]="secretName"
     [two-replicas-no-leader-election.yaml]="/replicas"
     [namespace-credentials-unknown.yaml]="mode"
+    [network-policy-cidr-not-cidr.yaml]="cidrs"
+    [azure-monitor-kind-unknown.yaml]="kind"
 )
 for f in $(printf '%s\n' "${!BAD[@]}" | sort); do
     [[ -f $CHART/ci/bad/$f ]] || { bad "ci/bad/$f exists"; continue; }
@@ -266,7 +269,7 @@ check_fails "kubeconform refuses a Deployment with an unknown field (the Kuberne
 
 step "what the chart renders (assertions on helm template output)"
 python3 - "$WORK" >"$WORK/render-assertions.log" 2>&1 <<'PY'
-import sys, yaml
+import json, sys, yaml
 work = sys.argv[1]
 failures = 0
 def load(name):
@@ -368,6 +371,66 @@ expect(rb is not None and rb["metadata"]["namespace"] == "team-web" and rb["role
 expect(("PodDisruptionBudget", "vmidentity") not in r, "replicas 1: no PodDisruptionBudget")
 sm = r.get(("ServiceMonitor", "vmidentity"))
 expect(sm is not None and sm["spec"]["endpoints"][0]["port"] == "http-metrics", "ServiceMonitor when enabled")
+pr = r.get(("PrometheusRule", "vmidentity"))
+src = yaml.safe_load(open("charts/vmidentity/files/prometheus-rules.yaml"))
+expect(pr is not None and pr["metadata"]["labels"].get("release") == "kube-prometheus-stack"
+       and [x["alert"] for g in pr["spec"]["groups"] for x in g["rules"]] == [x["alert"] for g in src["groups"] for x in g["rules"]]
+       and "job=\"vmidentity\"" not in yaml.safe_dump(pr) and "job=\"vmidentity-metrics\"" in yaml.safe_dump(pr),
+       "PrometheusRule when enabled: every alert of files/prometheus-rules.yaml, on the ServiceMonitor's job")
+yaml.safe_dump(pr["spec"] if pr else {}, open(work + "/prometheusrule-groups.yaml", "w"))
+expect(not any(k == "PrometheusRule" for k, _ in load("workload-identity-values")), "no PrometheusRule by default")
+# Hardening, in every rendered variant: the restricted Pod Security Standard's container and
+# pod settings (read-only root FS, no privilege escalation, every capability dropped, seccomp
+# RuntimeDefault, non-root), no writable volume, no host namespaces, spread over nodes and zones.
+for variant in ("workload-identity-values", "client-secret-values", "managed-identity-values", "static-values"):
+    rv = load(variant)
+    ps = rv[("Deployment", "vmidentity")]["spec"]["template"]["spec"]
+    for ctr in ps["containers"] + ps.get("initContainers", []):
+        csc = ctr.get("securityContext", {})
+        expect(csc.get("readOnlyRootFilesystem") is True and csc.get("allowPrivilegeEscalation") is False
+               and csc.get("privileged") is False and csc.get("capabilities", {}).get("drop") == ["ALL"]
+               and not csc.get("capabilities", {}).get("add")
+               and csc.get("seccompProfile", {}).get("type") == "RuntimeDefault" and csc.get("runAsNonRoot") is True,
+               "%s: container %s read-only root FS, no capabilities, seccomp RuntimeDefault, non-root" % (variant, ctr["name"]))
+    expect(ps["securityContext"].get("seccompProfile", {}).get("type") == "RuntimeDefault" and ps["securityContext"].get("runAsNonRoot") is True
+           and not any(ps.get(k) for k in ("hostNetwork", "hostPID", "hostIPC")) and not ps.get("volumes"),
+           "%s: pod seccomp RuntimeDefault, non-root, no host namespaces, no volumes" % variant)
+    tsc = ps.get("topologySpreadConstraints", [])
+    sel = {"app.kubernetes.io/name": "vmidentity", "app.kubernetes.io/instance": "vmidentity"}
+    if variant == "managed-identity-values":
+        expect(tsc == [{"maxSkew": 2, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule",
+                        "labelSelector": {"matchLabels": {"team": "platform"}}}], "topologySpreadConstraints: an entry's own labelSelector is kept")
+    else:
+        expect([(t["topologyKey"], t["whenUnsatisfiable"], t["labelSelector"]["matchLabels"]) for t in tsc]
+               == [("kubernetes.io/hostname", "ScheduleAnyway", sel), ("topology.kubernetes.io/zone", "ScheduleAnyway", sel)],
+               "%s: replicas spread over nodes and zones (the chart's selector labels)" % variant)
+expect(("NetworkPolicy", "vmidentity") not in load("workload-identity-values"), "no NetworkPolicy by default")
+np = load("managed-identity-values")[("NetworkPolicy", "vmidentity")]["spec"]
+eg = np["egress"]
+expect(np["policyTypes"] == ["Ingress", "Egress"] and np["podSelector"]["matchLabels"] == sel
+       and np["ingress"] == [{"ports": [{"port": "http-metrics", "protocol": "TCP"}],
+                              "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]}],
+       "NetworkPolicy: ingress to the metrics port only, from the configured peers")
+expect([sorted((p["protocol"], p["port"]) for p in e["ports"]) for e in eg]
+       == [[("TCP", 53), ("UDP", 53)], [("TCP", 443)], [("TCP", 443)], [("TCP", 80)]]
+       and eg[1]["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
+       and eg[2]["to"] == [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}}]
+       and eg[3]["to"] == [{"ipBlock": {"cidr": "169.254.169.254/32"}}],
+       "NetworkPolicy: egress to DNS, the API server, HTTPS to Azure and (managedIdentity) IMDS only")
+np = load("static-values")[("NetworkPolicy", "vmidentity")]["spec"]
+expect(len(np["egress"]) == 3 and np["ingress"] == [{"ports": [{"port": "http-metrics", "protocol": "TCP"}]}],
+       "NetworkPolicy without managedIdentity: no IMDS egress; metrics port open to any peer by default")
+am = load("static-values").get(("ServiceMonitor", "vmidentity"))
+expect(am is not None and am["apiVersion"] == "azmonitoring.coreos.com/v1" and am["spec"]["endpoints"][0]["port"] == "http-metrics"
+       and am["spec"]["labelLimit"] == 63, "Azure Managed Prometheus ServiceMonitor (azmonitoring.coreos.com/v1)")
+pm = load("workload-identity-values").get(("PodMonitor", "vmidentity"))
+expect(pm is None, "no Azure Managed Prometheus monitor by default")
+cm = r.get(("ConfigMap", "vmidentity-dashboard"))
+dash = json.load(open("charts/vmidentity/files/dashboards/vmidentity.json"))
+expect(cm is not None and cm["metadata"]["labels"].get("grafana_dashboard") == "1" and cm["metadata"]["namespace"] == "monitoring"
+       and cm["metadata"].get("annotations") == {"grafana_folder": "Azure"} and json.loads(cm["data"]["vmidentity.json"]) == dash,
+       "Grafana dashboard ConfigMap when enabled: sidecar label, the repository's dashboard JSON unchanged")
+expect(not any(k == "ConfigMap" for k, _ in load("workload-identity-values")), "no dashboard ConfigMap by default")
 
 r = load("managed-identity-values")
 d = r[("Deployment", "vmidentity")]
@@ -390,6 +453,11 @@ cat "$WORK/render-assertions.log"
 pass=$((pass + $(grep -c '^ok ' "$WORK/render-assertions.log")))
 fail=$((fail + $(grep -c '^FAIL ' "$WORK/render-assertions.log")))
 ((rc == 0)) || grep -q '^FAIL ' "$WORK/render-assertions.log" || bad "chart render assertions (the script itself failed)"
+if command -v promtool >/dev/null; then
+    check "promtool check rules: the chart's rendered PrometheusRule groups" promtool check rules "$WORK/prometheusrule-groups.yaml"
+else
+    bad "promtool is installed (apt-get install prometheus) for the PrometheusRule check"
+fi
 
 # helm template does not render NOTES.txt: render it from a copy of the chart, through tpl.
 notes_chart=$WORK/notes-chart
@@ -479,10 +547,10 @@ PY' _ "$KUSTOMIZE" "$overlay"
 
 # ---------------------------------------------------------------- Dockerfile
 step "Dockerfile (static checks; no Docker here)"
-check "Dockerfile: builder (rust, musl) and distroless/static final stage; builds -p vmidentity --no-default-features for $MUSL_TARGET; copies that binary; non-root; ENTRYPOINT is the [[bin]] name" \
-    python3 - Dockerfile controller/Cargo.toml "$MUSL_TARGET" <<'PY'
+check "Dockerfile: builder (rust on \$BUILDPLATFORM) and distroless/static final stage; builds -p vmidentity --no-default-features for $MUSL_TARGET (cargo build) and $ARM_TARGET (cargo zigbuild) by TARGETARCH; copies that binary; non-root; ENTRYPOINT is the [[bin]] name" \
+    python3 - Dockerfile controller/Cargo.toml "$MUSL_TARGET" "$ARM_TARGET" <<'PY'
 import json, re, shlex, sys, tomllib
-dockerfile, cargo_toml, target = sys.argv[1:]
+dockerfile, cargo_toml, target, arm_target = sys.argv[1:]
 text = re.sub(r"\\\n", " ", open(dockerfile).read())
 lines = [l.strip() for l in text.splitlines() if l.strip() and not l.strip().startswith("#")]
 stages, cur = [], None
@@ -504,19 +572,33 @@ builder, final = stages[0], stages[-1]
 need(re.match(r"(docker\.io/(library/)?)?rust:1\.\d+(\.\d+)?-(bookworm|trixie)$", builder["image"]), "builder is rust:1.x-bookworm: " + builder["image"])
 runs = " ; ".join(r for i, r in builder["instr"] if i == "RUN")
 need("musl-tools" in runs, "builder installs musl-tools")
-need("rustup target add %s" % target in runs, "builder adds the %s target" % target)
-need(re.search(r"strip --strip-debug \S*/target/%s/release/%s" % (target, bin_name), runs) is not None,
-     "builder strips the debug info of the binary (strip --strip-debug)")
-build = re.search(r"cargo build[^;&|]*", runs)
-need(build, "builder runs cargo build")
-if build:
-    args = shlex.split(build.group(0))
-    need("--release" in args and "--locked" in args, "cargo build --release --locked")
-    need("-p" in args and args[args.index("-p") + 1] == "vmidentity", "cargo build -p vmidentity")
-    need("--target" in args and args[args.index("--target") + 1] == target, "cargo build --target " + target)
-    need("--no-default-features" in args, "cargo build --no-default-features (the image does not link the ARM simulator)")
+rustup = re.search(r"rustup target add ([^;&|]*)", runs)
+need(rustup and {target, arm_target} <= set(rustup.group(1).split()), "builder adds the %s and %s targets" % (target, arm_target))
+need(re.search(r"--platform=\$BUILDPLATFORM", open(dockerfile).read()) and ("ARG", "TARGETARCH") in builder["instr"],
+     "builder runs on $BUILDPLATFORM and reads ARG TARGETARCH (one builder cross-compiles for each platform)")
+need(re.search(r"cargo-zigbuild==\S+", runs) and re.search(r"ziglang==\S+", runs), "builder pins cargo-zigbuild and ziglang (PyPI)")
 workdir = [r for i, r in builder["instr"] if i == "WORKDIR"]
-produced = "%s/target/%s/release/%s" % (workdir[-1].rstrip("/") if workdir else "", target, bin_name)
+wd = workdir[-1].rstrip("/") if workdir else ""
+for arch, tgt, cmd, strip in (("amd64", target, "cargo build", "strip"), ("arm64", arm_target, "cargo zigbuild", "aarch64-linux-gnu-strip")):
+    branch = re.search(r"\b%s\)([^;]*(?:;(?!;)[^;]*)*);;" % arch, runs)
+    need(branch, "a case branch for TARGETARCH=%s" % arch)
+    if not branch:
+        continue
+    b = branch.group(1)
+    build = re.search(r"%s[^;&|]*" % cmd, b)
+    need(build, "%s: builder runs %s" % (arch, cmd))
+    if build:
+        args = shlex.split(build.group(0))
+        need("--release" in args and "--locked" in args, "%s --release --locked" % cmd)
+        need("-p" in args and args[args.index("-p") + 1] == "vmidentity", "%s -p vmidentity" % cmd)
+        need("--target" in args and args[args.index("--target") + 1] == tgt, "%s --target %s" % (cmd, tgt))
+        need("--no-default-features" in args, "%s --no-default-features (the image does not link the ARM simulator)" % cmd)
+    produced_arch = "%s/target/%s/release/%s" % (wd, tgt, bin_name)
+    need(re.search(r"(^|\s)%s --strip-debug %s\b" % (re.escape(strip), re.escape(produced_arch)), b),
+         "%s: strips the debug info of the binary (%s --strip-debug)" % (arch, strip))
+    need(re.search(r"cp %s /%s\b" % (re.escape(produced_arch), bin_name), b), "%s: copies %s to /%s" % (arch, produced_arch, bin_name))
+need(re.search(r"\*\)\s*echo[^;]*;\s*exit 1\s*;;", runs), "any other TARGETARCH fails the build")
+produced = "/" + bin_name
 need(re.match(r"(gcr\.io/distroless/static(-debian\d+)?(:\S+)?|scratch)$", final["image"]), "final stage is distroless/static or scratch: " + final["image"])
 copies = [r for i, r in final["instr"] if i == "COPY"]
 need(len(copies) == 1, "final stage copies exactly one thing (the binary)")
@@ -691,5 +773,53 @@ if $BUILD_CMD >"$WORK/static-build.log" 2>&1; then
         "$STATIC" apply --simulator examples/demo/world.yaml -f examples/vm-web.yaml
 else
     bad "$BUILD_CMD"; tail -n 30 "$WORK/static-build.log" | sed 's/^/     | /'
+fi
+
+# ---------------------------------------------------------------- linux/arm64 (cross, Zig)
+step "the linux/arm64 static binary the Dockerfile builds (cargo zigbuild --target $ARM_TARGET)"
+# The Dockerfile's own command and pins: cargo-zigbuild and ziglang from PyPI into a venv under
+# target/tools (cached), aarch64-linux-gnu-strip from Debian's binutils-aarch64-linux-gnu.
+ARM_BUILD_CMD=$(sed -e ':a' -e '/\\$/N; s/\\\n/ /; ta' Dockerfile | grep -o 'cargo zigbuild [^&;|]*' | head -n1 | sed 's/ *$//')
+ZIG_PINS=$(grep -oE '(cargo-zigbuild|ziglang)==[^ ]+' Dockerfile | sort | tr '\n' ' ')
+echo "Dockerfile: $ARM_BUILD_CMD (with ${ZIG_PINS% })"
+ZIGVENV=$TOOLS/zigvenv
+if [[ ! -x $ZIGVENV/bin/cargo-zigbuild || ! -f $ZIGVENV/.pins || $(<"$ZIGVENV/.pins") != "$ZIG_PINS" ]]; then
+    t0=$(secs)
+    rm -rf "$ZIGVENV"
+    # shellcheck disable=SC2086
+    { python3 -m venv "$ZIGVENV" && "$ZIGVENV/bin/pip" install --quiet $ZIG_PINS && echo "$ZIG_PINS" >"$ZIGVENV/.pins"; } >"$WORK/zig-install.log" 2>&1
+    echo "pip install $ZIG_PINS: $(elapsed "$t0")s"
+fi
+check "cargo-zigbuild and ziglang installed (PyPI: $ZIG_PINS)" "$ZIGVENV/bin/cargo-zigbuild" --version
+# qemu-user-static runs the aarch64 binary here (user-mode emulation), so it is executed too.
+if ! command -v aarch64-linux-gnu-strip >/dev/null || ! command -v qemu-aarch64-static >/dev/null; then
+    t0=$(secs)
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends binutils-aarch64-linux-gnu qemu-user-static; } >"$WORK/apt-arm64.log" 2>&1
+    echo "apt-get install binutils-aarch64-linux-gnu qemu-user-static: $(elapsed "$t0")s"
+fi
+if ! rustup target list --installed 2>/dev/null | grep -qx "$ARM_TARGET"; then
+    t0=$(secs)
+    rustup target add "$ARM_TARGET" >"$WORK/rustup-arm64.log" 2>&1
+    echo "rustup target add $ARM_TARGET: $(elapsed "$t0")s"
+fi
+check "rust target $ARM_TARGET installed" bash -c "rustup target list --installed | grep -qx $ARM_TARGET"
+t0=$(secs)
+# shellcheck disable=SC2086
+if PATH=$ZIGVENV/bin:$PATH $ARM_BUILD_CMD >"$WORK/static-build-arm64.log" 2>&1; then
+    took=$(elapsed "$t0")
+    ok "$ARM_BUILD_CMD (${took}s)"
+    ARM_STATIC=$WORK/vmidentity-arm64
+    cp "target/$ARM_TARGET/release/vmidentity" "$ARM_STATIC" && aarch64-linux-gnu-strip --strip-debug "$ARM_STATIC"
+    printf '%s arm64 static build %ss, %s bytes stripped\n' "$(date -u +%FT%TZ)" "$took" "$(stat -c %s "$ARM_STATIC")" >>"$TOOLS/build-times.txt"
+    finfo=$(file -b "$ARM_STATIC"); echo "file: $finfo"
+    [[ $finfo == ELF\ 64-bit\ LSB\ *"ARM aarch64"* ]] && ok "file: an aarch64 ELF" || bad "file: not an aarch64 ELF ($finfo)"
+    [[ ($finfo == *"statically linked"* || $finfo == *"static-pie linked"*) && $finfo != *interpreter* ]] \
+        && ok "file: statically linked, no interpreter" || bad "file: not static ($finfo)"
+    check "aarch64 binary: no dynamic section (readelf -d)" bash -c "aarch64-linux-gnu-readelf -d '$ARM_STATIC' | grep -q 'no dynamic section'"
+    check "aarch64 binary links no vmidentity_simulator code (nm)" bash -c "aarch64-linux-gnu-nm '$ARM_STATIC' | grep -c vmidentity_simulator | grep -qx 0"
+    check "qemu-aarch64-static $ARM_STATIC --version" qemu-aarch64-static "$ARM_STATIC" --version
+    check "qemu-aarch64-static $ARM_STATIC crd | diff - crds/$CRD_FILE" bash -c "qemu-aarch64-static '$ARM_STATIC' crd | diff - 'crds/$CRD_FILE'"
+else
+    bad "$ARM_BUILD_CMD"; tail -n 30 "$WORK/static-build-arm64.log" | sed 's/^/     | /'
 fi
 finish

@@ -29,6 +29,9 @@ fi
 step "no import cycles between the modules of a crate (scripts/module-cycles.sh)"
 scripts/module-cycles.sh
 
+step "day-2: alerts (promtool check/test rules), Argo CD health Lua (lua5.4), kstatus (scripts/check-monitoring.sh)"
+scripts/check-monitoring.sh
+
 step "a real Kubernetes API server for the end-to-end tests (tests/apiserver/kube-up.sh)"
 # Builds kube-apiserver (k8s.io/kubernetes, pinned in tests/apiserver/kube-apiserver/go.mod)
 # from the Go module proxy on first use (cached under target/kube-apiserver/) and starts it
@@ -41,5 +44,8 @@ trap 'tests/apiserver/kube-down.sh >/dev/null 2>&1 || true' EXIT
 step "cargo test --workspace"
 cargo test --workspace --locked
 
-step "packaging: Helm chart, kustomize, kubeconform, Dockerfile, static binary, CRD on the API server (scripts/check-packaging.sh)"
+step "release supply chain: cargo-deny licences/sources (offline), CycloneDX SBOM (scripts/check-release.sh)"
+scripts/check-release.sh
+
+step "packaging: Helm chart, kustomize, kubeconform, Dockerfile, amd64 and arm64 static binaries, CRD on the API server (scripts/check-packaging.sh)"
 scripts/check-packaging.sh

@@ -308,6 +308,14 @@ impl ClientStats {
 /// Hook for metrics: told about every HTTP exchange (status None for transport errors).
 pub trait Observer: Send + Sync {
     fn on_response(&self, method: &str, kind: RequestKind, status: Option<u16>, elapsed: Duration);
+
+    /// ARM reported `remaining` requests left in the bucket named by `header` (an
+    /// `x-ms-ratelimit-remaining-*` response header, e.g.
+    /// `x-ms-ratelimit-remaining-subscription-reads`).
+    fn on_rate_limit_remaining(&self, _header: &str, _remaining: f64) {}
+
+    /// A token for `scope` could not be acquired (the request was not sent).
+    fn on_token_error(&self, _scope: &str) {}
 }
 
 /// A successful HTTP response.
@@ -524,7 +532,15 @@ impl ArmClient {
                 // Held back to stay under ARM's limit instead of hitting it.
                 self.stats.paced.fetch_add(1, Ordering::Relaxed);
             }
-            let token = self.tokens.token(&self.cfg.token_scope).await?;
+            let token = match self.tokens.token(&self.cfg.token_scope).await {
+                Ok(t) => t,
+                Err(e) => {
+                    if let Some(o) = &self.observer {
+                        o.on_token_error(&self.cfg.token_scope);
+                    }
+                    return Err(e.into());
+                }
+            };
             let mut req = self
                 .http
                 .request(method.clone(), url)
@@ -565,6 +581,14 @@ impl ArmClient {
                 o.on_response(method.as_str(), kind, Some(status.as_u16()), elapsed);
             }
             let headers = resp.headers().clone();
+            if let (Some(o), Some(bk)) = (&self.observer, BucketKind::of(kind))
+                && let Some(remaining) = headers
+                    .get(bk.header())
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            {
+                o.on_rate_limit_remaining(bk.header(), remaining);
+            }
             if let (Some(sub), Some(bk)) = (&sub, BucketKind::of(kind))
                 && bk != BucketKind::ComputeWrites
                 && let Some(remaining) = headers

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use kube::runtime::reflector::Store;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -17,6 +19,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use vmidentity_azure::{Observer, RequestKind};
+
+use crate::crd::VirtualMachineIdentity;
+use crate::operator::conditions::{READY, RECONCILING, STALLED};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
@@ -33,6 +38,30 @@ pub struct ArmLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VerbLabels {
     pub verb: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConditionLabels {
+    /// `Ready`, `Reconciling`, `Stalled` (the condition that is `True`), or `Unknown` (no
+    /// status written for the current generation yet).
+    pub condition: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BucketLabels {
+    /// The `x-ms-ratelimit-remaining-*` header ARM answered with.
+    pub header: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    /// The VM / VM scale set's ARM ID.
+    pub target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScopeLabels {
+    pub scope: String,
 }
 
 /// Everything the controller measures.
@@ -52,6 +81,20 @@ pub struct Metrics {
     pub fleet_drifted: Counter,
     /// Objects refused by policy (counted per reconcile pass that refused them).
     pub policy_denied: Counter,
+    /// Objects by the condition that is `True` (computed from the cache when scraped).
+    pub objects_by_condition: Family<ConditionLabels, Gauge>,
+    /// Seconds the longest-`Stalled` object has been `Stalled` (0: none; computed when scraped).
+    pub stalled_max_age: Gauge,
+    /// Drift repairs per target (a write to a target every object on it saw `Ready`).
+    pub drift_repaired: Family<TargetLabels, Counter>,
+    /// The last `x-ms-ratelimit-remaining-*` value ARM answered, per header.
+    pub arm_ratelimit_remaining: Family<BucketLabels, Gauge>,
+    /// Token acquisitions that failed, per token scope.
+    pub token_failures: Family<ScopeLabels, Counter>,
+    /// Resident memory of the process (`VmRSS` of /proc/self/status, read when scraped).
+    pub resident_memory: Gauge,
+    /// The objects cache, read when scraped (set once the controller has one).
+    store: OnceLock<Store<VirtualMachineIdentity>>,
     ready: AtomicBool,
 }
 
@@ -77,6 +120,42 @@ impl Metrics {
         let fleet_pages = Counter::default();
         let fleet_drifted = Counter::default();
         let policy_denied = Counter::default();
+        let objects_by_condition = Family::<ConditionLabels, Gauge>::default();
+        let stalled_max_age = Gauge::default();
+        let drift_repaired = Family::<TargetLabels, Counter>::default();
+        let arm_ratelimit_remaining = Family::<BucketLabels, Gauge>::default();
+        let token_failures = Family::<ScopeLabels, Counter>::default();
+        let resident_memory = Gauge::default();
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory of the controller process (VmRSS)",
+            resident_memory.clone(),
+        );
+        registry.register(
+            "objects_by_condition",
+            "VirtualMachineIdentity objects in the cache by the condition that is True (Unknown: none yet for the current generation)",
+            objects_by_condition.clone(),
+        );
+        registry.register(
+            "stalled_max_age_seconds",
+            "Seconds since the longest-Stalled object became Stalled (0 when none is)",
+            stalled_max_age.clone(),
+        );
+        registry.register(
+            "drift_repaired",
+            "Drift repairs by target (someone else changed what an object declares)",
+            drift_repaired.clone(),
+        );
+        registry.register(
+            "arm_ratelimit_remaining",
+            "The last x-ms-ratelimit-remaining-* value ARM answered, by header",
+            arm_ratelimit_remaining.clone(),
+        );
+        registry.register(
+            "token_failures",
+            "Failed Entra token acquisitions by scope",
+            token_failures.clone(),
+        );
         registry.register(
             "policy_denied",
             "Objects refused by a VirtualMachineIdentityPolicy (per reconcile pass)",
@@ -138,6 +217,14 @@ impl Metrics {
             "1 when this replica holds the leader lease",
             leader.clone(),
         );
+        // Every result label exists from the start (at 0), so rates and ratios over them have
+        // data before the first error (Prometheus' "Instrumentation" practices: avoid missing
+        // metrics). The labels are decide::Outcome::label's and "error".
+        for result in ["converged", "applied", "retry", "stalled", "idle", "error"] {
+            drop(reconciles.get_or_create(&ResultLabels {
+                result: result.to_string(),
+            }));
+        }
         Metrics {
             registry,
             reconciles,
@@ -153,6 +240,13 @@ impl Metrics {
             fleet_pages,
             fleet_drifted,
             policy_denied,
+            objects_by_condition,
+            stalled_max_age,
+            drift_repaired,
+            arm_ratelimit_remaining,
+            token_failures,
+            resident_memory,
+            store: OnceLock::new(),
             ready: AtomicBool::new(false),
         }
     }
@@ -180,17 +274,123 @@ impl Metrics {
             .inc();
     }
 
+    /// A drift repair on `target`.
+    pub fn drift_repaired(&self, target: &str) {
+        self.drift_repaired
+            .get_or_create(&TargetLabels {
+                target: target.to_ascii_lowercase(),
+            })
+            .inc();
+    }
+
+    /// The cache `objects_by_condition` and `stalled_max_age_seconds` are computed from at
+    /// each scrape (the first call wins).
+    pub fn watch_objects(&self, store: Store<VirtualMachineIdentity>) {
+        let _ = self.store.set(store);
+    }
+
+    /// Recomputes the gauges read off the cache.
+    fn refresh_objects(&self, now: k8s_openapi::jiff::Timestamp) {
+        let Some(store) = self.store.get() else {
+            return;
+        };
+        let objects = store.state();
+        let counts = count_conditions(objects.iter().map(|o| o.as_ref()), now);
+        self.objects.set(objects.len() as i64);
+        for (condition, n) in [
+            (READY, counts.ready),
+            (RECONCILING, counts.reconciling),
+            (STALLED, counts.stalled),
+            ("Unknown", counts.unknown),
+        ] {
+            self.objects_by_condition
+                .get_or_create(&ConditionLabels {
+                    condition: condition.to_string(),
+                })
+                .set(n);
+        }
+        self.stalled_max_age.set(counts.stalled_max_age_secs);
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
     pub fn encode(&self) -> String {
+        self.refresh_objects(k8s_openapi::jiff::Timestamp::now());
+        if let Some(rss) = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .as_deref()
+            .and_then(vm_rss_bytes)
+        {
+            self.resident_memory.set(rss);
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
         out
     }
+}
+
+/// `VmRSS` of a /proc/<pid>/status text, in bytes ("VmRSS:\t  123 kB", proc(5)).
+fn vm_rss_bytes(status: &str) -> Option<i64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: i64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Objects by the condition that is `True`, and the age of the oldest `Stalled`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ConditionCounts {
+    pub ready: i64,
+    pub reconciling: i64,
+    pub stalled: i64,
+    pub unknown: i64,
+    pub stalled_max_age_secs: i64,
+}
+
+/// Counts `objects` by condition. An object whose status was written for an older generation
+/// (or never) counts as `Unknown`: what it says is not about the current spec.
+pub fn count_conditions<'a>(
+    objects: impl Iterator<Item = &'a VirtualMachineIdentity>,
+    now: k8s_openapi::jiff::Timestamp,
+) -> ConditionCounts {
+    let mut c = ConditionCounts::default();
+    for o in objects {
+        let Some(status) = o.status.as_ref() else {
+            c.unknown += 1;
+            continue;
+        };
+        if status.observed_generation != o.metadata.generation {
+            c.unknown += 1;
+            continue;
+        }
+        let is_true = |t: &str| {
+            status
+                .conditions
+                .iter()
+                .find(|x| x.type_ == t && x.status == "True")
+        };
+        if let Some(s) = is_true(STALLED) {
+            c.stalled += 1;
+            let age = now.as_second() - s.last_transition_time.0.as_second();
+            c.stalled_max_age_secs = c.stalled_max_age_secs.max(age.max(0));
+        } else if is_true(RECONCILING).is_some() {
+            c.reconciling += 1;
+        } else if is_true(READY).is_some() {
+            c.ready += 1;
+        } else {
+            c.unknown += 1;
+        }
+    }
+    c
 }
 
 impl Observer for Metrics {
@@ -210,6 +410,22 @@ impl Observer for Metrics {
                 method: method.to_string(),
                 kind: kind.as_str().to_string(),
                 status,
+            })
+            .inc();
+    }
+
+    fn on_rate_limit_remaining(&self, header: &str, remaining: f64) {
+        self.arm_ratelimit_remaining
+            .get_or_create(&BucketLabels {
+                header: header.to_string(),
+            })
+            .set(remaining as i64);
+    }
+
+    fn on_token_error(&self, scope: &str) {
+        self.token_failures
+            .get_or_create(&ScopeLabels {
+                scope: scope.to_string(),
             })
             .inc();
     }
@@ -247,4 +463,100 @@ pub async fn serve(addr: SocketAddr, m: Arc<Metrics>) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
     axum::serve(listener, app).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{VirtualMachineIdentitySpec, VirtualMachineIdentityStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    use k8s_openapi::jiff::Timestamp;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn object(generation: i64, status: Option<(i64, &str, &str)>) -> VirtualMachineIdentity {
+        let spec: VirtualMachineIdentitySpec = serde_json::from_value(serde_json::json!({
+            "target": "/subscriptions/s/resourceGroups/r/providers/Microsoft.Compute/virtualMachines/v"
+        }))
+        .unwrap();
+        let mut o = VirtualMachineIdentity::new("o", spec);
+        o.metadata.generation = Some(generation);
+        o.status = status.map(
+            |(observed, true_type, since)| VirtualMachineIdentityStatus {
+                observed_generation: Some(observed),
+                conditions: [READY, RECONCILING, STALLED]
+                    .iter()
+                    .map(|t| Condition {
+                        type_: t.to_string(),
+                        status: if *t == true_type { "True" } else { "False" }.into(),
+                        reason: "R".into(),
+                        message: String::new(),
+                        observed_generation: Some(observed),
+                        last_transition_time: Time(ts(since)),
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+        );
+        o
+    }
+
+    #[test]
+    fn counts_objects_by_the_true_condition_and_the_oldest_stall() {
+        let objects = [
+            object(1, Some((1, READY, "2026-01-01T00:00:00Z"))),
+            object(2, Some((2, RECONCILING, "2026-01-01T00:00:00Z"))),
+            object(3, Some((3, STALLED, "2026-01-01T00:00:00Z"))),
+            object(1, Some((1, STALLED, "2026-01-01T00:50:00Z"))),
+            // Stalled, but for an older generation: not about the current spec.
+            object(4, Some((3, STALLED, "2025-01-01T00:00:00Z"))),
+            object(1, None),
+        ];
+        let c = count_conditions(objects.iter(), ts("2026-01-01T01:00:00Z"));
+        assert_eq!(
+            c,
+            ConditionCounts {
+                ready: 1,
+                reconciling: 1,
+                stalled: 2,
+                unknown: 2,
+                stalled_max_age_secs: 3600,
+            }
+        );
+    }
+
+    #[test]
+    fn resident_memory_from_proc_status() {
+        assert_eq!(
+            vm_rss_bytes("Name:\tvmidentity\nVmRSS:\t   20480 kB\nThreads:\t4\n"),
+            Some(20480 * 1024)
+        );
+        assert_eq!(vm_rss_bytes("Name:\tx\n"), None);
+        let m = Metrics::new();
+        assert!(
+            m.encode()
+                .contains("vmidentity_process_resident_memory_bytes ")
+        );
+        assert!(m.resident_memory.get() > 0, "read off /proc/self/status");
+    }
+
+    #[test]
+    fn observer_hooks_show_in_the_exposition() {
+        let m = Metrics::new();
+        m.on_rate_limit_remaining("x-ms-ratelimit-remaining-subscription-reads", 11999.0);
+        m.on_token_error("https://management.azure.com/.default");
+        m.drift_repaired(
+            "/subscriptions/S/resourceGroups/r/providers/Microsoft.Compute/virtualMachines/v",
+        );
+        let text = m.encode();
+        assert!(text.contains(
+            "vmidentity_arm_ratelimit_remaining{header=\"x-ms-ratelimit-remaining-subscription-reads\"} 11999"
+        ));
+        assert!(text.contains(
+            "vmidentity_token_failures_total{scope=\"https://management.azure.com/.default\"} 1"
+        ));
+        assert!(text.contains("vmidentity_drift_repaired_total{target=\"/subscriptions/s/resourcegroups/r/providers/microsoft.compute/virtualmachines/v\"} 1"));
+    }
 }

@@ -254,6 +254,7 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
         None => Api::all(client.clone()),
     };
     let (reader, writer) = reflector::store();
+    metrics.watch_objects(reader.clone());
     let recorder = events::EventRecorder::new(client.clone(), "vmidentity", &me);
     let resync = Duration::from_secs(args.resync_seconds.max(1));
 

@@ -273,6 +273,9 @@ impl Context {
             self.patch_status(o, st).await?;
         }
         for n in r.events_after {
+            if n.reason == Reason::DriftRepaired {
+                self.metrics.drift_repaired(&o.spec.target);
+            }
             self.event(o, n.type_, n.reason.as_str(), n.note).await;
         }
         Ok(())
