@@ -8,12 +8,12 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 use vmidentity_azure::{ArmClient, ClientConfig, Executor, StaticToken};
-use vmidentity_planner::{DesiredObject, Write, render};
+use vmidentity_planner::{DesiredObject, render};
 
 use crate::azure_config::cli_client_config;
 use crate::engine::{self, State, TargetResult};
 use crate::input::{self, LoadedObject};
-pub use crate::out::render_apply;
+pub use crate::out::{describe_grant, render_apply};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -186,33 +186,6 @@ pub fn writes_json(results: &[TargetResult], graph_endpoint: &str) -> Value {
             .map(|w| json!(w.request(graph_endpoint)))
             .collect(),
     )
-}
-
-/// One line of the text plan for a role assignment or group membership write.
-/// A grant write for people (`plan` and `apply` text output): roles by name and GUID.
-pub fn describe_grant(w: &Write, result: &TargetResult) -> String {
-    match w {
-        Write::RoleAssignmentPut {
-            scope,
-            role_definition_id,
-            principal_id,
-            ..
-        } => format!(
-            "+ role {} for principal {principal_id} at {}",
-            result.role(role_definition_id),
-            scope.trim_end_matches('/')
-        ),
-        Write::GroupMemberAdd {
-            group_id,
-            principal_id,
-        } => format!("+ member {principal_id} of group {group_id}"),
-        Write::RoleAssignmentDelete { id } => format!("- DELETE {id}"),
-        Write::GroupMemberRemove {
-            group_id,
-            principal_id,
-        } => format!("- DELETE /groups/{group_id}/members/{principal_id}/$ref"),
-        Write::IdentityPatch { target, .. } => format!("~ PATCH {target}"),
-    }
 }
 
 fn print_errors(results: &[TargetResult]) -> bool {

@@ -118,7 +118,7 @@ pub fn render_apply(results: &[TargetResult], graph_endpoint: &str) -> String {
                                 | vmidentity_planner::Write::GroupMemberRemove { .. }
                         )
                 }) {
-                    out.push_str(&format!("    {}\n", crate::cli::describe_grant(w, r)));
+                    out.push_str(&format!("    {}\n", describe_grant(w, r)));
                 }
             }
         }
@@ -127,4 +127,30 @@ pub fn render_apply(results: &[TargetResult], graph_endpoint: &str) -> String {
         "Apply: {changed} changed, {same} up to date, {failed} failed.\n"
     ));
     out
+}
+
+/// A grant write for people (`plan` and `apply` text output): roles by name and GUID.
+pub fn describe_grant(w: &vmidentity_planner::Write, result: &TargetResult) -> String {
+    match w {
+        vmidentity_planner::Write::RoleAssignmentPut {
+            scope,
+            role_definition_id,
+            principal_id,
+            ..
+        } => format!(
+            "+ role {} for principal {principal_id} at {}",
+            result.role(role_definition_id),
+            scope.trim_end_matches('/')
+        ),
+        vmidentity_planner::Write::GroupMemberAdd {
+            group_id,
+            principal_id,
+        } => format!("+ member {principal_id} of group {group_id}"),
+        vmidentity_planner::Write::RoleAssignmentDelete { id } => format!("- DELETE {id}"),
+        vmidentity_planner::Write::GroupMemberRemove {
+            group_id,
+            principal_id,
+        } => format!("- DELETE /groups/{group_id}/members/{principal_id}/$ref"),
+        vmidentity_planner::Write::IdentityPatch { target, .. } => format!("~ PATCH {target}"),
+    }
 }

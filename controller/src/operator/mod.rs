@@ -639,16 +639,20 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::{Cli, Command};
     use clap::Parser;
 
+    /// The controller's flags alone (the operator does not import the CLI module).
+    #[derive(Parser, Debug)]
+    struct Flags {
+        #[command(flatten)]
+        controller: ControllerArgs,
+    }
+
     fn args(extra: &[&str]) -> ControllerArgs {
-        let argv = ["vmidentity", "controller"].iter().chain(extra.iter());
-        match Cli::try_parse_from(argv) {
-            Ok(Cli {
-                command: Command::Controller(a),
-            }) => a,
-            other => panic!("not a controller command line: {other:?}"),
+        let argv = ["vmidentity"].iter().chain(extra.iter());
+        match Flags::try_parse_from(argv) {
+            Ok(f) => f.controller,
+            Err(e) => panic!("not a controller command line: {e}"),
         }
     }
 
