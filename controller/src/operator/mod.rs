@@ -311,78 +311,13 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
             }
         });
 
-    let lost = async move {
-        match &elector {
-            Some(el) => {
-                tokio::select! {
-                    _ = el.hold() => {
-                        warn!("leadership lost: stopping");
-                        true
-                    }
-                    _ = shutdown_signal() => {
-                        el.release().await;
-                        false
-                    }
-                }
-            }
-            None => {
-                shutdown_signal().await;
-                false
-            }
-        }
-    };
-    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<bool>();
-    tokio::spawn(async move {
-        let _ = lost_tx.send(lost.await);
-    });
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let lost_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    {
-        let lost_flag = lost_flag.clone();
-        tokio::spawn(async move {
-            if let Ok(lost) = lost_rx.await {
-                lost_flag.store(lost, std::sync::atomic::Ordering::SeqCst);
-            }
-            let _ = stop_tx.send(());
-        });
-    }
+    let (stop_rx, lost_flag) = stop_signals(elector);
     info!(watching = %scope, resync_seconds = args.resync_seconds, "controller running: watching {scope}");
     // On a stop signal the controller starts no new reconciles; running ones get a grace
     // period, then the process goes (a write cut short is safe: ownership was claimed first,
     // and the next leader plans again from what ARM says).
     let (grace_tx, grace_rx) = tokio::sync::oneshot::channel::<()>();
-    // kube-runtime's `Controller` with its parts spelled out (`applier`, as `Controller::run`
-    // calls it), so each trigger carries its own reason into the `reconciling object` span:
-    // `object updated` for watch events, and what the resync scanner or a policy change found
-    // (`Controller::reconcile_on` would label both `unknown`).
-    let queue = futures::stream::select_all([
-        triggers
-            .map_ok(|obj| ReconcileRequest {
-                obj_ref: reflector::ObjectRef::from_obj(&obj),
-                reason: ReconcileReason::ObjectUpdated,
-            })
-            .boxed(),
-        scan_rx
-            .map(|obj_ref| {
-                Ok(ReconcileRequest {
-                    obj_ref,
-                    reason: ReconcileReason::Custom {
-                        reason: "resync found drift".into(),
-                    },
-                })
-            })
-            .boxed(),
-        retrigger_rx
-            .map(|obj_ref| {
-                Ok(ReconcileRequest {
-                    obj_ref,
-                    reason: ReconcileReason::Custom {
-                        reason: "policy or namespace labels changed".into(),
-                    },
-                })
-            })
-            .boxed(),
-    ]);
+    let queue = trigger_queue(triggers, scan_rx, retrigger_rx);
     let queue = StreamBackoff::new(queue, DefaultBackoff::default()).take_until(async move {
         let _ = stop_rx.await;
         let _ = grace_tx.send(());
@@ -428,8 +363,98 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
     Ok(0)
 }
 
-/// Whether a watch event can change what policies allow: a change, a deletion, or the end of
-/// a (re)list; not each object of a list.
+/// kube-runtime's `Controller` with its parts spelled out (`applier`, as `Controller::run`
+/// calls it), so each trigger carries its own reason into the `reconciling object` span:
+/// `object updated` for watch events, and what the resync scanner or a policy change found
+/// (`Controller::reconcile_on` would label both `unknown`).
+fn trigger_queue(
+    triggers: impl futures::Stream<Item = Result<VirtualMachineIdentity, watcher::Error>>
+    + Send
+    + 'static,
+    scan_rx: futures::channel::mpsc::UnboundedReceiver<
+        reflector::ObjectRef<VirtualMachineIdentity>,
+    >,
+    retrigger_rx: futures::channel::mpsc::UnboundedReceiver<
+        reflector::ObjectRef<VirtualMachineIdentity>,
+    >,
+) -> impl futures::Stream<Item = Result<ReconcileRequest<VirtualMachineIdentity>, watcher::Error>> + Send
+{
+    futures::stream::select_all([
+        triggers
+            .map_ok(|obj| ReconcileRequest {
+                obj_ref: reflector::ObjectRef::from_obj(&obj),
+                reason: ReconcileReason::ObjectUpdated,
+            })
+            .boxed(),
+        scan_rx
+            .map(|obj_ref| {
+                Ok(ReconcileRequest {
+                    obj_ref,
+                    reason: ReconcileReason::Custom {
+                        reason: "resync found drift".into(),
+                    },
+                })
+            })
+            .boxed(),
+        retrigger_rx
+            .map(|obj_ref| {
+                Ok(ReconcileRequest {
+                    obj_ref,
+                    reason: ReconcileReason::Custom {
+                        reason: "policy or namespace labels changed".into(),
+                    },
+                })
+            })
+            .boxed(),
+    ])
+}
+
+/// Stops the controller on SIGTERM/SIGINT (releasing the Lease) or when leadership is lost:
+/// the receiver fires then, and the flag says whether leadership was lost (exit code 1).
+fn stop_signals(
+    elector: Option<Elector>,
+) -> (
+    tokio::sync::oneshot::Receiver<()>,
+    Arc<std::sync::atomic::AtomicBool>,
+) {
+    let lost = async move {
+        match &elector {
+            Some(el) => {
+                tokio::select! {
+                    _ = el.hold() => {
+                        warn!("leadership lost: stopping");
+                        true
+                    }
+                    _ = shutdown_signal() => {
+                        el.release().await;
+                        false
+                    }
+                }
+            }
+            None => {
+                shutdown_signal().await;
+                false
+            }
+        }
+    };
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<bool>();
+    tokio::spawn(async move {
+        let _ = lost_tx.send(lost.await);
+    });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let lost_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let lost_flag = lost_flag.clone();
+        tokio::spawn(async move {
+            if let Ok(lost) = lost_rx.await {
+                lost_flag.store(lost, std::sync::atomic::Ordering::SeqCst);
+            }
+            let _ = stop_tx.send(());
+        });
+    }
+    (stop_rx, lost_flag)
+}
+
 /// The controller's own door to Azure, and the client settings namespace credentials reuse.
 struct AzureDoors {
     exec: Executor,
