@@ -72,6 +72,25 @@ pub struct TargetResult {
 }
 
 impl TargetResult {
+    /// A result for the target of `group` (non-empty): nothing planned, sent or refused yet.
+    pub fn for_group(group: &[DesiredObject]) -> TargetResult {
+        TargetResult {
+            target: group
+                .first()
+                .map(|o| o.spec.target.to_string())
+                .unwrap_or_default(),
+            objects: group.iter().map(|o| o.object.clone()).collect(),
+            plan: None,
+            error: None,
+            live_after: None,
+            grant_writes: Vec::new(),
+            grants: None,
+            bad_identities: Vec::new(),
+            refused: Vec::new(),
+            role_names: BTreeMap::new(),
+        }
+    }
+
     pub fn writes(&self) -> usize {
         if self.error.is_some() {
             return 0;
@@ -466,18 +485,7 @@ pub async fn apply(
 
 async fn apply_target(exec: &Executor, group: Vec<DesiredObject>) -> TargetResult {
     let target_id = group[0].spec.target.clone();
-    let mut result = TargetResult {
-        target: target_id.to_string(),
-        objects: group.iter().map(|o| o.object.clone()).collect(),
-        plan: None,
-        error: None,
-        live_after: None,
-        grant_writes: Vec::new(),
-        grants: None,
-        bad_identities: Vec::new(),
-        refused: Vec::new(),
-        role_names: BTreeMap::new(),
-    };
+    let mut result = TargetResult::for_group(&group);
     let live = match exec.read_target(&target_id, &read_version(&group)).await {
         Ok(l) => l,
         Err(e) => {
@@ -525,18 +533,7 @@ pub async fn plan_online(
 }
 
 async fn plan_target_online(exec: &Executor, group: Vec<DesiredObject>) -> TargetResult {
-    let mut result = TargetResult {
-        target: group[0].spec.target.to_string(),
-        objects: group.iter().map(|o| o.object.clone()).collect(),
-        plan: None,
-        error: None,
-        live_after: None,
-        grant_writes: Vec::new(),
-        grants: None,
-        bad_identities: Vec::new(),
-        refused: Vec::new(),
-        role_names: BTreeMap::new(),
-    };
+    let mut result = TargetResult::for_group(&group);
     let read = async {
         let live = exec
             .read_target(&group[0].spec.target, &read_version(&group))
