@@ -493,7 +493,7 @@ impl fmt::Display for Refused {
 /// of the plan, each told which senior objects keep the target) and the rest are planned
 /// again, until nothing conflicts. Objects that are equally young are refused together; when
 /// every object involved is equally young there is no senior to keep the target and the whole
-/// target is refused (the `Err`), as [`plan_target`] does.
+/// target is refused (the `Err`, with no `Refused` entries), as [`plan_target`] does.
 ///
 /// A refused object is left out entirely: what it recorded becomes unowned, and unowned
 /// identities are always kept, so a refusal removes nothing.
@@ -522,13 +522,15 @@ pub fn plan_target_by_seniority<K: Ord>(
         let (young, senior): (Vec<_>, Vec<_>) =
             ranked.iter().partition(|(_, k)| Some(k) == youngest);
         if senior.is_empty() {
+            // Nobody keeps the target: every object gets the whole-target conflict, and none
+            // is told that another "keeps" it.
             return (
                 Err(PlanError::Conflict {
                     target,
                     objects: involved,
                     reason,
                 }),
-                refused,
+                Vec::new(),
             );
         }
         let kept_by: Vec<ObjectRef> = senior.iter().map(|(o, _)| o.object.clone()).collect();

@@ -448,6 +448,15 @@ fn the_object_that_held_the_target_first_keeps_it_in_every_conflict_kind() {
     let names: Vec<&str> = refused.iter().map(|r| r.object.name.as_str()).collect();
     assert_eq!(names, ["a", "c"]);
 
+    // A youngest object refused first, then the two left equally senior conflict: nobody
+    // keeps the target, so no object is told that another "keeps" it (the whole target is
+    // refused for every object).
+    let d = obj("d", &vm("myVM"), with_version("2017-12-01"));
+    let tie = |o: &DesiredObject| if o.object.name == "d" { 1 } else { 0 };
+    let (plan, refused) = plan_target_by_seniority(&[a.clone(), b.clone(), d], &l, tie);
+    assert_eq!(plan.unwrap_err().reason(), "Conflict");
+    assert!(refused.is_empty(), "{refused:?}");
+
     // Equally young, no senior: the whole target is refused, as plan_target does.
     let (plan, refused) = plan_target_by_seniority(&[a, b], &l, |_| 0);
     assert_eq!(plan.unwrap_err().reason(), "Conflict");

@@ -210,14 +210,46 @@ pub fn held_record(mut applied: Applied, live: &LiveResource) -> Option<Applied>
 }
 
 /// Who held a target first, when objects on it conflict (smaller: senior; see
-/// [`vmidentity_planner::plan_target_by_seniority`]): first objects that are Ready as they
-/// are (their current generation applied), then objects that own something on the target
-/// (`status.applied`), then the rest; within each, the older `creationTimestamp`. A newcomer,
-/// or an object just edited into a conflict, is therefore never preferred to one that works.
+/// [`vmidentity_planner::plan_target_by_seniority`]), then the older `creationTimestamp`:
+/// 0. working now: its current generation reconciled, not Stalled, and Ready or owning
+///    something on the target (a passing error such as a 429 does not demote it);
+/// 1. working before an edit: Ready at an older generation, or owning something;
+/// 2. the rest (newcomers);
+/// 3. objects already refused for a conflict (`Conflict`, `CredentialConflict`), whatever they
+///    own, so a refused object never overtakes the one that keeps the target.
+///
+/// A newcomer, or an object just edited into a conflict, is therefore never preferred to one
+/// that works, and the object that works stays senior while it is edited or retried.
 pub fn seniority(o: &VirtualMachineIdentity) -> (u8, Option<Timestamp>) {
-    let tier = if was_ready(o) {
+    let owns = !o.applied().is_empty();
+    let generation = o.metadata.generation;
+    let conds: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] =
+        o.status.as_ref().map_or(&[], |s| &s.conditions);
+    let status_current = o
+        .status
+        .as_ref()
+        .is_some_and(|s| s.observed_generation == generation);
+    // True now; `current`: about the object's current generation.
+    let holds = |type_: &str, current: bool| {
+        conds.iter().any(|c| {
+            c.type_ == type_
+                && c.status == "True"
+                && (!current || c.observed_generation == generation || status_current)
+        })
+    };
+    let refused = conds.iter().any(|c| {
+        c.type_ == conditions::STALLED
+            && c.status == "True"
+            && (c.reason == vmidentity_planner::Refused::REASON
+                || c.reason == Reason::CredentialConflict.as_str())
+    });
+    let ready_now = holds(conditions::READY, true);
+    let busy_now = holds(conditions::RECONCILING, true) && !holds(conditions::STALLED, false);
+    let tier = if refused {
+        3
+    } else if ready_now || (busy_now && owns) {
         0
-    } else if !o.applied().is_empty() {
+    } else if holds(conditions::READY, false) || owns {
         1
     } else {
         2
@@ -939,6 +971,76 @@ mod tests {
         let d = o.holding(&held).unwrap();
         assert_eq!(d.spec.user_assigned.len(), 1);
         assert_eq!(d.spec.mode, vmidentity_planner::Mode::Merge);
+    }
+
+    /// The seniority ranks of issue 14's rule, including the holes a review found: the
+    /// object that works stays senior through an edit or a passing error, and an object
+    /// refused for a conflict never overtakes it, whatever it owns or however old it is.
+    #[test]
+    fn the_object_that_works_stays_senior_through_edits_and_passing_errors() {
+        let t = |s: &str| -> Option<Timestamp> { Some(s.parse().unwrap()) };
+        let owning = |mut o: VirtualMachineIdentity| {
+            let st = o.status.get_or_insert_with(Default::default);
+            st.applied = Some(vmidentity_planner::Applied {
+                system_assigned: Some(true),
+                ..Default::default()
+            });
+            o
+        };
+        let ready = Phase::Ready {
+            reason: "Converged".into(),
+            message: String::new(),
+        };
+        let throttled = Phase::Progressing {
+            reason: "Throttled".into(),
+            message: String::new(),
+        };
+        // Ready at its current generation: tier 0.
+        let a = with_phase(object(&[]), &ready);
+        assert_eq!(seniority(&a).0, 0);
+        // A passing error (a 429) at the current generation does not demote what it owns.
+        let a_429 = owning(with_phase(object(&[]), &throttled));
+        assert_eq!(seniority(&a_429).0, 0);
+        // A newcomer hitting the same 429 owns nothing and was never Ready: tier 2.
+        let new_429 = with_phase(object(&[]), &throttled);
+        assert_eq!(seniority(&new_429).0, 2);
+        // Edited since it was Ready: tier 1, below one that works now, above a newcomer.
+        let mut edited = owning(with_phase(object(&[]), &ready));
+        edited.metadata.generation = Some(2);
+        assert_eq!(seniority(&edited).0, 1);
+        // Refused for a conflict: the lowest tier, even when it owns something and is older.
+        let mut refused = owning(with_phase(
+            object(&[]),
+            &stalled(
+                Reason::Plan(vmidentity_planner::Refused::REASON),
+                "conflict".into(),
+            ),
+        ));
+        refused.metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2020-01-01T00:00:00Z".parse().unwrap(),
+            ));
+        assert_eq!(seniority(&refused).0, 3);
+        let cred = with_phase(
+            object(&[]),
+            &stalled(Reason::CredentialConflict, "clash".into()),
+        );
+        assert_eq!(seniority(&cred).0, 3);
+        // A newcomer owns nothing: tier 2.
+        assert_eq!(seniority(&object(&[])), (2, None));
+        // Within a tier the older object is senior.
+        let stamp = |mut o: VirtualMachineIdentity, at: &str| {
+            o.metadata.creation_timestamp = Some(
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at.parse().unwrap()),
+            );
+            o
+        };
+        let older = stamp(a.clone(), "2025-01-01T00:00:00Z");
+        let younger = stamp(a.clone(), "2026-01-01T00:00:00Z");
+        assert!(seniority(&older) < seniority(&younger));
+        assert_eq!(seniority(&older).1, t("2025-01-01T00:00:00Z"));
+        // The refused object, though the oldest, ranks after a newcomer that works.
+        assert!(seniority(&younger) < seniority(&refused));
     }
 
     #[test]

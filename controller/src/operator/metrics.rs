@@ -54,12 +54,6 @@ pub struct BucketLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TargetLabels {
-    /// The VM / VM scale set's ARM ID.
-    pub target: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ScopeLabels {
     pub scope: String,
 }
@@ -85,8 +79,14 @@ pub struct Metrics {
     pub objects_by_condition: Family<ConditionLabels, Gauge>,
     /// Seconds the longest-`Stalled` object has been `Stalled` (0: none; computed when scraped).
     pub stalled_max_age: Gauge,
-    /// Drift repairs per target (a write to a target every object on it saw `Ready`).
-    pub drift_repaired: Family<TargetLabels, Counter>,
+    /// Drift repairs (a write to a target every object on it saw `Ready`), once per target
+    /// and pass. No per-target label: a fleet-wide strip would make one series per VM.
+    pub drift_repaired: Counter,
+    /// Targets whose drift was repaired [`DRIFT_REPEATED`] times or more within
+    /// [`DRIFT_WINDOW`] (someone else keeps writing them; computed when scraped).
+    pub drift_repeated_targets: Gauge,
+    /// Recent repair times per target, only for targets repaired within [`DRIFT_WINDOW`].
+    drift_window: std::sync::Mutex<DriftWindow>,
     /// The last `x-ms-ratelimit-remaining-*` value ARM answered, per header.
     pub arm_ratelimit_remaining: Family<BucketLabels, Gauge>,
     /// Token acquisitions that failed, per token scope.
@@ -122,7 +122,8 @@ impl Metrics {
         let policy_denied = Counter::default();
         let objects_by_condition = Family::<ConditionLabels, Gauge>::default();
         let stalled_max_age = Gauge::default();
-        let drift_repaired = Family::<TargetLabels, Counter>::default();
+        let drift_repaired = Counter::default();
+        let drift_repeated_targets = Gauge::default();
         let arm_ratelimit_remaining = Family::<BucketLabels, Gauge>::default();
         let token_failures = Family::<ScopeLabels, Counter>::default();
         let resident_memory = Gauge::default();
@@ -143,8 +144,13 @@ impl Metrics {
         );
         registry.register(
             "drift_repaired",
-            "Drift repairs by target (someone else changed what an object declares)",
+            "Drift repairs, one per target and pass (someone else changed what an object declares)",
             drift_repaired.clone(),
+        );
+        registry.register(
+            "drift_repeated_targets",
+            "Targets whose drift was repaired at least twice within the last hour (another writer keeps changing them; the controller logs each at WARN)",
+            drift_repeated_targets.clone(),
         );
         registry.register(
             "arm_ratelimit_remaining",
@@ -243,6 +249,8 @@ impl Metrics {
             objects_by_condition,
             stalled_max_age,
             drift_repaired,
+            drift_repeated_targets,
+            drift_window: Default::default(),
             arm_ratelimit_remaining,
             token_failures,
             resident_memory,
@@ -274,13 +282,37 @@ impl Metrics {
             .inc();
     }
 
-    /// A drift repair on `target`.
-    pub fn drift_repaired(&self, target: &str) {
-        self.drift_repaired
-            .get_or_create(&TargetLabels {
-                target: target.to_ascii_lowercase(),
-            })
-            .inc();
+    /// A drift repair on `target`. Objects of one target are told in the same pass: repairs
+    /// closer together than [`DRIFT_SAME_PASS`] count once (None for the repeats). Returns
+    /// how many repairs the target has had within [`DRIFT_WINDOW`], this one included.
+    pub fn drift_repaired(&self, target: &str) -> Option<usize> {
+        let now = std::time::Instant::now();
+        let Ok(mut window) = self.drift_window.lock() else {
+            return None;
+        };
+        let times = window.entry(target.to_ascii_lowercase()).or_default();
+        if times
+            .last()
+            .is_some_and(|t| now.duration_since(*t) < DRIFT_SAME_PASS)
+        {
+            return None;
+        }
+        times.push(now);
+        self.drift_repaired.inc();
+        let n = times.len();
+        prune_drift(&mut window, now);
+        self.drift_repeated_targets
+            .set(repeated_targets(&window) as i64);
+        Some(n)
+    }
+
+    /// Drops repairs older than [`DRIFT_WINDOW`] and recounts the repeated targets.
+    fn refresh_drift(&self, now: std::time::Instant) {
+        if let Ok(mut window) = self.drift_window.lock() {
+            prune_drift(&mut window, now);
+            self.drift_repeated_targets
+                .set(repeated_targets(&window) as i64);
+        }
     }
 
     /// The cache `objects_by_condition` and `stalled_max_age_seconds` are computed from at
@@ -318,6 +350,7 @@ impl Metrics {
 
     pub fn encode(&self) -> String {
         self.refresh_objects(k8s_openapi::jiff::Timestamp::now());
+        self.refresh_drift(std::time::Instant::now());
         if let Some(rss) = std::fs::read_to_string("/proc/self/status")
             .ok()
             .as_deref()
@@ -465,6 +498,28 @@ pub async fn serve(addr: SocketAddr, m: Arc<Metrics>) -> std::io::Result<()> {
     axum::serve(listener, app).await
 }
 
+/// How far back repairs of one target are remembered, and how many make it "repeated".
+pub const DRIFT_WINDOW: Duration = Duration::from_secs(3600);
+pub const DRIFT_REPEATED: usize = 2;
+/// Repairs of one target closer together than this are one pass (each object is told).
+pub const DRIFT_SAME_PASS: Duration = Duration::from_secs(5);
+
+type DriftWindow = std::collections::HashMap<String, Vec<std::time::Instant>>;
+
+fn prune_drift(window: &mut DriftWindow, now: std::time::Instant) {
+    window.retain(|_, times| {
+        times.retain(|t| now.duration_since(*t) < DRIFT_WINDOW);
+        !times.is_empty()
+    });
+}
+
+fn repeated_targets(window: &DriftWindow) -> usize {
+    window
+        .values()
+        .filter(|t| t.len() >= DRIFT_REPEATED)
+        .count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -547,9 +602,10 @@ mod tests {
         let m = Metrics::new();
         m.on_rate_limit_remaining("x-ms-ratelimit-remaining-subscription-reads", 11999.0);
         m.on_token_error("https://management.azure.com/.default");
-        m.drift_repaired(
-            "/subscriptions/S/resourceGroups/r/providers/Microsoft.Compute/virtualMachines/v",
-        );
+        let v = "/subscriptions/S/resourceGroups/r/providers/Microsoft.Compute/virtualMachines/v";
+        assert_eq!(m.drift_repaired(v), Some(1));
+        // Another object of the same target told in the same pass: still one repair.
+        assert_eq!(m.drift_repaired(&v.to_ascii_lowercase()), None);
         let text = m.encode();
         assert!(text.contains(
             "vmidentity_arm_ratelimit_remaining{header=\"x-ms-ratelimit-remaining-subscription-reads\"} 11999"
@@ -557,6 +613,35 @@ mod tests {
         assert!(text.contains(
             "vmidentity_token_failures_total{scope=\"https://management.azure.com/.default\"} 1"
         ));
-        assert!(text.contains("vmidentity_drift_repaired_total{target=\"/subscriptions/s/resourcegroups/r/providers/microsoft.compute/virtualmachines/v\"} 1"));
+        assert!(
+            text.contains("vmidentity_drift_repaired_total 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vmidentity_drift_repeated_targets 0\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn repeated_drift_is_counted_per_target_within_the_hour() {
+        let now = std::time::Instant::now();
+        let ago = |s: u64| now.checked_sub(Duration::from_secs(s)).expect("uptime");
+        let mut w = DriftWindow::new();
+        w.insert("a".into(), vec![ago(3000), ago(10)]);
+        w.insert("b".into(), vec![ago(10)]);
+        w.insert("c".into(), vec![ago(4000), ago(10)]);
+        w.insert("d".into(), vec![ago(5000)]);
+        prune_drift(&mut w, now);
+        assert_eq!(
+            repeated_targets(&w),
+            1,
+            "only a: two repairs within the hour"
+        );
+        assert_eq!(w["c"].len(), 1, "c's older repair is forgotten");
+        assert!(
+            !w.contains_key("d"),
+            "targets with no recent repair take no memory"
+        );
     }
 }

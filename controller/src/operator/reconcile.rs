@@ -273,8 +273,15 @@ impl Context {
             self.patch_status(o, st).await?;
         }
         for n in r.events_after {
-            if n.reason == Reason::DriftRepaired {
-                self.metrics.drift_repaired(&o.spec.target);
+            if n.reason == Reason::DriftRepaired
+                && let Some(repairs) = self.metrics.drift_repaired(&o.spec.target)
+                && repairs >= super::metrics::DRIFT_REPEATED
+            {
+                warn!(
+                    target = %o.spec.target,
+                    repairs,
+                    "drift repaired {repairs} times on this target within an hour: another writer keeps changing it"
+                );
             }
             self.event(o, n.type_, n.reason.as_str(), n.note).await;
         }
@@ -457,7 +464,8 @@ async fn reconcile_target(
             let now = Timestamp::now();
             for (object, r) in refused {
                 if let Some(m) = members.iter_mut().find(|m| m.obj.planner_ref() == object) {
-                    warn!(%object, reason = %r.reason, "{}", r.message);
+                    // Logged at WARN once, when new, by `ctx.report` (refusals::log_new).
+                    debug!(%object, reason = %r.reason, "{}", r.message);
                     ctx.report(&m.obj, decide::refusal(&m.obj, &r, now)).await?;
                     m.credential = None;
                     if !m.deleting {
@@ -515,7 +523,9 @@ async fn reconcile_target(
         members
             .iter()
             .find(|m| m.obj.planner_ref() == d.object)
-            .map(|m| decide::seniority(&m.obj))
+            // What a held object (refused, say by policy) still holds is never taken from it
+            // by another object's change: it ranks above every writer (None sorts first).
+            .and_then(|m| (m.part() != Part::Held).then(|| decide::seniority(&m.obj)))
     });
     if !refused.is_empty() {
         let now = Timestamp::now();
@@ -528,7 +538,7 @@ async fn reconcile_target(
                 // Already refused (it only held what it applied): nothing more to say.
                 continue;
             }
-            warn!(object = %r.object, %target, reason = vmidentity_planner::Refused::REASON, kept_by = ?r.kept_by.iter().map(ToString::to_string).collect::<Vec<_>>(), "{r}");
+            debug!(object = %r.object, %target, reason = vmidentity_planner::Refused::REASON, kept_by = ?r.kept_by.iter().map(ToString::to_string).collect::<Vec<_>>(), "{r}");
             let refusal = decide::conflict_refusal(r);
             ctx.report(&m.obj, decide::refusal(&m.obj, &refusal, now))
                 .await?;
@@ -554,15 +564,8 @@ async fn reconcile_target(
     }
     let mut result = TargetResult {
         target: target.to_string(),
-        objects: desired.iter().map(|d| d.object.clone()).collect(),
         plan: Some(plan.clone()),
-        error: None,
-        live_after: None,
-        grant_writes: Vec::new(),
-        grants: None,
-        bad_identities: Vec::new(),
-        refused: Vec::new(),
-        role_names: Default::default(),
+        ..TargetResult::for_group(&desired)
     };
     match write_target(&az.exec, &desired, &live, &plan, &mut result).await {
         Ok(()) => {}

@@ -665,3 +665,70 @@ async fn between_two_new_objects_the_older_keeps_the_target() {
         assert_eq!(stalled["reason"], "Conflict", "{name}: {stalled}");
     }
 }
+
+/// What a held object still holds is never taken by another object's change (a review's
+/// finding on the seniority rule): `sandbox/held` owns uai-b but its namespace lost its
+/// policy (denied, so it only holds); the older `platform/ops` is edited to Exact with only
+/// uai-a. Before, the held object lost the conflict on age and the Exact PATCH removed uai-b;
+/// now the held object ranks first, ops is refused with Conflict, and nothing is written.
+#[tokio::test]
+async fn a_held_object_keeps_what_it_holds_against_an_older_exact_edit() {
+    let policies = [policy(allow_all_policy("platform"))];
+    let sim = sim(Some(&format!(
+        "{{type: UserAssigned, userAssignedIdentities: [{}, {}]}}",
+        uai("uai-a"),
+        uai("uai-b")
+    )))
+    .await;
+    let mut ops = working(
+        object_in(
+            "platform",
+            "ops",
+            json!({"target": vm(), "mode": "Exact", "userAssignedIdentities": [uai("uai-a")]}),
+        ),
+        json!({"userAssignedIdentities": [uai("uai-a")]}),
+        "2025-01-01T00:00:00Z",
+    );
+    // Edited since it was Ready (Merge -> Exact): its generation moved on.
+    ops.metadata.generation = Some(4);
+    let mut held = working(
+        object_in(
+            "sandbox",
+            "held",
+            json!({"target": vm(), "userAssignedIdentities": [uai("uai-b")]}),
+        ),
+        json!({"userAssignedIdentities": [uai("uai-b")]}),
+        "2026-01-01T00:00:00Z",
+    );
+    // Already refused by policy on an earlier pass: Stalled PolicyDenied, no longer Ready.
+    held.status = Some(
+        serde_json::from_value(json!({
+            "observedGeneration": 3,
+            "applied": {"userAssignedIdentities": [uai("uai-b")]},
+            "conditions": [
+                {"type": "Ready", "status": "False", "reason": "PolicyDenied", "message": "denied",
+                 "observedGeneration": 3, "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                {"type": "Stalled", "status": "True", "reason": "PolicyDenied", "message": "denied",
+                 "observedGeneration": 3, "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+        }))
+        .expect("status"),
+    );
+    for objects in [vec![ops.clone(), held.clone()], vec![held, ops]] {
+        let seen = run_all(objects, &policies, &sim).await;
+        assert!(arm_writes(&sim).is_empty(), "{:#?}", arm_writes(&sim));
+        let identity = sim.identity_of(&vm()).expect("vm1").to_string();
+        assert!(identity.contains("uai-b"), "{identity}");
+        let refused = status_patches(&seen, "platform", "ops");
+        assert!(
+            refused.iter().any(|s| {
+                let c = condition(&s.body, "Stalled");
+                c["status"] == "True"
+                    && c["reason"] == "Conflict"
+                    && c["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("sandbox/held"))
+            }),
+            "{seen:#?}"
+        );
+    }
+}
