@@ -354,6 +354,18 @@ fn blank_fresh_entries(body: &mut Value, fresh: &[String]) {
     }
 }
 
+/// Whether a write's answer shows **every** user-assigned entry as `{}`, not only the ones it
+/// adds: recorded for a scale set at 2018-10-01 (Azure/azure-cli
+/// `src/command_modules/azure-cli-vm/azure/cli/command_modules/vm/tests/latest/recordings/test_vmss_explicit_msi.yaml`,
+/// commit 60895270c87da16aa22f0f5f86a977e990fe2fbf: the entry already assigned is `{}` beside
+/// the new one, and the entry kept by a removal is `{}`). At 2024-11-01 only new entries are
+/// (see [`blank_fresh_entries`]); a VM at 2019-03-01 also shows only new ones. Where the
+/// switch lies between 2018-10-01 and 2024-11-01 is not recorded: CHOSEN at 2019-03-01, the
+/// first version recorded with the narrower answer.
+fn blanks_every_entry(res: &ComputeResource, api_version: &str) -> bool {
+    res.id.kind == ResourceKind::VirtualMachineScaleSet && api_version < "2019-03-01"
+}
+
 /// Stores the written resource and answers per the LRO mode (see [`crate::LroMode`]). Every
 /// accepted write of an existing resource bumps its entity tag by one, even one that changes
 /// nothing (CHOSEN); a created one starts at `"1"`. Completing the operation leaves the tag
@@ -407,7 +419,12 @@ fn commit_write(
     let retry_after = st.config.retry_after_secs.to_string();
     let mut body = st.world.render_compute(&res, shape, etag);
     if shape == Shape::Dictionary {
-        blank_fresh_entries(&mut body, fresh);
+        if blanks_every_entry(&res, api_version) {
+            let all: Vec<String> = res.identity.user.iter().map(|e| e.id.clone()).collect();
+            blank_fresh_entries(&mut body, &all);
+        } else {
+            blank_fresh_entries(&mut body, fresh);
+        }
     }
     st.world.compute.insert(key.clone(), res);
     st.world.sync_compute_principals(&key);

@@ -108,6 +108,9 @@ fn seed(fx: &Value, from: usize) -> String {
         if let Some(m) = ident["userAssignedIdentities"].as_object() {
             seed_ident["userAssignedIdentities"] =
                 Value::Array(m.keys().map(|k| Value::String(k.clone())).collect());
+        } else if let Some(ids) = ident["identityIds"].as_array() {
+            // 2017-12-01 answers list the identities as the `identityIds` array.
+            seed_ident["userAssignedIdentities"] = Value::Array(ids.clone());
         }
         let key = if target
             .to_ascii_lowercase()
