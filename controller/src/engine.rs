@@ -469,18 +469,7 @@ pub async fn apply(
     objects: Vec<DesiredObject>,
     concurrency: usize,
 ) -> Vec<TargetResult> {
-    let groups = group_by_target(objects);
-    let mut results: Vec<TargetResult> = futures::stream::iter(groups.into_values())
-        .map(|group| apply_target(exec, group))
-        .buffer_unordered(concurrency.max(1))
-        .collect()
-        .await;
-    results.sort_by(|a, b| {
-        a.target
-            .to_ascii_lowercase()
-            .cmp(&b.target.to_ascii_lowercase())
-    });
-    results
+    per_target(objects, concurrency, |group| apply_target(exec, group)).await
 }
 
 async fn apply_target(exec: &Executor, group: Vec<DesiredObject>) -> TargetResult {
@@ -518,9 +507,26 @@ pub async fn plan_online(
     objects: Vec<DesiredObject>,
     concurrency: usize,
 ) -> Vec<TargetResult> {
+    per_target(objects, concurrency, |group| {
+        plan_target_online(exec, group)
+    })
+    .await
+}
+
+/// Runs `one` for each target's group of objects, `concurrency` targets at a time, and
+/// returns the results sorted by target (case-folded).
+async fn per_target<F, Fut>(
+    objects: Vec<DesiredObject>,
+    concurrency: usize,
+    one: F,
+) -> Vec<TargetResult>
+where
+    F: FnMut(Vec<DesiredObject>) -> Fut,
+    Fut: std::future::Future<Output = TargetResult>,
+{
     let groups = group_by_target(objects);
     let mut results: Vec<TargetResult> = futures::stream::iter(groups.into_values())
-        .map(|group| plan_target_online(exec, group))
+        .map(one)
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await;

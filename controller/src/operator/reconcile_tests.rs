@@ -6,6 +6,7 @@
 //! method, path and JSON body.
 
 #![cfg(test)]
+// Test-only: compiled only under #[cfg(test)]; unwrap/expect here are assertions.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,6 +1,7 @@
 //! What the operator's unit tests share.
 
 #![cfg(test)]
+// Test-only: compiled only under #[cfg(test)]; unwrap/expect here are assertions.
 
 use std::sync::Arc;
 use std::time::Duration;
