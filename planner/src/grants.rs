@@ -174,6 +174,69 @@ impl GrantPlan {
     pub fn is_empty(&self) -> bool {
         self.removals.is_empty() && self.additions.is_empty()
     }
+
+    /// What `o` takes over in this plan without creating it: the role assignments (under
+    /// their existing names) and group memberships its new record holds that its old record
+    /// did not and that no write of this plan creates, i.e. that the principals held before.
+    /// The grant planner records every listed grant that is already held (see
+    /// [`plan_grants`]); this names them, for the `Adopted` Event.
+    pub fn adopted(
+        &self,
+        o: &DesiredObject,
+    ) -> (Vec<AppliedRoleAssignment>, Vec<AppliedGroupMembership>) {
+        let created: BTreeSet<GrantKey> = self
+            .additions
+            .iter()
+            .filter_map(|w| match w {
+                Write::RoleAssignmentPut {
+                    scope,
+                    role_definition_id,
+                    principal_id,
+                    ..
+                } => Some(GrantKey::role(
+                    scope,
+                    role_definition_id.rsplit('/').next().unwrap_or_default(),
+                    principal_id,
+                )),
+                Write::GroupMemberAdd {
+                    group_id,
+                    principal_id,
+                } => Some(GrantKey::group(group_id, principal_id)),
+                _ => None,
+            })
+            .collect();
+        let old_roles: BTreeSet<GrantKey> =
+            o.applied.role_assignments.iter().map(|r| r.key()).collect();
+        let old_groups: BTreeSet<GrantKey> = o
+            .applied
+            .group_memberships
+            .iter()
+            .map(|g| GrantKey::group(&g.group_object_id, &g.principal_id))
+            .collect();
+        let known = |p: &str| p != KNOWN_AFTER_APPLY;
+        let roles = self
+            .role_assignments
+            .get(&o.object)
+            .into_iter()
+            .flatten()
+            .filter(|r| known(&r.principal_id))
+            .filter(|r| !old_roles.contains(&r.key()) && !created.contains(&r.key()))
+            .cloned()
+            .collect();
+        let groups = self
+            .group_memberships
+            .get(&o.object)
+            .into_iter()
+            .flatten()
+            .filter(|g| known(&g.principal_id))
+            .filter(|g| {
+                let k = GrantKey::group(&g.group_object_id, &g.principal_id);
+                !old_groups.contains(&k) && !created.contains(&k)
+            })
+            .cloned()
+            .collect();
+        (roles, groups)
+    }
 }
 
 /// The `roleDefinitionId` to send in a PUT for `role` (a GUID, or anything ending in one) at

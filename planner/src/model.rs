@@ -591,6 +591,12 @@ pub struct DesiredObject {
     /// True once the object has a deletion timestamp: it then wants nothing, and with
     /// `deletionPolicy: Detach` releases what it applied.
     pub deleting: bool,
+    /// Adoption (the `vmidentity.dev/adopt: "true"` annotation): the user-assigned
+    /// identities the spec lists that were on the target before and that no object on the
+    /// target records are recorded as this object's, so dropping one later removes it from
+    /// the target as for anything the object added. Without it (the default), Merge mode
+    /// never records, and so never removes, what was on the target before it was asked for.
+    pub adopt: bool,
 }
 
 impl DesiredObject {
@@ -600,7 +606,14 @@ impl DesiredObject {
             spec,
             applied: Applied::default(),
             deleting: false,
+            adopt: false,
         }
+    }
+
+    /// With adoption on or off (see [`DesiredObject::adopt`]).
+    pub fn adopting(mut self, adopt: bool) -> Self {
+        self.adopt = adopt;
+        self
     }
 
     pub fn with_applied(mut self, applied: Applied) -> Self {

@@ -378,6 +378,28 @@ impl TargetPlan {
         })
     }
 
+    /// What each object adopts in this plan (see [`DesiredObject::adopt`]): the user-assigned
+    /// identities its new record holds that the target carried before the plan and that
+    /// no object on the target recorded (so never what another object owns), in the target's
+    /// spelling. Objects that adopt nothing are left out.
+    pub fn adopted(&self, objects: &[DesiredObject]) -> BTreeMap<ObjectRef, Vec<ArmId>> {
+        let owned: BTreeSet<String> = objects.iter().flat_map(|o| o.applied.keys()).collect();
+        objects
+            .iter()
+            .filter(|o| o.adopt && !o.deleting)
+            .filter_map(|o| {
+                let record = self.applied.get(&o.object)?;
+                let ids: Vec<ArmId> = record
+                    .keys()
+                    .iter()
+                    .filter(|k| !owned.contains(*k))
+                    .filter_map(|k| self.before.user_assigned.get(k).cloned())
+                    .collect();
+                (!ids.is_empty()).then(|| (o.object.clone(), ids))
+            })
+            .collect()
+    }
+
     /// What each object must record *before* the writes are sent: the union of the old and
     /// the new record. Written first, it keeps ownership if the process dies between the
     /// PATCH and the final status update, so nothing we added is ever orphaned.
@@ -812,6 +834,9 @@ pub fn plan_target(
                     o.spec.mode == Mode::Exact
                         || managed.contains(id.key())
                         || !before.user_assigned.contains_key(id.key())
+                        // Adoption: on the target before, owned by no object (else the
+                        // line above shares it, as for any object that lists it).
+                        || o.adopt
                 })
                 .map(|id| id.to_string())
                 .collect();
