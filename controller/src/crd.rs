@@ -51,6 +51,11 @@ use vmidentity_planner as planner;
         priority = "1"
     ),
     printcolumn(
+        name = "Drifted",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Drifted\")].status"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -163,7 +168,60 @@ pub struct VirtualMachineIdentityStatus {
     /// How many of the user-assigned identities this object lists the target carries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_assigned_count: Option<i64>,
+    /// With reconcile policy `observe`: the writes the controller would send to this object's
+    /// target, exactly as `vmidentity plan -o json` prints them (first ones only, see
+    /// `pendingWritesOmitted`). Empty when the target is as declared or the policy is
+    /// `manage`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    pub pending_writes: Vec<PendingWrite>,
+    /// How many pending writes are not listed in `pendingWrites` (it is bounded in entries and
+    /// bytes); absent when none are left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_writes_omitted: Option<i64>,
 }
+
+/// One write vmidentity would send, as `vmidentity plan -o json` prints it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingWrite {
+    /// `PATCH`, `PUT`, `POST` or `DELETE`.
+    pub method: String,
+    /// The ARM resource ID (or Graph path after its version) the write goes to.
+    pub id: String,
+    /// The ARM api-version (or Graph's version, `v1.0`).
+    pub api_version: String,
+    /// The exact JSON body (absent for a DELETE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_json_object")]
+    pub body: Option<serde_json::Value>,
+    /// The `If-Match` entity tag, when the write is conditional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_match: Option<String>,
+}
+
+/// An object of any shape (the API server keeps its fields as they are).
+fn any_json_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+/// `metadata.annotations` key by which an object adopts what it lists and was on its target
+/// before (value `"true"`; `"false"` or absent: no adoption). An annotation rather than a
+/// spec field: `vmidentity import --adopt`, a GitOps overlay or `kubectl annotate` can turn
+/// it on for an existing object without a spec change (no new generation, no schema
+/// migration of v1alpha1), and it says what it is, a one-time handover of ownership, not a
+/// property of the desired state; its value is still validated (anything else is
+/// `InvalidSpec`). Issue 15 part 2.
+pub const ADOPT_ANNOTATION: &str = "vmidentity.dev/adopt";
+
+/// `metadata.annotations` key, on an object or on its Namespace, that chooses the reconcile
+/// policy: `manage` (read, plan and write) or `observe` (read and plan, never write; report
+/// the drift). The object's wins over the Namespace's, which wins over the controller's
+/// `--default-reconcile-policy`.
+pub const RECONCILE_POLICY_ANNOTATION: &str = "vmidentity.dev/reconcile-policy";
 
 /// `status.applied`, the ownership record, is the planner's [`planner::Applied`] itself (its
 /// schema comes with the planner's `schema` feature): no copy to keep in step.
@@ -283,11 +341,42 @@ impl VirtualMachineIdentity {
 
     /// The validated spec with its ownership record: what the planner plans for the object.
     pub fn desired(&self) -> Result<planner::DesiredObject, Vec<planner::model::FieldError>> {
-        let spec = self.spec.to_raw().validate()?;
-        let mut d =
-            planner::DesiredObject::new(self.planner_ref(), spec).with_applied(self.applied());
+        let (spec, adopt) = match (self.spec.to_raw().validate(), self.adopts()) {
+            (Ok(spec), Ok(adopt)) => (spec, adopt),
+            (Err(mut errs), Err(e)) => {
+                errs.push(e);
+                return Err(errs);
+            }
+            (Err(errs), _) => return Err(errs),
+            (_, Err(e)) => return Err(vec![e]),
+        };
+        let mut d = planner::DesiredObject::new(self.planner_ref(), spec)
+            .with_applied(self.applied())
+            .adopting(adopt);
         d.deleting = self.is_deleting();
         Ok(d)
+    }
+
+    /// The [`ADOPT_ANNOTATION`]: `"true"` adopts, `"false"` or absent does not; any other
+    /// value is an error naming the annotation.
+    pub fn adopts(&self) -> Result<bool, planner::model::FieldError> {
+        match self.annotation(ADOPT_ANNOTATION) {
+            None | Some("false") => Ok(false),
+            Some("true") => Ok(true),
+            Some(other) => Err(planner::model::FieldError {
+                field: format!("metadata.annotations[{ADOPT_ANNOTATION}]"),
+                message: format!("is {other:?}; it must be \"true\" or \"false\""),
+            }),
+        }
+    }
+
+    /// One of the object's annotations.
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .map(String::as_str)
     }
 
     /// What the object holds of `applied` on its target, whatever its spec now says (for an

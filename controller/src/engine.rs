@@ -539,18 +539,37 @@ where
 }
 
 async fn plan_target_online(exec: &Executor, group: Vec<DesiredObject>) -> TargetResult {
+    match exec
+        .read_target(&group[0].spec.target, &read_version(&group))
+        .await
+    {
+        Ok(live) => plan_read_only(exec, group, &live).await,
+        Err(e) => {
+            let mut result = TargetResult::for_group(&group);
+            result.error = Some(e.into());
+            result
+        }
+    }
+}
+
+/// Plans one target's group against `live` (read by the caller) as `plan --endpoint` does,
+/// writing nothing: role definitions, role assignments and group memberships are read when
+/// the group has grants. The controller's observe-only pass uses it, so an observed object's
+/// pending writes are the ones `plan -o json` prints.
+pub async fn plan_read_only(
+    exec: &Executor,
+    group: Vec<DesiredObject>,
+    live: &LiveResource,
+) -> TargetResult {
     let mut result = TargetResult::for_group(&group);
     let read = async {
-        let live = exec
-            .read_target(&group[0].spec.target, &read_version(&group))
-            .await?;
         // The same seniority rule as `apply`: a newcomer that conflicts is refused.
-        let (plan, group, refused) = plan_by_seniority(&group, &live);
+        let (plan, group, refused) = plan_by_seniority(&group, live);
         let plan = plan?;
         let mut grant_plan = None;
         let mut names = BTreeMap::new();
         if has_grants(&group) {
-            let mut resolved = resolve_offline(&group, &live, &plan);
+            let mut resolved = resolve_offline(&group, live, &plan);
             resolved.roles.clear();
             resolve_roles(exec, &group, &mut resolved).await?;
             names = role_names(&group, &resolved);

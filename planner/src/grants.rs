@@ -177,15 +177,16 @@ impl GrantPlan {
 
     /// What `o` takes over in this plan without creating it: the role assignments (under
     /// their existing names) and group memberships its new record holds that its old record
-    /// did not and that no write of this plan creates, i.e. that the principals held before.
-    /// The grant planner records every listed grant that is already held (see
-    /// [`plan_grants`]); this names them, for the `Adopted` Event.
+    /// did not and that none of `sent` (the grant writes sent for the plan, normally
+    /// [`GrantPlan::additions`]) creates, i.e. that the principals held before. The grant
+    /// planner records every listed grant that is already held (see [`plan_grants`]); this
+    /// names them, for the `Adopted` Event.
     pub fn adopted(
         &self,
         o: &DesiredObject,
+        sent: &[Write],
     ) -> (Vec<AppliedRoleAssignment>, Vec<AppliedGroupMembership>) {
-        let created: BTreeSet<GrantKey> = self
-            .additions
+        let created: BTreeSet<GrantKey> = sent
             .iter()
             .filter_map(|w| match w {
                 Write::RoleAssignmentPut {

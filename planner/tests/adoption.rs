@@ -172,7 +172,7 @@ fn grants_held_before_are_named_as_adopted_by_their_existing_assignment_name() {
     let p = plan_grants(std::slice::from_ref(&o), &r, &held);
     // No PUT (no 409, no duplicate), no POST: recorded by the existing name.
     assert!(p.is_empty(), "{p:?}");
-    let (roles, groups) = p.adopted(&o);
+    let (roles, groups) = p.adopted(&o, &p.additions);
     assert_eq!(
         roles,
         vec![AppliedRoleAssignment {
@@ -194,7 +194,8 @@ fn grants_held_before_are_named_as_adopted_by_their_existing_assignment_name() {
         ..Applied::default()
     };
     let again = o.clone().with_applied(rec.clone());
-    let (r2, g2) = plan_grants(std::slice::from_ref(&again), &r, &held).adopted(&again);
+    let p2 = plan_grants(std::slice::from_ref(&again), &r, &held);
+    let (r2, g2) = p2.adopted(&again, &p2.additions);
     assert!(r2.is_empty() && g2.is_empty());
     let dropped = obj("a", &vm("myVM"), |x| {
         x.user_assigned_identities = vec![uai("ID1")]
@@ -212,6 +213,8 @@ fn grants_held_before_are_named_as_adopted_by_their_existing_assignment_name() {
         ]
     );
     // A grant this plan creates is not adopted.
-    let (r4, g4) = plan_grants(std::slice::from_ref(&o), &r, &LiveGrants::default()).adopted(&o);
+    let p4 = plan_grants(std::slice::from_ref(&o), &r, &LiveGrants::default());
+    assert_eq!(p4.additions.len(), 2);
+    let (r4, g4) = p4.adopted(&o, &p4.additions);
     assert!(r4.is_empty() && g4.is_empty());
 }

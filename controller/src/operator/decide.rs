@@ -30,6 +30,16 @@ pub enum Reason {
     /// Deleted with `deletionPolicy: Retain`: what it applied stays.
     Retained,
     DriftRepaired,
+    /// Pre-existing identities or grants became the object's (issue 15 part 2).
+    Adopted,
+    /// Reconcile policy `observe`: read and planned, never written (Ready's reason).
+    Observed,
+    /// Under `observe`: the target differs from what its objects declare.
+    Drifted,
+    /// Under `observe`: the drift went (someone made the target as declared).
+    DriftCleared,
+    /// The `vmidentity.dev/reconcile-policy` annotation is neither `manage` nor `observe`.
+    InvalidReconcilePolicy,
     /// The namespace's credential cannot be used.
     Credential(&'static str),
     /// Azure refused or failed.
@@ -56,6 +66,11 @@ impl Reason {
             Reason::Detached => "Detached",
             Reason::Retained => "Retained",
             Reason::DriftRepaired => "DriftRepaired",
+            Reason::Adopted => "Adopted",
+            Reason::Observed => "Observed",
+            Reason::Drifted => "Drifted",
+            Reason::DriftCleared => "DriftCleared",
+            Reason::InvalidReconcilePolicy => "InvalidReconcilePolicy",
             Reason::Azure(class) => class.reason(),
             Reason::Credential(r) | Reason::Plan(r) | Reason::Engine(r) | Reason::Untrusted(r) => r,
         }
@@ -369,13 +384,16 @@ fn stalled_message_changed(o: &VirtualMachineIdentity, message: &str) -> bool {
     })
 }
 
-/// Ready for the object's current generation.
+/// Ready for the object's current generation (under `manage`: an object that was only
+/// observed never saw its target as declared, so its first write is not a drift repair).
 pub fn was_ready(o: &VirtualMachineIdentity) -> bool {
     o.status.as_ref().is_some_and(|s| {
         s.observed_generation == o.metadata.generation
-            && s.conditions
-                .iter()
-                .any(|c| c.type_ == conditions::READY && c.status == "True")
+            && s.conditions.iter().any(|c| {
+                c.type_ == conditions::READY
+                    && c.status == "True"
+                    && c.reason != Reason::Observed.as_str()
+            })
     })
 }
 
@@ -561,6 +579,10 @@ pub struct Success<'a> {
     pub changes: Vec<String>,
     /// Every allowed object was Ready, and yet something was written: drift was repaired.
     pub drift: bool,
+    /// The user-assigned identities each object adopted in this pass
+    /// ([`TargetPlan::adopted`]); empty unless set by [`Success::with_adopted`].
+    pub adopted:
+        std::collections::BTreeMap<vmidentity_planner::ObjectRef, Vec<vmidentity_planner::ArmId>>,
 }
 
 impl<'a> Success<'a> {
@@ -585,7 +607,52 @@ impl<'a> Success<'a> {
             live,
             changes,
             drift,
+            adopted: Default::default(),
         }
+    }
+
+    /// With what each of `objects` (the target's planner input) adopted in this pass.
+    pub fn with_adopted(mut self, objects: &[DesiredObject]) -> Self {
+        self.adopted = self.plan.adopted(objects);
+        self
+    }
+
+    /// What `d` took over in this pass without writing it, in words: the identities it
+    /// adopted, and the role assignments (by their existing names) and group memberships the
+    /// principals held before that its record now holds. None when nothing.
+    pub fn adopted_note(&self, d: &DesiredObject) -> Option<Note> {
+        let mut what: Vec<String> = self
+            .adopted
+            .get(&d.object)
+            .into_iter()
+            .flatten()
+            .map(|id| format!("user-assigned identity {id}"))
+            .collect();
+        if let Some(g) = &self.result.grants {
+            let (roles, groups) = g.adopted(d, &self.result.grant_writes);
+            what.extend(roles.iter().map(|r| {
+                format!(
+                    "role {} at {} (role assignment {})",
+                    self.result.role(&r.role_definition_id),
+                    r.scope,
+                    r.id
+                )
+            }));
+            what.extend(
+                groups
+                    .iter()
+                    .map(|g| format!("membership of group {} ({})", g.group_object_id, g.identity)),
+            );
+        }
+        (!what.is_empty()).then(|| Note {
+            type_: EventType::Normal,
+            reason: Reason::Adopted,
+            note: format!(
+                "{}: now owned by this object (removed from the target if dropped from the spec): {}",
+                self.plan.target.short(),
+                what.join("; ")
+            ),
+        })
     }
 
     pub fn wrote(&self) -> bool {
@@ -782,8 +849,9 @@ impl<'a> Success<'a> {
             principals: (principals != Principals::default()).then_some(principals),
             target_name: Some(plan.target.name().to_string()),
             user_assigned_count: Some(present),
+            ..Default::default()
         };
-        let mut events_after = Vec::new();
+        let mut events_after: Vec<Note> = self.adopted_note(d).into_iter().collect();
         if wrote {
             let changes = own.join("; ");
             events_after.push(if was_ready(o) {

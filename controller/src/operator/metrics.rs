@@ -22,6 +22,7 @@ use vmidentity_azure::{Observer, RequestKind};
 
 use crate::crd::VirtualMachineIdentity;
 use crate::operator::conditions::{READY, RECONCILING, STALLED};
+use crate::operator::observe::DRIFTED;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
@@ -79,6 +80,9 @@ pub struct Metrics {
     pub objects_by_condition: Family<ConditionLabels, Gauge>,
     /// Seconds the longest-`Stalled` object has been `Stalled` (0: none; computed when scraped).
     pub stalled_max_age: Gauge,
+    /// Objects under reconcile policy `observe` whose target differs from what they declare
+    /// (condition `Drifted` True for the current generation; computed when scraped).
+    pub drifted_objects: Gauge,
     /// Drift repairs (a write to a target every object on it saw `Ready`), once per target
     /// and pass. No per-target label: a fleet-wide strip would make one series per VM.
     pub drift_repaired: Counter,
@@ -122,6 +126,7 @@ impl Metrics {
         let policy_denied = Counter::default();
         let objects_by_condition = Family::<ConditionLabels, Gauge>::default();
         let stalled_max_age = Gauge::default();
+        let drifted_objects = Gauge::default();
         let drift_repaired = Counter::default();
         let drift_repeated_targets = Gauge::default();
         let arm_ratelimit_remaining = Family::<BucketLabels, Gauge>::default();
@@ -136,6 +141,11 @@ impl Metrics {
             "objects_by_condition",
             "VirtualMachineIdentity objects in the cache by the condition that is True (Unknown: none yet for the current generation)",
             objects_by_condition.clone(),
+        );
+        registry.register(
+            "drifted_objects",
+            "Objects under reconcile policy observe whose target differs from what they declare (condition Drifted True)",
+            drifted_objects.clone(),
         );
         registry.register(
             "stalled_max_age_seconds",
@@ -248,6 +258,7 @@ impl Metrics {
             policy_denied,
             objects_by_condition,
             stalled_max_age,
+            drifted_objects,
             drift_repaired,
             drift_repeated_targets,
             drift_window: Default::default(),
@@ -342,6 +353,7 @@ impl Metrics {
                 .set(n);
         }
         self.stalled_max_age.set(counts.stalled_max_age_secs);
+        self.drifted_objects.set(counts.drifted);
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -387,6 +399,9 @@ pub struct ConditionCounts {
     pub stalled: i64,
     pub unknown: i64,
     pub stalled_max_age_secs: i64,
+    /// Observed objects whose `Drifted` condition is True (counted besides their kstatus
+    /// condition).
+    pub drifted: i64,
 }
 
 /// Counts `objects` by condition. An object whose status was written for an older generation
@@ -411,6 +426,9 @@ pub fn count_conditions<'a>(
                 .iter()
                 .find(|x| x.type_ == t && x.status == "True")
         };
+        if is_true(DRIFTED).is_some() {
+            c.drifted += 1;
+        }
         if let Some(s) = is_true(STALLED) {
             c.stalled += 1;
             let age = now.as_second() - s.last_transition_time.0.as_second();
@@ -578,8 +596,23 @@ mod tests {
                 stalled: 2,
                 unknown: 2,
                 stalled_max_age_secs: 3600,
+                drifted: 0,
             }
         );
+        // Observed and drifted: counted as drifted besides its Ready.
+        let mut drifted = object(1, Some((1, READY, "2026-01-01T00:00:00Z")));
+        if let Some(st) = drifted.status.as_mut() {
+            st.conditions.push(Condition {
+                type_: DRIFTED.into(),
+                status: "True".into(),
+                reason: "PendingWrites".into(),
+                message: String::new(),
+                observed_generation: Some(1),
+                last_transition_time: Time(ts("2026-01-01T00:00:00Z")),
+            });
+        }
+        let c = count_conditions([drifted].iter(), ts("2026-01-01T01:00:00Z"));
+        assert_eq!((c.ready, c.drifted), (1, 1));
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod events;
 pub mod fleet;
 pub mod leader;
 pub mod metrics;
+pub mod observe;
 pub mod policy;
 pub mod reconcile;
 pub mod refusals;
@@ -25,7 +26,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{ReconcileReason, ReconcileRequest, applier};
 use kube::runtime::utils::{CancelableJoinHandle, StreamBackoff};
 use kube::runtime::watcher::DefaultBackoff;
-use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
+use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client};
 use tracing::Instrument;
 use tracing::{error, info, warn};
@@ -153,6 +154,18 @@ pub struct ControllerArgs {
     /// Seconds a namespace's credential Secret (or its absence) is cached.
     #[arg(long, default_value_t = 60, hide = true)]
     pub namespace_credential_ttl_seconds: u64,
+    /// The reconcile policy of objects whose own `vmidentity.dev/reconcile-policy`
+    /// annotation and whose Namespace's say nothing: manage (read, plan and write) or observe
+    /// (read and plan, never write to Azure; report the drift in condition Drifted and
+    /// status.pendingWrites). The Namespace annotation is read from the Namespace metadata
+    /// watch (--namespace-labels, on by default); without it only the object's counts.
+    #[arg(
+        long,
+        env = "VMIDENTITY_DEFAULT_RECONCILE_POLICY",
+        value_enum,
+        default_value = "manage"
+    )]
+    pub default_reconcile_policy: observe::ReconcilePolicy,
     /// Milliseconds between ARM LRO polls when ARM gives no Retry-After.
     #[arg(long, default_value_t = 5000, hide = true)]
     pub lro_poll_ms: u64,
@@ -271,6 +284,7 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
     ctx.resync = resync;
     ctx.credentials = namespace_credentials(&args, &client, &ctx, &doors, &metrics);
     ctx.per_target_resync = args.resync_mode == ResyncMode::Get;
+    ctx.default_policy = args.default_reconcile_policy;
     let ctx = Arc::new(ctx);
     // Resource Graph resync: a scanner triggers only the targets that drifted.
     let (scan_tx, scan_rx) = futures::channel::mpsc::unbounded();
@@ -288,20 +302,28 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
     let map_reader = reader.clone();
     let triggers = watcher(api, watcher::Config::default())
         .default_backoff()
-        // The cache keeps what reconciles read. Nothing reads an object's labels or
-        // annotations (policies select namespaces), and managedFields and the annotations
-        // that kubectl, Argo CD or Helm add are most of an object's bytes.
+        // The cache keeps what reconciles read. Nothing reads an object's labels (policies
+        // select namespaces) or annotations but vmidentity's own, and managedFields and the
+        // annotations that kubectl, Argo CD or Helm add are most of an object's bytes.
         .modify(|o| {
             let m = &mut o.metadata;
             m.managed_fields = None;
-            m.annotations = None;
+            m.annotations = own_annotations(m.annotations.take());
             m.labels = None;
         })
         .reflect(writer)
         .touched_objects()
-        // Our own status and finalizer writes do not change the generation: they must not
-        // trigger another pass (deletion does bump it).
-        .predicate_filter(predicates::generation, Default::default())
+        // Our own status and finalizer writes change neither the generation nor our
+        // annotations: they must not trigger another pass (deletion does bump the
+        // generation). A new spec, or `vmidentity.dev/adopt` / `reconcile-policy` set or
+        // changed, does.
+        .predicate_filter(
+            Predicate::<VirtualMachineIdentity>::combine(
+                predicates::generation,
+                predicates::annotations,
+            ),
+            Default::default(),
+        )
         .map_ok(move |obj| {
             let key = target_key(&obj);
             map_ctx.mark_dirty(&key);
@@ -361,6 +383,74 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
     }
     info!("controller stopped");
     Ok(0)
+}
+
+/// The annotations a reconcile reads ([`crate::crd::ADOPT_ANNOTATION`],
+/// [`crate::crd::RECONCILE_POLICY_ANNOTATION`]); None when the object has neither.
+fn own_annotations(
+    all: Option<std::collections::BTreeMap<String, String>>,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    let own: std::collections::BTreeMap<String, String> = all?
+        .into_iter()
+        .filter(|(k, _)| {
+            k == crate::crd::ADOPT_ANNOTATION || k == crate::crd::RECONCILE_POLICY_ANNOTATION
+        })
+        .collect();
+    (!own.is_empty()).then_some(own)
+}
+
+/// Namespaces whose `vmidentity.dev/reconcile-policy` annotation changed with `e` (`seen`:
+/// the value last seen per namespace, kept up to date). A relist (`Init*`) refreshes `seen`
+/// and reports the namespaces whose value differs from before.
+fn namespace_policy_changes(
+    seen: &mut std::collections::HashMap<String, Option<String>>,
+    e: &watcher::Event<PartialObjectMeta<Namespace>>,
+) -> Vec<String> {
+    let value = |n: &PartialObjectMeta<Namespace>| {
+        n.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(crate::crd::RECONCILE_POLICY_ANNOTATION))
+            .cloned()
+    };
+    let mut changed = Vec::new();
+    // On the first list nothing has changed yet: every object is reconciled at start.
+    let mut note = |n: &PartialObjectMeta<Namespace>, v: Option<String>, first_seen_counts| {
+        let name = n.metadata.name.clone().unwrap_or_default();
+        let before = seen.insert(name.clone(), v.clone());
+        let differs = match before {
+            Some(b) => b != v,
+            None => first_seen_counts && v.is_some(),
+        };
+        if differs {
+            changed.push(name);
+        }
+    };
+    match e {
+        watcher::Event::Apply(n) => note(n, value(n), true),
+        watcher::Event::InitApply(n) => note(n, value(n), false),
+        watcher::Event::Delete(n) => note(n, None, false),
+        watcher::Event::Init | watcher::Event::InitDone => {}
+    }
+    changed
+}
+
+/// The representative of every target with an object in one of `namespaces`.
+fn in_namespaces(
+    objects: &reflector::Store<VirtualMachineIdentity>,
+    namespaces: &[String],
+) -> Vec<reflector::ObjectRef<VirtualMachineIdentity>> {
+    use kube::ResourceExt;
+    let keys: std::collections::BTreeSet<String> = objects
+        .state()
+        .iter()
+        .filter(|o| namespaces.contains(&o.namespace().unwrap_or_default()))
+        .map(|o| target_key(o))
+        .collect();
+    keys.iter()
+        .filter_map(|k| representative(&objects_on(objects, k)))
+        .map(|rep| reflector::ObjectRef::from_obj(&*rep))
+        .collect()
 }
 
 /// kube-runtime's `Controller` with its parts spelled out (`applier`, as `Controller::run`
@@ -529,7 +619,7 @@ async fn guardrail_caches(
     )
     .default_backoff()
     .reflect(policy_writer)
-    .map_ok(|e| changed(&e))
+    .map_ok(|e| (changed(&e), Vec::new()))
     .boxed();
     let (ns_reader, ns_events) = if args.namespace_labels {
         let (r, w) = reflector::store::<PartialObjectMeta<Namespace>>();
@@ -539,7 +629,12 @@ async fn guardrail_caches(
         )
         .default_backoff()
         .reflect(w)
-        .map_ok(|e| changed(&e))
+        .map_ok({
+            // The reconcile-policy annotation of each namespace as last seen: when it
+            // changes, the namespace's objects are reconciled again at once.
+            let mut seen = std::collections::HashMap::new();
+            move |e| (changed(&e), namespace_policy_changes(&mut seen, &e))
+        })
         .boxed();
         (Some(r), Some(events))
     } else {
@@ -559,21 +654,32 @@ async fn guardrail_caches(
         };
         tokio::spawn(async move {
             while let Some(ev) = events.next().await {
-                let mut any = match ev {
+                let (mut any, mut namespaces) = match ev {
                     Ok(c) => c,
                     Err(e) => {
                         warn!(error = %e, "policy or namespace watch failed (retrying)");
-                        false
+                        (false, Vec::new())
                     }
                 };
                 // A burst (a relist, many namespaces labelled at once) is one re-check.
                 while let Some(Some(more)) = events.next().now_or_never() {
-                    any |= more.unwrap_or(false);
+                    if let Ok((c, ns)) = more {
+                        any |= c;
+                        namespaces.extend(ns);
+                    }
                 }
-                if !any {
-                    continue;
+                let mut again = if any {
+                    policy::affected(&objects, &view)
+                } else {
+                    Vec::new()
+                };
+                if !namespaces.is_empty() {
+                    info!(namespaces = %namespaces.join(","), "reconcile-policy annotation changed: reconciling their objects");
+                    again.extend(in_namespaces(&objects, &namespaces));
                 }
-                for r in policy::affected(&objects, &view) {
+                again.sort_by_key(ToString::to_string);
+                again.dedup();
+                for r in again {
                     if retrigger_tx.unbounded_send(r).is_err() {
                         return;
                     }
@@ -710,6 +816,79 @@ mod tests {
             ]))
             .0,
             "ops"
+        );
+    }
+
+    #[test]
+    fn the_cache_keeps_only_vmidentity_annotations() {
+        let all: std::collections::BTreeMap<String, String> = [
+            ("kubectl.kubernetes.io/last-applied-configuration", "{...}"),
+            ("vmidentity.dev/adopt", "true"),
+            ("vmidentity.dev/reconcile-policy", "observe"),
+            ("argocd.argoproj.io/tracking-id", "x"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let own = own_annotations(Some(all)).unwrap();
+        assert_eq!(
+            own.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["vmidentity.dev/adopt", "vmidentity.dev/reconcile-policy"]
+        );
+        assert_eq!(own_annotations(None), None);
+        assert_eq!(
+            own_annotations(Some([("a".to_string(), "b".to_string())].into())),
+            None
+        );
+    }
+
+    #[test]
+    fn a_namespace_reconcile_policy_change_is_noticed_once() {
+        fn ns(name: &str, policy: Option<&str>) -> PartialObjectMeta<Namespace> {
+            let mut n = PartialObjectMeta::<Namespace>::default();
+            n.metadata.name = Some(name.into());
+            n.metadata.annotations = policy.map(|p| {
+                [(
+                    crate::crd::RECONCILE_POLICY_ANNOTATION.to_string(),
+                    p.to_string(),
+                )]
+                .into()
+            });
+            n
+        }
+        let mut seen = std::collections::HashMap::new();
+        // The first list: nothing changed.
+        assert!(
+            namespace_policy_changes(
+                &mut seen,
+                &watcher::Event::InitApply(ns("a", Some("observe")))
+            )
+            .is_empty()
+        );
+        assert!(namespace_policy_changes(&mut seen, &watcher::Event::InitDone).is_empty());
+        // A label change (same annotation): nothing.
+        assert!(
+            namespace_policy_changes(&mut seen, &watcher::Event::Apply(ns("a", Some("observe"))))
+                .is_empty()
+        );
+        // observe -> manage: a.
+        assert_eq!(
+            namespace_policy_changes(&mut seen, &watcher::Event::Apply(ns("a", Some("manage")))),
+            vec!["a".to_string()]
+        );
+        // Removed: a again; a new namespace annotated: b.
+        assert_eq!(
+            namespace_policy_changes(&mut seen, &watcher::Event::Apply(ns("a", None))),
+            vec!["a".to_string()]
+        );
+        assert_eq!(
+            namespace_policy_changes(&mut seen, &watcher::Event::Apply(ns("b", Some("observe")))),
+            vec!["b".to_string()]
+        );
+        // A relist that finds b changed while the watch was down: b.
+        assert_eq!(
+            namespace_policy_changes(&mut seen, &watcher::Event::InitApply(ns("b", None))),
+            vec!["b".to_string()]
         );
     }
 

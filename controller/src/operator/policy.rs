@@ -49,6 +49,15 @@ impl PolicyView {
             .map(|n| n.metadata.labels.clone().unwrap_or_default())
     }
 
+    /// An annotation of namespace `ns` (from the Namespace metadata cache; None when the
+    /// cache is off or the namespace has no such annotation).
+    pub fn namespace_annotation(&self, ns: &str, key: &str) -> Option<String> {
+        let store = self.namespaces.as_ref()?;
+        store
+            .get(&ObjectRef::new(ns))
+            .and_then(|n| n.metadata.annotations.as_ref()?.get(key).cloned())
+    }
+
     /// The check without Azure: namespace coverage and every rule, with built-in role names.
     pub fn check_static(&self, policies: &[Policy], ns: &str, spec: &Spec) -> Result<(), Denied> {
         let labels = self.labels(ns);

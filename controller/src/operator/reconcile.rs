@@ -21,10 +21,13 @@ use super::credentials::{Chosen, Credentials};
 use super::decide::{self, Outcome, Part, Reason, Refusal, Report, Success};
 use super::events::{EventRecorder, EventType, Published};
 use super::metrics::Metrics;
+use super::observe::{self, ReconcilePolicy};
 use super::policy::PolicyView;
 use super::target::{objects_on, target_key};
-use crate::crd::{VirtualMachineIdentity, VirtualMachineIdentityStatus};
-use crate::engine::{EngineError, TargetResult, read_version, write_target};
+use crate::crd::{
+    RECONCILE_POLICY_ANNOTATION, VirtualMachineIdentity, VirtualMachineIdentityStatus,
+};
+use crate::engine::{EngineError, TargetResult, plan_read_only, read_version, write_target};
 
 pub const FINALIZER: &str = "vmidentity.dev/finalizer";
 
@@ -45,6 +48,9 @@ pub struct Context {
     /// Requeue every converged target at the resync period (GET-based resync). When false,
     /// the Resource Graph scanner triggers drifted targets instead.
     pub per_target_resync: bool,
+    /// `--default-reconcile-policy`: for objects whose own annotation and Namespace's say
+    /// nothing.
+    pub default_policy: ReconcilePolicy,
     /// Consecutive retryable failures per target (for backoff).
     attempts: Mutex<HashMap<String, u32>>,
     /// A safety net: at most one pass per target at a time, even while a target's
@@ -79,6 +85,7 @@ impl Context {
             credentials: None,
             resync: Duration::from_secs(600),
             per_target_resync: true,
+            default_policy: ReconcilePolicy::Manage,
             attempts: Mutex::default(),
             locks: Mutex::default(),
             dirty: Mutex::default(),
@@ -316,6 +323,8 @@ struct Member {
     has_finalizer: bool,
     /// The Azure credential of the object's namespace, once the object is allowed.
     credential: Option<Chosen>,
+    /// Under reconcile policy `observe` (see [`Member::observing`]).
+    observe: bool,
 }
 
 impl Member {
@@ -325,8 +334,15 @@ impl Member {
             deleting: obj.is_deleting(),
             has_finalizer: obj.finalizers().iter().any(|f| f == FINALIZER),
             credential: None,
+            observe: false,
             obj,
         }
+    }
+
+    /// Allowed and under reconcile policy `observe`: planned as if managed, never written
+    /// for. In the target's write it only keeps what it holds (as a refused object does).
+    fn observing(&self) -> bool {
+        self.observe && !self.deleting && self.desired.is_ok()
     }
 
     /// For a refused object being deleted: what it releases (with Detach), from its record.
@@ -354,6 +370,13 @@ impl Member {
     }
 
     fn part(&self) -> Part {
+        if self.observing() {
+            return if self.owns_something() {
+                Part::Held
+            } else {
+                Part::Excluded
+            };
+        }
         decide::part(
             self.deleting,
             self.desired.is_ok(),
@@ -365,7 +388,7 @@ impl Member {
     /// Allowed, not being deleted: the object's own spec is planned.
     fn is_active(&self) -> bool {
         // `part() == Part::Allowed`, without reading the ownership record.
-        !self.deleting && self.desired.is_ok()
+        !self.deleting && self.desired.is_ok() && !self.observe
     }
 }
 
@@ -434,7 +457,8 @@ async fn reconcile_target(
     for m in members.iter().filter(|m| m.deleting && !m.owns_something()) {
         ctx.set_finalizer(&m.obj, false).await?;
     }
-    members.retain(|m| m.part() != Part::Excluded);
+    // Observed objects stay: they are planned (as if managed) and told their drift.
+    members.retain(|m| m.part() != Part::Excluded || m.observing());
 
     // One credential per target: the writers' (allowed objects and releasing ones). A refused
     // object that still holds identities is planned with them but never written for.
@@ -474,7 +498,7 @@ async fn reconcile_target(
                 }
             }
             // A refused object being deleted keeps its finalizer until it can release.
-            members.retain(|m| m.part() != Part::Excluded);
+            members.retain(|m| m.part() != Part::Excluded || m.observing());
         }
     }
     let Some(az) = members.iter().find_map(|m| m.credential.clone()) else {
@@ -482,13 +506,23 @@ async fn reconcile_target(
         return Ok(Outcome::Stalled);
     };
 
-    let Some((mut desired, version)) = planner_input(&members) else {
-        // Nothing to write: every object is refused (or, being deleted, never applied
-        // anything the controller could release).
+    // Observed objects: read and planned as `manage` would, told the drift, never written.
+    let observed = if members.iter().any(Member::observing) {
+        match observe_target(key, &members, &az, ctx).await? {
+            Some(failed) => return Ok(failed),
+            None => Some(Outcome::Converged),
+        }
+    } else {
+        None
+    };
+
+    let Some((mut desired, version)) = planner_input(&members, false) else {
+        // Nothing to write: every object is refused or observed (or, being deleted, never
+        // applied anything the controller could release).
         for m in members.iter().filter(|m| m.deleting) {
             ctx.set_finalizer(&m.obj, false).await?;
         }
-        return Ok(Outcome::Stalled);
+        return Ok(observed.unwrap_or(Outcome::Stalled));
     };
 
     let target = desired[0].spec.target.clone();
@@ -578,17 +612,22 @@ async fn reconcile_target(
     let live_after = result.live_after.clone().unwrap_or(live);
     // The plan that was written (without identities ARM refused as nonexistent).
     let plan = result.plan.clone().unwrap_or(plan);
-    report_success(&members, &plan, &result, &live_after, ctx).await?;
+    report_success(&members, &plan, &desired, &result, &live_after, ctx).await?;
     Ok(decide::success_outcome(&plan, &result))
 }
 
 /// The planner's input from the objects that write: the allowed objects' specs and what
 /// releasing objects release, with the api-version the writers chose. None when nobody
-/// writes.
-fn planner_input(members: &[Member]) -> Option<(Vec<DesiredObject>, ApiVersion)> {
+/// writes. `as_managed`: observed objects count as allowed (what `manage` would plan).
+fn planner_input(members: &[Member], as_managed: bool) -> Option<(Vec<DesiredObject>, ApiVersion)> {
     let mut desired = Vec::new();
     for m in members {
-        match m.part() {
+        let part = if as_managed && m.observing() {
+            Part::Allowed
+        } else {
+            m.part()
+        };
+        match part {
             Part::Allowed => desired.extend(m.desired.clone().ok()),
             Part::Releasing if m.desired.is_err() => desired.extend(m.releasing()),
             Part::Releasing => desired.extend(m.desired.clone().ok()),
@@ -648,6 +687,20 @@ async fn guardrails(
     ctx: &Context,
 ) -> Result<Option<Outcome>, Error> {
     let policies = ctx.policy.policies();
+    for m in members.iter_mut() {
+        match reconcile_policy_of(&m.obj, ctx) {
+            Ok(p) => m.observe = p == ReconcilePolicy::Observe,
+            Err(r) if !m.deleting => m.desired = Err(r),
+            // Being deleted: released as managed (the annotation is no reason to orphan).
+            Err(_) => {}
+        }
+    }
+    // Deleted under observe: nothing is released (observe never writes); the finalizer goes.
+    for m in members.iter_mut().filter(|m| m.deleting && m.observe) {
+        info!(object = %super::refusals::key(&m.obj), "deleted under reconcile policy observe: nothing is released");
+        ctx.set_finalizer(&m.obj, false).await?;
+        m.has_finalizer = false;
+    }
     for m in members.iter_mut().filter(|m| !m.deleting) {
         let Ok(d) = &m.desired else { continue };
         let ns = d.object.namespace.clone();
@@ -685,7 +738,7 @@ async fn guardrails(
     // Objects being deleted release what they applied, with their own namespace's credential.
     for m in members
         .iter_mut()
-        .filter(|m| m.deleting && m.owns_something())
+        .filter(|m| m.deleting && !m.observe && m.owns_something())
     {
         let ns = m.obj.namespace().unwrap_or_default();
         match credential_for(&ns, ctx).await {
@@ -707,6 +760,88 @@ async fn guardrails(
     Ok(None)
 }
 
+/// The object's reconcile policy: its annotation, its Namespace's, the controller's default.
+fn reconcile_policy_of(
+    o: &VirtualMachineIdentity,
+    ctx: &Context,
+) -> Result<ReconcilePolicy, Refusal> {
+    let ns = o.namespace().unwrap_or_default();
+    let ns_value = ctx
+        .policy
+        .namespace_annotation(&ns, RECONCILE_POLICY_ANNOTATION);
+    observe::reconcile_policy(
+        o.annotation(RECONCILE_POLICY_ANNOTATION),
+        ns_value.as_deref(),
+        &ns,
+        ctx.default_policy,
+    )
+}
+
+/// The observe pass of a target: reads it and plans every allowed object as `manage` would
+/// (the same planning as `vmidentity plan --endpoint`), writes nothing to Azure, and tells
+/// each observed object its drift. Returns the pass's outcome when it cannot go on (Azure
+/// failed); None when the managed objects of the target may be written next.
+async fn observe_target(
+    key: &str,
+    members: &[Member],
+    az: &Chosen,
+    ctx: &Context,
+) -> Result<Option<Outcome>, Error> {
+    let observers = || members.iter().filter(|m| m.observing());
+    let Some((mut group, version)) = planner_input(members, true) else {
+        return Ok(None);
+    };
+    let target = group[0].spec.target.clone();
+    let live = match az.exec.read_target(&target, &read_version(&group)).await {
+        Ok(l) => l,
+        Err(e) if e.class() == ErrorClass::TargetNotFound => {
+            let now = Timestamp::now();
+            let (target, detail) = (target.to_string(), e.message());
+            let reports = each(observers(), |o| {
+                decide::target_not_found(o, &target, &detail, now)
+            });
+            ctx.report_all(reports).await?;
+            return Ok(Some(Outcome::Stalled));
+        }
+        Err(e) => return azure_failure(key, members, &e, ctx).await.map(Some),
+    };
+    for m in members
+        .iter()
+        .filter(|m| m.part() == Part::Held && !m.observing())
+    {
+        group.extend(m.held(&live).map(|mut d| {
+            d.spec.api_version = version.clone();
+            d
+        }));
+    }
+    let result = plan_read_only(&az.exec, group, &live).await;
+    let now = Timestamp::now();
+    if let Some(e) = &result.error {
+        if let EngineError::Azure(a) = e {
+            return azure_failure(key, members, a, ctx).await.map(Some);
+        }
+        let (reason, message) = (Reason::from(e), e.to_string());
+        let reports = each(observers(), |o| {
+            decide::stall(o, reason, message.clone(), message.clone(), now)
+        });
+        ctx.report_all(reports).await?;
+        return Ok(Some(Outcome::Stalled));
+    }
+    let graph = az.exec.graph_endpoint().to_string();
+    for m in observers() {
+        let report = match result
+            .refused
+            .iter()
+            .find(|r| r.object == m.obj.planner_ref())
+        {
+            Some(r) => decide::refusal(&m.obj, &decide::conflict_refusal(r), now),
+            None => observe::drift_report(&m.obj, &result, &live, &graph, now),
+        };
+        ctx.report(&m.obj, report).await?;
+    }
+    Ok(None)
+}
+
 /// Stalls every allowed object of the target (a plan or engine error).
 async fn stall_active(
     members: &[Member],
@@ -724,12 +859,13 @@ async fn stall_active(
 async fn report_success(
     members: &[Member],
     plan: &TargetPlan,
+    desired: &[DesiredObject],
     result: &TargetResult,
     live: &LiveResource,
     ctx: &Context,
 ) -> Result<(), Error> {
     let allowed = members.iter().filter(|m| m.is_active()).map(|m| &*m.obj);
-    let success = Success::new(plan, result, live, allowed);
+    let success = Success::new(plan, result, live, allowed).with_adopted(desired);
     if success.wrote() {
         // The target-wide summary; each object's status and Events tell its own part.
         info!(target = %plan.target, drift = success.drift, changes = %success.changes.join("; "), "target written");
@@ -742,6 +878,10 @@ async fn report_success(
                 ctx.event(&m.obj, n.type_, n.reason.as_str(), n.note).await;
             }
             ctx.set_finalizer(&m.obj, false).await?;
+            continue;
+        }
+        if m.observing() {
+            // Told by the observe pass.
             continue;
         }
         let Ok(d) = &m.desired else { continue };
