@@ -733,3 +733,7 @@ async fn a_held_object_keeps_what_it_holds_against_an_older_exact_edit() {
         );
     }
 }
+
+/// Issue 15 parts 2 and 3 (adoption, observe-only), with these helpers.
+#[path = "reconcile_tests_brownfield.rs"]
+mod brownfield;

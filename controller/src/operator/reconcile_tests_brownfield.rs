@@ -1,0 +1,327 @@
+//! Reconciler tests of issue 15 parts 2 and 3 (adoption, observe-only), on the mocked API
+//! server and the in-process simulator of `reconcile_tests` (whose helpers they use).
+
+#![cfg(test)]
+// Test-only: compiled only under #[cfg(test)]; unwrap/expect here are assertions.
+
+use super::*;
+use crate::crd::{ADOPT_ANNOTATION, RECONCILE_POLICY_ANNOTATION};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::core::PartialObjectMeta;
+
+fn annotated(mut o: VirtualMachineIdentity, key: &str, value: &str) -> VirtualMachineIdentity {
+    o.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(key.into(), value.into());
+    o
+}
+
+/// Reconciles `o` with `context`'s view plus Namespace metadata (`ns_annotations` on NS).
+async fn run_in_namespace(
+    o: VirtualMachineIdentity,
+    ns_annotations: &[(&str, &str)],
+    sim: &Arc<SimHandle>,
+) -> Vec<Seen> {
+    let (client, log, server) = mock_client(sim.clone(), &o);
+    let ctx = context(
+        client,
+        exec(sim),
+        std::slice::from_ref(&o),
+        &[policy(allow_all_policy(NS))],
+    );
+    let (ns_store, mut ns_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
+    let mut ns = PartialObjectMeta::<Namespace>::default();
+    ns.metadata.name = Some(NS.into());
+    ns.metadata.annotations = Some(
+        ns_annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    ns_writer.apply_watcher_event(&watcher::Event::Apply(ns));
+    let mut ctx = Arc::try_unwrap(ctx).ok().expect("one owner");
+    ctx.policy.namespaces = Some(ns_store);
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        reconcile(Arc::new(o), Arc::new(ctx)),
+    )
+    .await
+    .expect("reconcile finishes")
+    .expect("reconcile succeeds");
+    server.abort();
+    log.lock().unwrap().clone()
+}
+
+/// The writes of the simulator's request log as `plan -o json` elements (method, path,
+/// api-version, body) — what `status.pendingWrites` must equal.
+fn sent_as_plan_json(sim: &SimHandle) -> Vec<Value> {
+    arm_writes(sim)
+        .into_iter()
+        .map(|r| {
+            let version = r
+                .query
+                .as_deref()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("api-version=")))
+                .unwrap_or_default()
+                .to_string();
+            let mut v = json!({"method": r.method, "id": r.path, "apiVersion": version});
+            if let Some(b) = r.body {
+                v["body"] = b;
+            }
+            if let Some(t) = r.if_match {
+                v["ifMatch"] = json!(t);
+            }
+            v
+        })
+        .collect()
+}
+
+/// Observe: read and planned, never written; Drifted, pendingWrites, one Warning. Then the
+/// object switched to manage sends exactly the pending writes, one PATCH, nothing more.
+#[tokio::test]
+async fn an_observed_object_writes_nothing_then_manage_sends_exactly_the_pending_writes() {
+    let sim = sim(Some(&format!(
+        "{{type: UserAssigned, userAssignedIdentities: [{}]}}",
+        uai("uai-b")
+    )))
+    .await;
+    let o = annotated(
+        object(
+            "web",
+            json!({"target": vm(), "systemAssigned": true, "userAssignedIdentities": [uai("uai-a")]}),
+        ),
+        RECONCILE_POLICY_ANNOTATION,
+        "observe",
+    );
+    let (action, seen) = run(o.clone(), &[policy(allow_all_policy(NS))], &sim).await;
+
+    // No ARM, Authorization or Graph write; only the GET of the target.
+    assert_eq!(arm_writes(&sim).len(), 0, "{:#?}", sim.requests());
+    assert!(sim.requests().iter().all(|r| r.method == "GET"));
+    // No finalizer (nothing is ever released for it): a status PATCH and a Drifted Event.
+    assert!(
+        !seen.iter().any(|s| s.path == object_path("web")),
+        "no finalizer: {seen:#?}"
+    );
+    let status = status_patches(&seen, NS, "web");
+    assert_eq!(status.len(), 1, "{seen:#?}");
+    let body = &status[0].body;
+    let drifted = condition(body, "Drifted");
+    assert_eq!(drifted["status"], "True", "{drifted}");
+    assert_eq!(drifted["reason"], "PendingWrites", "{drifted}");
+    let message = drifted["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("2 changes pending on vm/vm1")
+            && message.contains("enable system-assigned identity")
+            && message.contains(&format!("add user-assigned identity {}", uai("uai-a"))),
+        "{message}"
+    );
+    assert_eq!(condition(body, "Ready")["reason"], "Observed");
+    assert_eq!(body["status"]["applied"], Value::Null, "nothing recorded");
+    let pending = body["status"]["pendingWrites"].clone();
+    assert_eq!(
+        pending,
+        json!([{"method": "PATCH", "id": vm(), "apiVersion": "2018-06-01",
+                "body": {"identity": {"type": "SystemAssigned, UserAssigned",
+                                      "userAssignedIdentities": {uai("uai-a"): {}}}}}]),
+    );
+    let events = events_about(&seen, "web");
+    assert_eq!(events.len(), 1, "{seen:#?}");
+    assert_event(events[0], "Warning", "Drifted");
+    assert_requeue_at_resync(&action);
+
+    // The same pass again (status as written): nothing new to say, still no write.
+    let mut again = o.clone();
+    again.status = Some(serde_json::from_value(body["status"].clone()).unwrap());
+    let (_, seen2) = run(again.clone(), &[policy(allow_all_policy(NS))], &sim).await;
+    assert!(seen2.is_empty(), "no status write, no Event: {seen2:#?}");
+    assert_eq!(arm_writes(&sim).len(), 0);
+
+    // observe -> manage (the annotation changed; same generation): exactly the pending
+    // writes are sent, one PATCH for the target.
+    let managed = annotated(again, RECONCILE_POLICY_ANNOTATION, "manage");
+    let (_, seen3) = run(managed, &[policy(allow_all_policy(NS))], &sim).await;
+    assert_eq!(sent_as_plan_json(&sim), pending.as_array().unwrap().clone());
+    // Told as Applied (not as a drift repair), Drifted and pendingWrites gone.
+    let last = status_patches(&seen3, NS, "web")
+        .pop()
+        .unwrap()
+        .body
+        .clone();
+    assert_eq!(condition(&last, "Ready")["reason"], "Converged");
+    assert!(
+        last["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["type"] != "Drifted"),
+        "{last}"
+    );
+    assert_eq!(last["status"]["pendingWrites"], Value::Null, "{last}");
+    let events = events_about(&seen3, "web");
+    assert_eq!(events.len(), 1, "{seen3:#?}");
+    assert_event(events[0], "Normal", "Applied");
+}
+
+/// The Namespace's annotation applies to objects that say nothing; the object's own wins.
+#[tokio::test]
+async fn the_namespace_annotation_applies_and_the_object_annotation_wins() {
+    let sim = sim(None).await;
+    let o = object(
+        "web",
+        json!({"target": vm(), "userAssignedIdentities": [uai("uai-a")]}),
+    );
+    let seen = run_in_namespace(o.clone(), &[(RECONCILE_POLICY_ANNOTATION, "observe")], &sim).await;
+    assert_eq!(arm_writes(&sim).len(), 0);
+    let status = status_patches(&seen, NS, "web");
+    assert_eq!(condition(&status[0].body, "Drifted")["status"], "True");
+
+    let managed = annotated(o, RECONCILE_POLICY_ANNOTATION, "manage");
+    run_in_namespace(managed, &[(RECONCILE_POLICY_ANNOTATION, "observe")], &sim).await;
+    assert_eq!(arm_writes(&sim).len(), 1, "the object's manage wins");
+}
+
+/// An invalid policy value is one Stalled reason and one Warning, with no Azure request and
+/// no hot loop (looked at again at resync).
+#[tokio::test]
+async fn an_invalid_reconcile_policy_is_stalled_without_azure() {
+    let sim = sim(None).await;
+    let o = object(
+        "web",
+        json!({"target": vm(), "userAssignedIdentities": [uai("uai-a")]}),
+    );
+    let seen = run_in_namespace(o, &[(RECONCILE_POLICY_ANNOTATION, "Observe")], &sim).await;
+    assert_eq!(sim.requests().len(), 0, "{:#?}", sim.requests());
+    assert_eq!(seen.len(), 2, "{seen:#?}");
+    assert_event(&seen[0], "Warning", "InvalidReconcilePolicy");
+    let stalled = condition(&seen[1].body, "Stalled");
+    assert_eq!(stalled["status"], "True");
+    assert_eq!(stalled["reason"], "InvalidReconcilePolicy");
+    assert!(
+        stalled["message"]
+            .as_str()
+            .unwrap()
+            .contains("on namespace team-a is \"Observe\""),
+        "{stalled}"
+    );
+}
+
+/// Adoption: the pre-existing identity the object lists is recorded without a write, with an
+/// Adopted Event; dropped from the spec later, it is removed like anything the object added.
+/// Without the annotation it is never recorded (Merge never removes what was there before).
+#[tokio::test]
+async fn adoption_records_without_writing_and_a_later_removal_detaches() {
+    let brownfield = format!(
+        "{{type: UserAssigned, userAssignedIdentities: [{}, {}]}}",
+        uai("uai-a"),
+        uai("uai-b")
+    );
+    // Without adoption: nothing recorded.
+    let sim0 = sim(Some(&brownfield)).await;
+    let plain = object(
+        "web",
+        json!({"target": vm(), "userAssignedIdentities": [uai("uai-a")]}),
+    );
+    let (_, seen) = run(plain.clone(), &[policy(allow_all_policy(NS))], &sim0).await;
+    let last = status_patches(&seen, NS, "web").pop().unwrap().body.clone();
+    assert_eq!(
+        last["status"]["applied"],
+        json!({"userAssignedIdentities": []})
+    );
+    assert!(events_about(&seen, "web").is_empty(), "{seen:#?}");
+
+    let sim = sim(Some(&brownfield)).await;
+    let o = annotated(plain, ADOPT_ANNOTATION, "true");
+    let (_, seen) = run(o.clone(), &[policy(allow_all_policy(NS))], &sim).await;
+    assert_eq!(arm_writes(&sim).len(), 0, "adoption writes nothing to ARM");
+    let last = status_patches(&seen, NS, "web").pop().unwrap().body.clone();
+    assert_eq!(
+        last["status"]["applied"],
+        json!({"userAssignedIdentities": [uai("uai-a")]})
+    );
+    let events = events_about(&seen, "web");
+    assert_eq!(events.len(), 1, "{seen:#?}");
+    assert_event(events[0], "Normal", "Adopted");
+    let note = events[0].body["note"].as_str().unwrap();
+    assert!(
+        note.contains(&format!("user-assigned identity {}", uai("uai-a")))
+            && !note.contains("uai-b"),
+        "{note}"
+    );
+
+    // Dropped from the spec: removed from the VM (uai-b, never listed, stays).
+    let mut dropped = object("web", json!({"target": vm(), "userAssignedIdentities": []}));
+    dropped.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    dropped.status = Some(serde_json::from_value(last["status"].clone()).unwrap());
+    let dropped = annotated(dropped, ADOPT_ANNOTATION, "true");
+    run(dropped, &[policy(allow_all_policy(NS))], &sim).await;
+    let writes = arm_writes(&sim);
+    assert_eq!(writes.len(), 1, "{writes:#?}");
+    let body = writes[0].body.clone().unwrap_or_default();
+    assert_eq!(
+        body,
+        json!({"identity": {"type": "UserAssigned",
+                            "userAssignedIdentities": {uai("uai-a"): null}}})
+    );
+    let identity = sim.identity_of(&vm()).unwrap().to_string();
+    assert!(
+        !identity.contains("uai-a") && identity.contains("uai-b"),
+        "{identity}"
+    );
+}
+
+/// The tenancy policy applies to adoption as to creation: a policy that does not allow the
+/// identity refuses the object, and nothing is adopted (nor read from Azure).
+#[tokio::test]
+async fn a_policy_that_refuses_an_identity_refuses_adopting_it() {
+    let sim = sim(Some(&format!(
+        "{{type: UserAssigned, userAssignedIdentities: [{}]}}",
+        uai("uai-a")
+    )))
+    .await;
+    let mut spec = allow_all_policy(NS);
+    spec["userAssignedIdentities"] = json!({"patterns": [uai("uai-b")]});
+    let o = annotated(
+        object(
+            "web",
+            json!({"target": vm(), "userAssignedIdentities": [uai("uai-a")]}),
+        ),
+        ADOPT_ANNOTATION,
+        "true",
+    );
+    let (_, seen) = run(o, &[policy(spec)], &sim).await;
+    assert_eq!(sim.requests().len(), 0, "{:#?}", sim.requests());
+    assert_event(&seen[0], "Warning", "PolicyDenied");
+    let st = &seen[1].body["status"];
+    assert_eq!(st["applied"], Value::Null, "nothing adopted: {st}");
+    assert_eq!(
+        condition(&seen[1].body, "Stalled")["reason"],
+        "PolicyDenied"
+    );
+}
+
+/// A bad adopt value is an InvalidSpec naming the annotation.
+#[tokio::test]
+async fn a_bad_adopt_value_is_an_invalid_spec() {
+    let sim = sim(None).await;
+    let o = annotated(
+        object(
+            "web",
+            json!({"target": vm(), "userAssignedIdentities": [uai("uai-a")]}),
+        ),
+        ADOPT_ANNOTATION,
+        "yes",
+    );
+    let (_, seen) = run(o, &[policy(allow_all_policy(NS))], &sim).await;
+    assert_eq!(sim.requests().len(), 0);
+    let stalled = condition(&seen[1].body, "Stalled");
+    assert_eq!(stalled["reason"], "InvalidSpec");
+    assert!(
+        stalled["message"]
+            .as_str()
+            .unwrap()
+            .contains("metadata.annotations[vmidentity.dev/adopt]"),
+        "{stalled}"
+    );
+}
