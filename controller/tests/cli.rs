@@ -1192,3 +1192,116 @@ fn text_logs_into_a_pipe_have_no_colour_codes() {
         "ANSI escape codes in piped logs: {err:?}"
     );
 }
+
+/// `apply --state` honours the adopt annotation as the controller does (issue 15 part 2): a
+/// listed identity that was on the VM before is recorded in the state only with
+/// `vmidentity.dev/adopt: "true"`, without a write; dropped from the file afterwards, it is
+/// removed from the VM (the identity nobody listed stays). Without the annotation nothing is
+/// recorded and dropping it removes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_state_adopts_with_the_annotation_and_a_later_drop_removes() {
+    use vmidentity_simulator::{SimConfig, WorldSeed};
+
+    let rg = format!("{SUB}/resourceGroups/rg-adopt");
+    let vm1 = format!("{rg}/providers/Microsoft.Compute/virtualMachines/vm-adopt-1");
+    let ua = format!("{rg}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/uai-a");
+    let ub = format!("{rg}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/uai-b");
+    let world = format!(
+        "userAssignedIdentities:
+  - {{id: {ua}}}
+  - {{id: {ub}}}
+virtualMachines:
+  - id: {vm1}
+    identity: {{type: UserAssigned, userAssignedIdentities: [{ua}, {ub}]}}
+"
+    );
+    let sim = vmidentity_simulator::start(SimConfig {
+        seed: WorldSeed::from_yaml_str(&world).expect("world"),
+        ..SimConfig::default()
+    })
+    .await
+    .expect("simulator");
+    let url = sim.base_url();
+    let object = |annotations: &str, uais: &str| {
+        tmp(
+            "adopt.yaml",
+            &format!(
+                "apiVersion: vmidentity.dev/v1alpha1
+kind: VirtualMachineIdentity
+metadata: {{name: adopt-1, namespace: team{annotations}}}
+spec:
+  target: {vm1}
+  userAssignedIdentities: [{uais}]
+"
+            ),
+        )
+    };
+    let state = tmp("adopt-state.json", "");
+    std::fs::remove_file(&state).expect("no state yet");
+    let apply = |file: &Path| {
+        [
+            "apply",
+            "-f",
+            file.to_str().unwrap(),
+            "--endpoint",
+            &url,
+            "--token",
+            "sim-token",
+            "--state",
+            state.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let recorded = || -> Value {
+        let text = std::fs::read_to_string(&state).expect("state");
+        serde_json::from_str::<Value>(&text).expect("json")["team/adopt-1"].clone()
+    };
+    let writes = || {
+        sim.requests()
+            .into_iter()
+            .filter(|r| r.method != "GET")
+            .count()
+    };
+    let adopt = ", annotations: {vmidentity.dev/adopt: \"true\"}";
+
+    // Without the annotation: nothing recorded, and dropping uai-a removes nothing.
+    let o = run_async(apply(&object("", &ua))).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(recorded(), Value::Null, "owns nothing: not in the state");
+    let o = run_async(apply(&object("", ""))).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(writes(), 0, "{:#?}", sim.requests());
+
+    // With it: recorded without a write.
+    let o = run_async(apply(&object(adopt, &ua))).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(writes(), 0, "{:#?}", sim.requests());
+    assert_eq!(recorded()["userAssignedIdentities"], json!([ua]));
+
+    // Dropped from the file: removed from the VM; uai-b, never listed, stays.
+    let o = run_async(apply(&object(adopt, ""))).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(writes(), 1, "{:#?}", sim.requests());
+    let identity = sim.identity_of(&vm1).expect("vm").to_string();
+    assert!(
+        !identity.contains("uai-a") && identity.contains("uai-b"),
+        "{identity}"
+    );
+    assert_eq!(recorded(), Value::Null, "released: owns nothing");
+
+    // A bad value: one line naming the annotation, exit 1, nothing written.
+    let o = run_async(apply(&object(
+        ", annotations: {vmidentity.dev/adopt: \"yes\"}",
+        &ua,
+    )))
+    .await;
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("metadata.annotations[vmidentity.dev/adopt]"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(writes(), 1);
+    sim.shutdown().await;
+}
