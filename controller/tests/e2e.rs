@@ -809,3 +809,219 @@ async fn a_refusal_is_logged_once_at_warn_with_object_target_and_reason() {
     );
     env.cleanup().await;
 }
+
+/// Issue 15: an object created with `vmidentity.dev/<key>: <value>` and `spec`.
+async fn create_annotated(
+    env: &Env,
+    name: &str,
+    annotations: serde_json::Value,
+    spec: serde_json::Value,
+) {
+    env.create_raw(json!({
+        "apiVersion": "vmidentity.dev/v1alpha1",
+        "kind": "VirtualMachineIdentity",
+        "metadata": {"name": name, "namespace": env.ns, "annotations": annotations},
+        "spec": spec,
+    }))
+    .await
+    .expect("create");
+}
+
+async fn annotate(env: &Env, name: &str, annotations: serde_json::Value) {
+    env.api
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"annotations": annotations}})),
+        )
+        .await
+        .expect("annotate");
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Issue 15 part 3 on the real API server: under `observe` the controller writes nothing to
+/// ARM (the simulator's write counter stays 0 across resyncs), shows the drift (condition
+/// Drifted, status.pendingWrites, vmidentity_drifted_objects 1); switched to `manage` by the
+/// annotation alone (no spec change), it sends exactly the pending writes: one PATCH.
+#[tokio::test]
+async fn observe_writes_nothing_then_manage_sends_exactly_the_pending_writes() {
+    let env = Env::new("e2e-observe", &world(&["vm1"], "")).await;
+    let c = env.controller("a");
+    create_annotated(
+        &env,
+        "web",
+        json!({"vmidentity.dev/reconcile-policy": "observe"}),
+        json!({"target": vm("vm1"), "systemAssigned": true, "userAssignedIdentities": [uai("u1")]}),
+    )
+    .await;
+    let o = env
+        .wait_for("web", 30, "Drifted", |o| {
+            condition(o, "Drifted").is_some_and(|(s, _)| s == "True")
+        })
+        .await;
+    assert_eq!(condition(&o, "Ready").map(|r| r.1), Some("Observed".into()));
+    let st = o.status.expect("status");
+    let pending = serde_json::to_value(&st.pending_writes).expect("json");
+    assert_eq!(
+        pending,
+        json!([{"method": "PATCH", "id": vm("vm1"), "apiVersion": "2018-06-01",
+                "body": {"identity": {"type": "SystemAssigned, UserAssigned",
+                                      "userAssignedIdentities": {uai("u1"): {}}}}}])
+    );
+    // Resyncs (every 3 s) read and write nothing.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(env.sim.writes_for(&vm("vm1")), 0);
+    assert!(env.accepted_patches().is_empty());
+    assert_eq!(
+        metric(&c.metrics().await, "vmidentity_drifted_objects"),
+        Some(1.0)
+    );
+
+    annotate(
+        &env,
+        "web",
+        json!({"vmidentity.dev/reconcile-policy": "manage"}),
+    )
+    .await;
+    let o = env
+        .wait_for("web", 30, "Ready Converged without Drifted", |o| {
+            is_ready(o) && condition(o, "Drifted").is_none()
+        })
+        .await;
+    assert_eq!(env.sim.writes_for(&vm("vm1")), 1);
+    assert_eq!(env.accepted_patches(), vec![pending[0]["body"].clone()]);
+    assert!(o.status.expect("status").pending_writes.is_empty());
+    assert_eq!(
+        metric(&c.metrics().await, "vmidentity_drifted_objects"),
+        Some(0.0)
+    );
+    env.cleanup().await;
+}
+
+/// Issue 15 part 2 on the real API server: an adopting object records the pre-existing
+/// identity it lists without a write; dropping it from the spec then removes it from the VM,
+/// and the identity nobody listed stays.
+#[tokio::test]
+async fn adoption_then_removal_detaches_what_was_adopted() {
+    let extra = seeded_vm(
+        "vm1",
+        &format!(
+            "      type: UserAssigned\n      userAssignedIdentities: [{}, {}]\n",
+            uai("u1"),
+            uai("u2")
+        ),
+    );
+    let env = Env::new("e2e-adopt", &world(&[], &extra)).await;
+    let _c = env.controller("a");
+    create_annotated(
+        &env,
+        "web",
+        json!({"vmidentity.dev/adopt": "true"}),
+        json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u1")]}),
+    )
+    .await;
+    env.wait_for("web", 30, "u1 adopted", |o| {
+        is_ready(o)
+            && o.status
+                .as_ref()
+                .and_then(|s| s.applied.as_ref())
+                .is_some_and(|a| a.user_assigned_identities == vec![uai("u1")])
+    })
+    .await;
+    assert_eq!(env.sim.writes_for(&vm("vm1")), 0, "adoption writes nothing");
+
+    env.patch_spec("web", json!({"userAssignedIdentities": []}))
+        .await;
+    env.wait_until(30, "u1 removed", || {
+        env.identity(&vm("vm1")) == ("UserAssigned".into(), vec!["u2".into()])
+    })
+    .await;
+    assert_eq!(env.sim.writes_for(&vm("vm1")), 1);
+    env.cleanup().await;
+}
+
+/// Issue 15 part 3: the Namespace's reconcile-policy annotation is watched. With resyncs
+/// 10 minutes apart, only the Namespace watch can notice that it went from `observe` to
+/// `manage`: the object converges within seconds, with the one PATCH.
+#[tokio::test]
+async fn a_namespace_switched_from_observe_to_manage_is_reconciled_at_once() {
+    let env = Env::new("e2e-nspolicy", &world(&["vm1"], "")).await;
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+        kube::Api::all(env.client.clone());
+    let set_ns_policy = |value: serde_json::Value| {
+        let namespaces = namespaces.clone();
+        let ns = env.ns.clone();
+        async move {
+            namespaces
+                .patch(
+                    &ns,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(json!({"metadata": {"annotations": {
+                        "vmidentity.dev/reconcile-policy": value}}})),
+                )
+                .await
+                .expect("annotate namespace");
+        }
+    };
+    set_ns_policy(json!("observe")).await;
+    // The controller's own default says manage: the Namespace's annotation wins over it.
+    let c = ControllerProc::start(
+        &env.ns,
+        &env.sim,
+        "a",
+        &["--default-reconcile-policy", "manage"],
+    );
+    env.create(
+        "web",
+        json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u1")]}),
+    )
+    .await
+    .expect("create");
+    env.wait_for("web", 30, "Drifted", |o| {
+        condition(o, "Drifted").is_some_and(|(s, _)| s == "True")
+    })
+    .await;
+    assert_eq!(env.sim.writes_for(&vm("vm1")), 0);
+    drop(c);
+    // Now with resyncs far apart.
+    let b = ControllerProc::start(
+        &env.ns,
+        &env.sim,
+        "b",
+        &["--resync-seconds", "600", "--resync-mode", "get"],
+    );
+    // b leads and has made its start-up pass over the object.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = b.metrics().await;
+        let passes: f64 = m
+            .lines()
+            .filter(|l| l.starts_with("vmidentity_reconciles_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if metric(&m, "vmidentity_leader") == Some(1.0) && passes >= 1.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b never reconciled: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(env.sim.writes_for(&vm("vm1")), 0, "still observed");
+    set_ns_policy(json!("manage")).await;
+    env.wait_for("web", 15, "Ready Converged", |o| {
+        is_ready(o) && condition(o, "Drifted").is_none()
+    })
+    .await;
+    assert_eq!(env.sim.writes_for(&vm("vm1")), 1);
+    set_ns_policy(serde_json::Value::Null).await;
+    env.cleanup().await;
+}

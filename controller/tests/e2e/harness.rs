@@ -135,6 +135,12 @@ impl ControllerProc {
         env: &[(&str, &str)],
     ) -> ControllerProc {
         let url = sim.base_url();
+        // A test may choose its own resync period (`extra`); 3 s otherwise.
+        let resync = if extra.contains(&"--resync-seconds") {
+            vec![]
+        } else {
+            vec!["--resync-seconds", "3"]
+        };
         let mut cmd = kit::ControllerCmd::new(
             Path::new(env!("CARGO_BIN_EXE_vmidentity")),
             &kubeconfig(),
@@ -144,11 +150,10 @@ impl ControllerProc {
             std::env::temp_dir().join(format!("vmidentity-e2e-{ns}-{identity}.log")),
         )
         .expect("controller command")
+        .args(resync)
         .args([
             "--graph-endpoint",
             &url,
-            "--resync-seconds",
-            "3",
             "--lease-name",
             "vmidentity-leader",
             "--lease-seconds",
