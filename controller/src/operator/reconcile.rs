@@ -454,7 +454,11 @@ async fn reconcile_target(
         return Ok(outcome);
     }
     // Objects that owned nothing and are gone (or cannot be released) need nothing more.
-    for m in members.iter().filter(|m| m.deleting && !m.owns_something()) {
+    // (Objects deleted under observe let go in `guardrails`.)
+    for m in members
+        .iter()
+        .filter(|m| m.deleting && !m.observe && !m.owns_something())
+    {
         ctx.set_finalizer(&m.obj, false).await?;
     }
     // Observed objects stay: they are planned (as if managed) and told their drift.
@@ -696,10 +700,9 @@ async fn guardrails(
         }
     }
     // Deleted under observe: nothing is released (observe never writes); the finalizer goes.
-    for m in members.iter_mut().filter(|m| m.deleting && m.observe) {
+    for m in members.iter().filter(|m| m.deleting && m.observe) {
         info!(object = %super::refusals::key(&m.obj), "deleted under reconcile policy observe: nothing is released");
         ctx.set_finalizer(&m.obj, false).await?;
-        m.has_finalizer = false;
     }
     for m in members.iter_mut().filter(|m| !m.deleting) {
         let Ok(d) = &m.desired else { continue };
