@@ -421,8 +421,44 @@ fn write_state(path: &PathBuf, state: &State) -> Result<(), CliError> {
         .map_err(|e| CliError::Other(format!("{}: {e}", path.display())))
 }
 
+/// The objects `apply` must not write for, one line each: those whose own
+/// `vmidentity.dev/reconcile-policy` annotation says `observe` (the controller never writes for
+/// them either), or says something that is neither `manage` nor `observe`. A file has no
+/// Namespace, so only the object's own annotation counts.
+pub fn not_to_apply(loaded: &[LoadedObject]) -> Vec<String> {
+    use crate::crd::RECONCILE_POLICY_ANNOTATION;
+    use crate::operator::observe::{ReconcilePolicy, reconcile_policy};
+    loaded
+        .iter()
+        .filter_map(|l| {
+            let value = l.object.annotation(RECONCILE_POLICY_ANNOTATION);
+            let why = match reconcile_policy(value, None, "", ReconcilePolicy::Manage) {
+                Ok(ReconcilePolicy::Manage) => return None,
+                Ok(ReconcilePolicy::Observe) => "is \"observe\": apply never writes for an observed object (see what it would write with `vmidentity plan`, or set it to \"manage\")".to_string(),
+                Err(_) => format!(
+                    "is {:?}; it must be \"manage\" or \"observe\"",
+                    value.unwrap_or_default()
+                ),
+            };
+            Some(format!(
+                "{}: {}: metadata.annotations[{RECONCILE_POLICY_ANNOTATION}] {why}",
+                l.source,
+                l.object_ref()
+            ))
+        })
+        .collect()
+}
+
 async fn apply(a: ApplyArgs) -> Result<i32, CliError> {
     let loaded = input::load_objects(&a.files)?;
+    let refused = not_to_apply(&loaded);
+    if !refused.is_empty() {
+        for line in &refused {
+            eprintln!("error: {line}");
+        }
+        eprintln!("error: nothing was written");
+        return Ok(1);
+    }
     let mut objects = desired(&loaded)?;
     let state = match &a.state {
         Some(p) => read_state(p)?,

@@ -1305,3 +1305,79 @@ spec:
     assert_eq!(writes(), 1);
     sim.shutdown().await;
 }
+
+/// `apply` never writes for an object under reconcile policy `observe` (issue 15 part 3): the
+/// run is refused with one line naming the object and the annotation, exit 1, nothing written;
+/// `plan` shows what it would write; an invalid value is refused the same way.
+#[test]
+fn apply_refuses_observed_objects_and_plan_shows_their_writes() {
+    let object = |value: &str| {
+        tmp(
+            &format!("observed-{value}.yaml"),
+            &format!(
+                "apiVersion: vmidentity.dev/v1alpha1
+kind: VirtualMachineIdentity
+metadata: {{name: obs, namespace: team, annotations: {{vmidentity.dev/reconcile-policy: {value}}}}}
+spec:
+  target: {}
+  systemAssigned: true
+",
+                vm("vm-reports-1")
+            ),
+        )
+    };
+    let observed = object("observe");
+    let path = observed.to_str().unwrap();
+    let o = run(&[
+        "apply",
+        "-f",
+        path,
+        "--simulator",
+        "examples/demo/world.yaml",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "error: {path}#1: team/obs: metadata.annotations[vmidentity.dev/reconcile-policy] is \"observe\": apply never writes for an observed object (see what it would write with `vmidentity plan`, or set it to \"manage\")\nerror: nothing was written\n"
+        )
+    );
+    assert!(stdout(&o).is_empty(), "{}", stdout(&o));
+    let o = run(&[
+        "plan",
+        "-f",
+        path,
+        "--simulator",
+        "examples/demo/world.yaml",
+        "-o",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let writes: Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(writes.as_array().map(Vec::len), Some(1), "{writes:#}");
+    assert_eq!(writes[0]["method"], "PATCH");
+
+    let bad = object("Observe");
+    let o = run(&[
+        "apply",
+        "-f",
+        bad.to_str().unwrap(),
+        "--simulator",
+        "examples/demo/world.yaml",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("is \"Observe\"; it must be \"manage\" or \"observe\""),
+        "{}",
+        stderr(&o)
+    );
+    let managed = object("manage");
+    let o = run(&[
+        "apply",
+        "-f",
+        managed.to_str().unwrap(),
+        "--simulator",
+        "examples/demo/world.yaml",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
