@@ -244,11 +244,14 @@ pub fn seniority(o: &VirtualMachineIdentity) -> (u8, Option<Timestamp>) {
         .status
         .as_ref()
         .is_some_and(|s| s.observed_generation == generation);
-    // True now; `current`: about the object's current generation.
+    // True now; `current`: about the object's current generation. Ready under reconcile
+    // policy observe (reason Observed) says nothing was ever written: it counts as not Ready,
+    // so an object switched to manage never takes a target from one that works.
     let holds = |type_: &str, current: bool| {
         conds.iter().any(|c| {
             c.type_ == type_
                 && c.status == "True"
+                && !(type_ == conditions::READY && c.reason == Reason::Observed.as_str())
                 && (!current || c.observed_generation == generation || status_current)
         })
     };
@@ -1096,6 +1099,13 @@ mod tests {
         assert_eq!(seniority(&cred).0, 3);
         // A newcomer owns nothing: tier 2.
         assert_eq!(seniority(&object(&[])), (2, None));
+        // Only observed so far (Ready, reason Observed): a newcomer too.
+        let observed = with_phase(
+            object(&[]),
+            &super::ready(Reason::Observed, "observe".into()),
+        );
+        assert_eq!(seniority(&observed).0, 2);
+        assert!(!was_ready(&observed));
         // Within a tier the older object is senior.
         let stamp = |mut o: VirtualMachineIdentity, at: &str| {
             o.metadata.creation_timestamp = Some(
