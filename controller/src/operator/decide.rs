@@ -1490,6 +1490,65 @@ mod tests {
         );
     }
 
+    /// Adoption (issue 15 part 2): the pass records the pre-existing identity without a
+    /// write, and the object is told exactly what it took over, in a Normal Adopted Event;
+    /// nothing on the next pass.
+    #[test]
+    fn an_adopting_object_is_told_what_it_took_over() {
+        let mut o = object(&[U1]);
+        o.metadata.annotations =
+            Some([(crate::crd::ADOPT_ANNOTATION.to_string(), "true".to_string())].into());
+        let d = o.desired().unwrap();
+        assert!(d.adopt);
+        let on_vm = live(&[U1]);
+        let plan = plan_target(std::slice::from_ref(&d), &on_vm).unwrap();
+        assert!(plan.is_converged());
+        let result = result_of(&plan);
+        let s = Success::new(&plan, &result, &on_vm, [&o]).with_adopted(std::slice::from_ref(&d));
+        let r = s.report(&o, &d, now());
+        assert_eq!(
+            r.events_after,
+            vec![Note {
+                type_: EventType::Normal,
+                reason: Reason::Adopted,
+                note: format!(
+                    "vm/vm1: now owned by this object (removed from the target if dropped from the spec): user-assigned identity {U1}"
+                ),
+            }]
+        );
+        let st = r.status.unwrap();
+        assert_eq!(
+            st.applied.as_ref().unwrap().user_assigned_identities,
+            vec![U1.to_string()]
+        );
+        // Next pass: recorded, nothing adopted, nothing said.
+        let mut again = o.clone();
+        again.status = Some(st);
+        let d2 = again.desired().unwrap();
+        let plan2 = plan_target(std::slice::from_ref(&d2), &on_vm).unwrap();
+        let result2 = result_of(&plan2);
+        let s2 = Success::new(&plan2, &result2, &on_vm, [&again])
+            .with_adopted(std::slice::from_ref(&d2));
+        assert_eq!(s2.report(&again, &d2, now()), Report::default());
+        // Without the annotation: nothing recorded, nothing said.
+        let plain = object(&[U1]);
+        let d3 = plain.desired().unwrap();
+        let plan3 = plan_target(std::slice::from_ref(&d3), &on_vm).unwrap();
+        let result3 = result_of(&plan3);
+        let s3 = Success::new(&plan3, &result3, &on_vm, [&plain])
+            .with_adopted(std::slice::from_ref(&d3));
+        let r3 = s3.report(&plain, &d3, now());
+        assert!(r3.events_after.is_empty());
+        assert!(
+            r3.status
+                .unwrap()
+                .applied
+                .unwrap()
+                .user_assigned_identities
+                .is_empty()
+        );
+    }
+
     #[test]
     fn requeue_timing_follows_the_outcome() {
         let resync = Duration::from_secs(600);
