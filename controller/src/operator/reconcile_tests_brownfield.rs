@@ -470,3 +470,108 @@ async fn observe_with_grants_writes_nothing_and_manage_sends_exactly_the_pending
         "{note}"
     );
 }
+
+/// An object deleted under observe releases nothing (observe never writes): its finalizer
+/// goes, and what it recorded stays on the VM.
+#[tokio::test]
+async fn an_object_deleted_under_observe_releases_nothing() {
+    let sim = sim(Some(&format!(
+        "{{type: UserAssigned, userAssignedIdentities: [{}]}}",
+        uai("uai-a")
+    )))
+    .await;
+    let mut o = annotated(
+        object(
+            "web",
+            json!({"target": vm(), "userAssignedIdentities": [uai("uai-a")]}),
+        ),
+        RECONCILE_POLICY_ANNOTATION,
+        "observe",
+    );
+    o.metadata.finalizers = Some(vec![FINALIZER.to_string()]);
+    o.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    o.status = Some(crate::crd::VirtualMachineIdentityStatus {
+        applied: Some(crate::crd::AppliedIdentities {
+            user_assigned_identities: vec![uai("uai-a")],
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let (_, seen) = run(o, &[policy(allow_all_policy(NS))], &sim).await;
+    assert!(sim.requests().is_empty(), "{:#?}", sim.requests());
+    assert_eq!(seen.len(), 1, "only the finalizer's removal: {seen:#?}");
+    assert_request(&seen[0], "PATCH", &object_path("web"));
+    assert_eq!(
+        seen[0].body,
+        json!({"metadata": {"finalizers": [], "resourceVersion": "7"}})
+    );
+    assert!(
+        sim.identity_of(&vm())
+            .unwrap()
+            .to_string()
+            .contains("uai-a")
+    );
+}
+
+/// One VM, a managed object and an observed one: the managed one is written (one PATCH, its
+/// identity only), the observed one's own change is not made and it is told the drift that
+/// remains; its pendingWrites were the target's writes as `plan` prints them.
+#[tokio::test]
+async fn on_a_shared_target_the_managed_object_is_written_and_the_observed_one_is_not() {
+    let sim = sim(None).await;
+    let managed = object(
+        "web",
+        json!({"target": vm(), "userAssignedIdentities": [uai("uai-a")]}),
+    );
+    let observed = annotated(
+        object(
+            "obs",
+            json!({"target": vm(), "userAssignedIdentities": [uai("uai-b")]}),
+        ),
+        RECONCILE_POLICY_ANNOTATION,
+        "observe",
+    );
+    let seen = run_all(
+        vec![managed, observed],
+        &[policy(allow_all_policy(NS))],
+        &sim,
+    )
+    .await;
+    let writes = arm_writes(&sim);
+    assert_eq!(writes.len(), 1, "{writes:#?}");
+    assert_eq!(
+        writes[0].body.clone().unwrap_or_default(),
+        json!({"identity": {"type": "UserAssigned",
+                            "userAssignedIdentities": {uai("uai-a"): {}}}})
+    );
+    let identity = sim.identity_of(&vm()).unwrap().to_string();
+    assert!(
+        identity.contains("uai-a") && !identity.contains("uai-b"),
+        "{identity}"
+    );
+    // The observed object: no finalizer, Drifted with both additions pending (as `plan`
+    // prints the target's writes for both objects, read before the managed write).
+    assert!(
+        !seen.iter().any(|s| s.path == object_path("obs")),
+        "{seen:#?}"
+    );
+    let obs = status_patches(&seen, NS, "obs");
+    assert_eq!(obs.len(), 1, "{seen:#?}");
+    let pending = obs[0].body["status"]["pendingWrites"].clone();
+    assert_eq!(
+        pending,
+        json!([{"method": "PATCH", "id": vm(), "apiVersion": "2018-06-01",
+                "body": {"identity": {"type": "UserAssigned", "userAssignedIdentities": {
+                    uai("uai-a"): {}, uai("uai-b"): {}}}}}])
+    );
+    assert_eq!(condition(&obs[0].body, "Drifted")["status"], "True");
+    // The managed object: Ready, its identity recorded.
+    let web = status_patches(&seen, NS, "web").pop().unwrap().body.clone();
+    assert_eq!(condition(&web, "Ready")["reason"], "Converged");
+    assert_eq!(
+        web["status"]["applied"]["userAssignedIdentities"],
+        json!([uai("uai-a")])
+    );
+}
