@@ -846,18 +846,30 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 }
 
 /// Issue 15 part 3 on the real API server: under `observe` the controller writes nothing to
-/// ARM (the simulator's write counter stays 0 across resyncs), shows the drift (condition
-/// Drifted, status.pendingWrites, vmidentity_drifted_objects 1); switched to `manage` by the
-/// annotation alone (no spec change), it sends exactly the pending writes: one PATCH.
+/// ARM, Authorization or Graph (the simulator's write counters stay 0 across resyncs), shows
+/// the drift (condition Drifted, status.pendingWrites, vmidentity_drifted_objects 1); switched
+/// to `manage` by the annotation alone (no spec change), it sends exactly the pending writes:
+/// one identity PATCH, one role assignment PUT, one Graph member POST, nothing more.
 #[tokio::test]
 async fn observe_writes_nothing_then_manage_sends_exactly_the_pending_writes() {
-    let env = Env::new("e2e-observe", &world(&["vm1"], "")).await;
+    const GROUP: &str = "6f1c8a2e-3b5d-4c7a-9e21-0d4b5a6c7e81";
+    let rg = format!("{SUB}/resourceGroups/rg-e2e");
+    let env = Env::new(
+        "e2e-observe",
+        &world(
+            &["vm1"],
+            &format!("groups:\n  - {{id: {GROUP}, displayName: readers}}\n"),
+        ),
+    )
+    .await;
     let c = env.controller("a");
     create_annotated(
         &env,
         "web",
         json!({"vmidentity.dev/reconcile-policy": "observe"}),
-        json!({"target": vm("vm1"), "systemAssigned": true, "userAssignedIdentities": [uai("u1")]}),
+        json!({"target": vm("vm1"), "systemAssigned": true, "userAssignedIdentities": [uai("u1")],
+               "roleAssignments": [{"identity": uai("u1"), "role": "Reader", "scope": rg}],
+               "groupMemberships": [{"identity": uai("u1"), "groupObjectId": GROUP}]}),
     )
     .await;
     let o = env
@@ -868,16 +880,27 @@ async fn observe_writes_nothing_then_manage_sends_exactly_the_pending_writes() {
     assert_eq!(condition(&o, "Ready").map(|r| r.1), Some("Observed".into()));
     let st = o.status.expect("status");
     let pending = serde_json::to_value(&st.pending_writes).expect("json");
+    let methods: Vec<&str> = pending
+        .as_array()
+        .expect("pending writes")
+        .iter()
+        .filter_map(|w| w["method"].as_str())
+        .collect();
+    assert_eq!(methods, ["PATCH", "PUT", "POST"], "{pending:#}");
     assert_eq!(
-        pending,
-        json!([{"method": "PATCH", "id": vm("vm1"), "apiVersion": "2018-06-01",
-                "body": {"identity": {"type": "SystemAssigned, UserAssigned",
-                                      "userAssignedIdentities": {uai("u1"): {}}}}}])
+        pending[0],
+        json!({"method": "PATCH", "id": vm("vm1"), "apiVersion": "2018-06-01",
+               "body": {"identity": {"type": "SystemAssigned, UserAssigned",
+                                     "userAssignedIdentities": {uai("u1"): {}}}}})
     );
     // Resyncs (every 3 s) read and write nothing.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(env.sim.writes_for(&vm("vm1")), 0);
-    assert!(env.accepted_patches().is_empty());
+    let n = env.sim.counters();
+    assert_eq!(
+        (n.writes, n.authorization_writes, n.graph_writes),
+        (0, 0, 0),
+        "{n:?}"
+    );
     assert_eq!(
         metric(&c.metrics().await, "vmidentity_drifted_objects"),
         Some(1.0)
@@ -894,8 +917,40 @@ async fn observe_writes_nothing_then_manage_sends_exactly_the_pending_writes() {
             is_ready(o) && condition(o, "Drifted").is_none()
         })
         .await;
-    assert_eq!(env.sim.writes_for(&vm("vm1")), 1);
+    let n = env.sim.counters();
+    assert_eq!(
+        (n.writes, n.authorization_writes, n.graph_writes),
+        (1, 1, 1),
+        "exactly the pending writes: {n:?}"
+    );
     assert_eq!(env.accepted_patches(), vec![pending[0]["body"].clone()]);
+    // The PUT is the pending one; u1 was not on the VM yet, so (as `plan` shows it) its
+    // principal, and with it the assignment's name, were "(known after apply)".
+    let put = env
+        .sim
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "PUT")
+        .expect("a PUT");
+    let known_after = "(known after apply)";
+    let pending_id = pending[1]["id"].as_str().expect("id");
+    assert_eq!(
+        pending_id.strip_suffix(known_after),
+        put.path
+            .rsplit_once('/')
+            .map(|(scope, _)| format!("{scope}/"))
+            .as_deref(),
+        "{pending_id} vs {}",
+        put.path
+    );
+    let body = put.body.expect("PUT body");
+    let principal = body["properties"]["principalId"]
+        .as_str()
+        .expect("principal");
+    let mut expected = pending[1]["body"].clone();
+    assert_eq!(expected["properties"]["principalId"], known_after);
+    expected["properties"]["principalId"] = json!(principal);
+    assert_eq!(body, expected);
     assert!(o.status.expect("status").pending_writes.is_empty());
     assert_eq!(
         metric(&c.metrics().await, "vmidentity_drifted_objects"),
