@@ -179,6 +179,18 @@ pub fn drift_report(
     st.observed_generation = o.metadata.generation;
     st.conditions = conds;
     st.target_name = Some(plan.target.name().to_string());
+    // The `User` column: how many of the identities it lists the target carries now.
+    let present = o
+        .spec
+        .user_assigned_identities
+        .iter()
+        .filter(|u| {
+            live.identity
+                .user_assigned
+                .contains_key(&u.to_ascii_lowercase())
+        })
+        .count();
+    st.user_assigned_count = Some(present as i64);
     st.pending_writes = pending;
     st.pending_writes_omitted = (omitted > 0).then_some(omitted as i64);
 
@@ -349,6 +361,8 @@ mod tests {
         );
         assert_eq!(st.pending_writes.len(), 1);
         assert_eq!(st.pending_writes_omitted, None);
+        assert_eq!(st.user_assigned_count, Some(0));
+        assert_eq!(st.target_name.as_deref(), Some("vm1"));
         assert_eq!(st.applied, None, "nothing recorded: nothing was written");
         assert_eq!(st.observed_generation, Some(2));
         assert_eq!(first.events_after.len(), 1);
