@@ -168,6 +168,27 @@ pub struct GrantPlan {
     /// name is neither under the deterministic name nor the one the record adopted. Nothing
     /// is removed for them; they leave the object's record and are reported.
     pub untrusted: Vec<Pending>,
+    /// Per object, the grants it lists that its principal already holds and that it does not
+    /// own (see [`plan_grants`]): made by someone else (Terraform, a person, the portal), or
+    /// not provably by vmidentity. They are left alone: not created again, not recorded, and
+    /// so never removed by this object, not even when it drops them from its spec. Reported
+    /// so that users know why; the `vmidentity.dev/adopt: "true"` annotation takes them over.
+    /// Objects with none are left out.
+    pub held: BTreeMap<ObjectRef, HeldGrants>,
+}
+
+/// Grants an object lists that were held before and that it does not own ([`GrantPlan::held`]),
+/// in the record's shape (a role assignment under its existing ID).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeldGrants {
+    pub role_assignments: Vec<AppliedRoleAssignment>,
+    pub group_memberships: Vec<AppliedGroupMembership>,
+}
+
+impl HeldGrants {
+    pub fn is_empty(&self) -> bool {
+        self.role_assignments.is_empty() && self.group_memberships.is_empty()
+    }
 }
 
 impl GrantPlan {
@@ -178,14 +199,18 @@ impl GrantPlan {
     /// What `o` takes over in this plan without creating it: the role assignments (under
     /// their existing names) and group memberships its new record holds that its old record
     /// did not and that none of `sent` (the grant writes sent for the plan, normally
-    /// [`GrantPlan::additions`]) creates, i.e. that the principals held before. The grant
-    /// planner records every listed grant that is already held (see [`plan_grants`]); this
-    /// names them, for the `Adopted` Event.
+    /// [`GrantPlan::additions`]) creates, i.e. that the principals held before. Only an
+    /// adopting object ([`DesiredObject::adopt`]) adopts: for any other object this is empty
+    /// (what it records of a pre-existing grant is provably vmidentity's own, see
+    /// [`plan_grants`], and is not news). For the `Adopted` Event.
     pub fn adopted(
         &self,
         o: &DesiredObject,
         sent: &[Write],
     ) -> (Vec<AppliedRoleAssignment>, Vec<AppliedGroupMembership>) {
+        if !o.adopt || o.deleting {
+            return (Vec::new(), Vec::new());
+        }
         let created: BTreeSet<GrantKey> = sent
             .iter()
             .filter_map(|w| match w {
@@ -299,10 +324,48 @@ fn remove_member(group: &str, principal: &str) -> Write {
     }
 }
 
+/// Whether a live role assignment is under vmidentity's deterministic name
+/// ([`assignment_name`]) for its scope, role and principal: vmidentity made it (a PUT of a
+/// previous pass, whatever became of that pass's status).
+fn is_deterministic(l: &LiveRoleAssignment) -> bool {
+    l.id.trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .is_some_and(|n| {
+            n.eq_ignore_ascii_case(&assignment_name(&l.scope, &l.role_guid, &l.principal_id))
+        })
+}
+
 /// Plans the grants of one target's objects. `resolved` carries the principals (after the
 /// identity write, when known) and the role GUIDs; `live` what those principals hold.
-/// Invariants: only what an object recorded is ever removed, and only when no object on the
-/// target still wants it; what is wanted and already held is adopted, not created again.
+///
+/// Invariants:
+/// - Only what an object recorded is ever removed, only when no object on the target still
+///   lists it, and only if the record is trusted (the target's own principal; for a role
+///   assignment, the deterministic name or the very assignment the record holds).
+/// - What is listed and not held is created (PUT under the deterministic name, Graph POST)
+///   and recorded.
+/// - What is listed and already held is never created again, and is recorded (so removed
+///   when dropped later) only if the object **owns** it:
+///   - a role assignment under vmidentity's deterministic name ([`assignment_name`]): a
+///     previous pass created it (and may have lost its status update);
+///   - a grant the object's own record already holds (for a role assignment, that very
+///     assignment ID);
+///   - a grant another object on the target records (shared, as two objects listing one
+///     identity both record it);
+///   - anything listed, when the object adopts ([`DesiredObject::adopt`]): recorded under
+///     the existing assignment name.
+///
+///   Anything else listed and held (made by Terraform, a person, the portal, or a role
+///   assignment under a name vmidentity does not choose) is left alone and reported in
+///   [`GrantPlan::held`]: an imported object that later drops it removes nothing.
+///
+/// The crash window (the write succeeded, the status update that records it was lost) errs
+/// toward **never removing what vmidentity cannot prove is its own**: a role assignment is
+/// recovered by its deterministic name at the next pass; a group membership has no name,
+/// so one created in the lost pass is at the next pass indistinguishable from one someone
+/// else made: it is reported as held and not recorded, and stays in the group if the object
+/// drops it (a leak, never a removal of someone else's membership). Adopting takes it over.
 pub fn plan_grants(objects: &[DesiredObject], resolved: &Resolved, live: &LiveGrants) -> GrantPlan {
     let mut objects: Vec<&DesiredObject> = objects.iter().collect();
     objects.sort_by(|a, b| a.object.cmp(&b.object));
@@ -319,12 +382,30 @@ pub fn plan_grants(objects: &[DesiredObject], resolved: &Resolved, live: &LiveGr
             .is_some_and(|g| g.contains(&group.to_ascii_lowercase()))
     };
 
-    // What active objects want, by key (the first object's view of each key wins).
+    // What some object (active or deleting) records, with its trusted principal: a grant
+    // one object owns is shared by another that lists it. Role assignments by the very
+    // assignment ID recorded.
+    let recorded_roles: BTreeSet<(GrantKey, String)> = objects
+        .iter()
+        .flat_map(|o| o.applied.role_assignments.iter())
+        .filter(|r| resolved.owns_principal(&r.identity, &r.principal_id))
+        .map(|r| (r.key(), r.id.to_ascii_lowercase()))
+        .collect();
+    let recorded_groups: BTreeSet<GrantKey> = objects
+        .iter()
+        .flat_map(|o| o.applied.group_memberships.iter())
+        .filter(|g| resolved.owns_principal(&g.identity, &g.principal_id))
+        .map(|g| GrantKey::group(&g.group_object_id, &g.principal_id))
+        .collect();
+
+    // What active objects want, by key (the first object's view of each key wins). A key
+    // listed by an active object is never removed, owned by it or not.
     let mut wanted_roles: BTreeMap<GrantKey, AppliedRoleAssignment> = BTreeMap::new();
     let mut wanted_groups: BTreeMap<GrantKey, AppliedGroupMembership> = BTreeMap::new();
     for o in objects.iter().filter(|o| !o.deleting) {
         let mut roles = Vec::new();
         let mut groups = Vec::new();
+        let mut held = HeldGrants::default();
         for ra in &o.spec.role_assignments {
             let Some(principal) = resolved.principal(&ra.identity) else {
                 plan.pending.push(Pending {
@@ -343,9 +424,17 @@ pub fn plan_grants(objects: &[DesiredObject], resolved: &Resolved, live: &LiveGr
                 continue;
             };
             let key = GrantKey::role(&ra.scope, guid, principal);
-            let id = match live_roles.get(&key) {
-                Some(l) => l.id.clone(),
-                None => role_assignment_id(&ra.scope, &assignment_name(&ra.scope, guid, principal)),
+            let (id, owned) = match live_roles.get(&key) {
+                Some(l) => (
+                    l.id.clone(),
+                    o.adopt
+                        || is_deterministic(l)
+                        || recorded_roles.contains(&(key.clone(), l.id.to_ascii_lowercase())),
+                ),
+                None => (
+                    role_assignment_id(&ra.scope, &assignment_name(&ra.scope, guid, principal)),
+                    true,
+                ),
             };
             let rec = AppliedRoleAssignment {
                 id,
@@ -359,7 +448,11 @@ pub fn plan_grants(objects: &[DesiredObject], resolved: &Resolved, live: &LiveGr
                 identity: ra.identity.to_string(),
             };
             wanted_roles.entry(key).or_insert_with(|| rec.clone());
-            roles.push(rec);
+            if owned {
+                roles.push(rec);
+            } else {
+                held.role_assignments.push(rec);
+            }
         }
         for gm in &o.spec.group_memberships {
             let Some(principal) = resolved.principal(&gm.identity) else {
@@ -379,10 +472,16 @@ pub fn plan_grants(objects: &[DesiredObject], resolved: &Resolved, live: &LiveGr
                 },
                 identity: gm.identity.to_string(),
             };
-            wanted_groups
-                .entry(GrantKey::group(&gm.group_object_id, principal))
-                .or_insert_with(|| rec.clone());
-            groups.push(rec);
+            let key = GrantKey::group(&gm.group_object_id, principal);
+            let owned = o.adopt
+                || !is_member(&gm.group_object_id, principal)
+                || recorded_groups.contains(&key);
+            wanted_groups.entry(key).or_insert_with(|| rec.clone());
+            if owned {
+                groups.push(rec);
+            } else {
+                held.group_memberships.push(rec);
+            }
         }
         roles.sort();
         roles.dedup();
@@ -390,6 +489,13 @@ pub fn plan_grants(objects: &[DesiredObject], resolved: &Resolved, live: &LiveGr
         groups.dedup();
         plan.role_assignments.insert(o.object.clone(), roles);
         plan.group_memberships.insert(o.object.clone(), groups);
+        if !held.is_empty() {
+            held.role_assignments.sort();
+            held.role_assignments.dedup();
+            held.group_memberships.sort();
+            held.group_memberships.dedup();
+            plan.held.insert(o.object.clone(), held);
+        }
     }
 
     // Additions: wanted and not held.
@@ -435,14 +541,7 @@ pub fn plan_grants(objects: &[DesiredObject], resolved: &Resolved, live: &LiveGr
                 continue;
             }
             if let Some(l) = live_roles.get(&key) {
-                let deterministic = l.id.rsplit('/').next().is_some_and(|n| {
-                    n.eq_ignore_ascii_case(&assignment_name(
-                        &l.scope,
-                        &l.role_guid,
-                        &l.principal_id,
-                    ))
-                });
-                if deterministic || l.id.eq_ignore_ascii_case(&rec.id) {
+                if is_deterministic(l) || l.id.eq_ignore_ascii_case(&rec.id) {
                     plan.removals
                         .push(Write::RoleAssignmentDelete { id: l.id.clone() });
                 } else {

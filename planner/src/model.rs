@@ -594,8 +594,11 @@ pub struct DesiredObject {
     /// Adoption (the `vmidentity.dev/adopt: "true"` annotation): the user-assigned
     /// identities the spec lists that were on the target before and that no object on the
     /// target records are recorded as this object's, so dropping one later removes it from
-    /// the target as for anything the object added. Without it (the default), Merge mode
-    /// never records, and so never removes, what was on the target before it was asked for.
+    /// the target as for anything the object added; likewise the listed role assignments
+    /// (under their existing names) and group memberships the principals already held
+    /// ([`crate::grants::plan_grants`]). Without it (the default), Merge mode never records,
+    /// and so never removes, what was on the target before it was asked for: neither an
+    /// identity nor a grant someone else made.
     pub adopt: bool,
 }
 

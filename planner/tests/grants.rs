@@ -138,9 +138,11 @@ fn converged_grants_plan_nothing_and_keep_their_records() {
     );
 }
 
+/// Someone else's assignment (a name vmidentity does not choose) for a listed grant: never
+/// created again (no PUT, no 409, no duplicate), and recorded only by an adopting object.
+/// (Until issue 15's follow-up it was recorded without adoption, so a later drop deleted it.)
 #[test]
-fn an_existing_assignment_under_another_name_is_adopted() {
-    let o = with_grants(false);
+fn an_existing_assignment_under_another_name_is_left_alone_unless_adopted() {
     let mut live = LiveGrants::default();
     live.role_assignments.push(LiveRoleAssignment {
         id: format!("{}/providers/Microsoft.Authorization/roleAssignments/11111111-1111-1111-1111-111111111111", sa()),
@@ -148,22 +150,31 @@ fn an_existing_assignment_under_another_name_is_adopted() {
         role_guid: BLOB.into(),
         principal_id: "UAI-P".into(),
     });
-    let p = plan_grants(
-        std::slice::from_ref(&o),
-        &resolved(None, Some("uai-p")),
-        &live,
-    );
+    let r = resolved(None, Some("uai-p"));
+    let o = with_grants(false);
+    let p = plan_grants(std::slice::from_ref(&o), &r, &live);
     assert_eq!(
         p.additions.len(),
         1,
         "only the group membership: {:?}",
         p.additions
     );
+    assert!(p.role_assignments[&o.object].is_empty(), "not recorded");
+    let held = &p.held[&o.object];
     assert!(
-        p.role_assignments[&o.object][0]
+        held.role_assignments[0]
             .id
             .ends_with("11111111-1111-1111-1111-111111111111")
     );
+    let adopting = with_grants(false).adopting(true);
+    let p = plan_grants(std::slice::from_ref(&adopting), &r, &live);
+    assert_eq!(p.additions.len(), 1);
+    assert!(
+        p.role_assignments[&adopting.object][0]
+            .id
+            .ends_with("11111111-1111-1111-1111-111111111111")
+    );
+    assert!(p.held.is_empty());
 }
 
 #[test]

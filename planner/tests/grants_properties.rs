@@ -1,5 +1,7 @@
 //! Properties of the grant planner: converged means no writes (a second plan on the result is
-//! empty); nothing that no object recorded is ever removed; nothing wanted is removed.
+//! empty); nothing that no object recorded is ever removed; nothing wanted is removed; a grant
+//! someone else made before (listed or not) is recorded only by an adopting object (or shared
+//! from one), so it is never removed unless an object adopted it.
 
 mod common;
 
@@ -8,7 +10,7 @@ use std::collections::BTreeSet;
 use common::*;
 use proptest::prelude::*;
 use vmidentity_planner::grants::*;
-use vmidentity_planner::model::{RawGroupMembership, RawRoleAssignment};
+use vmidentity_planner::model::{IdentityRef, RawGroupMembership, RawRoleAssignment};
 use vmidentity_planner::*;
 
 const SCOPES: [&str; 2] = [
@@ -46,6 +48,7 @@ struct G {
     roles: Vec<(usize, usize, bool)>,
     groups: Vec<(usize, bool)>,
     deleting: bool,
+    adopt: bool,
 }
 
 fn g() -> impl Strategy<Value = G> {
@@ -53,11 +56,13 @@ fn g() -> impl Strategy<Value = G> {
         prop::collection::vec((0..2usize, 0..2usize, any::<bool>()), 0..4),
         prop::collection::vec((0..2usize, any::<bool>()), 0..3),
         prop::bool::weighted(0.2),
+        prop::bool::weighted(0.3),
     )
-        .prop_map(|(roles, groups, deleting)| G {
+        .prop_map(|(roles, groups, deleting, adopt)| G {
             roles,
             groups,
             deleting,
+            adopt,
         })
 }
 
@@ -94,7 +99,14 @@ fn build(i: usize, g: &G) -> DesiredObject {
         }
     });
     o.deleting = g.deleting;
+    o.adopt = g.adopt;
     o
+}
+
+const FOREIGN_ROLE: &str = "/foreign/1";
+/// A membership someone else made, in a group the objects may list (u1 in GROUPS[0]).
+fn foreign_member(rec: &AppliedGroupMembership) -> bool {
+    rec.principal_id == "u1" && rec.group_object_id == GROUPS[0]
 }
 
 fn apply(live: &LiveGrants, plan: &GrantPlan) -> LiveGrants {
@@ -150,10 +162,25 @@ proptest! {
         let objs0: Vec<DesiredObject> = before.iter().enumerate().map(|(i, g)| build(i, &G { deleting: false, ..g.clone() })).collect();
         let mut live = LiveGrants::default();
         if foreign {
-            live.role_assignments.push(LiveRoleAssignment { id: "/foreign/1".into(), scope: SCOPES[1].into(), role_guid: GUIDS[1].into(), principal_id: "u1".into() });
+            live.role_assignments.push(LiveRoleAssignment { id: FOREIGN_ROLE.into(), scope: SCOPES[1].into(), role_guid: GUIDS[1].into(), principal_id: "u1".into() });
             live.memberships.entry("sys".into()).or_default().insert("22222222-0000-0000-0000-000000000009".into());
+            live.memberships.entry("u1".into()).or_default().insert(GROUPS[0].into());
         }
         let p0 = plan_grants(&objs0, &r, &live);
+        // Listed but held before: recorded only by an adopting object (nobody records
+        // anything yet, so there is nobody to share with), else reported as held.
+        for o in &objs0 {
+            let roles = &p0.role_assignments[&o.object];
+            let groups = &p0.group_memberships[&o.object];
+            let has_foreign = foreign && (roles.iter().any(|x| x.id == FOREIGN_ROLE) || groups.iter().any(foreign_member));
+            prop_assert!(o.adopt || !has_foreign, "{} records a grant it does not own: {:?} {:?}", o.object, roles, groups);
+            let held = p0.held.get(&o.object).cloned().unwrap_or_default();
+            prop_assert!(!o.adopt || held.is_empty(), "an adopter holds nothing unowned: {:?}", held);
+            if foreign && !o.adopt {
+                let lists_role = o.spec.role_assignments.iter().any(|x| x.scope == SCOPES[1] && x.role.to_string() == ROLES[1] && x.identity != IdentityRef::SystemAssigned);
+                prop_assert_eq!(lists_role, held.role_assignments.iter().any(|x| x.id == FOREIGN_ROLE));
+            }
+        }
         let live1 = apply(&live, &p0);
         let recorded: Vec<DesiredObject> = objs0.iter().map(|o| o.clone().with_applied(Applied {
             role_assignments: p0.role_assignments[&o.object].clone(),
@@ -172,13 +199,29 @@ proptest! {
         for w in &p1.removals {
             if let Some(id) = w.role_assignment_id() {
                 prop_assert!(owned.contains(&id.to_ascii_lowercase()), "removed unowned {}", id);
-                // Someone else's assignment goes only if an object adopted it (it is then recorded).
-                if id == "/foreign/1" {
-                    prop_assert!(owned.contains("/foreign/1"));
+                // Someone else's assignment goes only if an adopting object recorded it.
+                if id == FOREIGN_ROLE {
+                    prop_assert!(recorded.iter().any(|o| o.adopt && o.applied.role_assignments.iter().any(|x| x.id == FOREIGN_ROLE)), "removed {} that no object adopted", id);
                 }
+            }
+            if let Write::GroupMemberRemove { group_id, principal_id } = w
+                && foreign
+                && principal_id == "u1"
+                && group_id == GROUPS[0]
+            {
+                // Held before round 1: removed only if an adopting object recorded it.
+                prop_assert!(recorded.iter().any(|o| o.adopt && o.applied.group_memberships.iter().any(foreign_member)), "removed a membership no object adopted");
             }
             let id = w.request(PUBLIC_GRAPH_ENDPOINT).path;
             prop_assert!(!id.contains("22222222-0000-0000-0000-000000000009"));
+        }
+        // In round 2 a grant held before is recorded only by an adopter, or shared from an
+        // object that recorded it.
+        let had_role = recorded.iter().any(|o| o.applied.role_assignments.iter().any(|x| x.id == FOREIGN_ROLE));
+        let had_group = recorded.iter().any(|o| o.applied.group_memberships.iter().any(foreign_member));
+        for o in objs1.iter().filter(|o| foreign && !o.adopt) {
+            prop_assert!(had_role || !p1.role_assignments[&o.object].iter().any(|x| x.id == FOREIGN_ROLE));
+            prop_assert!(had_group || !p1.group_memberships[&o.object].iter().any(foreign_member));
         }
         let live2 = apply(&live1, &p1);
         // Everything an active object wants is held afterwards.
