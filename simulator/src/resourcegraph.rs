@@ -584,6 +584,39 @@ pub(crate) fn authorization_row(tenant_id: &str, a: &crate::authz::RoleAssignmen
     })
 }
 
+/// A subscription the world has something in (a resource group, a resource, a role
+/// assignment at or below it).
+fn subscription_known(st: &State, sub: &str) -> bool {
+    st.world
+        .groups
+        .values()
+        .any(|g| g.subscription.eq_ignore_ascii_case(sub))
+        || st.world.authz.assignments.values().any(|a| {
+            a.scope
+                .subscription()
+                .is_some_and(|s| s.eq_ignore_ascii_case(sub))
+        })
+}
+
+/// 400 when none of the request's subscriptions can hold resources (observed:
+/// `NoValidSubscriptionsInQueryRequest`, "There must be at least one subscription that is
+/// eligible to contain resources. Given: '…'.", Azure/aztfexport#491 and #385). A request
+/// with some known subscriptions answers for those (CHOSEN).
+fn no_valid_subscriptions(subs: &[String]) -> ArmError {
+    arg_error(
+        StatusCode::BAD_REQUEST,
+        "BadRequest",
+        &support_message(),
+        vec![json!({
+            "code": "NoValidSubscriptionsInQueryRequest",
+            "message": format!(
+                "There must be at least one subscription that is eligible to contain resources. Given: '{}'.",
+                subs.join(", ")
+            ),
+        })],
+    )
+}
+
 /// 403 `AuthorizationFailed` for a caller without read rights on a table's rows (for
 /// `AuthorizationResources`: `Microsoft.Authorization/roleAssignments/read`).
 fn table_denied(caller: &crate::CallerConfig, table: Table) -> ArmError {
@@ -710,6 +743,9 @@ pub(crate) fn query(
         Table::AuthorizationResources => authorization_rows(st),
     };
     if let Some(subs) = &subs {
+        if !subs.is_empty() && !subs.iter().any(|s| subscription_known(st, s)) {
+            return Err(no_valid_subscriptions(subs));
+        }
         rows.retain(|r| {
             value_str(r, "subscriptionId").is_some_and(|s| subs.contains(&s.to_ascii_lowercase()))
         });

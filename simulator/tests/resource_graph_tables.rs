@@ -250,3 +250,23 @@ async fn refused_filters_and_denied_table() {
         .await;
     assert_eq!(r.status, 200, "{}", r.raw);
 }
+
+#[tokio::test]
+async fn unknown_subscriptions_are_refused() {
+    let sim = start().await;
+    let c = Client::new(&sim);
+    let unknown = "0f0f0f0f-0000-4000-8000-00000000dead";
+    let body =
+        json!({"subscriptions": [unknown], "query": "Resources | project id", "options": {}});
+    let r = c.send("POST", ARG, Some(&body)).await;
+    assert_eq!(r.status, 400, "{}", r.raw);
+    assert_eq!(
+        r.body["error"]["details"][0]["code"],
+        json!("NoValidSubscriptionsInQueryRequest")
+    );
+    // With a known one beside it, the known one's rows come back.
+    let body = json!({"subscriptions": [unknown, SUB], "query": "Resources | where type =~ 'microsoft.compute/virtualmachines' | project id", "options": {}});
+    let r = c.send("POST", ARG, Some(&body)).await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+    assert_eq!(r.body["totalRecords"], json!(3));
+}
