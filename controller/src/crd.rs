@@ -422,6 +422,10 @@ pub fn policy_crd_yaml() -> Result<String, serde_yaml_ng::Error> {
     ))
 }
 
+/// `metadata.annotations` key by which an object adopts what it lists and was on its target
+/// before (value `"true"`); `vmidentity import --adopt` sets it. Issue 15 part 2.
+pub const ADOPT_ANNOTATION: &str = "vmidentity.dev/adopt";
+
 #[cfg(test)]
 mod tests {
     use super::*;
