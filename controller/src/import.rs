@@ -66,7 +66,7 @@ pub enum ImportError {
     ResourceGraph {
         what: &'static str,
         #[source]
-        source: AzureError,
+        source: Box<AzureError>,
     },
     #[error(
         "reading the group memberships of principal {principal} from Microsoft Graph: {source}"
@@ -74,7 +74,7 @@ pub enum ImportError {
     Graph {
         principal: String,
         #[source]
-        source: AzureError,
+        source: Box<AzureError>,
     },
     #[error(
         "--with-groups needs Microsoft Graph: give --graph-token (or AZURE_GRAPH_ACCESS_TOKEN)"
@@ -444,7 +444,7 @@ pub async fn import(exec: &Executor, req: &ImportRequest) -> Result<Imported, Im
             .await
             .map_err(|source| ImportError::ResourceGraph {
                 what: "the AKS clusters",
-                source,
+                source: Box::new(source),
             })?;
     }
 
@@ -466,7 +466,7 @@ pub async fn import(exec: &Executor, req: &ImportRequest) -> Result<Imported, Im
         .await
         .map_err(|source| ImportError::ResourceGraph {
             what: "the VMs and scale sets",
-            source,
+            source: Box::new(source),
         })?;
     if let Some(e) = row_error {
         return Err(ImportError::Input(e));
@@ -499,7 +499,7 @@ pub async fn import(exec: &Executor, req: &ImportRequest) -> Result<Imported, Im
             .await
             .map_err(|source| ImportError::ResourceGraph {
                 what: "the role assignments (AuthorizationResources)",
-                source,
+                source: Box::new(source),
             })?;
         out.stats.authorization_pages += pages;
         let mut seen: BTreeSet<(usize, String, String, String)> = BTreeSet::new();
@@ -546,7 +546,7 @@ pub async fn import(exec: &Executor, req: &ImportRequest) -> Result<Imported, Im
             out.stats.member_of_reads += 1;
             let ids = r.map_err(|source| ImportError::Graph {
                 principal: p.clone(),
-                source,
+                source: Box::new(source),
             })?;
             if let Some((i, identity)) = holder.get(&p) {
                 for g in ids {
@@ -621,10 +621,8 @@ pub async fn import(exec: &Executor, req: &ImportRequest) -> Result<Imported, Im
     out.objects.sort_by(|a, b| {
         (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
     });
-    out.skipped
-        .sort_by(|a, b| a.id.to_ascii_lowercase().cmp(&b.id.to_ascii_lowercase()));
-    out.dropped
-        .sort_by(|a, b| a.id.to_ascii_lowercase().cmp(&b.id.to_ascii_lowercase()));
+    out.skipped.sort_by_key(|a| a.id.to_ascii_lowercase());
+    out.dropped.sort_by_key(|a| a.id.to_ascii_lowercase());
     Ok(out)
 }
 
