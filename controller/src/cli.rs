@@ -1,4 +1,5 @@
-//! Command-line interface: `plan`, `apply`, `demo`, `crd`, `controller`, `import`.
+//! Command-line interface: `plan`, `apply`, `demo`, `crd`, `controller`, `import`,
+//! `audit`.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -41,6 +42,9 @@ pub enum Command {
     /// Write a VirtualMachineIdentity per existing VM / VM scale set, read in bulk (Resource
     /// Graph, Microsoft Graph), such that `plan` of them prints nothing to do.
     Import(crate::import::ImportArgs),
+    /// Read-only security review: unmanaged identities and grants, drift, privileged role
+    /// assignments and policy violations of the VMs / VM scale sets of some subscriptions.
+    Audit(crate::audit::AuditArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -159,6 +163,7 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Demo(_) => Err(no_simulator("`vmidentity demo`")),
         Command::Controller(a) => crate::operator::run(a).await,
         Command::Import(a) => crate::import::run(a).await,
+        Command::Audit(a) => crate::audit::run(a).await,
         Command::Crd(a) => {
             let y = if a.policy {
                 crate::crd::policy_crd_yaml()

@@ -173,6 +173,11 @@ fn is_guid(s: &str) -> bool {
         })
 }
 
+/// A subscription ID as Resource Graph takes it (a GUID).
+pub fn is_subscription_id(s: &str) -> bool {
+    is_guid(s)
+}
+
 /// A valid DNS-1123 label (namespaces).
 pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()

@@ -1,6 +1,7 @@
 //! The `vmidentity` binary's library: CRD types, input loading, the one-shot engine behind
 //! `plan` / `apply` / `demo`, and the CLI.
 
+pub mod audit;
 pub mod azure_config;
 pub mod cli;
 pub mod crd;
