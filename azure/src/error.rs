@@ -210,7 +210,10 @@ impl AzureError {
     }
 }
 
-/// `{"error":{"code","message"}}` (or the bare `{"code","message"}` some RPs send).
+/// `{"error":{"code","message"}}` (or the bare `{"code","message"}` some RPs send). The
+/// `details[]` of the envelope (`ErrorDetail` in ARM's common types; Resource Graph puts the
+/// actual reason there, under a generic "Please provide below info …" message) are appended
+/// as ` [code: message; …]`.
 pub fn parse_error_body(body: &[u8]) -> (String, String) {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let e = v.get("error").unwrap_or(&v);
@@ -224,7 +227,24 @@ pub fn parse_error_body(body: &[u8]) -> (String, String) {
         .and_then(Value::as_str)
         .map(str::to_string)
         .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(500).collect());
-    (code, message)
+    let details: Vec<String> = e
+        .get("details")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|d| {
+            let m = d.get("message").and_then(Value::as_str)?;
+            Some(match d.get("code").and_then(Value::as_str) {
+                Some(c) => format!("{c}: {m}"),
+                None => m.to_string(),
+            })
+        })
+        .collect();
+    if details.is_empty() {
+        (code, message)
+    } else {
+        (code, format!("{message} [{}]", details.join("; ")))
+    }
 }
 
 /// Classifies an ARM or Graph error response. One place, so the controller's conditions,
@@ -394,6 +414,10 @@ mod tests {
                 br#"{"error":{"code":"Request_BadRequest","message":"m","innerError":{"date":"d"}}}"#
             ),
             ("Request_BadRequest".to_string(), "m".to_string())
+        );
+        assert_eq!(
+            parse_error_body(br#"{"error":{"code":"X","message":"m","details":[{"code":"D","message":"why"},{"message":"more"}]}}"#),
+            ("X".to_string(), "m [D: why; more]".to_string())
         );
         assert_eq!(
             parse_error_body(br#"{"error":{"code":"X","message":"m"}}"#),

@@ -1,4 +1,5 @@
-//! Command-line interface: `plan`, `apply`, `demo`, `crd`.
+//! Command-line interface: `plan`, `apply`, `demo`, `crd`, `controller`, `import`,
+//! `audit`.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -38,6 +39,12 @@ pub enum Command {
     Crd(CrdArgs),
     /// Run the Kubernetes controller.
     Controller(crate::operator::ControllerArgs),
+    /// Write a VirtualMachineIdentity per existing VM / VM scale set, read in bulk (Resource
+    /// Graph, Microsoft Graph), such that `plan` of them prints nothing to do.
+    Import(crate::import::ImportArgs),
+    /// Read-only security review: unmanaged identities and grants, drift, privileged role
+    /// assignments and policy violations of the VMs / VM scale sets of some subscriptions.
+    Audit(crate::audit::AuditArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -155,6 +162,8 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
         #[cfg(not(feature = "simulator"))]
         Command::Demo(_) => Err(no_simulator("`vmidentity demo`")),
         Command::Controller(a) => crate::operator::run(a).await,
+        Command::Import(a) => crate::import::run(a).await,
+        Command::Audit(a) => crate::audit::run(a).await,
         Command::Crd(a) => {
             let y = if a.policy {
                 crate::crd::policy_crd_yaml()
@@ -249,13 +258,13 @@ async fn policy_denies(
 
 /// The door to Azure that `plan` and `apply` use: ARM, Graph when it has a token, and the
 /// in-process simulator that serves them (kept alive as long as the door).
-struct Azure {
-    exec: Executor,
+pub(crate) struct Azure {
+    pub(crate) exec: Executor,
     #[cfg(feature = "simulator")]
     _sim: Option<vmidentity_simulator::SimHandle>,
 }
 
-async fn connect(a: &AzureArgs) -> Result<Azure, CliError> {
+pub(crate) async fn connect(a: &AzureArgs) -> Result<Azure, CliError> {
     #[cfg(feature = "simulator")]
     let mut sim = None;
     let (endpoint, token, graph) = match &a.simulator {

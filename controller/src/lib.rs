@@ -1,6 +1,7 @@
 //! The `vmidentity` binary's library: CRD types, input loading, the one-shot engine behind
 //! `plan` / `apply` / `demo`, and the CLI.
 
+pub mod audit;
 pub mod azure_config;
 pub mod cli;
 pub mod crd;
@@ -8,6 +9,7 @@ pub mod crd;
 pub mod demo;
 pub mod engine;
 pub mod error;
+pub mod import;
 pub mod input;
 pub mod operator;
 pub mod out;

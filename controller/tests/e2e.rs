@@ -1080,3 +1080,117 @@ async fn a_namespace_switched_from_observe_to_manage_is_reconciled_at_once() {
     set_ns_policy(serde_json::Value::Null).await;
     env.cleanup().await;
 }
+
+/// Issue 15: `vmidentity import` of a brownfield world (identities, role assignments and
+/// group memberships made by hand), the objects applied to the API server, the controller
+/// converges with 0 writes to ARM, Authorization and Graph.
+#[tokio::test]
+async fn imported_objects_converge_without_a_write() {
+    let group = "0f6c5a1e-2222-4c7a-9e21-0d4b5a6c7e81";
+    let rg = format!("{SUB}/resourceGroups/rg-e2e");
+    let sys1 = "5e000000-0000-4000-8000-000000000001";
+    let u1 = "5e000000-0000-4000-8000-0000000000a1";
+    let extra = format!(
+        r#"
+  - id: {vm_a}
+    identity:
+      type: "SystemAssigned, UserAssigned"
+      principalId: {sys1}
+      userAssignedIdentities: [{u_1}]
+  - id: {vm_b}
+    identity: {{ type: UserAssigned, userAssignedIdentities: [{u_1}, {u_2}] }}
+virtualMachineScaleSets:
+  - id: {SUB}/resourceGroups/rg-e2e/providers/Microsoft.Compute/virtualMachineScaleSets/Pool.One
+    identity: {{ type: SystemAssigned }}
+groups:
+  - {{ id: {group}, displayName: readers, members: [{u1}] }}
+roleAssignments:
+  - {{ scope: {rg}, roleDefinitionId: acdd72a7-3385-48ef-bd42-f606fba81ae7, principalId: {sys1} }}
+  - {{ scope: {SUB}, roleDefinitionId: 2a2b9908-6ea1-4ae2-8e65-a410df84e7d1, principalId: {u1} }}
+"#,
+        vm_a = vm("Brown_A"),
+        vm_b = vm("brown.b"),
+        u_1 = uai("u1"),
+        u_2 = uai("u2"),
+    );
+    // u1 gets a known principal: the world's UAIs are re-declared with one.
+    let world_yaml = world(&[], &extra)
+        .replace(
+            &format!("  - id: {}\n", uai("u1")),
+            &format!("  - id: {}\n    principalId: {u1}\n", uai("u1")),
+        )
+        .replace("virtualMachines:\n\n", "virtualMachines:\n");
+    let env = Env::new("e2e-import", &world_yaml).await;
+    let url = env.sim.base_url();
+    let sub_id = SUB.trim_start_matches("/subscriptions/");
+    // The simulator serves from this test's runtime: run the binary off it.
+    let args: Vec<String> = [
+        "import",
+        "--subscription",
+        sub_id,
+        "--namespace",
+        &env.ns,
+        "--with-grants",
+        "--with-groups",
+        "--adopt",
+        "-o",
+        "json",
+        "--endpoint",
+        &url,
+        "--token",
+        TOKEN,
+        "--graph-endpoint",
+        &url,
+        "--graph-token",
+        vmidentity_testkit::GRAPH_TOKEN,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_vmidentity"))
+            .args(&args)
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("import runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let items = list["items"].as_array().cloned().expect("items");
+    assert_eq!(items.len(), 3, "{list:#}");
+    env.sim.reset_counters();
+    for item in items {
+        env.create_raw(item)
+            .await
+            .expect("the API server takes the imported object");
+    }
+    let _c = env.controller("a");
+    let names: Vec<String> = env
+        .api
+        .list(&Default::default())
+        .await
+        .expect("list")
+        .items
+        .iter()
+        .filter_map(|o| o.metadata.name.clone())
+        .collect();
+    assert_eq!(names.len(), 3);
+    for n in &names {
+        env.wait_for(n, 60, "Ready", is_ready).await;
+    }
+    // A resync later, still nothing written.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let c = env.sim.counters();
+    assert_eq!(
+        (c.writes, c.authorization_writes, c.graph_writes),
+        (0, 0, 0),
+        "{c:?}"
+    );
+    assert!(env.accepted_patches().is_empty());
+    env.cleanup().await;
+}
