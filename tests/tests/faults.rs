@@ -10,7 +10,8 @@
 //! the PATCH is unconditional and the window between GET and PATCH remains, so a toggle of
 //! the system identity inside it is undone (a UAI another writer added is still kept by the
 //! dictionary merge; with the 2017-12-01 array it is replaced away too). That is a documented
-//! limit; objects that need the guarantee ask for `armApiVersion: 2023-09-01` or later.
+//! limit of those versions, which objects now get only by asking for them: the default
+//! api-version (2025-04-01) has etags.
 
 use std::time::Duration;
 
