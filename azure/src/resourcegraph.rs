@@ -73,10 +73,25 @@ impl ArmClient {
                     .send(Method::POST, &url, Some(&body), RequestKind::Query)
                     .await?;
                 pages += 1;
-                let data = resp.body.get("data").and_then(Value::as_array);
-                for row in data.into_iter().flatten() {
-                    if let Some(id) = row.get("id").and_then(Value::as_str) {
-                        on_row(id, row.get("identity").unwrap_or(&Value::Null));
+                // `data` is required (QueryResponse in Azure/azure-rest-api-specs
+                // `specification/resourcegraph/resource-manager/Microsoft.ResourceGraph/stable/2021-03-01/resourcegraph.json`;
+                // an array with resultFormat objectArray): a page without it is refused, not
+                // read as "no VMs" (which would make every target look missing).
+                let Some(data) = resp.body.get("data").and_then(Value::as_array) else {
+                    return Err(AzureError::InvalidResponse {
+                        url: url.clone(),
+                        message:
+                            "Resource Graph answer has no `data` array (resultFormat objectArray)"
+                                .into(),
+                    });
+                };
+                for row in data {
+                    match row.get("id").and_then(Value::as_str) {
+                        Some(id) => on_row(id, row.get("identity").unwrap_or(&Value::Null)),
+                        // Its target, if it has one, is then "missing" and read with a GET.
+                        None => {
+                            tracing::warn!(url, "Resource Graph row without a string `id`: skipped")
+                        }
                     }
                 }
                 skip_token = resp

@@ -454,11 +454,14 @@ impl RawSpec {
             },
         };
         let mut user_assigned: Vec<ArmId> = Vec::new();
+        // Case-folded key -> index in user_assigned: linear in the list's length, however
+        // long a file given to `plan -f` makes it (admission caps it at 150, files do not).
+        let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
         for (i, raw) in self.user_assigned_identities.iter().enumerate() {
             let field = format!("spec.userAssignedIdentities[{i}]");
             match ArmId::parse_uai(raw) {
                 Ok(id) => {
-                    if let Some(j) = user_assigned.iter().position(|u| *u == id) {
+                    if let Some(&j) = index.get(id.key()) {
                         errs.push(FieldError::new(
                             field,
                             format!(
@@ -467,6 +470,7 @@ impl RawSpec {
                             ),
                         ));
                     } else {
+                        index.insert(id.key().to_string(), user_assigned.len());
                         user_assigned.push(id);
                     }
                 }
@@ -484,7 +488,7 @@ impl RawSpec {
                 return Some(IdentityRef::SystemAssigned);
             }
             match ArmId::parse_uai(s) {
-                Ok(id) if user_assigned.contains(&id) => Some(IdentityRef::UserAssigned(id)),
+                Ok(id) if index.contains_key(id.key()) => Some(IdentityRef::UserAssigned(id)),
                 _ => {
                     errs.push(FieldError::new(
                         field,
