@@ -31,7 +31,7 @@ trap 'rm -f "$rendered"' EXIT
 "$HELM" template vmidentity charts/vmidentity --namespace "$NS" --include-crds "${VALUES[@]}" >"$rendered"
 
 mkdir -p "$OUT"
-rm -f "$OUT"/*.yaml
+rm -f "$OUT"/*.yaml "$OUT"/policy/*.yaml
 python3 - "$rendered" "$OUT" "$NS" <<'PY'
 import os, re, sys
 
@@ -53,22 +53,42 @@ files = {"namespace.yaml": [
     "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: %s\n  labels:\n"
     "    app.kubernetes.io/part-of: vmidentity\n"
     "    pod-security.kubernetes.io/enforce: restricted\n" % ns], **files}
-for name, docs in files.items():
-    with open(os.path.join(out, name), "w") as f:
-        f.write(header + "---\n".join(docs))
-
-# CRDs first; the starting policy (a custom resource) and the admission policy last: on a
-# fresh cluster `kubectl apply -k` may need a second run for the policy once its CRD is
-# established.
+# The base holds no custom resource, so one `kubectl apply -k manifests/` works on a fresh
+# cluster: kubectl sends a custom resource in the same run as its CRD before the CRD is
+# established ("no matches for kind ... ensure CRDs are installed first"), and kubectl does not
+# wait for CRDs (kubernetes/kubectl#1117, #1179; kubernetes-sigs/kustomize#3502). The starting
+# VirtualMachineIdentityPolicy (a custom resource) is its own kustomization, manifests/policy/,
+# applied once the CRDs are established (README, "kustomize").
 order = ["namespace.yaml"] + sorted(n for n in files if n.startswith("vmidentity.dev_")) + [
     n for n in ["serviceaccount.yaml", "rbac.yaml", "service.yaml", "deployment.yaml", "pdb.yaml",
-                "admission.yaml", "policy.yaml"] if n in files]
-extra = sorted(set(files) - set(order))
+                "admission.yaml"] if n in files]
+custom = [n for n in ["policy.yaml"] if n in files]
+extra = sorted(set(files) - set(order) - set(custom))
 if extra:
     sys.exit("gen-manifests: templates not placed in kustomization.yaml: %s" % ", ".join(extra))
+for name, docs in files.items():
+    if name in custom:
+        continue
+    with open(os.path.join(out, name), "w") as f:
+        f.write(header + "---\n".join(docs))
 with open(os.path.join(out, "kustomization.yaml"), "w") as f:
-    f.write(header + "# kubectl apply -k manifests/   (namespace %s)\n" % ns)
+    f.write(header + "# kubectl apply -k manifests/   (namespace %s; no custom resource: one run on a fresh cluster)\n" % ns)
+    f.write("# then, once the CRDs are established: kubectl apply -k manifests/policy/\n")
     f.write("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n")
     f.writelines("  - %s\n" % n for n in order)
+if custom:
+    sub = os.path.join(out, "policy")
+    os.makedirs(sub, exist_ok=True)
+    for name in custom:
+        with open(os.path.join(sub, name), "w") as f:
+            f.write(header + "---\n".join(files[name]))
+    with open(os.path.join(sub, "kustomization.yaml"), "w") as f:
+        f.write(header + "# The custom resources of the install (the starting VirtualMachineIdentityPolicy), apart\n"
+                "# from manifests/ so that each `kubectl apply -k` works in one run on a fresh cluster:\n"
+                "#   kubectl apply -k manifests/\n"
+                "#   kubectl wait --for condition=established crd/virtualmachineidentitypolicies.vmidentity.dev\n"
+                "#   kubectl apply -k manifests/policy/\n")
+        f.write("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n")
+        f.writelines("  - %s\n" % n for n in custom)
 PY
-echo "gen-manifests: wrote $(ls "$OUT" | wc -l) files to $OUT/" >&2
+echo "gen-manifests: wrote $(find "$OUT" -type f | wc -l) files to $OUT/" >&2

@@ -26,6 +26,15 @@ pub const PUBLIC_GRAPH_ENDPOINT: &str = "https://graph.microsoft.com";
 /// Most pages followed by one listing (a guard against a server that loops).
 const MAX_PAGES: usize = 10_000;
 
+/// The largest response body the client reads (the default of
+/// [`ClientConfig::max_response_bytes`]): 32 MiB. The largest answers vmidentity asks for are
+/// a Resource Graph page (at most 1,000 rows, each an identity block) and a page of role
+/// assignments or group members; a VM / VMSS GET is a few kilobytes (a scale set that lists a
+/// thousand identities, about 300 kB). A body over the limit is refused before it is parsed
+/// (by `Content-Length` when the server sends one, else while it streams), so a broken or
+/// hostile endpoint cannot make the controller hold an unbounded body.
+pub const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+
 /// How a request is counted and throttled (ARM keeps separate buckets for these).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RequestKind {
@@ -80,6 +89,9 @@ pub struct ClientConfig {
     /// ([`ArmClient::resolve_role`], [`ArmClient::role_definition`]); after that they are read
     /// again, so a changed custom role is seen. Zero: never cached.
     pub role_cache_ttl: Duration,
+    /// The largest response body read ([`MAX_RESPONSE_BYTES`] by default); a larger one is
+    /// an [`AzureError::InvalidResponse`], never parsed.
+    pub max_response_bytes: usize,
 }
 
 impl ClientConfig {
@@ -109,6 +121,7 @@ impl Default for ClientConfig {
             rate_limits: Some(RateLimits::default()),
             token_scope: ARM_SCOPE.to_string(),
             role_cache_ttl: Duration::from_secs(10 * 60),
+            max_response_bytes: MAX_RESPONSE_BYTES,
         }
     }
 }
@@ -598,9 +611,19 @@ impl ArmClient {
             {
                 self.limiter.observe(sub, bk, remaining);
             }
-            let bytes = match resp.bytes().await {
+            let bytes = match read_body(resp, self.cfg.max_response_bytes).await {
                 Ok(b) => b,
-                Err(e) => {
+                Err(BodyError::TooLarge(size)) => {
+                    warn!(%method, url, status = status.as_u16(), size, limit = self.cfg.max_response_bytes, "response body over the limit: refused");
+                    return Err(AzureError::InvalidResponse {
+                        url: url.to_string(),
+                        message: format!(
+                            "HTTP {status} body is larger than {} bytes ({size}): refused before parsing",
+                            self.cfg.max_response_bytes
+                        ),
+                    });
+                }
+                Err(BodyError::Transport(e)) => {
                     if attempt < self.cfg.max_attempts {
                         self.stats.retries.fetch_add(1, Ordering::Relaxed);
                         tokio::time::sleep(self.backoff(attempt)).await;
@@ -949,6 +972,31 @@ fn succeeded(mut body: Value) -> Value {
         );
     }
     body
+}
+
+/// Why a response body was not read.
+enum BodyError {
+    /// Over the limit: the size announced (`Content-Length`) or read so far.
+    TooLarge(u64),
+    Transport(reqwest::Error),
+}
+
+/// Reads a response body of at most `limit` bytes: refused at once when `Content-Length`
+/// says more, else as soon as the chunks read pass the limit (nothing more is read).
+async fn read_body(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
+    if let Some(len) = resp.content_length()
+        && len > limit as u64
+    {
+        return Err(BodyError::TooLarge(len));
+    }
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(BodyError::Transport)? {
+        if buf.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge((buf.len() + chunk.len()) as u64));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
 }
 
 #[cfg(test)]

@@ -28,8 +28,8 @@ pub mod token;
 
 pub use authorization::RoleAssignment;
 pub use client::{
-    ArmClient, ClientConfig, Observer, PUBLIC_ARM_ENDPOINT, PUBLIC_GRAPH_ENDPOINT, RequestKind,
-    StatsSnapshot,
+    ArmClient, ClientConfig, MAX_RESPONSE_BYTES, Observer, PUBLIC_ARM_ENDPOINT,
+    PUBLIC_GRAPH_ENDPOINT, RequestKind, StatsSnapshot,
 };
 pub use error::{AzureError, ErrorClass};
 pub use executor::{Executor, Outcome, Sent, UAI_API_VERSION, UaiIds};

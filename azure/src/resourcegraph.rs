@@ -126,8 +126,10 @@ impl ArmClient {
         mut on_row: impl FnMut(&str, &Value),
     ) -> Result<u32, AzureError> {
         self.query_each(subscriptions, identity_query(), |row| {
-            if let Some(id) = row.get("id").and_then(Value::as_str) {
-                on_row(id, row.get("identity").unwrap_or(&Value::Null));
+            match row.get("id").and_then(Value::as_str) {
+                Some(id) => on_row(id, row.get("identity").unwrap_or(&Value::Null)),
+                // Its target, if it has one, is then "missing" and read with a GET.
+                None => tracing::warn!("Resource Graph row without a string `id`: skipped"),
             }
         })
         .await
@@ -193,8 +195,19 @@ impl ArmClient {
                     .send(Method::POST, &url, Some(&body), RequestKind::Query)
                     .await?;
                 pages += 1;
-                let data = resp.body.get("data").and_then(Value::as_array);
-                for row in data.into_iter().flatten() {
+                // `data` is required (QueryResponse in Azure/azure-rest-api-specs
+                // `specification/resourcegraph/resource-manager/Microsoft.ResourceGraph/stable/2021-03-01/resourcegraph.json`;
+                // an array with resultFormat objectArray): a page without it is refused, not
+                // read as "no rows" (which would make every target look missing).
+                let Some(data) = resp.body.get("data").and_then(Value::as_array) else {
+                    return Err(AzureError::InvalidResponse {
+                        url: url.to_string(),
+                        message:
+                            "Resource Graph answer has no `data` array (resultFormat objectArray)"
+                                .into(),
+                    });
+                };
+                for row in data {
                     on_row(row);
                 }
                 let truncated = match resp.body.get("resultTruncated") {

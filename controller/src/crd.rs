@@ -78,9 +78,11 @@ pub struct VirtualMachineIdentitySpec {
     #[schemars(length(min = 1, max = 1024))]
     pub target: String,
 
-    /// The Microsoft.Compute api-version used for the target (default 2018-06-01). 2017-12-01
-    /// uses the `identityIds` array; later versions behave as 2018-06-01, and from 2023-09-01
-    /// the identity PATCH carries the target's entity tag.
+    /// The Microsoft.Compute api-version used for the target (default 2025-04-01: dictionary
+    /// merge and entity tags). 2017-12-01 uses the `identityIds` array (a PATCH replaces it
+    /// whole); 2018-06-01 and later the `userAssignedIdentities` dictionary; from 2023-09-01
+    /// the identity PATCH carries the target's entity tag (`If-Match`), so another writer's
+    /// change between our read and our write is not undone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?$"))]
     #[x_kube(

@@ -30,6 +30,10 @@ pub enum EngineError {
         "groupMemberships need a Microsoft Graph client (configure a Graph endpoint and token)"
     )]
     NoGraph,
+    /// The ownership record of a re-planned write could not be recorded before the write:
+    /// the write was not sent.
+    #[error("cannot record ownership before writing {target}: {message}")]
+    Claim { target: String, message: String },
 }
 
 impl EngineError {
@@ -40,6 +44,7 @@ impl EngineError {
             EngineError::Azure(a) => a.class().reason(),
             EngineError::MissingLive(_) => "MissingLive",
             EngineError::NoGraph => "GraphNotConfigured",
+            EngineError::Claim { .. } => "ClaimFailed",
         }
     }
 }
@@ -610,6 +615,46 @@ pub async fn write_target(
     plan: &TargetPlan,
     result: &mut TargetResult,
 ) -> Result<(), EngineError> {
+    write_target_claiming(exec, group, live, plan, result, &NoClaim).await
+}
+
+/// Records what objects own before a write is sent (see [`write_target_claiming`]).
+pub trait Claim: Sync {
+    /// Records `plan.claims(group)`; an error stops the write.
+    fn claim<'a>(
+        &'a self,
+        plan: &'a TargetPlan,
+        group: &'a [DesiredObject],
+    ) -> futures::future::BoxFuture<'a, Result<(), EngineError>>;
+}
+
+/// No record to keep (`apply`, `demo`: the state is written after the pass).
+pub struct NoClaim;
+
+impl Claim for NoClaim {
+    fn claim<'a>(
+        &'a self,
+        _: &'a TargetPlan,
+        _: &'a [DesiredObject],
+    ) -> futures::future::BoxFuture<'a, Result<(), EngineError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// [`write_target`], with `claim` called before each identity write whose plan was made
+/// again after the first (after a 412, or without an identity ARM said does not exist) when
+/// that plan's ownership claims ([`TargetPlan::claims`]) differ from the ones already made:
+/// the caller records them (the operator widens `status.applied`) before the PATCH is sent,
+/// so a re-plan that adds an identity the first plan did not never writes it unclaimed. The
+/// caller claims `plan` itself before calling. An error from `claim` stops before the write.
+pub async fn write_target_claiming(
+    exec: &Executor,
+    group: &[DesiredObject],
+    live: &LiveResource,
+    plan: &TargetPlan,
+    result: &mut TargetResult,
+    claim: &dyn Claim,
+) -> Result<(), EngineError> {
     let grants_too = has_grants(group);
     let mut roles = Resolved::default();
     let mut before = None;
@@ -638,9 +683,16 @@ pub async fn write_target(
     let mut live = live.clone();
     let mut refused = 0u32;
     let mut reread = false;
+    let mut claimed = plan.claims(&group);
     let live_after = loop {
         if plan.is_converged() {
             break live.clone();
+        }
+        let claims = plan.claims(&group);
+        if claims != claimed {
+            info!(target = %plan.target, "the new plan changes what the objects own: recording it before the write");
+            claim.claim(&plan, &group).await?;
+            claimed = claims;
         }
         match exec.execute(&plan).await {
             Ok(outcome) => {

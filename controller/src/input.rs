@@ -54,17 +54,20 @@ impl LoadedObject {
     /// Validates the spec and builds the planner's input (ownership from `status.applied`).
     pub fn to_desired(&self) -> Result<DesiredObject, InputError> {
         self.object.desired().map_err(|errs| {
-            let first = &errs[0];
             let more = if errs.len() > 1 {
                 format!(" (and {} more)", errs.len() - 1)
             } else {
                 String::new()
             };
+            let (field, message) = errs.first().map_or_else(
+                || ("spec".to_string(), "is not valid".to_string()),
+                |first| (first.field.clone(), first.message.clone()),
+            );
             InputError::Object {
                 source_name: self.source.clone(),
                 object: self.object_ref().to_string(),
-                field: first.field.clone(),
-                message: format!("{}{more}", first.message),
+                field,
+                message: format!("{message}{more}"),
             }
         })
     }
@@ -377,32 +380,43 @@ pub struct PolicySet {
 
 /// Reads `--policy` files (multi-document YAML, `kind: List` too).
 pub fn load_policies(paths: &[PathBuf]) -> Result<PolicySet, InputError> {
-    use serde::Deserialize;
     let mut out = PolicySet::default();
     for file in expand_paths(paths)? {
         let text = read(&file)?;
-        let source = file.display().to_string();
-        for (i, doc) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
-            let source_name = format!("{source}#{}", i + 1);
-            let value = Value::deserialize(doc).map_err(|e| InputError::Yaml {
-                source_name: source_name.clone(),
-                message: e.to_string(),
-            })?;
-            let items = match value {
-                Value::Null => continue,
-                Value::Object(ref m) if m.get("kind").and_then(Value::as_str) == Some("List") => m
-                    .get("items")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default(),
-                v => vec![v],
-            };
-            for item in items {
-                add_policy_doc(&source_name, item, &mut out)?;
-            }
-        }
+        parse_policies_into(&file.display().to_string(), &text, &mut out)?;
     }
     Ok(out)
+}
+
+/// Parses one `--policy` file's text (multi-document YAML, `kind: List` too).
+pub fn parse_policies(source: &str, text: &str) -> Result<PolicySet, InputError> {
+    let mut out = PolicySet::default();
+    parse_policies_into(source, text, &mut out)?;
+    Ok(out)
+}
+
+fn parse_policies_into(source: &str, text: &str, out: &mut PolicySet) -> Result<(), InputError> {
+    use serde::Deserialize;
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let source_name = format!("{source}#{}", i + 1);
+        let value = Value::deserialize(doc).map_err(|e| InputError::Yaml {
+            source_name: source_name.clone(),
+            message: e.to_string(),
+        })?;
+        let items = match value {
+            Value::Null => continue,
+            Value::Object(ref m) if m.get("kind").and_then(Value::as_str) == Some("List") => m
+                .get("items")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
+            v => vec![v],
+        };
+        for item in items {
+            add_policy_doc(&source_name, item, out)?;
+        }
+    }
+    Ok(())
 }
 
 fn add_policy_doc(source_name: &str, value: Value, out: &mut PolicySet) -> Result<(), InputError> {

@@ -81,7 +81,8 @@ fn plan_prints_the_exact_patch_as_json() {
         json!([{
             "method": "PATCH",
             "id": vm("vm-web-1"),
-            "apiVersion": "2018-06-01",
+            // The default api-version (examples/vm-web.yaml names none).
+            "apiVersion": "2025-04-01",
             "body": {"identity": {"type": "SystemAssigned, UserAssigned", "userAssignedIdentities": {
                 uai("uai-monitoring"): {}, uai("uai-web"): {}}}}
         }])
@@ -519,8 +520,8 @@ roleAssignments:
     let url = sim.base_url();
 
     // wire-1 (api-version 2024-11-01: the target has an etag) adds uai-b, grants uai-a Reader
-    // and group G1, and lets go of the Contributor assignment and G2; wire-2 (2018-06-01: no
-    // etag) enables the system identity.
+    // and group G1, and lets go of the Contributor assignment and G2; wire-2 (2018-06-01,
+    // asked for explicitly: no etag) enables the system identity.
     let objects = tmp(
         "wire.yaml",
         &format!(
@@ -548,6 +549,7 @@ kind: VirtualMachineIdentity
 metadata: {{name: wire-2, namespace: team}}
 spec:
   target: {vm2}
+  armApiVersion: \"2018-06-01\"
   systemAssigned: true
 "
         ),

@@ -33,8 +33,8 @@ pub mod render;
 pub use id::{ArmId, IdError, ResourceKind};
 pub use live::{IdentityType, LiveError, LiveIdentity, LiveResource, LiveUai};
 pub use model::{
-    ApiVersion, Applied, DeletionPolicy, DesiredObject, FieldError, Mode, ObjectRef, RawSpec, Spec,
-    WireFormat,
+    ApiVersion, Applied, DEFAULT_API_VERSION, DeletionPolicy, DesiredObject, FieldError, Mode,
+    ObjectRef, RawSpec, Spec, WireFormat,
 };
 pub use plan::{
     Change, IF_MATCH, IdentityState, MAX_IDENTITIES_PER_REQUEST, PlanError, Refused, Request,

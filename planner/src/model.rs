@@ -11,8 +11,16 @@ use crate::id::{ArmId, IdError};
 pub const OLDEST_API_VERSION: &str = "2017-12-01";
 /// The first api-version with the `userAssignedIdentities` dictionary.
 pub const DICTIONARY_API_VERSION: &str = "2018-06-01";
-/// The default api-version.
-pub const DEFAULT_API_VERSION: &str = DICTIONARY_API_VERSION;
+/// The default api-version of an object without `spec.armApiVersion`: the newest
+/// Microsoft.Compute api-version whose published spec vmidentity was checked against
+/// (Azure/azure-rest-api-specs
+/// `specification/compute/resource-manager/Microsoft.Compute/ComputeRP/stable/2025-04-01/virtualMachine.json`
+/// and `…/virtualMachineScaleSet.json`). It has the `userAssignedIdentities` dictionary (a
+/// PATCH merges, `null` removes an entry) and entity tags (from 2023-09-01: `etag` on the
+/// GET, `If-Match` on the PATCH), so a PATCH planned on a stale read is refused with 412
+/// instead of undoing another writer's change. 2017-12-01 and 2018-06-01 stay supported
+/// when asked for explicitly.
+pub const DEFAULT_API_VERSION: &str = "2025-04-01";
 
 /// How an api-version carries user-assigned identities on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -446,11 +454,14 @@ impl RawSpec {
             },
         };
         let mut user_assigned: Vec<ArmId> = Vec::new();
+        // Case-folded key -> index in user_assigned: linear in the list's length, however
+        // long a file given to `plan -f` makes it (admission caps it at 150, files do not).
+        let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
         for (i, raw) in self.user_assigned_identities.iter().enumerate() {
             let field = format!("spec.userAssignedIdentities[{i}]");
             match ArmId::parse_uai(raw) {
                 Ok(id) => {
-                    if let Some(j) = user_assigned.iter().position(|u| *u == id) {
+                    if let Some(&j) = index.get(id.key()) {
                         errs.push(FieldError::new(
                             field,
                             format!(
@@ -459,6 +470,7 @@ impl RawSpec {
                             ),
                         ));
                     } else {
+                        index.insert(id.key().to_string(), user_assigned.len());
                         user_assigned.push(id);
                     }
                 }
@@ -476,7 +488,7 @@ impl RawSpec {
                 return Some(IdentityRef::SystemAssigned);
             }
             match ArmId::parse_uai(s) {
-                Ok(id) if user_assigned.contains(&id) => Some(IdentityRef::UserAssigned(id)),
+                Ok(id) if index.contains_key(id.key()) => Some(IdentityRef::UserAssigned(id)),
                 _ => {
                     errs.push(FieldError::new(
                         field,
@@ -705,7 +717,12 @@ mod tests {
         });
         let s = r.validate().unwrap();
         assert_eq!(s.mode, Mode::Merge);
-        assert_eq!(s.api_version.as_str(), "2018-06-01");
+        assert_eq!(s.api_version.as_str(), "2025-04-01");
+        assert_eq!(s.api_version.as_str(), DEFAULT_API_VERSION);
+        assert_eq!(
+            s.api_version.wire_format(),
+            WireFormat::UserAssignedDictionary
+        );
         assert_eq!(s.user_assigned.len(), 1);
     }
 

@@ -10,7 +10,8 @@
 //! the PATCH is unconditional and the window between GET and PATCH remains, so a toggle of
 //! the system identity inside it is undone (a UAI another writer added is still kept by the
 //! dictionary merge; with the 2017-12-01 array it is replaced away too). That is a documented
-//! limit; objects that need the guarantee ask for `armApiVersion: 2023-09-01` or later.
+//! limit of those versions, which objects now get only by asking for them: the default
+//! api-version (2025-04-01) has etags.
 
 use std::time::Duration;
 
@@ -400,4 +401,109 @@ async fn a_stale_entry_repair_chains_the_etags_of_its_two_patches() {
         vec![(200, Some("\"2\"".into())), (200, Some("\"3\"".into()))]
     );
     assert_eq!(h.apply(&after).await[0].writes(), 0);
+}
+
+/// An object without `armApiVersion` gets the default api-version, which has entity tags: its
+/// PATCH is conditional, so another writer's system-identity toggle between our GET and our
+/// PATCH is refused with 412, read again, planned again, and survives. (With the old default
+/// 2018-06-01 the PATCH was unconditional and the toggle was undone.)
+#[tokio::test]
+async fn with_the_default_api_version_a_system_toggle_between_get_and_patch_survives() {
+    for (seed, toggled, expected) in [
+        (
+            "",
+            json!({"type": "SystemAssigned"}),
+            "SystemAssigned, UserAssigned",
+        ),
+        (
+            "    identity:\n      type: SystemAssigned\n",
+            json!({"type": "None"}),
+            "UserAssigned",
+        ),
+    ] {
+        let h = Harness::new(&world(&format!(
+            "virtualMachines:\n  - id: {}\n{seed}",
+            vm("vm1")
+        )))
+        .await;
+        let before = h.sim.system_principal_history(&vm("vm1"));
+        let o = object("a", &vm("vm1"), |r| {
+            r.user_assigned_identities = vec![uai("ID1")];
+            r.arm_api_version = None;
+        });
+        let results = apply_racing(&h, &o, || {
+            h.sim
+                .set_identity(&vm("vm1"), toggled.clone())
+                .expect("other writer");
+        })
+        .await;
+        assert!(results[0].error.is_none(), "{:?}", results[0].error);
+        assert_eq!(
+            patches(&h),
+            vec![(412, Some("\"1\"".into())), (200, Some("\"2\"".into()))],
+            "the default api-version sends If-Match"
+        );
+        let query = h
+            .sim
+            .requests()
+            .into_iter()
+            .find(|r| r.method == "PATCH")
+            .and_then(|r| r.query);
+        assert_eq!(
+            query.as_deref(),
+            Some(format!("api-version={}", vmidentity_planner::DEFAULT_API_VERSION).as_str())
+        );
+        assert_eq!(
+            h.identity(&vm("vm1")),
+            (expected.to_string(), vec!["id1".to_string()]),
+            "the other writer's toggle survives"
+        );
+        let after = h.sim.system_principal_history(&vm("vm1"));
+        if expected == "UserAssigned" {
+            assert_eq!(principal(&h, &vm("vm1")), None, "system stays disabled");
+            assert_eq!(after, before, "no new system principal");
+        } else {
+            assert_eq!(after.len(), 1, "one system principal: the other writer's");
+            assert_eq!(principal(&h, &vm("vm1")), Some(after[0].clone()));
+        }
+        assert_eq!(h.apply(&[o]).await[0].writes(), 0);
+    }
+}
+
+/// 2018-06-01 and 2017-12-01, asked for explicitly, stay supported: unconditional PATCHes
+/// (no etag at those versions), dictionary merge at 2018-06-01, the array at 2017-12-01.
+#[tokio::test]
+async fn explicit_2018_06_01_and_2017_12_01_still_converge_without_if_match() {
+    for (version, ids_key) in [
+        ("2018-06-01", "userAssignedIdentities"),
+        ("2017-12-01", "identityIds"),
+    ] {
+        let h = Harness::new(&world(&format!(
+            "virtualMachines:\n  - id: {}\n",
+            vm("vm1")
+        )))
+        .await;
+        let o = object("a", &vm("vm1"), |r| {
+            r.user_assigned_identities = vec![uai("ID1")];
+            r.arm_api_version = Some(version.into());
+        });
+        let results = h.apply(std::slice::from_ref(&o)).await;
+        assert!(
+            results[0].error.is_none(),
+            "{version}: {:?}",
+            results[0].error
+        );
+        assert_eq!(patches(&h), vec![(200, None)], "{version}: no If-Match");
+        let body = results[0]
+            .plan
+            .as_ref()
+            .and_then(|p| p.patch_body().cloned())
+            .expect("a PATCH");
+        assert!(body["identity"].get(ids_key).is_some(), "{version}: {body}");
+        assert_eq!(
+            h.identity(&vm("vm1")),
+            ("UserAssigned".to_string(), vec!["id1".to_string()])
+        );
+        assert_eq!(h.apply(&[o]).await[0].writes(), 0, "{version}");
+    }
 }

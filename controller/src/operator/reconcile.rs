@@ -27,7 +27,9 @@ use super::target::{objects_on, target_key};
 use crate::crd::{
     RECONCILE_POLICY_ANNOTATION, VirtualMachineIdentity, VirtualMachineIdentityStatus,
 };
-use crate::engine::{EngineError, TargetResult, plan_read_only, read_version, write_target};
+use crate::engine::{
+    Claim, EngineError, TargetResult, plan_read_only, read_version, write_target_claiming,
+};
 
 pub const FINALIZER: &str = "vmidentity.dev/finalizer";
 
@@ -605,7 +607,18 @@ async fn reconcile_target(
         plan: Some(plan.clone()),
         ..TargetResult::for_group(&desired)
     };
-    match write_target(&az.exec, &desired, &live, &plan, &mut result).await {
+    // A plan made again inside write_target (after a 412) is claimed before its PATCH too.
+    let claimer = Claimer {
+        members: &members,
+        ctx,
+        failed: Mutex::new(None),
+    };
+    let written =
+        write_target_claiming(&az.exec, &desired, &live, &plan, &mut result, &claimer).await;
+    if let Some(e) = claimer.failed.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    match written {
         Ok(()) => {}
         Err(EngineError::Azure(e)) => return azure_failure(key, &members, &e, ctx).await,
         Err(e) => {
@@ -655,6 +668,37 @@ fn planner_input(members: &[Member], as_managed: bool) -> Option<(Vec<DesiredObj
         }
     }
     Some((desired, version))
+}
+
+/// Widens the ownership records of a plan made again inside the write (after a 412) before
+/// it is sent; the Kubernetes error that stopped it is kept for the reconcile to return.
+struct Claimer<'a> {
+    members: &'a [Member],
+    ctx: &'a Context,
+    failed: Mutex<Option<Error>>,
+}
+
+impl Claim for Claimer<'_> {
+    fn claim<'a>(
+        &'a self,
+        plan: &'a TargetPlan,
+        group: &'a [DesiredObject],
+    ) -> futures::future::BoxFuture<'a, Result<(), EngineError>> {
+        Box::pin(async move {
+            widen_records(self.members, plan, group, self.ctx)
+                .await
+                .map_err(|e| {
+                    let claim = EngineError::Claim {
+                        target: plan.target.to_string(),
+                        message: e.to_string(),
+                    };
+                    if let Ok(mut failed) = self.failed.lock() {
+                        *failed = Some(e);
+                    }
+                    claim
+                })
+        })
+    }
 }
 
 /// Widens the ownership records before writing: a crash after the PATCH must not orphan

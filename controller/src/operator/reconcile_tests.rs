@@ -737,3 +737,93 @@ async fn a_held_object_keeps_what_it_holds_against_an_older_exact_edit() {
 /// Issue 15 parts 2 and 3 (adoption, observe-only), with these helpers.
 #[path = "reconcile_tests_brownfield.rs"]
 mod brownfield;
+
+/// A 412 re-plan that adds an identity the first plan did not (another writer removed uai-a,
+/// which was on vm1 but not ours, between our GET and our PATCH) widens the ownership record
+/// before the second PATCH: a crash between that PATCH and the final status must not leave
+/// uai-a attached by us and recorded by no one.
+#[tokio::test]
+async fn a_replan_after_412_widens_the_claim_before_its_patch() {
+    // vm1 carries uai-a, which no object applied.
+    let sim = sim(Some(&format!(
+        "{{type: UserAssigned, userAssignedIdentities: [{}]}}",
+        uai("uai-a")
+    )))
+    .await;
+    // No armApiVersion: the default has entity tags, so our PATCH is conditional.
+    let o = object(
+        "web",
+        json!({"target": vm(), "userAssignedIdentities": [uai("uai-a"), uai("uai-b")]}),
+    );
+    // Our first PATCH is held; once our GET is done, another writer removes uai-a.
+    sim.add_fault(
+        vmidentity_simulator::FaultRule::delay(1500)
+            .method("PATCH")
+            .times(1),
+    );
+    let other = {
+        let sim = sim.clone();
+        tokio::spawn(async move {
+            while !sim.requests().iter().any(|r| r.method == "GET") {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            sim.set_identity(&vm(), json!({"type": "None"}))
+                .expect("other writer");
+        })
+    };
+    let (_, seen) = run(o, &[policy(allow_all_policy(NS))], &sim).await;
+    other.await.expect("other writer ran");
+
+    let writes = arm_writes(&sim);
+    assert_eq!(
+        writes.iter().map(|w| w.status).collect::<Vec<_>>(),
+        vec![412, 200],
+        "{writes:#?}"
+    );
+    let sent: Vec<String> =
+        writes[1].body.clone().unwrap_or_default()["identity"]["userAssignedIdentities"]
+            .as_object()
+            .map(|m| m.keys().map(|k| k.to_ascii_lowercase()).collect())
+            .unwrap_or_default();
+    assert_eq!(
+        sent,
+        vec![
+            uai("uai-a").to_ascii_lowercase(),
+            uai("uai-b").to_ascii_lowercase()
+        ],
+        "the re-plan adds uai-a again"
+    );
+    let records: Vec<(usize, Value)> = seen
+        .iter()
+        .filter(|s| s.path.ends_with("/status") && !s.body["status"]["applied"].is_null())
+        .map(|s| (s.arm_writes, s.body["status"]["applied"].clone()))
+        .collect();
+    // First claim: uai-b only (uai-a was there and not ours), before any write.
+    assert_eq!(
+        records.first(),
+        Some(&(0, json!({"userAssignedIdentities": [uai("uai-b")]}))),
+        "{records:#?}"
+    );
+    // After the 412 and before the second PATCH: the claim now covers uai-a too.
+    let widened = records
+        .iter()
+        .find(|(_, applied)| {
+            applied["userAssignedIdentities"]
+                .as_array()
+                .is_some_and(|ids| ids.contains(&json!(uai("uai-a"))))
+        })
+        .unwrap_or_else(|| panic!("uai-a never recorded: {records:#?}"));
+    assert_eq!(
+        widened.0, 1,
+        "claimed after the 412, before the PATCH: {records:#?}"
+    );
+    let identity = sim
+        .identity_of(&vm())
+        .expect("vm1")
+        .to_string()
+        .to_ascii_lowercase();
+    assert!(
+        identity.contains("uai-a") && identity.contains("uai-b"),
+        "{identity}"
+    );
+}
