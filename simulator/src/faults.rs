@@ -41,6 +41,11 @@ pub struct FaultRule {
     /// How many requests it applies to; `None` = forever.
     #[serde(default)]
     pub times: Option<u32>,
+    /// How long (milliseconds from when it is added) it applies; `None` = until used up or
+    /// cleared. For storms and pauses of a given length (`throttle(5).for_ms(20_000)`: 429s
+    /// for 20 s; `delay(3_000).for_ms(10_000)`: a 10 s network pause to ARM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_ms: Option<u64>,
 }
 
 impl FaultRule {
@@ -51,6 +56,7 @@ impl FaultRule {
             path_contains: None,
             action,
             times: None,
+            for_ms: None,
         }
     }
 
@@ -81,6 +87,12 @@ impl FaultRule {
         self
     }
 
+    /// Applies for `ms` milliseconds from when it is added, then no more.
+    pub fn for_ms(mut self, ms: u64) -> FaultRule {
+        self.for_ms = Some(ms);
+        self
+    }
+
     fn matches(&self, method: &str, path: &str) -> bool {
         if let Some(m) = &self.method
             && !m.eq_ignore_ascii_case(method)
@@ -98,11 +110,21 @@ impl FaultRule {
 
 pub(crate) fn add(st: &mut State, rule: FaultRule) {
     let remaining = rule.times;
-    st.faults.push(ActiveFault { rule, remaining });
+    let expires = rule
+        .for_ms
+        .map(|ms| st.now() + std::time::Duration::from_millis(ms));
+    st.faults.push(ActiveFault {
+        rule,
+        remaining,
+        expires,
+    });
 }
 
-/// Finds the first matching rule with uses left, consumes one use and returns its action.
+/// Finds the first matching rule with uses and time left, consumes one use and returns its
+/// action. Expired rules are dropped.
 pub(crate) fn take(st: &mut State, method: &str, path: &str) -> Option<FaultAction> {
+    let now = st.now();
+    st.faults.retain(|f| f.expires.is_none_or(|e| now < e));
     let idx = st
         .faults
         .iter()

@@ -252,6 +252,7 @@ pub(crate) async fn arm_entry(
         count_arrival(&mut st, &method, &route);
     }
 
+    let mut change: Option<IdentityChange> = None;
     let mut resp = match &route {
         Route::EntraToken { tenant } => crate::token::entra_token(
             &mut shared.lock(),
@@ -272,6 +273,7 @@ pub(crate) async fn arm_entry(
                 &headers,
                 body_json.as_ref(),
                 body_ok,
+                &mut change,
             )
             .await
         }
@@ -302,6 +304,8 @@ pub(crate) async fn arm_entry(
                 _ => None,
             },
             if_match: header_str(&headers, "if-match").map(str::to_string),
+            identity_before: change.as_ref().map(|c| c.before.clone()),
+            identity_after: change.map(|c| c.after),
         });
     }
     drop(st);
@@ -367,6 +371,21 @@ fn push_header(resp: &mut ArmResponse, name: &'static str, value: &str) {
     }
 }
 
+/// What a VM / VMSS write did to the identity block (see `RecordedRequest::identity_before`).
+struct IdentityChange {
+    before: Value,
+    after: Value,
+}
+
+/// The identity block of a VM / VMSS as a 2018-06-01 GET shows it; `null` when absent.
+fn identity_snapshot(st: &State, id: &ResourceId) -> Value {
+    st.world.compute.get(&id.key()).map_or(Value::Null, |r| {
+        st.world
+            .render_identity(r, crate::identity::Shape::Dictionary)
+            .unwrap_or_else(|| serde_json::json!({ "type": "None" }))
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn handle(
     shared: &Shared,
@@ -377,6 +396,7 @@ async fn handle(
     headers: &HeaderMap,
     body: Option<&Value>,
     body_ok: bool,
+    change: &mut Option<IdentityChange>,
 ) -> ArmResponse {
     let is_graph = matches!(route, Route::Graph { .. });
     let caller = {
@@ -443,10 +463,21 @@ async fn handle(
         if_match: header_str(headers, "if-match"),
         if_none_match: header_str(headers, "if-none-match"),
     };
+    let compute_write = match route {
+        Route::Resource(id) if id.kind.is_compute() && *method != Method::GET => Some(id),
+        _ => None,
+    };
+    let before = compute_write.map(|id| identity_snapshot(&st, id));
     let mut resp = dispatch(
         &mut st, method, route, path, query, body, body_ok, &caller, pre,
     )
     .unwrap_or_else(Into::into);
+    if let (Some(id), Some(before)) = (compute_write, before) {
+        *change = Some(IdentityChange {
+            before,
+            after: identity_snapshot(&st, id),
+        });
+    }
     resp.headers.extend(throttle_headers);
     resp
 }

@@ -84,6 +84,17 @@ pub struct RecordedRequest {
     /// The `If-Match` header, when the request carried one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub if_match: Option<String>,
+    /// For a PATCH / PUT / DELETE of a VM or VMSS: its identity block just before the request
+    /// was applied, as a 2018-06-01 GET shows it (`{"type":"None"}` without identity, `null`
+    /// when the resource did not exist). Taken under the same lock as the write, so
+    /// `identity_before` → `identity_after` is exactly what this request changed (the state
+    /// history that soak and chaos checks read). Not set for refused-before-dispatch requests
+    /// (auth, injected faults, throttling).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity_before: Option<Value>,
+    /// The identity block just after the request was applied (see `identity_before`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity_after: Option<Value>,
 }
 
 /// Status of a long-running operation.
@@ -151,6 +162,8 @@ impl RuntimeConfig {
 pub(crate) struct ActiveFault {
     pub rule: FaultRule,
     pub remaining: Option<u32>,
+    /// When the rule stops applying (`FaultRule::for_ms`), on the simulator's clock.
+    pub expires: Option<tokio::time::Instant>,
 }
 
 pub(crate) struct State {

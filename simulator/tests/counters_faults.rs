@@ -369,3 +369,87 @@ async fn admin_identity_edits() {
     assert_eq!(sim.counters().requests, 2);
     assert_eq!(sim.counters().writes, 0);
 }
+
+#[tokio::test]
+async fn fault_for_ms_expires() {
+    let sim = sim().await;
+    let c = Client::new(&sim);
+    sim.add_fault(FaultRule::status(503).path_contains("vm-1").for_ms(300));
+    assert_eq!(c.get(&vm("vm-1"), V2018).await.status, 503);
+    assert_eq!(c.get(&vm("vm-1"), V2018).await.status, 503);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Expired: answered normally, and dropped from the list.
+    assert_eq!(c.get(&vm("vm-1"), V2018).await.status, 200);
+    let listed: Value = reqwest::get(format!("{}/_sim/faults", sim.base_url()))
+        .await
+        .expect("GET /_sim/faults")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(listed, json!([]));
+    // The admin API takes it too.
+    let r = reqwest::Client::new()
+        .post(format!("{}/_sim/faults", sim.base_url()))
+        .body(r#"{"action":{"type":"delay","ms":1},"forMs":60000}"#)
+        .send()
+        .await
+        .expect("POST /_sim/faults");
+    assert_eq!(r.status(), 201);
+}
+
+#[tokio::test]
+async fn request_log_records_identity_before_and_after_each_compute_write() {
+    let sim = sim().await;
+    let c = Client::new(&sim);
+    c.patch(
+        &vm("vm-1"),
+        V2018,
+        json!({"identity":{"type":"UserAssigned","userAssignedIdentities":{(uai("uai-1")):{}}}}),
+    )
+    .await;
+    // Out of band: not logged, but the next logged write starts from it.
+    sim.set_identity(
+        &vm("vm-1"),
+        json!({"type":"SystemAssigned, UserAssigned","userAssignedIdentities":[uai("uai-1")]}),
+    )
+    .expect("out-of-band edit");
+    c.patch(
+        &vm("vm-1"),
+        V2018,
+        json!({"identity":{"type":"UserAssigned"}}),
+    )
+    .await;
+    c.get(&vm("vm-1"), V2018).await;
+    sim.add_fault(FaultRule::status(500).method("PATCH").times(1));
+    c.patch(&vm("vm-1"), V2018, json!({"identity":{"type":"None"}}))
+        .await;
+    c.delete(&vm("vm-2"), V2018).await;
+    let log = sim.requests();
+    assert_eq!(log.len(), 5);
+    let ty = |v: &Option<Value>| v.as_ref().map(|v| v["type"].clone());
+    assert_eq!(ty(&log[0].identity_before), Some(json!("None")));
+    assert_eq!(ty(&log[0].identity_after), Some(json!("UserAssigned")));
+    assert!(
+        log[0].identity_after.as_ref().expect("after")["userAssignedIdentities"]
+            .as_object()
+            .is_some_and(|m| m.len() == 1)
+    );
+    assert_eq!(
+        ty(&log[1].identity_before),
+        Some(json!("SystemAssigned, UserAssigned"))
+    );
+    assert_eq!(ty(&log[1].identity_after), Some(json!("UserAssigned")));
+    // A read, and a write refused by an injected fault, carry neither.
+    assert_eq!(
+        (&log[2].identity_before, &log[2].identity_after),
+        (&None, &None)
+    );
+    assert_eq!(log[3].status, 500);
+    assert_eq!(
+        (&log[3].identity_before, &log[3].identity_after),
+        (&None, &None)
+    );
+    // DELETE: after is null (gone).
+    assert_eq!(log[4].identity_after, Some(Value::Null));
+    assert_eq!(ty(&log[4].identity_before), Some(json!("None")));
+}
