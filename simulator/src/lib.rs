@@ -350,8 +350,31 @@ pub(crate) fn set_identity_in(
     resource_id: &str,
     identity: Value,
 ) -> Result<(), SimError> {
+    edit_identity_in(shared, resource_id, |_| identity).map(|_| ())
+}
+
+/// Reads the identity block (2018-06-01 GET shape), lets `edit` compute the new one (as
+/// [`SimHandle::set_identity`] takes it) and stores it, all under one lock: no request can
+/// land between the read and the write, as no ARM request lands inside another writer's
+/// single PUT. Returns the block as it was.
+pub(crate) fn edit_identity_in(
+    shared: &Shared,
+    resource_id: &str,
+    edit: impl FnOnce(&Value) -> Value,
+) -> Result<Value, SimError> {
     let id = compute_id(resource_id)?;
-    let mut identity = identity;
+    let mut st = shared.lock();
+    let res = st
+        .world
+        .compute
+        .get(&id.key())
+        .cloned()
+        .ok_or_else(|| SimError::NotFound(resource_id.to_string()))?;
+    let before = st
+        .world
+        .render_identity(&res, Shape::Dictionary)
+        .unwrap_or_else(|| serde_json::json!({ "type": "None" }));
+    let mut identity = edit(&before);
     let mut principal = None;
     if let Value::Object(m) = &mut identity {
         if let Some(Value::String(p)) = m.get("principalId") {
@@ -365,20 +388,13 @@ pub(crate) fn set_identity_in(
             m.insert("userAssignedIdentities".into(), Value::Object(d));
         }
     }
-    let mut st = shared.lock();
-    let res = st
-        .world
-        .compute
-        .get(&id.key())
-        .cloned()
-        .ok_or_else(|| SimError::NotFound(resource_id.to_string()))?;
     let state = st.world.out_of_band_identity(&res, &identity, principal)?;
     if let Some(r) = st.world.compute.get_mut(&id.key()) {
         r.set_identity(state);
         r.bump_etag();
     }
     st.world.sync_compute_principals(&id.key());
-    Ok(())
+    Ok(before)
 }
 
 fn compute_id(resource_id: &str) -> Result<ResourceId, SimError> {
@@ -507,6 +523,19 @@ impl SimHandle {
     /// Bumps the resource's entity tag, as any write does.
     pub fn set_identity(&self, resource_id: &str, identity: Value) -> Result<(), SimError> {
         set_identity_in(&self.shared, resource_id, identity)
+    }
+
+    /// An out-of-band read-modify-write of the identity block, atomic (one lock): `edit`
+    /// gets the block as a 2018-06-01 GET shows it and returns the new one in the shape
+    /// [`SimHandle::set_identity`] takes. Returns the block as it was. What another writer's
+    /// single PUT does; two calls (`identity_of`, then `set_identity`) could interleave with
+    /// a request and undo it.
+    pub fn edit_identity(
+        &self,
+        resource_id: &str,
+        edit: impl FnOnce(&Value) -> Value,
+    ) -> Result<Value, SimError> {
+        edit_identity_in(&self.shared, resource_id, edit)
     }
 
     /// Creates a VM or VMSS out of band (no identity; the resource group is implied).

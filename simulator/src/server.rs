@@ -305,6 +305,7 @@ pub(crate) async fn arm_entry(
             },
             if_match: header_str(&headers, "if-match").map(str::to_string),
             identity_before: change.as_ref().map(|c| c.before.clone()),
+            applied_at: change.as_ref().map(|c| c.at.clone()),
             identity_after: change.map(|c| c.after),
         });
     }
@@ -375,6 +376,7 @@ fn push_header(resp: &mut ArmResponse, name: &'static str, value: &str) {
 struct IdentityChange {
     before: Value,
     after: Value,
+    at: String,
 }
 
 /// The identity block of a VM / VMSS as a 2018-06-01 GET shows it; `null` when absent.
@@ -476,6 +478,7 @@ async fn handle(
         *change = Some(IdentityChange {
             before,
             after: identity_snapshot(&st, id),
+            at: now_rfc3339(),
         });
     }
     resp.headers.extend(throttle_headers);

@@ -95,6 +95,10 @@ pub struct RecordedRequest {
     /// The identity block just after the request was applied (see `identity_before`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity_after: Option<Value>,
+    /// RFC 3339 time (microseconds) the write was applied, under the lock: later than
+    /// `timestamp` by any injected delay. Set with `identity_before`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied_at: Option<String>,
 }
 
 /// Status of a long-running operation.

@@ -439,6 +439,8 @@ async fn request_log_records_identity_before_and_after_each_compute_write() {
         Some(json!("SystemAssigned, UserAssigned"))
     );
     assert_eq!(ty(&log[1].identity_after), Some(json!("UserAssigned")));
+    assert!(log[1].applied_at.as_deref() >= Some(log[1].timestamp.as_str()));
+    assert!(log[1].applied_at.as_deref() > log[0].applied_at.as_deref());
     // A read, and a write refused by an injected fault, carry neither.
     assert_eq!(
         (&log[2].identity_before, &log[2].identity_after),
@@ -452,4 +454,35 @@ async fn request_log_records_identity_before_and_after_each_compute_write() {
     // DELETE: after is null (gone).
     assert_eq!(log[4].identity_after, Some(Value::Null));
     assert_eq!(ty(&log[4].identity_before), Some(json!("None")));
+}
+
+#[tokio::test]
+async fn edit_identity_reads_and_writes_in_one_step() {
+    let sim = sim().await;
+    sim.set_identity(&vm("vm-1"), json!({"type":"SystemAssigned"}))
+        .expect("seed");
+    let before = sim
+        .edit_identity(&vm("vm-1"), |cur| {
+            let mut v = cur.clone();
+            v["type"] = json!("SystemAssigned, UserAssigned");
+            v["userAssignedIdentities"] = json!([uai("uai-2")]);
+            v
+        })
+        .expect("edit");
+    assert_eq!(before["type"], "SystemAssigned");
+    let now = sim.identity_of(&vm("vm-1")).expect("vm-1");
+    assert_eq!(now["type"], "SystemAssigned, UserAssigned");
+    // The system principal is kept (the edit passed it through).
+    assert_eq!(now["principalId"], before["principalId"]);
+    assert!(sim.edit_identity(&vm("nope"), |v| v.clone()).is_err());
+    // The admin route answers 404 for an unknown VM and for an id that is not one.
+    for id in [vm("nope"), uai("uai-1")] {
+        let r = reqwest::Client::new()
+            .post(format!("{}/_sim/identity", sim.base_url()))
+            .body(json!({"id": id, "systemAssigned": true}).to_string())
+            .send()
+            .await
+            .expect("POST /_sim/identity");
+        assert_eq!(r.status(), 404, "{id}");
+    }
 }
