@@ -275,6 +275,7 @@ pub async fn start_on(config: SimConfig, addr: SocketAddr) -> Result<SimHandle, 
             lro_polls: config.lro_polls,
             retry_after_secs: config.retry_after_secs,
             min_operation_duration: config.min_operation_duration,
+            lro_failures: 0,
             noop_patch_completes_immediately: config.noop_patch_completes_immediately,
             max_logged_requests: config.max_logged_requests,
             callers: config.callers,
@@ -485,6 +486,15 @@ impl SimHandle {
     /// Changes the minimum operation duration for subsequent operations.
     pub fn set_min_operation_duration(&self, d: Duration) {
         self.shared.lock().config.min_operation_duration = d;
+    }
+
+    /// The next `n` long-running operations (identity PATCH / PUT answered with an operation,
+    /// see [`LroMode`]) end `Failed` with Compute's `InternalExecutionError`, and the
+    /// resource's `provisioningState` with them. What the write changed stays applied
+    /// (**CHOSEN**: a failed operation does not roll the resource's model back), so a client
+    /// that reads again sees its change. 0 turns it off.
+    pub fn fail_next_operations(&self, n: u32) {
+        self.shared.lock().config.lro_failures = n;
     }
 
     /// Marks every running operation Succeeded now.

@@ -112,6 +112,8 @@ pub(crate) struct Operation {
     pub polls: u32,
     pub polls_required: u32,
     pub min_duration: Duration,
+    /// Ends `Failed` (`SimHandle::fail_next_operations`).
+    pub fails: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -121,6 +123,8 @@ pub(crate) struct RuntimeConfig {
     pub lro_polls: u32,
     pub retry_after_secs: u64,
     pub min_operation_duration: Duration,
+    /// Operations started from now on that end `Failed` (counted down).
+    pub lro_failures: u32,
     pub noop_patch_completes_immediately: bool,
     pub max_logged_requests: usize,
     pub callers: Vec<CallerConfig>,

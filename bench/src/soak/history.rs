@@ -87,6 +87,8 @@ pub enum Fault {
     SlowLro { ms: u64, polls: u32 },
     /// The next `times` identity PATCHes answer 412 (PreconditionFailed).
     Precondition { times: u32 },
+    /// The next `times` long-running operations end `Failed`.
+    FailLro { times: u32 },
     /// Network pause to ARM: every request in the next `secs` waits `secs`.
     Pause { secs: u64 },
 }
@@ -166,6 +168,7 @@ impl Op {
             Op::Fault(Fault::Slow { .. }) => "fault-slow-arm",
             Op::Fault(Fault::SlowLro { .. }) => "fault-slow-lro",
             Op::Fault(Fault::Precondition { .. }) => "fault-412",
+            Op::Fault(Fault::FailLro { .. }) => "fault-failed-lro",
             Op::Fault(Fault::Pause { .. }) => "fault-network-pause",
             Op::KillLeader { .. } => "kill-leader",
             Op::RestartApiserver => "restart-apiserver-etcd",
@@ -331,7 +334,10 @@ pub fn generate(seed: u64, steps: usize, allow_apiserver_restart: bool) -> Vec<S
                 ms: rng.range(200, 1500),
                 secs: rng.range(3, 10),
             }),
-            77..=78 => Op::Fault(Fault::SlowLro {
+            77 => Op::Fault(Fault::FailLro {
+                times: rng.range(1, 2) as u32,
+            }),
+            78 => Op::Fault(Fault::SlowLro {
                 ms: rng.range(500, 4000),
                 polls: rng.range(1, 4) as u32,
             }),

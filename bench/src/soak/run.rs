@@ -317,6 +317,10 @@ struct Runner<'a> {
     period_started: Instant,
     /// Targets each operation of the period touched.
     period_touches: Vec<u64>,
+    /// Every operation run, with its time (printed for the failing period).
+    journal: Vec<String>,
+    /// Where the current period begins in the journal.
+    period_journal: usize,
 }
 
 /// Runs `steps` from an empty world (until `deadline`, then up to the next quiesce).
@@ -348,6 +352,8 @@ pub async fn execute(env: &Env, steps: &[Step], deadline: Option<Instant>) -> Re
         period_reconciles: 0.0,
         period_started: Instant::now(),
         period_touches: vec![0; TARGETS],
+        journal: Vec::new(),
+        period_journal: 0,
     };
     for i in 0..r.replicas.len() {
         r.replicas[i].start(env, &r.sim)?;
@@ -447,6 +453,11 @@ impl Runner<'_> {
             }
             self.out.executed = i + 1;
             *self.out.ops.entry(step.op.kind()).or_default() += 1;
+            self.journal.push(format!(
+                "{} step {i:>4}: {}",
+                Utc::now().format("%H:%M:%S%.3f"),
+                step.op
+            ));
             if let Some(v) = self.op(i, &step.op).await? {
                 self.out.failure = Some(v);
                 return Ok(());
@@ -688,6 +699,10 @@ impl Runner<'_> {
                     .path_contains("/providers/Microsoft.Compute/")
                     .times(times),
             ),
+            Fault::FailLro { times } => {
+                self.sim.fail_next_operations(times);
+                None
+            }
             Fault::SlowLro { ms, polls } => {
                 self.sim
                     .set_min_operation_duration(Duration::from_millis(ms));
@@ -715,6 +730,7 @@ impl Runner<'_> {
         self.sim.clear_faults();
         self.sim.set_min_operation_duration(Duration::ZERO);
         self.sim.set_lro_polls(0);
+        self.sim.fail_next_operations(0);
         for r in &mut self.replicas {
             if r.proc.is_none() {
                 r.restart_at = Some(Instant::now());
@@ -854,12 +870,19 @@ impl Runner<'_> {
         if !bad.is_empty() {
             return Ok(Some(self.failure(step, bad, &log)));
         }
+        println!(
+            "  step {step:>4}: quiesce {} passed (converged in {:.1} s; {} objects)",
+            self.out.quiesces,
+            self.out.converge_secs.last().copied().unwrap_or_default(),
+            self.model.objects.values().filter(|o| !o.deleting).count()
+        );
         // The next period starts from what was checked.
         self.settle_model();
         self.period_log = log.len();
         self.period_reconciles = self.total_reconciles().await;
         self.period_started = Instant::now();
         self.period_touches = vec![0; TARGETS];
+        self.period_journal = self.journal.len();
         Ok(None)
     }
 
@@ -1081,13 +1104,28 @@ impl Runner<'_> {
                 diff.push(format!("system identity {sys}, expected {w}"));
             }
             if !diff.is_empty() {
+                let objects: Vec<String> = objs
+                    .iter()
+                    .map(|(k, o)| {
+                        let v = live.get(k).cloned().unwrap_or(Value::Null);
+                        format!(
+                            "{} {{{}}} applied {}",
+                            name(k),
+                            o.spec,
+                            short(&v["status"]["applied"])
+                        )
+                    })
+                    .collect();
                 out.push(Violation {
                     kind: "target",
                     message: format!(
-                        "t{t} ({}): {}; live: {}",
-                        target_id(t),
+                        "t{t}: {}; live: {}; model: unowned {:?} ambiguous {:?} system {:?}; objects: {}",
                         diff.join("; "),
-                        ident
+                        short_identity(&ident),
+                        tm.unowned,
+                        tm.ambiguous,
+                        tm.system,
+                        objects.join("; ")
                     ),
                     target: Some(t),
                     at: None,
@@ -1141,12 +1179,59 @@ impl Runner<'_> {
             ));
         }
         let skip = lines.len().saturating_sub(40);
+        let period = self.journal[self.period_journal.min(self.journal.len())..].join("\n  ");
         Failure {
             step,
             violations,
-            log_excerpt: lines[skip..].join("\n"),
+            log_excerpt: format!(
+                "{}\nthe operations of the failing period:\n  {period}",
+                lines[skip..].join("\n")
+            ),
         }
     }
+}
+
+/// A JSON value with every ARM id shortened to its last segment.
+fn short(v: &Value) -> String {
+    let text = v.to_string();
+    let mut out = String::new();
+    for part in text.split('"') {
+        if part.starts_with("/subscriptions/") {
+            out.push_str(part.rsplit('/').next().unwrap_or(part));
+        } else {
+            out.push_str(part);
+        }
+        out.push('"');
+    }
+    out.pop();
+    out
+}
+
+/// `type [uai-1, uai-2†]` († a dead entry: no principal).
+fn short_identity(v: &Value) -> String {
+    if v.is_null() {
+        return "(gone)".into();
+    }
+    let uais: Vec<String> = v["userAssignedIdentities"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, e)| {
+                    let name = k.rsplit('/').next().unwrap_or(k).to_string();
+                    if e["principalId"].as_str().is_some_and(|p| !p.is_empty()) {
+                        name
+                    } else {
+                        format!("{name}†")
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    format!(
+        "{} [{}]",
+        v["type"].as_str().unwrap_or("?"),
+        uais.join(", ")
+    )
 }
 
 /// The block an out-of-band writer leaves (the shape `SimHandle::set_identity` takes).
