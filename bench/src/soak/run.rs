@@ -1008,7 +1008,16 @@ impl Runner<'_> {
                 }
                 let conflict_refusal = matches!(stalled.as_deref(), Some("Conflict"));
                 if in_conflict && conflict_refusal {
-                    refused_uais.extend(o.spec.uais.iter());
+                    // Refused: nothing is written for it, so what it holds (its ownership
+                    // record, from before the edit that made the conflict) stays put.
+                    if let Some(held) = live.get(*k).and_then(|v| {
+                        v["status"]["applied"]["userAssignedIdentities"]
+                            .as_array()
+                            .cloned()
+                    }) {
+                        refused_uais
+                            .extend(held.iter().filter_map(|u| u.as_str().and_then(uai_index)));
+                    }
                     continue;
                 }
                 out.push(Violation {
