@@ -559,7 +559,7 @@ async fn reconcile_target(
     }
 
     if !plan.is_converged() {
-        widen_records(&members, &plan, &desired, ctx).await?;
+        widen_records(&mut members, &plan, &desired, ctx).await?;
         info!(%target, changes = plan.changes.len(), "writing the target");
     }
     let mut result = TargetResult {
@@ -615,21 +615,26 @@ fn planner_input(members: &[Member]) -> Option<(Vec<DesiredObject>, ApiVersion)>
 }
 
 /// Widens the ownership records before writing: a crash after the PATCH must not orphan
-/// what it added.
+/// what it added. Each member then carries its widened record, so a failed write reports on
+/// top of it: the write may have been applied (a long-running operation that ended
+/// `Failed`, a timeout), and only a later pass that reads the target narrows the record.
 async fn widen_records(
-    members: &[Member],
+    members: &mut [Member],
     plan: &TargetPlan,
     desired: &[DesiredObject],
     ctx: &Context,
 ) -> Result<(), Error> {
     let claims = plan.claims(desired);
-    for m in members.iter().filter(|m| m.is_active()) {
+    for m in members.iter_mut().filter(|m| m.is_active()) {
         if let Some(claim) = claims.get(&m.obj.planner_ref()) {
             let mut st = m.obj.status.clone().unwrap_or_default();
             let claim = claim.clone();
             if st.applied.as_ref() != Some(&claim) {
                 st.applied = Some(claim);
                 ctx.patch_status(&m.obj, &st).await?;
+                let mut widened = (*m.obj).clone();
+                widened.status = Some(st);
+                m.obj = Arc::new(widened);
             }
         }
     }
