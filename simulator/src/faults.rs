@@ -46,6 +46,11 @@ pub struct FaultRule {
     /// for 20 s; `delay(3_000).for_ms(10_000)`: a 10 s network pause to ARM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub for_ms: Option<u64>,
+    /// Match the token endpoints (Entra `/{tenant}/oauth2/v2.0/token` and IMDS) instead of
+    /// ARM and Graph: token endpoint outages. Default false (a rule never hits the token
+    /// endpoints unless it says so).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub token_endpoints: bool,
 }
 
 impl FaultRule {
@@ -57,6 +62,7 @@ impl FaultRule {
             action,
             times: None,
             for_ms: None,
+            token_endpoints: false,
         }
     }
 
@@ -87,13 +93,22 @@ impl FaultRule {
         self
     }
 
+    /// Matches the token endpoints instead of ARM and Graph.
+    pub fn token_endpoints(mut self) -> FaultRule {
+        self.token_endpoints = true;
+        self
+    }
+
     /// Applies for `ms` milliseconds from when it is added, then no more.
     pub fn for_ms(mut self, ms: u64) -> FaultRule {
         self.for_ms = Some(ms);
         self
     }
 
-    fn matches(&self, method: &str, path: &str) -> bool {
+    fn matches(&self, method: &str, path: &str, token_endpoint: bool) -> bool {
+        if self.token_endpoints != token_endpoint {
+            return false;
+        }
         if let Some(m) = &self.method
             && !m.eq_ignore_ascii_case(method)
         {
@@ -122,13 +137,17 @@ pub(crate) fn add(st: &mut State, rule: FaultRule) {
 
 /// Finds the first matching rule with uses and time left, consumes one use and returns its
 /// action. Expired rules are dropped.
-pub(crate) fn take(st: &mut State, method: &str, path: &str) -> Option<FaultAction> {
+pub(crate) fn take(
+    st: &mut State,
+    method: &str,
+    path: &str,
+    token_endpoint: bool,
+) -> Option<FaultAction> {
     let now = st.now();
     st.faults.retain(|f| f.expires.is_none_or(|e| now < e));
-    let idx = st
-        .faults
-        .iter()
-        .position(|f| f.remaining.is_none_or(|n| n > 0) && f.rule.matches(method, path))?;
+    let idx = st.faults.iter().position(|f| {
+        f.remaining.is_none_or(|n| n > 0) && f.rule.matches(method, path, token_endpoint)
+    })?;
     let f = &mut st.faults[idx];
     if let Some(n) = &mut f.remaining {
         *n -= 1;

@@ -253,7 +253,28 @@ pub(crate) async fn arm_entry(
     }
 
     let mut change: Option<IdentityChange> = None;
+    // Token endpoint outages: only rules that ask for the token endpoints match here.
+    let token_fault = if matches!(route, Route::EntraToken { .. } | Route::Imds) {
+        faults::take(&mut shared.lock(), method.as_str(), &path, true)
+    } else {
+        None
+    };
+    let token_refusal: Option<ArmResponse> = match token_fault {
+        Some(FaultAction::Delay { ms }) => {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            None
+        }
+        // The error bodies are ARM's (CHOSEN: Entra's own are `{"error","error_description"}`;
+        // clients act on the status and Retry-After).
+        Some(FaultAction::Throttle { retry_after_secs }) => {
+            Some(faults::throttle_error(method.as_str(), &path, retry_after_secs).into())
+        }
+        Some(FaultAction::Status { code }) => Some(faults::status_error(code).into()),
+        None => None,
+    };
     let mut resp = match &route {
+        _ if token_refusal.is_some() => token_refusal
+            .unwrap_or_else(|| ArmResponse::empty(axum::http::StatusCode::INTERNAL_SERVER_ERROR)),
         Route::EntraToken { tenant } => crate::token::entra_token(
             &mut shared.lock(),
             &method,
@@ -417,7 +438,7 @@ async fn handle(
     };
     let fault = {
         let mut st = shared.lock();
-        faults::take(&mut st, method.as_str(), path)
+        faults::take(&mut st, method.as_str(), path, false)
     };
     match fault {
         Some(FaultAction::Delay { ms }) => {

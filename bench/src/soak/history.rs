@@ -89,6 +89,8 @@ pub enum Fault {
     Precondition { times: u32 },
     /// The next `times` long-running operations end `Failed`.
     FailLro { times: u32 },
+    /// The Entra token endpoint answers 503 for `secs`.
+    TokenOutage { secs: u64 },
     /// Network pause to ARM: every request in the next `secs` waits `secs`.
     Pause { secs: u64 },
 }
@@ -169,6 +171,7 @@ impl Op {
             Op::Fault(Fault::SlowLro { .. }) => "fault-slow-lro",
             Op::Fault(Fault::Precondition { .. }) => "fault-412",
             Op::Fault(Fault::FailLro { .. }) => "fault-failed-lro",
+            Op::Fault(Fault::TokenOutage { .. }) => "fault-token-endpoint",
             Op::Fault(Fault::Pause { .. }) => "fault-network-pause",
             Op::KillLeader { .. } => "kill-leader",
             Op::RestartApiserver => "restart-apiserver-etcd",
@@ -351,6 +354,9 @@ pub fn generate(seed: u64, steps: usize, allow_apiserver_restart: bool) -> Vec<S
                 restart_ms: rng.range(0, 3000),
             },
             87 if allow_apiserver_restart && rng.chance(50) => Op::RestartApiserver,
+            88..=89 => Op::Fault(Fault::TokenOutage {
+                secs: rng.range(5, 40),
+            }),
             _ => {
                 // Re-draw as an edit or create (the most common operations).
                 if let Some((name, o)) =

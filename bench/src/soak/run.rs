@@ -12,8 +12,8 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use vmidentity::crd::VirtualMachineIdentity;
-use vmidentity_simulator::{FaultRule, RecordedRequest, SimHandle};
-use vmidentity_testkit::{self as kit, GRAPH_TOKEN, TOKEN};
+use vmidentity_simulator::{AppConfig, DEFAULT_TENANT_ID, FaultRule, RecordedRequest, SimHandle};
+use vmidentity_testkit as kit;
 
 use super::Options;
 use super::history::{DELETABLE_TARGET, Fault, NAMESPACES, Op, Spec, Step, TARGETS, UAIS, VMS};
@@ -21,6 +21,8 @@ use super::model::{Model, Violation, has_system, parse_time, uai_keys};
 
 const SUB: &str = "00000000-0000-0000-0000-0000000050a1";
 const LEASE_NS: &str = "soak-system";
+const CLIENT_ID: &str = "5a0c0000-1111-4222-8333-444444444444";
+const CLIENT_SECRET: &str = "soak-secret";
 /// The controllers' resync period: drift is repaired within it.
 const RESYNC_SECS: u64 = 10;
 /// After convergence, the history stays quiet this long and nothing may be written.
@@ -166,8 +168,11 @@ impl Replica {
             "--namespace-labels=false",
         ])
         .envs([
-            ("AZURE_ACCESS_TOKEN", TOKEN),
-            ("AZURE_GRAPH_ACCESS_TOKEN", GRAPH_TOKEN),
+            ("VMIDENTITY_AUTH", "clientSecret"),
+            ("AZURE_TENANT_ID", DEFAULT_TENANT_ID),
+            ("AZURE_CLIENT_ID", CLIENT_ID),
+            ("AZURE_CLIENT_SECRET", CLIENT_SECRET),
+            ("AZURE_AUTHORITY_HOST", url.as_str()),
         ])
         .rust_log("warn")
         .spawn()?;
@@ -327,6 +332,15 @@ struct Runner<'a> {
 pub async fn execute(env: &Env, steps: &[Step], deadline: Option<Instant>) -> Result<Outcome> {
     let sim = kit::start_sim(&world_yaml(), |c| {
         c.max_logged_requests = 2_000_000;
+        // The controllers sign in with a client secret at the simulator's Entra, so token
+        // endpoint outages reach them; tokens last 330 s and are refreshed 5 min before
+        // they expire, so about every 30 s.
+        c.apps = vec![AppConfig::with_secret(
+            CLIENT_ID,
+            DEFAULT_TENANT_ID,
+            CLIENT_SECRET,
+        )];
+        c.token_lifetime = Duration::from_secs(330);
     })
     .await?;
     prepare_cluster(env).await?;
@@ -699,6 +713,9 @@ impl Runner<'_> {
                     .path_contains("/providers/Microsoft.Compute/")
                     .times(times),
             ),
+            Fault::TokenOutage { secs } => {
+                Some(FaultRule::status(503).token_endpoints().for_ms(secs * 1000))
+            }
             Fault::FailLro { times } => {
                 self.sim.fail_next_operations(times);
                 None
