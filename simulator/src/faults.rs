@@ -24,6 +24,14 @@ pub enum FaultAction {
     Status { code: u16 },
     /// Wait, then handle the request normally.
     Delay { ms: u64 },
+    /// Any ARM error, as `{"error":{"code","message"}}` with this status: e.g. 400
+    /// `PrincipalNotFound` (Entra replication delay, "Troubleshoot Azure RBAC",
+    /// <https://learn.microsoft.com/azure/role-based-access-control/troubleshooting>).
+    Error {
+        status: u16,
+        error_code: String,
+        message: String,
+    },
 }
 
 /// A fault rule. JSON (admin API):
@@ -72,6 +80,14 @@ impl FaultRule {
 
     pub fn status(code: u16) -> FaultRule {
         Self::new(FaultAction::Status { code })
+    }
+
+    pub fn error(status: u16, code: &str, message: &str) -> FaultRule {
+        Self::new(FaultAction::Error {
+            status,
+            error_code: code.to_string(),
+            message: message.to_string(),
+        })
     }
 
     pub fn delay(ms: u64) -> FaultRule {
@@ -246,4 +262,13 @@ pub(crate) fn status_error(code: u16) -> ArmError {
     };
     let code_str: String = c.chars().filter(|ch| !ch.is_whitespace()).collect();
     ArmError::new(status, &code_str, msg)
+}
+
+/// An injected [`FaultAction::Error`].
+pub(crate) fn custom_error(status: u16, code: &str, message: &str) -> ArmError {
+    ArmError::new(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+        code,
+        message.to_string(),
+    )
 }

@@ -270,6 +270,11 @@ pub(crate) async fn arm_entry(
             Some(faults::throttle_error(method.as_str(), &path, retry_after_secs).into())
         }
         Some(FaultAction::Status { code }) => Some(faults::status_error(code).into()),
+        Some(FaultAction::Error {
+            status,
+            error_code,
+            message,
+        }) => Some(faults::custom_error(status, &error_code, &message).into()),
         None => None,
     };
     let mut resp = match &route {
@@ -455,6 +460,19 @@ async fn handle(
             return graph::graph_error(e.status, &e.code, e.message).into();
         }
         Some(FaultAction::Status { code }) => return faults::status_error(code).into(),
+        Some(FaultAction::Error {
+            status,
+            error_code,
+            message,
+        }) if is_graph => {
+            let e = faults::custom_error(status, &error_code, &message);
+            return graph::graph_error(e.status, &e.code, e.message).into();
+        }
+        Some(FaultAction::Error {
+            status,
+            error_code,
+            message,
+        }) => return faults::custom_error(status, &error_code, &message).into(),
         None => {}
     }
     let caller = caller.unwrap_or_else(|| CallerConfig::new(""));

@@ -486,3 +486,45 @@ async fn edit_identity_reads_and_writes_in_one_step() {
         assert_eq!(r.status(), 404, "{id}");
     }
 }
+
+#[tokio::test]
+async fn custom_error_fault() {
+    let sim = sim().await;
+    let c = Client::new(&sim);
+    sim.add_fault(
+        FaultRule::error(
+            400,
+            "PrincipalNotFound",
+            "Principal 11111111-2222-3333-4444-555555555555 does not exist in the directory.",
+        )
+        .method("PUT")
+        .path_contains("roleAssignments")
+        .times(1),
+    );
+    let path = format!(
+        "/subscriptions/{SUB}/providers/Microsoft.Authorization/roleAssignments/0f1e2d3c-0000-4000-8000-000000000001?api-version=2022-04-01"
+    );
+    let body = json!({"properties": {
+        "roleDefinitionId": format!("/subscriptions/{SUB}/providers/Microsoft.Authorization/roleDefinitions/acdd72a7-3385-48ef-bd42-f606fba81ae7"),
+        "principalId": "11111111-2222-3333-4444-555555555555"}});
+    let r = c.send("PUT", &path, Some(&body)).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body["error"]["code"], "PrincipalNotFound");
+    // Used up: a GET was never matched (method), and the rule is gone.
+    assert_eq!(c.get(&vm("vm-1"), V2018).await.status, 200);
+    let listed: Value = reqwest::get(format!("{}/_sim/faults", sim.base_url()))
+        .await
+        .expect("GET /_sim/faults")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(listed[0]["remaining"], 0);
+    // The admin API takes it as JSON.
+    let r = reqwest::Client::new()
+        .post(format!("{}/_sim/faults", sim.base_url()))
+        .body(r#"{"action":{"type":"error","status":409,"errorCode":"Conflict","message":"m"}}"#)
+        .send()
+        .await
+        .expect("POST /_sim/faults");
+    assert_eq!(r.status(), 201);
+}

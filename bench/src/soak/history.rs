@@ -53,7 +53,14 @@ pub struct Spec {
     pub retain: bool,
     /// `armApiVersion` (None: the default).
     pub api: Option<&'static str>,
+    /// `Reader` at the soak's resource group, for the system identity (None) or a listed UAI.
+    pub roles: Vec<Option<usize>>,
+    /// Group memberships: (identity as in `roles`, group index).
+    pub groups: Vec<(Option<usize>, usize)>,
 }
+
+/// Groups objects may name (the out-of-band writer uses the last one, which no object names).
+pub const GROUPS: usize = 3;
 
 impl fmt::Display for Spec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -69,6 +76,14 @@ impl fmt::Display for Spec {
         }
         if let Some(a) = self.api {
             write!(f, " api={a}")?;
+        }
+        let who = |i: &Option<usize>| i.map_or("system".to_string(), |u| format!("uai-{u}"));
+        if !self.roles.is_empty() {
+            let r: Vec<String> = self.roles.iter().map(who).collect();
+            write!(f, " Reader for [{}]", r.join(", "))?;
+        }
+        for (i, g) in &self.groups {
+            write!(f, " {} in g{g}", who(i))?;
         }
         Ok(())
     }
@@ -91,6 +106,8 @@ pub enum Fault {
     FailLro { times: u32 },
     /// The Entra token endpoint answers 503 for `secs`.
     TokenOutage { secs: u64 },
+    /// The next `times` role-assignment PUTs answer 400 PrincipalNotFound (replication delay).
+    PrincipalNotFound { times: u32 },
     /// Network pause to ARM: every request in the next `secs` waits `secs`.
     Pause { secs: u64 },
 }
@@ -129,6 +146,15 @@ pub enum Op {
     OobDropIdentity {
         target: usize,
     },
+    /// A role assignment no object asks for (Monitoring Metrics Publisher for the UAI's
+    /// principal at the resource group), created by someone else.
+    OobGrant {
+        uai: usize,
+    },
+    /// The UAI's principal added to the group no object names.
+    OobGroupMember {
+        uai: usize,
+    },
     /// Delete the UAI and create it again under the same name (new principal).
     RecreateUai {
         uai: usize,
@@ -163,6 +189,9 @@ impl Op {
             Op::OobSystem { on: false, .. } => "oob-disable-system",
             Op::OobDropIdentity { .. } => "oob-put-without-identity",
             Op::RecreateUai { .. } => "oob-recreate-uai",
+            Op::OobGrant { .. } => "oob-role-assignment",
+            Op::OobGroupMember { .. } => "oob-group-member",
+            Op::Fault(Fault::PrincipalNotFound { .. }) => "fault-principal-not-found",
             Op::DeleteVm { .. } => "oob-delete-vm",
             Op::RecreateVm { .. } => "oob-recreate-vm",
             Op::Fault(Fault::Throttle { .. }) => "fault-429-storm",
@@ -200,6 +229,10 @@ impl fmt::Display for Op {
                 write!(f, "out-of-band: PUT t{target} without identity")
             }
             Op::RecreateUai { uai } => write!(f, "out-of-band: delete and re-create uai-{uai}"),
+            Op::OobGrant { uai } => write!(f, "out-of-band: a role assignment for uai-{uai}"),
+            Op::OobGroupMember { uai } => {
+                write!(f, "out-of-band: uai-{uai} into g{}", GROUPS - 1)
+            }
             Op::DeleteVm { target } => write!(f, "out-of-band: delete t{target}"),
             Op::RecreateVm { target } => write!(f, "out-of-band: re-create t{target}"),
             Op::Fault(x) => write!(f, "fault: {x:?}"),
@@ -235,12 +268,28 @@ fn gen_spec(rng: &mut Rng) -> Spec {
         6..=8 => Some(true),
         _ => Some(false),
     };
+    // Grants only for identities the object lists (the CRD's rule), the system identity
+    // only when it asks for it.
+    let mut who: Vec<Option<usize>> = uais.iter().map(|u| Some(*u)).collect();
+    if system == Some(true) {
+        who.push(None);
+    }
+    let mut roles = Vec::new();
+    let mut groups = Vec::new();
+    if !who.is_empty() && rng.chance(35) {
+        roles.push(who[rng.below(who.len())]);
+    }
+    if !who.is_empty() && rng.chance(25) {
+        groups.push((who[rng.below(who.len())], rng.below(GROUPS - 1)));
+    }
     Spec {
         system,
         uais,
         exact: rng.chance(6),
         retain: rng.chance(25),
         api: rng.chance(30).then_some("2024-11-01"),
+        roles,
+        groups,
     }
 }
 
@@ -356,6 +405,15 @@ pub fn generate(seed: u64, steps: usize, allow_apiserver_restart: bool) -> Vec<S
             87 if allow_apiserver_restart && rng.chance(50) => Op::RestartApiserver,
             88..=89 => Op::Fault(Fault::TokenOutage {
                 secs: rng.range(5, 40),
+            }),
+            90..=91 => Op::OobGrant {
+                uai: rng.below(UAIS),
+            },
+            92 => Op::OobGroupMember {
+                uai: rng.below(UAIS),
+            },
+            93..=94 => Op::Fault(Fault::PrincipalNotFound {
+                times: rng.range(1, 3) as u32,
             }),
             _ => {
                 // Re-draw as an edit or create (the most common operations).

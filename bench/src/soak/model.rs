@@ -435,6 +435,8 @@ mod tests {
             exact: false,
             retain: false,
             api: None,
+            roles: Vec::new(),
+            groups: Vec::new(),
         }
     }
 

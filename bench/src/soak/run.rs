@@ -16,7 +16,9 @@ use vmidentity_simulator::{AppConfig, DEFAULT_TENANT_ID, FaultRule, RecordedRequ
 use vmidentity_testkit as kit;
 
 use super::Options;
-use super::history::{DELETABLE_TARGET, Fault, NAMESPACES, Op, Spec, Step, TARGETS, UAIS, VMS};
+use super::history::{
+    DELETABLE_TARGET, Fault, GROUPS, NAMESPACES, Op, Spec, Step, TARGETS, UAIS, VMS,
+};
 use super::model::{Model, Violation, has_system, parse_time, uai_keys};
 
 const SUB: &str = "00000000-0000-0000-0000-0000000050a1";
@@ -66,8 +68,23 @@ fn world_yaml() -> String {
     for t in VMS..TARGETS {
         let _ = writeln!(s, "  - id: {}", target_id(t));
     }
+    s.push_str("groups:\n");
+    for g in 0..GROUPS {
+        let _ = writeln!(s, "  - {{ id: {}, displayName: soak-g{g} }}", group_id(g));
+    }
     s
 }
+
+fn group_id(g: usize) -> String {
+    format!("5a0c0000-0000-4000-8000-00000000000{g}")
+}
+
+fn rg_scope() -> String {
+    format!("/subscriptions/{SUB}/resourceGroups/rg-soak")
+}
+
+const READER: &str = "acdd72a7-3385-48ef-bd42-f606fba81ae7";
+const MONITORING_METRICS_PUBLISHER: &str = "3913510d-42f4-4e42-8a64-420c390055eb";
 
 fn uai_index(k: &str) -> Option<usize> {
     (0..UAIS).find(|u| uai_id(*u).eq_ignore_ascii_case(k))
@@ -326,6 +343,11 @@ struct Runner<'a> {
     journal: Vec<String>,
     /// Where the current period begins in the journal.
     period_journal: usize,
+    /// Role assignments an out-of-band writer made (names, lower case): never to be deleted.
+    oob_grants: BTreeSet<String>,
+    /// Violations seen between quiesces (duplicate role assignments).
+    pending: Vec<Violation>,
+    reported_duplicates: BTreeSet<String>,
 }
 
 /// Runs `steps` from an empty world (until `deadline`, then up to the next quiesce).
@@ -368,6 +390,9 @@ pub async fn execute(env: &Env, steps: &[Step], deadline: Option<Instant>) -> Re
         period_touches: vec![0; TARGETS],
         journal: Vec::new(),
         period_journal: 0,
+        oob_grants: BTreeSet::new(),
+        pending: Vec::new(),
+        reported_duplicates: BTreeSet::new(),
     };
     for i in 0..r.replicas.len() {
         r.replicas[i].start(env, &r.sim)?;
@@ -416,7 +441,20 @@ async fn cleanup(env: &Env) {
 
 fn spec_json(target: Option<usize>, s: &Spec) -> Value {
     let uais: Vec<String> = s.uais.iter().map(|u| uai_id(*u)).collect();
+    let who = |i: &Option<usize>| i.map_or("SystemAssigned".to_string(), uai_id);
+    let roles: Vec<Value> = s
+        .roles
+        .iter()
+        .map(|i| json!({"identity": who(i), "role": "Reader", "scope": rg_scope()}))
+        .collect();
+    let groups: Vec<Value> = s
+        .groups
+        .iter()
+        .map(|(i, g)| json!({"identity": who(i), "groupObjectId": group_id(*g)}))
+        .collect();
     let mut v = json!({
+        "roleAssignments": roles,
+        "groupMemberships": groups,
         "userAssignedIdentities": uais,
         "systemAssigned": s.system,
         "mode": if s.exact { "Exact" } else { "Merge" },
@@ -497,7 +535,41 @@ impl Runner<'_> {
         }
     }
 
+    /// Never two role assignments for one (role, principal, scope): checked at every tick.
+    fn check_duplicates(&mut self) {
+        let mut count: BTreeMap<String, usize> = BTreeMap::new();
+        for a in self.sim.role_assignments() {
+            let p = &a["properties"];
+            let key = format!(
+                "{} {} {}",
+                p["roleDefinitionId"]
+                    .as_str()
+                    .and_then(|r| r.rsplit('/').next())
+                    .unwrap_or("")
+                    .to_ascii_lowercase(),
+                p["principalId"].as_str().unwrap_or("").to_ascii_lowercase(),
+                p["scope"]
+                    .as_str()
+                    .unwrap_or("")
+                    .trim_end_matches('/')
+                    .to_ascii_lowercase()
+            );
+            *count.entry(key).or_default() += 1;
+        }
+        for (k, n) in count {
+            if n > 1 && self.reported_duplicates.insert(k.clone()) {
+                self.pending.push(Violation {
+                    kind: "duplicate-role-assignment",
+                    message: format!("{n} role assignments for one (role, principal, scope): {k}"),
+                    target: None,
+                    at: Some(Utc::now()),
+                });
+            }
+        }
+    }
+
     fn maintain(&mut self) -> Result<()> {
+        self.check_duplicates();
         let now = Instant::now();
         for i in 0..self.replicas.len() {
             if self.replicas[i].proc.is_none()
@@ -631,6 +703,22 @@ impl Runner<'_> {
                 }
                 self.touch(*target);
             }
+            Op::OobGrant { uai } => {
+                if let Some(p) = self.uai_principal(*uai) {
+                    let a = self
+                        .sim
+                        .create_role_assignment(&rg_scope(), None, MONITORING_METRICS_PUBLISHER, &p)
+                        .map_err(|e| anyhow!("an out-of-band role assignment: {e}"))?;
+                    if let Some(n) = a["name"].as_str() {
+                        self.oob_grants.insert(n.to_ascii_lowercase());
+                    }
+                }
+            }
+            Op::OobGroupMember { uai } => {
+                if let Some(p) = self.uai_principal(*uai) {
+                    self.sim.add_group_member(&group_id(GROUPS - 1), &p);
+                }
+            }
             Op::RecreateUai { uai } => {
                 let id = uai_id(*uai);
                 self.sim.delete_user_assigned_identity(&id);
@@ -716,6 +804,16 @@ impl Runner<'_> {
             Fault::TokenOutage { secs } => {
                 Some(FaultRule::status(503).token_endpoints().for_ms(secs * 1000))
             }
+            Fault::PrincipalNotFound { times } => Some(
+                FaultRule::error(
+                    400,
+                    "PrincipalNotFound",
+                    "Principal does not exist in the directory. Check that you have the correct principal ID. If you are creating this principal and then immediately assigning a role, this error might be related to a replication delay.",
+                )
+                .method("PUT")
+                .path_contains("/providers/Microsoft.Authorization/roleAssignments/")
+                .times(times),
+            ),
             Fault::FailLro { times } => {
                 self.sim.fail_next_operations(times);
                 None
@@ -731,6 +829,38 @@ impl Runner<'_> {
             self.sim.add_fault(r);
         }
         self.touch_all();
+    }
+
+    fn uai_principal(&self, u: usize) -> Option<String> {
+        self.sim
+            .user_assigned_identity(&uai_id(u))
+            .and_then(|v| v["properties"]["principalId"].as_str().map(str::to_string))
+            .filter(|p| !p.is_empty())
+    }
+
+    /// Deletions of role assignments and group memberships nobody recorded, in `log`.
+    fn check_grant_removals(&self, log: &[RecordedRequest]) -> Vec<Violation> {
+        let g = group_id(GROUPS - 1);
+        log.iter()
+            .filter(|e| e.method == "DELETE" && (200..300).contains(&e.status))
+            .filter(|e| {
+                let p = e.path.to_ascii_lowercase();
+                (p.contains("/roleassignments/")
+                    && p.rsplit('/')
+                        .next()
+                        .is_some_and(|n| self.oob_grants.contains(n)))
+                    || p.contains(&format!("/groups/{g}/members/"))
+            })
+            .map(|e| Violation {
+                kind: "removed-unrecorded-grant",
+                message: format!(
+                    "{} {} ({}): an out-of-band role assignment or membership no object asked for",
+                    e.method, e.path, e.status
+                ),
+                target: None,
+                at: parse_time(&e.timestamp),
+            })
+            .collect()
     }
 
     async fn total_reconciles(&mut self) -> f64 {
@@ -771,6 +901,8 @@ impl Runner<'_> {
             &uai_index,
             &target_index,
         );
+        always.extend(self.check_grant_removals(&log[self.cursor.min(log.len())..]));
+        always.append(&mut self.pending);
         self.cursor = log.len();
         if !violations.is_empty() {
             for v in &mut violations {
@@ -845,7 +977,9 @@ impl Runner<'_> {
         let log = self.sim.requests();
         for e in &log[quiet_from.min(log.len())..] {
             let write = e.method != "GET" && (200..300).contains(&e.status);
-            let what = e.identity_after.is_some() || e.path.contains("roleAssignments");
+            let what = e.identity_after.is_some()
+                || e.path.contains("roleAssignments")
+                || e.path.contains("/members/");
             if write && what {
                 bad.push(Violation {
                     kind: "write-while-quiet",
@@ -863,6 +997,8 @@ impl Runner<'_> {
             &uai_index,
             &target_index,
         ));
+        bad.extend(self.check_grant_removals(&log[self.cursor.min(log.len())..]));
+        bad.append(&mut self.pending);
         self.cursor = log.len();
         bad.extend(self.converged().await?);
         for r in &mut self.replicas {
@@ -1128,6 +1264,51 @@ impl Runner<'_> {
                 && w != sys
             {
                 diff.push(format!("system identity {sys}, expected {w}"));
+            }
+            // Each Ready object's grants, for the identities' current principals.
+            let system_principal = ident["principalId"]
+                .as_str()
+                .filter(|p| !p.is_empty())
+                .map(str::to_string);
+            let principal = |i: &Option<usize>| match i {
+                None => system_principal.clone(),
+                Some(u) => self.uai_principal(*u),
+            };
+            let who = |i: &Option<usize>| i.map_or("system".to_string(), |u| format!("uai-{u}"));
+            for o in &ready {
+                for r in &o.spec.roles {
+                    let Some(p) = principal(r) else {
+                        diff.push(format!("Reader for {}: no principal", who(r)));
+                        continue;
+                    };
+                    let found = self.sim.role_assignments_of(&p).iter().any(|a| {
+                        let props = &a["properties"];
+                        props["roleDefinitionId"]
+                            .as_str()
+                            .is_some_and(|d| d.to_ascii_lowercase().ends_with(READER))
+                            && props["scope"].as_str().is_some_and(|sc| {
+                                sc.trim_end_matches('/').eq_ignore_ascii_case(&rg_scope())
+                            })
+                    });
+                    if !found {
+                        diff.push(format!("Reader for {} ({p}) missing", who(r)));
+                    }
+                }
+                for (i, g) in &o.spec.groups {
+                    let Some(p) = principal(i) else {
+                        diff.push(format!("g{g} membership of {}: no principal", who(i)));
+                        continue;
+                    };
+                    let member = self
+                        .sim
+                        .group_members(&group_id(*g))
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|m| m.eq_ignore_ascii_case(&p));
+                    if !member {
+                        diff.push(format!("{} ({p}) not in g{g}", who(i)));
+                    }
+                }
             }
             if !diff.is_empty() {
                 let objects: Vec<String> = objs
