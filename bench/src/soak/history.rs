@@ -313,7 +313,7 @@ pub fn generate(seed: u64, steps: usize, allow_apiserver_restart: bool) -> Vec<S
         until_quiesce -= 1;
         let pick = rng.below(100);
         let op = match pick {
-            0..=13 if objects.len() < MAX_OBJECTS => {
+            0..=17 if objects.len() < MAX_OBJECTS => {
                 let name = format!("o{next_name}");
                 next_name += 1;
                 // Few targets, many objects: half of them on t0.
@@ -339,7 +339,7 @@ pub fn generate(seed: u64, steps: usize, allow_apiserver_restart: bool) -> Vec<S
                     spec: gen_spec(&mut rng),
                 }
             }
-            36..=45 if !objects.is_empty() => {
+            36..=42 if objects.len() > 2 => {
                 let (name, o) = nth(&objects, rng.below(objects.len()));
                 objects.remove(&name);
                 Op::Delete { ns: o.ns, name }
