@@ -925,18 +925,17 @@ impl Runner<'_> {
         }
         self.out.controller_writes += writes.iter().sum::<u64>();
         let mut bad = Vec::new();
-        for t in 0..TARGETS {
-            self.out.max_writes_per_target_period =
-                self.out.max_writes_per_target_period.max(writes[t]);
+        for (t, &n) in writes.iter().enumerate() {
+            self.out.max_writes_per_target_period = self.out.max_writes_per_target_period.max(n);
             // Each operation may cost a write or two (a dead entry's repair is two), and a
             // kill or a 412 one more.
             let bound = 3 + 3 * self.period_touches[t];
-            if writes[t] > bound {
+            if n > bound {
                 bad.push(Violation {
                     kind: "too-many-writes",
                     message: format!(
                         "t{t}: {} identity writes in one period for {} operation(s) touching it (bound {bound})",
-                        writes[t], self.period_touches[t]
+                        n, self.period_touches[t]
                     ),
                     target: Some(t),
                     at: None,
@@ -1060,7 +1059,7 @@ impl Runner<'_> {
     async fn converged(&mut self) -> Result<Vec<Violation>> {
         let mut out = Vec::new();
         let mut live: BTreeMap<(usize, String), Value> = BTreeMap::new();
-        for ns in 0..NAMESPACES.len() {
+        for (ns, ns_name) in NAMESPACES.iter().enumerate() {
             let api = self.env.api(ns);
             let lp = kube::api::ListParams::default();
             let list = retry_kube("list", || api.list(&lp))
@@ -1075,7 +1074,7 @@ impl Runner<'_> {
                         kind: "finalizer-left",
                         message: format!(
                             "{}/{name} is deleted but still there (finalizers {:?})",
-                            NAMESPACES[ns], o.metadata.finalizers
+                            ns_name, o.metadata.finalizers
                         ),
                         target: None,
                         at: None,
