@@ -31,6 +31,8 @@ const RESYNC_SECS: u64 = 10;
 const QUIET: Duration = Duration::from_secs(12);
 /// How long a quiesce waits for convergence (faults cleared) before it is a violation.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(150);
+/// Convergence must hold this long, with no write, before the quiet window starts.
+const STABLE: Duration = Duration::from_secs(3);
 /// Bounds of the work checks.
 const MAX_RSS_KIB: u64 = 64 * 1024;
 const MAX_QUIET_RECONCILES_PER_OBJECT_MINUTE: f64 = 15.0;
@@ -863,6 +865,19 @@ impl Runner<'_> {
             .collect()
     }
 
+    /// Some replica holds the lease and has nothing in flight or queued.
+    async fn leader_idle(&self) -> bool {
+        for r in &self.replicas {
+            if let Some(m) = r.metrics().await
+                && metric_sum(&m, "vmidentity_leader") >= 1.0
+            {
+                return metric_sum(&m, "vmidentity_reconciles_in_flight") == 0.0
+                    && metric_sum(&m, "vmidentity_queue_depth") == 0.0;
+            }
+        }
+        false
+    }
+
     async fn total_reconciles(&mut self) -> f64 {
         let mut sum = 0.0;
         for r in &mut self.replicas {
@@ -885,10 +900,37 @@ impl Runner<'_> {
         }
         let started = Instant::now();
         let mut violations;
+        // Converged = the model holds, a leader is idle (nothing in flight or queued), and
+        // both stay so for STABLE with no write meanwhile: statuses written before a leader
+        // change or before the last edits were seen must not pass for convergence.
+        let mut stable: Option<(Instant, usize)> = None;
         loop {
             self.maintain()?;
             violations = self.converged().await?;
-            if violations.is_empty() || started.elapsed() > CONVERGE_TIMEOUT {
+            let idle = self.leader_idle().await;
+            if !idle && violations.is_empty() {
+                violations.push(Violation {
+                    kind: "controller-busy",
+                    message: "no leader, or the leader still has work in flight or queued".into(),
+                    target: None,
+                    at: None,
+                });
+            }
+            let writes = self.sim.counters();
+            let writes = writes.writes + writes.authorization_writes + writes.graph_writes;
+            if violations.is_empty() {
+                match stable {
+                    Some((since, w)) if w == writes as usize => {
+                        if since.elapsed() >= STABLE {
+                            break;
+                        }
+                    }
+                    _ => stable = Some((Instant::now(), writes as usize)),
+                }
+            } else {
+                stable = None;
+            }
+            if started.elapsed() > CONVERGE_TIMEOUT {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
