@@ -136,7 +136,12 @@ impl AzureError {
             AzureError::Transport { .. } => ErrorClass::Transient,
             AzureError::Token(_) => ErrorClass::Unauthenticated,
             AzureError::InvalidResponse { .. } => ErrorClass::Transient,
-            AzureError::OperationFailed { .. } => ErrorClass::Invalid,
+            // ARM accepted the request; the platform failed to carry it out (e.g. Compute's
+            // `InternalExecutionError`). Like a 5xx it is retried after a fresh GET (the
+            // change may have been applied), never left until the spec changes ("Track
+            // asynchronous Azure operations",
+            // https://learn.microsoft.com/azure/azure-resource-manager/management/async-operations).
+            AzureError::OperationFailed { .. } => ErrorClass::Transient,
             AzureError::OperationTimedOut { .. } => ErrorClass::Transient,
             AzureError::SubscriptionThrottled { .. } => ErrorClass::Throttled,
             AzureError::RoleNotFound { .. } => ErrorClass::RoleNotFound,
@@ -299,6 +304,21 @@ pub fn classify(status: u16, code: &str, message: &str) -> ErrorClass {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A long-running operation that ended `Failed` is retried (found by the chaos soak,
+    /// seed 2: as a refusal it left the object Stalled until its spec changed, although ARM
+    /// had applied the change).
+    #[test]
+    fn a_failed_operation_is_retried() {
+        let e = AzureError::OperationFailed {
+            url: "http://arm/operations/1".into(),
+            status: "Failed".into(),
+            code: "InternalExecutionError".into(),
+            message: "An internal execution error occurred. Please retry later.".into(),
+        };
+        assert_eq!(e.class(), ErrorClass::Transient);
+        assert!(e.class().is_retryable());
+    }
 
     #[test]
     fn classifies() {

@@ -9,10 +9,15 @@
 //!
 //! `cargo run --release -p bench -- controller` runs the real controller process against the
 //! test API server (tests/apiserver) and the ARM simulator; see bench/README.md.
+//!
+//! `cargo run --release -p bench -- soak --seed S --minutes M` is the seeded chaos soak: two
+//! controller replicas, a random history of edits, out-of-band writes and faults, checked
+//! against a model (exit 1 on a violation, with the shortest failing history found).
 
 mod controller;
 mod fleet;
 mod import;
+mod soak;
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -134,6 +139,32 @@ enum Cmd {
         /// How the simulator answers PATCH: sync, async200 or async202.
         #[arg(long, default_value = "sync")]
         lro: vmidentity_simulator::LroMode,
+    },
+    /// The seeded chaos soak: two `vmidentity controller` replicas on the test API server and
+    /// the simulator, a random history (creates, edits, deletes, out-of-band writers, 429
+    /// storms, 5xx, slow and long operations, 412s, leader kills, API server restarts, network
+    /// pauses) checked against a model. Exit 1 on a violation.
+    Soak {
+        /// The seed: the same seed is the same history.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// How long to run (then up to the next quiesce check).
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Kubeconfig of the API server (default: $VMIDENTITY_E2E_KUBECONFIG, else what
+        /// tests/apiserver/kube-up.sh prints).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// The `vmidentity` binary (default: next to this binary).
+        #[arg(long)]
+        vmidentity: Option<PathBuf>,
+        /// Re-runs the shrinker may spend on a failure (each replays a history prefix).
+        #[arg(long, default_value_t = 6)]
+        shrink_runs: usize,
+        /// Never restart kube-apiserver and etcd (on by default when the API server is
+        /// tests/apiserver's own).
+        #[arg(long)]
+        no_apiserver_restarts: bool,
     },
 }
 
@@ -301,6 +332,26 @@ fn main() -> anyhow::Result<()> {
                 concurrency,
             }))
             .map_err(|e| anyhow::anyhow!(e))?;
+        }
+        Cmd::Soak {
+            seed,
+            minutes,
+            kubeconfig,
+            vmidentity,
+            shrink_runs,
+            no_apiserver_restarts,
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(soak::run(soak::Options {
+                seed,
+                minutes,
+                kubeconfig,
+                vmidentity,
+                shrink_runs,
+                apiserver_restarts: !no_apiserver_restarts,
+            }))?;
         }
         Cmd::Plan {
             targets,

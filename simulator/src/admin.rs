@@ -212,17 +212,11 @@ async fn edit_identity(AxState(s): AxState<Shared>, body: Bytes) -> Response {
         Ok(e) => e,
         Err(e) => return bad_request("InvalidIdentityEdit", &e.to_string()),
     };
-    let Some(current) = crate::identity_in(&s, &edit.id) else {
-        return (
-            StatusCode::NOT_FOUND,
-            Json(json!({ "error": { "code": "ResourceNotFound", "message": format!("no VM or VMSS '{}' in the simulated world", edit.id) } })),
-        )
-            .into_response();
-    };
-    match crate::set_identity_in(&s, &edit.id, edited_identity(&current, &edit)) {
-        Ok(()) => Json(crate::identity_in(&s, &edit.id).unwrap_or(json!({"type": "None"})))
+    // Read and write under one lock (no request can land in between).
+    match crate::edit_identity_in(&s, &edit.id, |current| edited_identity(current, &edit)) {
+        Ok(_) => Json(crate::identity_in(&s, &edit.id).unwrap_or(json!({"type": "None"})))
             .into_response(),
-        Err(crate::SimError::NotFound(id)) => (
+        Err(crate::SimError::NotFound(id) | crate::SimError::InvalidResourceId { id, .. }) => (
             StatusCode::NOT_FOUND,
             Json(json!({ "error": { "code": "ResourceNotFound", "message": format!("no VM or VMSS '{id}' in the simulated world") } })),
         )

@@ -24,6 +24,14 @@ pub enum FaultAction {
     Status { code: u16 },
     /// Wait, then handle the request normally.
     Delay { ms: u64 },
+    /// Any ARM error, as `{"error":{"code","message"}}` with this status: e.g. 400
+    /// `PrincipalNotFound` (Entra replication delay, "Troubleshoot Azure RBAC",
+    /// <https://learn.microsoft.com/azure/role-based-access-control/troubleshooting>).
+    Error {
+        status: u16,
+        error_code: String,
+        message: String,
+    },
 }
 
 /// A fault rule. JSON (admin API):
@@ -41,6 +49,16 @@ pub struct FaultRule {
     /// How many requests it applies to; `None` = forever.
     #[serde(default)]
     pub times: Option<u32>,
+    /// How long (milliseconds from when it is added) it applies; `None` = until used up or
+    /// cleared. For storms and pauses of a given length (`throttle(5).for_ms(20_000)`: 429s
+    /// for 20 s; `delay(3_000).for_ms(10_000)`: a 10 s network pause to ARM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_ms: Option<u64>,
+    /// Match the token endpoints (Entra `/{tenant}/oauth2/v2.0/token` and IMDS) instead of
+    /// ARM and Graph: token endpoint outages. Default false (a rule never hits the token
+    /// endpoints unless it says so).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub token_endpoints: bool,
 }
 
 impl FaultRule {
@@ -51,6 +69,8 @@ impl FaultRule {
             path_contains: None,
             action,
             times: None,
+            for_ms: None,
+            token_endpoints: false,
         }
     }
 
@@ -60,6 +80,14 @@ impl FaultRule {
 
     pub fn status(code: u16) -> FaultRule {
         Self::new(FaultAction::Status { code })
+    }
+
+    pub fn error(status: u16, code: &str, message: &str) -> FaultRule {
+        Self::new(FaultAction::Error {
+            status,
+            error_code: code.to_string(),
+            message: message.to_string(),
+        })
     }
 
     pub fn delay(ms: u64) -> FaultRule {
@@ -81,7 +109,22 @@ impl FaultRule {
         self
     }
 
-    fn matches(&self, method: &str, path: &str) -> bool {
+    /// Matches the token endpoints instead of ARM and Graph.
+    pub fn token_endpoints(mut self) -> FaultRule {
+        self.token_endpoints = true;
+        self
+    }
+
+    /// Applies for `ms` milliseconds from when it is added, then no more.
+    pub fn for_ms(mut self, ms: u64) -> FaultRule {
+        self.for_ms = Some(ms);
+        self
+    }
+
+    fn matches(&self, method: &str, path: &str, token_endpoint: bool) -> bool {
+        if self.token_endpoints != token_endpoint {
+            return false;
+        }
         if let Some(m) = &self.method
             && !m.eq_ignore_ascii_case(method)
         {
@@ -98,15 +141,29 @@ impl FaultRule {
 
 pub(crate) fn add(st: &mut State, rule: FaultRule) {
     let remaining = rule.times;
-    st.faults.push(ActiveFault { rule, remaining });
+    let expires = rule
+        .for_ms
+        .map(|ms| st.now() + std::time::Duration::from_millis(ms));
+    st.faults.push(ActiveFault {
+        rule,
+        remaining,
+        expires,
+    });
 }
 
-/// Finds the first matching rule with uses left, consumes one use and returns its action.
-pub(crate) fn take(st: &mut State, method: &str, path: &str) -> Option<FaultAction> {
-    let idx = st
-        .faults
-        .iter()
-        .position(|f| f.remaining.is_none_or(|n| n > 0) && f.rule.matches(method, path))?;
+/// Finds the first matching rule with uses and time left, consumes one use and returns its
+/// action. Expired rules are dropped.
+pub(crate) fn take(
+    st: &mut State,
+    method: &str,
+    path: &str,
+    token_endpoint: bool,
+) -> Option<FaultAction> {
+    let now = st.now();
+    st.faults.retain(|f| f.expires.is_none_or(|e| now < e));
+    let idx = st.faults.iter().position(|f| {
+        f.remaining.is_none_or(|n| n > 0) && f.rule.matches(method, path, token_endpoint)
+    })?;
     let f = &mut st.faults[idx];
     if let Some(n) = &mut f.remaining {
         *n -= 1;
@@ -205,4 +262,13 @@ pub(crate) fn status_error(code: u16) -> ArmError {
     };
     let code_str: String = c.chars().filter(|ch| !ch.is_whitespace()).collect();
     ArmError::new(status, &code_str, msg)
+}
+
+/// An injected [`FaultAction::Error`].
+pub(crate) fn custom_error(status: u16, code: &str, message: &str) -> ArmError {
+    ArmError::new(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+        code,
+        message.to_string(),
+    )
 }

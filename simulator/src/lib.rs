@@ -287,6 +287,7 @@ pub async fn start_on(config: SimConfig, addr: SocketAddr) -> Result<SimHandle, 
             lro_polls: config.lro_polls,
             retry_after_secs: config.retry_after_secs,
             min_operation_duration: config.min_operation_duration,
+            lro_failures: 0,
             noop_patch_completes_immediately: config.noop_patch_completes_immediately,
             max_logged_requests: config.max_logged_requests,
             callers: config.callers,
@@ -362,8 +363,31 @@ pub(crate) fn set_identity_in(
     resource_id: &str,
     identity: Value,
 ) -> Result<(), SimError> {
+    edit_identity_in(shared, resource_id, |_| identity).map(|_| ())
+}
+
+/// Reads the identity block (2018-06-01 GET shape), lets `edit` compute the new one (as
+/// [`SimHandle::set_identity`] takes it) and stores it, all under one lock: no request can
+/// land between the read and the write, as no ARM request lands inside another writer's
+/// single PUT. Returns the block as it was.
+pub(crate) fn edit_identity_in(
+    shared: &Shared,
+    resource_id: &str,
+    edit: impl FnOnce(&Value) -> Value,
+) -> Result<Value, SimError> {
     let id = compute_id(resource_id)?;
-    let mut identity = identity;
+    let mut st = shared.lock();
+    let res = st
+        .world
+        .compute
+        .get(&id.key())
+        .cloned()
+        .ok_or_else(|| SimError::NotFound(resource_id.to_string()))?;
+    let before = st
+        .world
+        .render_identity(&res, Shape::Dictionary)
+        .unwrap_or_else(|| serde_json::json!({ "type": "None" }));
+    let mut identity = edit(&before);
     let mut principal = None;
     if let Value::Object(m) = &mut identity {
         if let Some(Value::String(p)) = m.get("principalId") {
@@ -377,20 +401,13 @@ pub(crate) fn set_identity_in(
             m.insert("userAssignedIdentities".into(), Value::Object(d));
         }
     }
-    let mut st = shared.lock();
-    let res = st
-        .world
-        .compute
-        .get(&id.key())
-        .cloned()
-        .ok_or_else(|| SimError::NotFound(resource_id.to_string()))?;
     let state = st.world.out_of_band_identity(&res, &identity, principal)?;
     if let Some(r) = st.world.compute.get_mut(&id.key()) {
         r.set_identity(state);
         r.bump_etag();
     }
     st.world.sync_compute_principals(&id.key());
-    Ok(())
+    Ok(before)
 }
 
 fn compute_id(resource_id: &str) -> Result<ResourceId, SimError> {
@@ -483,6 +500,15 @@ impl SimHandle {
         self.shared.lock().config.min_operation_duration = d;
     }
 
+    /// The next `n` long-running operations (identity PATCH / PUT answered with an operation,
+    /// see [`LroMode`]) end `Failed` with Compute's `InternalExecutionError`, and the
+    /// resource's `provisioningState` with them. What the write changed stays applied
+    /// (**CHOSEN**: a failed operation does not roll the resource's model back), so a client
+    /// that reads again sees its change. 0 turns it off.
+    pub fn fail_next_operations(&self, n: u32) {
+        self.shared.lock().config.lro_failures = n;
+    }
+
     /// Marks every running operation Succeeded now.
     pub fn complete_operations(&self) {
         lro::complete_all(&mut self.shared.lock());
@@ -519,6 +545,19 @@ impl SimHandle {
     /// Bumps the resource's entity tag, as any write does.
     pub fn set_identity(&self, resource_id: &str, identity: Value) -> Result<(), SimError> {
         set_identity_in(&self.shared, resource_id, identity)
+    }
+
+    /// An out-of-band read-modify-write of the identity block, atomic (one lock): `edit`
+    /// gets the block as a 2018-06-01 GET shows it and returns the new one in the shape
+    /// [`SimHandle::set_identity`] takes. Returns the block as it was. What another writer's
+    /// single PUT does; two calls (`identity_of`, then `set_identity`) could interleave with
+    /// a request and undo it.
+    pub fn edit_identity(
+        &self,
+        resource_id: &str,
+        edit: impl FnOnce(&Value) -> Value,
+    ) -> Result<Value, SimError> {
+        edit_identity_in(&self.shared, resource_id, edit)
     }
 
     /// Creates a VM or VMSS out of band (no identity; the resource group is implied).

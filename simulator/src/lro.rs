@@ -26,6 +26,10 @@ fn region(location: &str) -> String {
 /// Starts an operation on the resource `resource_key`; returns its id.
 pub(crate) fn start(st: &mut State, resource_key: &str) -> String {
     let id = uuid::Uuid::new_v4().to_string();
+    let fails = st.config.lro_failures > 0;
+    if fails {
+        st.config.lro_failures -= 1;
+    }
     st.ops.insert(
         id.clone(),
         Operation {
@@ -37,6 +41,7 @@ pub(crate) fn start(st: &mut State, resource_key: &str) -> String {
             polls: 0,
             polls_required: st.config.lro_polls,
             min_duration: st.config.min_operation_duration,
+            fails,
         },
     );
     id
@@ -116,10 +121,24 @@ pub(crate) fn poll(st: &mut State, op_id: &str, monitor: bool) -> Result<ArmResp
     if let Some(e) = &op.end_time {
         m.insert("endTime".into(), Value::String(e.clone()));
     }
-    m.insert(
-        "status".into(),
-        Value::String(if done { "Succeeded" } else { "InProgress" }.into()),
-    );
+    let status = match (done, op.fails) {
+        (false, _) => "InProgress",
+        (true, false) => "Succeeded",
+        (true, true) => "Failed",
+    };
+    m.insert("status".into(), Value::String(status.into()));
+    if done && op.fails {
+        // The operation-status body of a failed operation: `error` with code and message
+        // ("Track asynchronous Azure operations"; the code is one Compute returns, the
+        // message CHOSEN).
+        m.insert(
+            "error".into(),
+            serde_json::json!({
+                "code": "InternalExecutionError",
+                "message": "An internal execution error occurred. Please retry later."
+            }),
+        );
+    }
     m.insert("name".into(), Value::String(op.id.clone()));
     let mut resp = ArmResponse::json(StatusCode::OK, Value::Object(m));
     if !done && sends_retry_after {
@@ -136,7 +155,7 @@ fn complete_resource(st: &mut State, op: &Operation) {
         && res.current_op.as_deref() == Some(op.id.as_str())
     {
         res.current_op = None;
-        res.provisioning_state = "Succeeded".to_string();
+        res.provisioning_state = if op.fails { "Failed" } else { "Succeeded" }.to_string();
     }
 }
 

@@ -252,7 +252,34 @@ pub(crate) async fn arm_entry(
         count_arrival(&mut st, &method, &route);
     }
 
+    let mut change: Option<IdentityChange> = None;
+    // Token endpoint outages: only rules that ask for the token endpoints match here.
+    let token_fault = if matches!(route, Route::EntraToken { .. } | Route::Imds) {
+        faults::take(&mut shared.lock(), method.as_str(), &path, true)
+    } else {
+        None
+    };
+    let token_refusal: Option<ArmResponse> = match token_fault {
+        Some(FaultAction::Delay { ms }) => {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            None
+        }
+        // The error bodies are ARM's (CHOSEN: Entra's own are `{"error","error_description"}`;
+        // clients act on the status and Retry-After).
+        Some(FaultAction::Throttle { retry_after_secs }) => {
+            Some(faults::throttle_error(method.as_str(), &path, retry_after_secs).into())
+        }
+        Some(FaultAction::Status { code }) => Some(faults::status_error(code).into()),
+        Some(FaultAction::Error {
+            status,
+            error_code,
+            message,
+        }) => Some(faults::custom_error(status, &error_code, &message).into()),
+        None => None,
+    };
     let mut resp = match &route {
+        _ if token_refusal.is_some() => token_refusal
+            .unwrap_or_else(|| ArmResponse::empty(axum::http::StatusCode::INTERNAL_SERVER_ERROR)),
         Route::EntraToken { tenant } => crate::token::entra_token(
             &mut shared.lock(),
             &method,
@@ -272,6 +299,7 @@ pub(crate) async fn arm_entry(
                 &headers,
                 body_json.as_ref(),
                 body_ok,
+                &mut change,
             )
             .await
         }
@@ -302,6 +330,9 @@ pub(crate) async fn arm_entry(
                 _ => None,
             },
             if_match: header_str(&headers, "if-match").map(str::to_string),
+            identity_before: change.as_ref().map(|c| c.before.clone()),
+            applied_at: change.as_ref().map(|c| c.at.clone()),
+            identity_after: change.map(|c| c.after),
         });
     }
     drop(st);
@@ -367,6 +398,22 @@ fn push_header(resp: &mut ArmResponse, name: &'static str, value: &str) {
     }
 }
 
+/// What a VM / VMSS write did to the identity block (see `RecordedRequest::identity_before`).
+struct IdentityChange {
+    before: Value,
+    after: Value,
+    at: String,
+}
+
+/// The identity block of a VM / VMSS as a 2018-06-01 GET shows it; `null` when absent.
+fn identity_snapshot(st: &State, id: &ResourceId) -> Value {
+    st.world.compute.get(&id.key()).map_or(Value::Null, |r| {
+        st.world
+            .render_identity(r, crate::identity::Shape::Dictionary)
+            .unwrap_or_else(|| serde_json::json!({ "type": "None" }))
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn handle(
     shared: &Shared,
@@ -377,6 +424,7 @@ async fn handle(
     headers: &HeaderMap,
     body: Option<&Value>,
     body_ok: bool,
+    change: &mut Option<IdentityChange>,
 ) -> ArmResponse {
     let is_graph = matches!(route, Route::Graph { .. });
     let caller = {
@@ -395,7 +443,7 @@ async fn handle(
     };
     let fault = {
         let mut st = shared.lock();
-        faults::take(&mut st, method.as_str(), path)
+        faults::take(&mut st, method.as_str(), path, false)
     };
     match fault {
         Some(FaultAction::Delay { ms }) => {
@@ -412,6 +460,19 @@ async fn handle(
             return graph::graph_error(e.status, &e.code, e.message).into();
         }
         Some(FaultAction::Status { code }) => return faults::status_error(code).into(),
+        Some(FaultAction::Error {
+            status,
+            error_code,
+            message,
+        }) if is_graph => {
+            let e = faults::custom_error(status, &error_code, &message);
+            return graph::graph_error(e.status, &e.code, e.message).into();
+        }
+        Some(FaultAction::Error {
+            status,
+            error_code,
+            message,
+        }) => return faults::custom_error(status, &error_code, &message).into(),
         None => {}
     }
     let caller = caller.unwrap_or_else(|| CallerConfig::new(""));
@@ -444,10 +505,22 @@ async fn handle(
         if_match: header_str(headers, "if-match"),
         if_none_match: header_str(headers, "if-none-match"),
     };
+    let compute_write = match route {
+        Route::Resource(id) if id.kind.is_compute() && *method != Method::GET => Some(id),
+        _ => None,
+    };
+    let before = compute_write.map(|id| identity_snapshot(&st, id));
     let mut resp = dispatch(
         &mut st, method, route, path, query, body, body_ok, &caller, pre,
     )
     .unwrap_or_else(Into::into);
+    if let (Some(id), Some(before)) = (compute_write, before) {
+        *change = Some(IdentityChange {
+            before,
+            after: identity_snapshot(&st, id),
+            at: now_rfc3339(),
+        });
+    }
     resp.headers.extend(throttle_headers);
     resp
 }

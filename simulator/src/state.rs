@@ -84,6 +84,21 @@ pub struct RecordedRequest {
     /// The `If-Match` header, when the request carried one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub if_match: Option<String>,
+    /// For a PATCH / PUT / DELETE of a VM or VMSS: its identity block just before the request
+    /// was applied, as a 2018-06-01 GET shows it (`{"type":"None"}` without identity, `null`
+    /// when the resource did not exist). Taken under the same lock as the write, so
+    /// `identity_before` → `identity_after` is exactly what this request changed (the state
+    /// history that soak and chaos checks read). Not set for refused-before-dispatch requests
+    /// (auth, injected faults, throttling).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity_before: Option<Value>,
+    /// The identity block just after the request was applied (see `identity_before`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity_after: Option<Value>,
+    /// RFC 3339 time (microseconds) the write was applied, under the lock: later than
+    /// `timestamp` by any injected delay. Set with `identity_before`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied_at: Option<String>,
 }
 
 /// Status of a long-running operation.
@@ -97,6 +112,8 @@ pub(crate) struct Operation {
     pub polls: u32,
     pub polls_required: u32,
     pub min_duration: Duration,
+    /// Ends `Failed` (`SimHandle::fail_next_operations`).
+    pub fails: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -106,6 +123,8 @@ pub(crate) struct RuntimeConfig {
     pub lro_polls: u32,
     pub retry_after_secs: u64,
     pub min_operation_duration: Duration,
+    /// Operations started from now on that end `Failed` (counted down).
+    pub lro_failures: u32,
     pub noop_patch_completes_immediately: bool,
     pub max_logged_requests: usize,
     pub callers: Vec<CallerConfig>,
@@ -151,6 +170,8 @@ impl RuntimeConfig {
 pub(crate) struct ActiveFault {
     pub rule: FaultRule,
     pub remaining: Option<u32>,
+    /// When the rule stops applying (`FaultRule::for_ms`), on the simulator's clock.
+    pub expires: Option<tokio::time::Instant>,
 }
 
 pub(crate) struct State {

@@ -369,3 +369,162 @@ async fn admin_identity_edits() {
     assert_eq!(sim.counters().requests, 2);
     assert_eq!(sim.counters().writes, 0);
 }
+
+#[tokio::test]
+async fn fault_for_ms_expires() {
+    let sim = sim().await;
+    let c = Client::new(&sim);
+    sim.add_fault(FaultRule::status(503).path_contains("vm-1").for_ms(300));
+    assert_eq!(c.get(&vm("vm-1"), V2018).await.status, 503);
+    assert_eq!(c.get(&vm("vm-1"), V2018).await.status, 503);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Expired: answered normally, and dropped from the list.
+    assert_eq!(c.get(&vm("vm-1"), V2018).await.status, 200);
+    let listed: Value = reqwest::get(format!("{}/_sim/faults", sim.base_url()))
+        .await
+        .expect("GET /_sim/faults")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(listed, json!([]));
+    // The admin API takes it too.
+    let r = reqwest::Client::new()
+        .post(format!("{}/_sim/faults", sim.base_url()))
+        .body(r#"{"action":{"type":"delay","ms":1},"forMs":60000}"#)
+        .send()
+        .await
+        .expect("POST /_sim/faults");
+    assert_eq!(r.status(), 201);
+}
+
+#[tokio::test]
+async fn request_log_records_identity_before_and_after_each_compute_write() {
+    let sim = sim().await;
+    let c = Client::new(&sim);
+    c.patch(
+        &vm("vm-1"),
+        V2018,
+        json!({"identity":{"type":"UserAssigned","userAssignedIdentities":{(uai("uai-1")):{}}}}),
+    )
+    .await;
+    // Out of band: not logged, but the next logged write starts from it.
+    sim.set_identity(
+        &vm("vm-1"),
+        json!({"type":"SystemAssigned, UserAssigned","userAssignedIdentities":[uai("uai-1")]}),
+    )
+    .expect("out-of-band edit");
+    c.patch(
+        &vm("vm-1"),
+        V2018,
+        json!({"identity":{"type":"UserAssigned"}}),
+    )
+    .await;
+    c.get(&vm("vm-1"), V2018).await;
+    sim.add_fault(FaultRule::status(500).method("PATCH").times(1));
+    c.patch(&vm("vm-1"), V2018, json!({"identity":{"type":"None"}}))
+        .await;
+    c.delete(&vm("vm-2"), V2018).await;
+    let log = sim.requests();
+    assert_eq!(log.len(), 5);
+    let ty = |v: &Option<Value>| v.as_ref().map(|v| v["type"].clone());
+    assert_eq!(ty(&log[0].identity_before), Some(json!("None")));
+    assert_eq!(ty(&log[0].identity_after), Some(json!("UserAssigned")));
+    assert!(
+        log[0].identity_after.as_ref().expect("after")["userAssignedIdentities"]
+            .as_object()
+            .is_some_and(|m| m.len() == 1)
+    );
+    assert_eq!(
+        ty(&log[1].identity_before),
+        Some(json!("SystemAssigned, UserAssigned"))
+    );
+    assert_eq!(ty(&log[1].identity_after), Some(json!("UserAssigned")));
+    assert!(log[1].applied_at.as_deref() >= Some(log[1].timestamp.as_str()));
+    assert!(log[1].applied_at.as_deref() > log[0].applied_at.as_deref());
+    // A read, and a write refused by an injected fault, carry neither.
+    assert_eq!(
+        (&log[2].identity_before, &log[2].identity_after),
+        (&None, &None)
+    );
+    assert_eq!(log[3].status, 500);
+    assert_eq!(
+        (&log[3].identity_before, &log[3].identity_after),
+        (&None, &None)
+    );
+    // DELETE: after is null (gone).
+    assert_eq!(log[4].identity_after, Some(Value::Null));
+    assert_eq!(ty(&log[4].identity_before), Some(json!("None")));
+}
+
+#[tokio::test]
+async fn edit_identity_reads_and_writes_in_one_step() {
+    let sim = sim().await;
+    sim.set_identity(&vm("vm-1"), json!({"type":"SystemAssigned"}))
+        .expect("seed");
+    let before = sim
+        .edit_identity(&vm("vm-1"), |cur| {
+            let mut v = cur.clone();
+            v["type"] = json!("SystemAssigned, UserAssigned");
+            v["userAssignedIdentities"] = json!([uai("uai-2")]);
+            v
+        })
+        .expect("edit");
+    assert_eq!(before["type"], "SystemAssigned");
+    let now = sim.identity_of(&vm("vm-1")).expect("vm-1");
+    assert_eq!(now["type"], "SystemAssigned, UserAssigned");
+    // The system principal is kept (the edit passed it through).
+    assert_eq!(now["principalId"], before["principalId"]);
+    assert!(sim.edit_identity(&vm("nope"), |v| v.clone()).is_err());
+    // The admin route answers 404 for an unknown VM and for an id that is not one.
+    for id in [vm("nope"), uai("uai-1")] {
+        let r = reqwest::Client::new()
+            .post(format!("{}/_sim/identity", sim.base_url()))
+            .body(json!({"id": id, "systemAssigned": true}).to_string())
+            .send()
+            .await
+            .expect("POST /_sim/identity");
+        assert_eq!(r.status(), 404, "{id}");
+    }
+}
+
+#[tokio::test]
+async fn custom_error_fault() {
+    let sim = sim().await;
+    let c = Client::new(&sim);
+    sim.add_fault(
+        FaultRule::error(
+            400,
+            "PrincipalNotFound",
+            "Principal 11111111-2222-3333-4444-555555555555 does not exist in the directory.",
+        )
+        .method("PUT")
+        .path_contains("roleAssignments")
+        .times(1),
+    );
+    let path = format!(
+        "/subscriptions/{SUB}/providers/Microsoft.Authorization/roleAssignments/0f1e2d3c-0000-4000-8000-000000000001?api-version=2022-04-01"
+    );
+    let body = json!({"properties": {
+        "roleDefinitionId": format!("/subscriptions/{SUB}/providers/Microsoft.Authorization/roleDefinitions/acdd72a7-3385-48ef-bd42-f606fba81ae7"),
+        "principalId": "11111111-2222-3333-4444-555555555555"}});
+    let r = c.send("PUT", &path, Some(&body)).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body["error"]["code"], "PrincipalNotFound");
+    // Used up: a GET was never matched (method), and the rule is gone.
+    assert_eq!(c.get(&vm("vm-1"), V2018).await.status, 200);
+    let listed: Value = reqwest::get(format!("{}/_sim/faults", sim.base_url()))
+        .await
+        .expect("GET /_sim/faults")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(listed[0]["remaining"], 0);
+    // The admin API takes it as JSON.
+    let r = reqwest::Client::new()
+        .post(format!("{}/_sim/faults", sim.base_url()))
+        .body(r#"{"action":{"type":"error","status":409,"errorCode":"Conflict","message":"m"}}"#)
+        .send()
+        .await
+        .expect("POST /_sim/faults");
+    assert_eq!(r.status(), 201);
+}

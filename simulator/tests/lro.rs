@@ -346,3 +346,50 @@ async fn noop_patch_completes_immediately_and_put_create_is_201_creating() {
         )
     );
 }
+
+/// `fail_next_operations`: the next operation ends `Failed` with an `error`, the resource's
+/// provisioningState with it; what the write changed stays; the one after succeeds again.
+#[tokio::test]
+async fn failing_operations() {
+    let sim = sim().await;
+    let c = Client::new(&sim);
+    sim.fail_next_operations(1);
+    let r = c
+        .patch(
+            &vm("vm-1"),
+            V2018,
+            json!({"identity":{"type":"SystemAssigned"}}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let op = r
+        .header("azure-asyncoperation")
+        .expect("Azure-AsyncOperation");
+    let p = c.poll(&op).await;
+    assert_eq!(p.body["status"], "Failed");
+    assert_eq!(p.body["error"]["code"], "InternalExecutionError");
+    assert_eq!(
+        sim.provisioning_state_of(&vm("vm-1")).as_deref(),
+        Some("Failed")
+    );
+    assert_eq!(
+        sim.identity_of(&vm("vm-1")).expect("vm-1")["type"],
+        "SystemAssigned"
+    );
+    // Only one: the next operation succeeds.
+    let r = c
+        .patch(
+            &vm("vm-2"),
+            V2018,
+            json!({"identity":{"type":"SystemAssigned"}}),
+        )
+        .await;
+    let op = r
+        .header("azure-asyncoperation")
+        .expect("Azure-AsyncOperation");
+    assert_eq!(c.poll(&op).await.body["status"], "Succeeded");
+    assert_eq!(
+        sim.provisioning_state_of(&vm("vm-2")).as_deref(),
+        Some("Succeeded")
+    );
+}

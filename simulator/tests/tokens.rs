@@ -672,3 +672,36 @@ async fn imds_refusals() {
     assert_eq!(r.body["error"], "invalid_resource");
     assert_eq!(sim.issued_token_count(), 0);
 }
+
+/// Token endpoint outages: a rule with `tokenEndpoints` hits the Entra endpoint (and only
+/// it); rules without it never do.
+#[tokio::test]
+async fn token_endpoint_faults() {
+    let sim = sim_tokens().await;
+    // An ARM-wide rule leaves the token endpoint alone.
+    sim.add_fault(vmidentity_simulator::FaultRule::status(503));
+    let r = token_request(&sim, TENANT, secret_form(APP, SECRET, ARM_SCOPE)).await;
+    assert_eq!(r.status, 200);
+    sim.clear_faults();
+    sim.add_fault(
+        vmidentity_simulator::FaultRule::status(503)
+            .token_endpoints()
+            .times(1),
+    );
+    let r = token_request(&sim, TENANT, secret_form(APP, SECRET, ARM_SCOPE)).await;
+    assert_eq!(r.status, 503);
+    let r = token_request(&sim, TENANT, secret_form(APP, SECRET, ARM_SCOPE)).await;
+    assert_eq!(r.status, 200);
+    sim.add_fault(
+        vmidentity_simulator::FaultRule::throttle(2)
+            .token_endpoints()
+            .times(1),
+    );
+    let r = token_request(&sim, TENANT, secret_form(APP, SECRET, ARM_SCOPE)).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after").as_deref(), Some("2"));
+    // A token-endpoint rule does not hit ARM.
+    sim.add_fault(vmidentity_simulator::FaultRule::status(500).token_endpoints());
+    let c = Client::new(&sim);
+    assert_eq!(c.get(&vm("vm-1"), V2018).await.status, 200);
+}

@@ -599,7 +599,7 @@ async fn reconcile_target(
     }
 
     if !plan.is_converged() {
-        widen_records(&members, &plan, &desired, ctx).await?;
+        widen_records(&mut members, &plan, &desired, ctx).await?;
         info!(%target, changes = plan.changes.len(), "writing the target");
     }
     let mut result = TargetResult {
@@ -608,14 +608,16 @@ async fn reconcile_target(
         ..TargetResult::for_group(&desired)
     };
     // A plan made again inside write_target (after a 412) is claimed before its PATCH too.
+    // It widens the members' own records too, so a failed write reports on top of them.
     let claimer = Claimer {
-        members: &members,
+        members: tokio::sync::Mutex::new(&mut members[..]),
         ctx,
         failed: Mutex::new(None),
     };
     let written =
         write_target_claiming(&az.exec, &desired, &live, &plan, &mut result, &claimer).await;
-    if let Some(e) = claimer.failed.into_inner().ok().flatten() {
+    let Claimer { failed, .. } = claimer;
+    if let Some(e) = failed.into_inner().ok().flatten() {
         return Err(e);
     }
     match written {
@@ -673,7 +675,7 @@ fn planner_input(members: &[Member], as_managed: bool) -> Option<(Vec<DesiredObj
 /// Widens the ownership records of a plan made again inside the write (after a 412) before
 /// it is sent; the Kubernetes error that stopped it is kept for the reconcile to return.
 struct Claimer<'a> {
-    members: &'a [Member],
+    members: tokio::sync::Mutex<&'a mut [Member]>,
     ctx: &'a Context,
     failed: Mutex<Option<Error>>,
 }
@@ -685,7 +687,8 @@ impl Claim for Claimer<'_> {
         group: &'a [DesiredObject],
     ) -> futures::future::BoxFuture<'a, Result<(), EngineError>> {
         Box::pin(async move {
-            widen_records(self.members, plan, group, self.ctx)
+            let mut members = self.members.lock().await;
+            widen_records(&mut members, plan, group, self.ctx)
                 .await
                 .map_err(|e| {
                     let claim = EngineError::Claim {
@@ -702,21 +705,26 @@ impl Claim for Claimer<'_> {
 }
 
 /// Widens the ownership records before writing: a crash after the PATCH must not orphan
-/// what it added.
+/// what it added. Each member then carries its widened record, so a failed write reports on
+/// top of it: the write may have been applied (a long-running operation that ended
+/// `Failed`, a timeout), and only a later pass that reads the target narrows the record.
 async fn widen_records(
-    members: &[Member],
+    members: &mut [Member],
     plan: &TargetPlan,
     desired: &[DesiredObject],
     ctx: &Context,
 ) -> Result<(), Error> {
     let claims = plan.claims(desired);
-    for m in members.iter().filter(|m| m.is_active()) {
+    for m in members.iter_mut().filter(|m| m.is_active()) {
         if let Some(claim) = claims.get(&m.obj.planner_ref()) {
             let mut st = m.obj.status.clone().unwrap_or_default();
             let claim = claim.clone();
             if st.applied.as_ref() != Some(&claim) {
                 st.applied = Some(claim);
                 ctx.patch_status(&m.obj, &st).await?;
+                let mut widened = (*m.obj).clone();
+                widened.status = Some(st);
+                m.obj = Arc::new(widened);
             }
         }
     }

@@ -827,3 +827,64 @@ async fn a_replan_after_412_widens_the_claim_before_its_patch() {
         "{identity}"
     );
 }
+
+/// Found by the chaos soak (seed 2): a PATCH whose long-running operation ended `Failed` had
+/// been applied by ARM, but the failure report wrote the object's old ownership record back
+/// over the widened one, so the identity it added was owned by nobody and never removed when
+/// the object let go of it. The widened record must survive a failed write, and the failure
+/// is retried (not left until the spec changes).
+#[tokio::test]
+async fn a_failed_operation_keeps_the_widened_record_and_is_retried() {
+    let sim = sim(None).await;
+    sim.set_lro_mode(LroMode::Async200);
+    sim.fail_next_operations(1);
+    // A working object (it owns nothing yet) edited to list uai-a.
+    let o = working(
+        object(
+            "web",
+            json!({"target": vm(), "userAssignedIdentities": [uai("uai-a")]}),
+        ),
+        json!({"userAssignedIdentities": []}),
+        "2026-01-01T00:00:00Z",
+    );
+    let (action, seen) = run(o, &[policy(allow_all_policy(NS))], &sim).await;
+    let path = format!("{}/status", object_path("web"));
+    // ARM applied it (the operation failed afterwards).
+    let identity = sim.identity_of(&vm()).expect("vm1");
+    assert!(
+        identity.to_string().to_ascii_lowercase().contains("uai-a"),
+        "{identity}"
+    );
+    assert_eq!(arm_writes(&sim).len(), 1);
+    let statuses: Vec<&Seen> = seen.iter().filter(|s| s.path == path).collect();
+    assert!(statuses.len() >= 2, "{seen:#?}");
+    assert!(statuses[1..].iter().all(|s| s.arm_writes == 1), "{seen:#?}");
+    // Widened before the write...
+    assert_eq!(statuses[0].arm_writes, 0);
+    assert_eq!(
+        statuses[0].body["status"]["applied"],
+        json!({"userAssignedIdentities": [uai("uai-a")]})
+    );
+    // ... and no later status patch takes uai-a out of the record.
+    for s in &statuses[1..] {
+        let applied = &s.body["status"]["applied"];
+        assert!(
+            applied["userAssignedIdentities"]
+                .as_array()
+                .is_some_and(|a| a.contains(&json!(uai("uai-a")))),
+            "a status patch after the failed write narrowed the record: {s:?}"
+        );
+    }
+    let last = statuses.last().expect("a status after the write");
+    assert_eq!(
+        condition(&last.body, "Ready")["status"],
+        "False",
+        "{last:?}"
+    );
+    assert_eq!(
+        condition(&last.body, "Reconciling")["status"],
+        "True",
+        "retried, not stalled: {last:?}"
+    );
+    assert_ne!(action, Action::await_change(), "retried");
+}
