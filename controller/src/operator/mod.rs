@@ -472,7 +472,19 @@ fn azure_doors(args: &ControllerArgs, metrics: &Arc<Metrics>) -> Result<AzureDoo
         None => vmidentity_azure::token::from_env(&|k| std::env::var(k).ok())
             .map_err(|e| CliError::Other(format!("Azure credentials: {e}")))?,
     };
+    // The controller's own principal, when the environment names it: a namespace credential
+    // naming the same app then shares its budgets.
+    let budget_key = match (
+        std::env::var("AZURE_TENANT_ID"),
+        std::env::var("AZURE_CLIENT_ID"),
+    ) {
+        (Ok(t), Ok(c)) if !t.is_empty() && !c.is_empty() => {
+            Some(format!("{t}/{c}").to_ascii_lowercase())
+        }
+        _ => Some("controller".to_string()),
+    };
     let arm_config = ClientConfig {
+        budget_key: budget_key.clone(),
         endpoint: args.arm_endpoint.clone(),
         max_attempts: 3,
         max_inline_wait: Duration::ZERO,
@@ -480,6 +492,7 @@ fn azure_doors(args: &ControllerArgs, metrics: &Arc<Metrics>) -> Result<AzureDoo
         ..ClientConfig::default()
     };
     let graph_config = ClientConfig {
+        budget_key,
         max_attempts: 3,
         max_inline_wait: Duration::ZERO,
         ..ClientConfig::graph(&args.graph_endpoint)
