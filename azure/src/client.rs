@@ -398,8 +398,8 @@ struct Budget {
 /// Budgets by (endpoint, [`ClientConfig::budget_key`]): every client built for the same
 /// principal and endpoint (the controller's workers, and namespace credentials naming the
 /// same app) draws from one budget, as ARM, Resource Graph and Graph count per principal.
-static SHARED_BUDGETS: std::sync::LazyLock<Mutex<HashMap<(String, String), Arc<Budget>>>> =
-    std::sync::LazyLock::new(Mutex::default);
+type Budgets = Mutex<HashMap<(String, String), Arc<Budget>>>;
+static SHARED_BUDGETS: std::sync::LazyLock<Budgets> = std::sync::LazyLock::new(Mutex::default);
 
 fn budget_for(endpoint: &str, key: Option<&str>) -> Arc<Budget> {
     let Some(key) = key else {
