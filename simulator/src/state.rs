@@ -118,6 +118,7 @@ pub(crate) struct RuntimeConfig {
     pub arg_lag: Duration,
     pub arg_quota: u32,
     pub arg_quota_window: Duration,
+    pub change_feed: crate::changes::ChangeFeedConfig,
     /// Enforced throttling; `None` = subscription buckets reported only.
     pub throttling: Option<crate::throttle::ThrottleConfig>,
     /// App registrations served by the Entra token endpoint.
