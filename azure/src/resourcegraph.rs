@@ -1,8 +1,13 @@
 //! Azure Resource Graph: the identity blocks of every VM and VMSS of some subscriptions, a
-//! page of up to 1,000 rows per request, for bulk drift detection.
+//! page of up to 1,000 rows per request, for bulk drift detection; and the `resourcechanges`
+//! change feed between resyncs.
 
 use reqwest::Method;
 use serde_json::{Value, json};
+
+use vmidentity_planner::changefeed::{
+    ChangeKind, ChangeRecord, format_rfc3339_ms, parse_rfc3339_ms,
+};
 
 use crate::client::{ArmClient, RequestKind};
 use crate::error::AzureError;
@@ -55,6 +60,44 @@ impl ArmClient {
         subscriptions: &[String],
         mut on_row: impl FnMut(&str, &Value),
     ) -> Result<u32, AzureError> {
+        self.query_each(subscriptions, identity_query(), |row| {
+            if let Some(id) = row.get("id").and_then(Value::as_str) {
+                on_row(id, row.get("identity").unwrap_or(&Value::Null));
+            }
+        })
+        .await
+    }
+
+    /// The change feed: `resourcechanges` records of VMs and scale sets in the
+    /// subscriptions, newer than `since_ms` (ms since the epoch), that create or delete one
+    /// or change its identity ([`change_query`]), oldest first, every page. Returns the
+    /// records and the number of requests.
+    pub async fn query_changes(
+        &self,
+        subscriptions: &[String],
+        since_ms: i64,
+    ) -> Result<(Vec<ChangeRecord>, u32), AzureError> {
+        let mut out = Vec::new();
+        let q = change_query(since_ms);
+        let pages = self
+            .query_each(subscriptions, &q, |row| {
+                if let Some(r) = change_record(row) {
+                    out.push(r);
+                }
+            })
+            .await?;
+        Ok((out, pages))
+    }
+
+    /// Runs `query` over the subscriptions (at most [`SUBSCRIPTIONS_PER_QUERY`] per
+    /// request), following `$skipToken`, and hands each row to `on_row` as its page
+    /// arrives. Returns the number of requests.
+    pub async fn query_each(
+        &self,
+        subscriptions: &[String],
+        query: &str,
+        mut on_row: impl FnMut(&Value),
+    ) -> Result<u32, AzureError> {
         let mut pages = 0u32;
         let url = self.url(
             "/providers/Microsoft.ResourceGraph/resources",
@@ -67,17 +110,14 @@ impl ArmClient {
                 if let Some(t) = &skip_token {
                     options["$skipToken"] = json!(t);
                 }
-                let body =
-                    json!({"subscriptions": chunk, "query": identity_query(), "options": options});
+                let body = json!({"subscriptions": chunk, "query": query, "options": options});
                 let resp = self
                     .send(Method::POST, &url, Some(&body), RequestKind::Query)
                     .await?;
                 pages += 1;
                 let data = resp.body.get("data").and_then(Value::as_array);
                 for row in data.into_iter().flatten() {
-                    if let Some(id) = row.get("id").and_then(Value::as_str) {
-                        on_row(id, row.get("identity").unwrap_or(&Value::Null));
-                    }
+                    on_row(row);
                 }
                 skip_token = resp
                     .body
@@ -92,4 +132,54 @@ impl ArmClient {
         }
         Ok(pages)
     }
+}
+
+/// The change feed query: the pattern of "Get resource changes"
+/// (<https://learn.microsoft.com/azure/governance/resource-graph/how-to/get-resource-changes>:
+/// `extend changeTime = todatetime(properties.changeAttributes.timestamp) … | where
+/// changeTime > datetime(…)`), narrowed to VMs and scale sets, to creations and deletions and
+/// to changes whose property paths name `identity`; oldest first, `id` projected for paging.
+pub fn change_query(since_ms: i64) -> String {
+    format!(
+        "resourcechanges \
+| extend changeTime = todatetime(properties.changeAttributes.timestamp), targetResourceId = tostring(properties.targetResourceId), targetResourceType = tostring(properties.targetResourceType), changeType = tostring(properties.changeType), correlationId = tostring(properties.changeAttributes.correlationId), changedProperties = tostring(properties.changes) \
+| where changeTime > datetime({}) \
+| where targetResourceType in~ ('microsoft.compute/virtualmachines', 'microsoft.compute/virtualmachinescalesets') \
+| where changeType in ('Create', 'Delete') or changedProperties contains 'identity' \
+| order by changeTime asc \
+| project id, name, changeTime, targetResourceId, changeType, correlationId",
+        format_rfc3339_ms(since_ms)
+    )
+}
+
+/// A row of [`change_query`] (projected columns, or the full row's `properties`) as a
+/// [`ChangeRecord`]; None without a target or a readable timestamp.
+pub fn change_record(row: &Value) -> Option<ChangeRecord> {
+    let props = row.get("properties");
+    let field = |projected: &str, path: &[&str]| -> Option<String> {
+        row.get(projected)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .or_else(|| {
+                let mut v = props?;
+                for p in path {
+                    v = v.get(*p)?;
+                }
+                v.as_str().map(str::to_string)
+            })
+    };
+    let target = field("targetResourceId", &["targetResourceId"])?;
+    let ts = field("changeTime", &["changeAttributes", "timestamp"])?;
+    Some(ChangeRecord {
+        target,
+        kind: ChangeKind::parse(&field("changeType", &["changeType"]).unwrap_or_default()),
+        timestamp_ms: parse_rfc3339_ms(&ts)?,
+        change_id: row
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        correlation_id: field("correlationId", &["changeAttributes", "correlationId"])
+            .unwrap_or_default(),
+    })
 }
