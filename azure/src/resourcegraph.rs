@@ -1,6 +1,15 @@
 //! Azure Resource Graph: the identity blocks of every VM and VMSS of some subscriptions, a
-//! page of up to 1,000 rows per request, for bulk drift detection; and the `resourcechanges`
-//! change feed between resyncs.
+//! page of up to 1,000 rows per request, for bulk drift detection; the role assignments of
+//! many principals at once (`AuthorizationResources`); any other query, paged; and the
+//! `resourcechanges` change feed between resyncs.
+//!
+//! Query API: `specification/resourcegraph/resource-manager/Microsoft.ResourceGraph/stable/2021-03-01/resourcegraph.json`
+//! in Azure/azure-rest-api-specs; paging: "Working with large Azure resource data sets"
+//! (<https://learn.microsoft.com/azure/governance/resource-graph/concepts/work-with-data>);
+//! the `AuthorizationResources` table: "Azure Resource Graph sample queries by table"
+//! (<https://learn.microsoft.com/azure/governance/resource-graph/samples/samples-by-table>);
+//! the change feed: "Get resource changes"
+//! (<https://learn.microsoft.com/azure/governance/resource-graph/how-to/get-resource-changes>).
 
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -18,6 +27,69 @@ pub const RESOURCE_GRAPH_API_VERSION: &str = "2021-03-01";
 pub const MAX_PAGE: u32 = 1000;
 /// Subscriptions per query (Resource Graph recommends grouping at most 300).
 pub const SUBSCRIPTIONS_PER_QUERY: usize = 300;
+
+/// Principal IDs per `AuthorizationResources` query (CHOSEN: about 20 KB of query text for
+/// 500 GUIDs, well inside a request body; a page holds 1,000 rows, so a chunk of VM
+/// identities with two grants each fills about one page).
+pub const PRINCIPALS_PER_QUERY: usize = 500;
+
+/// One role assignment as the `AuthorizationResources` table shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleAssignmentRow {
+    /// The assignment's ARM ID (`{scope}/providers/Microsoft.Authorization/roleAssignments/{name}`).
+    pub id: String,
+    /// The assignment's name (a GUID).
+    pub name: String,
+    /// `properties.principalId`.
+    pub principal_id: String,
+    /// `properties.principalType` (`ServicePrincipal`, `User`, `Group`, ...), empty when absent.
+    pub principal_type: String,
+    /// `properties.roleDefinitionId` as the table shows it.
+    pub role_definition_id: String,
+    /// `properties.scope`.
+    pub scope: String,
+}
+
+impl RoleAssignmentRow {
+    /// Reads a row; `None` when it is not a role assignment (no `principalId` / `scope` /
+    /// `roleDefinitionId`).
+    pub fn from_row(row: &Value) -> Option<RoleAssignmentRow> {
+        let props = row.get("properties")?;
+        let s = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+        Some(RoleAssignmentRow {
+            id: s(row.get("id"))?,
+            name: s(row.get("name")).unwrap_or_default(),
+            principal_id: s(props.get("principalId"))?,
+            principal_type: s(props.get("principalType")).unwrap_or_default(),
+            role_definition_id: s(props.get("roleDefinitionId"))?,
+            scope: s(props.get("scope"))?,
+        })
+    }
+}
+
+/// A KQL string literal: single-quoted, `\` and `'` escaped ("Kusto string data type").
+pub fn kql_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        if c == '\'' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
+}
+
+/// The KQL query for the role assignments of these principals (case-insensitive `in~`: the
+/// principal IDs are GUIDs whose case may differ between Graph and ARM).
+pub fn role_assignments_query(principal_ids: &[String]) -> String {
+    let list: Vec<String> = principal_ids.iter().map(|p| kql_string(p)).collect();
+    format!(
+        "AuthorizationResources | where type =~ 'microsoft.authorization/roleassignments' | where properties.principalId in~ ({}) | project id, name, properties | order by id asc",
+        list.join(", ")
+    )
+}
 
 /// One VM or VMSS as Resource Graph shows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,9 +161,43 @@ impl ArmClient {
         Ok((out, pages))
     }
 
-    /// Runs `query` over the subscriptions (at most [`SUBSCRIPTIONS_PER_QUERY`] per
-    /// request), following `$skipToken`, and hands each row to `on_row` as its page
-    /// arrives. Returns the number of requests.
+    /// The role assignments held by these principals in the subscriptions, from the
+    /// `AuthorizationResources` table: one query per [`PRINCIPALS_PER_QUERY`] principals
+    /// (duplicates dropped), each paged with `$skipToken`; never one list per principal.
+    /// Assignments at management-group or root scope are not in a subscription's rows.
+    /// Returns the rows (ordered by id within each chunk) and the number of requests.
+    pub async fn query_role_assignments(
+        &self,
+        subscriptions: &[String],
+        principal_ids: &[String],
+    ) -> Result<(Vec<RoleAssignmentRow>, u32), AzureError> {
+        let mut unique: Vec<String> = principal_ids
+            .iter()
+            .map(|p| p.to_ascii_lowercase())
+            .collect();
+        unique.sort();
+        unique.dedup();
+        let mut rows = Vec::new();
+        let mut pages = 0u32;
+        for chunk in unique.chunks(PRINCIPALS_PER_QUERY) {
+            let q = role_assignments_query(chunk);
+            pages += self
+                .query_each(subscriptions, &q, |row| {
+                    if let Some(r) = RoleAssignmentRow::from_row(row) {
+                        rows.push(r);
+                    }
+                })
+                .await?;
+        }
+        Ok((rows, pages))
+    }
+
+    /// Runs any Resource Graph query over the subscriptions (at most
+    /// [`SUBSCRIPTIONS_PER_QUERY`] per request), 1,000 rows a page, following `$skipToken`,
+    /// handing each row to `on_row` as its page arrives. The query must project `id` (or not
+    /// project at all) for `$skipToken` paging. A page Resource Graph marks
+    /// `resultTruncated` without a `$skipToken` is an error, never a silent partial result.
+    /// Returns the number of requests.
     pub async fn query_each(
         &self,
         subscriptions: &[String],
@@ -119,6 +225,11 @@ impl ArmClient {
                 for row in data.into_iter().flatten() {
                     on_row(row);
                 }
+                let truncated = match resp.body.get("resultTruncated") {
+                    Some(Value::String(t)) => t.eq_ignore_ascii_case("true"),
+                    Some(Value::Bool(b)) => *b,
+                    _ => false,
+                };
                 skip_token = resp
                     .body
                     .get("$skipToken")
@@ -126,6 +237,12 @@ impl ArmClient {
                     .filter(|t| !t.is_empty())
                     .map(str::to_string);
                 if skip_token.is_none() {
+                    if truncated {
+                        return Err(AzureError::InvalidResponse {
+                            url: url.to_string(),
+                            message: "Resource Graph truncated the result without a $skipToken (the query must project `id` to be paged)".into(),
+                        });
+                    }
                     break;
                 }
             }

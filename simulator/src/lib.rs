@@ -63,7 +63,7 @@ pub use crate::token::{
 };
 pub use crate::world::{
     DEFAULT_LOCATION, DEFAULT_TENANT_ID, SeedComputeResource, SeedGroup, SeedIdentity,
-    SeedPrincipal, SeedResourceGroup, SeedRoleAssignment, SeedRoleDefinition,
+    SeedManagedCluster, SeedPrincipal, SeedResourceGroup, SeedRoleAssignment, SeedRoleDefinition,
     SeedUserAssignedIdentity, SeedUserIds, WorldSeed,
 };
 
@@ -136,6 +136,11 @@ pub struct CallerConfig {
     /// sets; `None` = everywhere. Elsewhere: 403 `AuthorizationFailed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compute_write_scopes: Option<Vec<String>>,
+    /// Resource Graph tables (`Resources`, `AuthorizationResources`) whose rows the caller may
+    /// not read (e.g. its role lacks `Microsoft.Authorization/roleAssignments/read`): a query
+    /// of one answers 403 `AuthorizationFailed`. Default empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denied_resource_graph_tables: Vec<String>,
 }
 
 impl CallerConfig {
@@ -148,7 +153,14 @@ impl CallerConfig {
             client_id: uuid::Uuid::new_v5(&ns, format!("client:{token}").as_bytes()).to_string(),
             role_assignment_write_scopes: None,
             compute_write_scopes: None,
+            denied_resource_graph_tables: Vec::new(),
         }
+    }
+
+    /// Denies this caller the rows of these Resource Graph tables (403 `AuthorizationFailed`).
+    pub fn with_denied_resource_graph_tables(mut self, tables: &[&str]) -> CallerConfig {
+        self.denied_resource_graph_tables = tables.iter().map(|s| s.to_string()).collect();
+        self
     }
 
     /// Restricts VM / VMSS writes to these scopes (and below); empty = nowhere.

@@ -1,6 +1,14 @@
 //! Azure Resource Graph query API (`POST /providers/Microsoft.ResourceGraph/resources`,
-//! api-version 2021-03-01): a small KQL subset over the VMs / VMSS of the world, paging,
-//! per-caller quota (`x-ms-user-quota-*`) and a configurable lag.
+//! api-version 2021-03-01): a small KQL subset over two tables, paging, per-caller quota
+//! (`x-ms-user-quota-*`) and a configurable lag.
+//! - `Resources`: the VMs / VMSS of the world (with their tags) and the seeded AKS clusters
+//!   (`microsoft.containerservice/managedclusters` with `properties.nodeResourceGroup`).
+//! - `AuthorizationResources`: the role assignments (`microsoft.authorization/roleassignments`,
+//!   "Announcing AuthorizationResources in Azure Resource Graph",
+//!   <https://techcommunity.microsoft.com/t5/azure-governance-and-management/announcing-authorizationresources-in-azure-resource-graph/ba-p/3813912>,
+//!   and "Azure Resource Graph sample queries by table",
+//!   <https://learn.microsoft.com/azure/governance/resource-graph/samples/samples-by-table>).
+//!
 //! Spec: `specification/resourcegraph/resource-manager/Microsoft.ResourceGraph/stable/2021-03-01/resourcegraph.json`
 //! and its examples in Azure/azure-rest-api-specs; paging: "Working with large Azure resource
 //! data sets" (<https://learn.microsoft.com/azure/governance/resource-graph/concepts/work-with-data>);
@@ -148,24 +156,28 @@ pub(crate) fn row_of(world: &crate::world::World, key: &str) -> Option<Value> {
 // KQL subset
 // ---------------------------------------------------------------------------
 
+/// A column, or a property inside one (`properties.principalId`, `tags['env']`,
+/// `tags.env`): the column name first, then the keys.
+type Path = Vec<String>;
+
 #[derive(Debug, Clone, PartialEq)]
 enum Cond {
     /// `field =~ 'v'` (case-insensitive) / `field == 'v'` (exact) / `!=`, `!~`.
     Cmp {
-        field: String,
+        field: Path,
         value: String,
         ci: bool,
         negate: bool,
     },
     /// `field in ('a','b')` / `in~`.
     In {
-        field: String,
+        field: Path,
         values: Vec<String>,
         ci: bool,
     },
     /// `isnotnull(field)` / `isnull(field)`.
     NotNull {
-        field: String,
+        field: Path,
         negate: bool,
     },
     And(Vec<Cond>),
@@ -176,10 +188,11 @@ enum Cond {
 enum Op {
     Where(Cond),
     Project(Vec<String>),
-    Order { field: String, desc: bool },
+    Order { field: Path, desc: bool },
     Limit(usize),
 }
 
+/// The columns of both tables (the subset of the documented columns the simulator fills).
 const FIELDS: &[&str] = &[
     "id",
     "name",
@@ -191,9 +204,37 @@ const FIELDS: &[&str] = &[
     "subscriptionId",
     "tags",
     "identity",
+    "properties",
 ];
 
-fn field(name: &str) -> Result<String, ArmError> {
+/// The tables served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Table {
+    Resources,
+    AuthorizationResources,
+}
+
+impl Table {
+    fn parse(name: &str) -> Option<Table> {
+        if name.eq_ignore_ascii_case("resources") {
+            Some(Table::Resources)
+        } else if name.eq_ignore_ascii_case("authorizationresources") {
+            Some(Table::AuthorizationResources)
+        } else {
+            None
+        }
+    }
+
+    /// The table's name as the documentation spells it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Table::Resources => "Resources",
+            Table::AuthorizationResources => "AuthorizationResources",
+        }
+    }
+}
+
+fn column(name: &str) -> Result<String, ArmError> {
     FIELDS
         .iter()
         .find(|f| **f == name)
@@ -204,6 +245,34 @@ fn field(name: &str) -> Result<String, ArmError> {
                 FIELDS.join(", ")
             ))
         })
+}
+
+/// A column or a property path: `col`, `col.key.key`, `col['key']`, `col["key"]` (mixed).
+fn field(text: &str) -> Result<Path, ArmError> {
+    let t = text.trim();
+    let end = t.find(['.', '[']).unwrap_or(t.len());
+    let mut path = vec![column(&t[..end])?];
+    let mut rest = &t[end..];
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('.') {
+            let end = r.find(['.', '[']).unwrap_or(r.len());
+            let key = &r[..end];
+            if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(invalid_query(&format!("Invalid property access '{t}'.")));
+            }
+            path.push(key.to_string());
+            rest = &r[end..];
+        } else if let Some(r) = rest.strip_prefix('[') {
+            let close = r
+                .find(']')
+                .ok_or_else(|| invalid_query(&format!("Expected ']' in '{t}'.")))?;
+            path.push(literal(&r[..close])?);
+            rest = &r[close + 1..];
+        } else {
+            return Err(invalid_query(&format!("Invalid property access '{t}'.")));
+        }
+    }
+    Ok(path)
 }
 
 /// Splits on `sep` (a word or symbol) outside single/double quotes and parentheses,
@@ -351,14 +420,14 @@ fn parse_cond(s: &str) -> Result<Cond, ArmError> {
     Err(invalid_query(&format!("Unsupported condition '{s}'.")))
 }
 
-fn parse_query(q: &str) -> Result<Vec<Op>, ArmError> {
+fn parse_query(q: &str) -> Result<(Table, Vec<Op>), ArmError> {
     let parts = split_top(q, "|");
-    let table = parts.first().map(String::as_str).unwrap_or("");
-    if !table.eq_ignore_ascii_case("resources") {
+    let name = parts.first().map(String::as_str).unwrap_or("");
+    let Some(table) = Table::parse(name) else {
         return Err(invalid_query(&format!(
-            "The simulator serves the 'Resources' table only; got '{table}'."
+            "The simulator serves the tables 'Resources' and 'AuthorizationResources' only; got '{name}'."
         )));
-    }
+    };
     let mut ops = Vec::new();
     for p in &parts[1..] {
         let (kw, rest) = p
@@ -370,7 +439,7 @@ fn parse_query(q: &str) -> Result<Vec<Op>, ArmError> {
             "project" => ops.push(Op::Project(
                 split_top(rest, ",")
                     .iter()
-                    .map(|f| field(f))
+                    .map(|f| column(f))
                     .collect::<Result<_, _>>()?,
             )),
             "order" | "sort" => {
@@ -399,11 +468,19 @@ fn parse_query(q: &str) -> Result<Vec<Op>, ArmError> {
             }
         }
     }
-    Ok(ops)
+    Ok((table, ops))
+}
+
+fn value_at<'a>(row: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(row, |v, k| v.get(k.as_str()))
 }
 
 fn value_str(row: &Value, f: &str) -> Option<String> {
-    match row.get(f) {
+    path_str(row, &[f.to_string()])
+}
+
+fn path_str(row: &Value, path: &[String]) -> Option<String> {
+    match value_at(row, path) {
         Some(Value::String(s)) => Some(s.clone()),
         Some(Value::Null) | None => None,
         Some(v) => Some(v.to_string()),
@@ -418,7 +495,7 @@ fn eval(c: &Cond, row: &Value) -> bool {
             ci,
             negate,
         } => {
-            let v = value_str(row, field).unwrap_or_default();
+            let v = path_str(row, field).unwrap_or_default();
             let eq = if *ci {
                 v.eq_ignore_ascii_case(value)
             } else {
@@ -427,7 +504,7 @@ fn eval(c: &Cond, row: &Value) -> bool {
             eq != *negate
         }
         Cond::In { field, values, ci } => {
-            let v = value_str(row, field).unwrap_or_default();
+            let v = path_str(row, field).unwrap_or_default();
             values.iter().any(|x| {
                 if *ci {
                     x.eq_ignore_ascii_case(&v)
@@ -436,10 +513,99 @@ fn eval(c: &Cond, row: &Value) -> bool {
                 }
             })
         }
-        Cond::NotNull { field, negate } => row.get(field).is_some_and(|v| !v.is_null()) != *negate,
+        Cond::NotNull { field, negate } => {
+            value_at(row, field).is_some_and(|v| !v.is_null()) != *negate
+        }
         Cond::And(cs) => cs.iter().all(|c| eval(c, row)),
         Cond::Or(cs) => cs.iter().any(|c| eval(c, row)),
     }
+}
+
+// ---------------------------------------------------------------------------
+// Tables
+// ---------------------------------------------------------------------------
+
+/// `Resources`: the VMs / VMSS (as they were `lag` ago) and the seeded AKS clusters.
+fn resources_rows(st: &State) -> Vec<Value> {
+    let lag = st.config.arg_lag;
+    let mut rows: Vec<Value> = if lag.is_zero() {
+        st.world
+            .compute
+            .keys()
+            .filter_map(|k| row_of(&st.world, k))
+            .collect()
+    } else {
+        let t = Instant::now().checked_sub(lag).unwrap_or_else(Instant::now);
+        st.world.arg_history.at(t)
+    };
+    rows.extend(st.world.managed_clusters.values().cloned());
+    rows
+}
+
+/// `AuthorizationResources`: one row per role assignment, shaped as the table documents it:
+/// `id`, `name`, `type` `microsoft.authorization/roleassignments` (lower case, as every
+/// Resource Graph `type`), `subscriptionId` / `resourceGroup` of the assignment's scope
+/// (empty above a subscription), and `properties` as the Authorization API renders it
+/// (`principalId`, `principalType`, `roleDefinitionId`, `scope`, `createdOn`, ...). Served
+/// from the current state, without the lag (CHOSEN). Assignments at management-group or root
+/// scope are not in a subscription's rows (a query by `subscriptions` does not see them;
+/// real Resource Graph needs a `managementGroups` scope for them).
+fn authorization_rows(st: &State) -> Vec<Value> {
+    st.world
+        .authz
+        .assignments
+        .values()
+        .map(|a| authorization_row(&st.world.tenant_id, a))
+        .collect()
+}
+
+pub(crate) fn authorization_row(tenant_id: &str, a: &crate::authz::RoleAssignment) -> Value {
+    use crate::scope::ScopeLevel;
+    let rendered = a.render();
+    let (sub, rg) = match &a.scope.level {
+        ScopeLevel::Root | ScopeLevel::ManagementGroup(_) => (String::new(), String::new()),
+        ScopeLevel::Subscription(s) => (s.clone(), String::new()),
+        ScopeLevel::ResourceGroup {
+            subscription,
+            resource_group,
+        }
+        | ScopeLevel::Resource {
+            subscription,
+            resource_group,
+        } => (subscription.clone(), resource_group.to_ascii_lowercase()),
+    };
+    json!({
+        "id": rendered.get("id").cloned().unwrap_or(Value::Null),
+        "name": a.name,
+        "type": "microsoft.authorization/roleassignments",
+        "tenantId": tenant_id,
+        "kind": "",
+        "location": "",
+        "resourceGroup": rg,
+        "subscriptionId": sub,
+        "tags": {},
+        "identity": Value::Null,
+        "properties": rendered.get("properties").cloned().unwrap_or(Value::Null),
+    })
+}
+
+/// 403 `AuthorizationFailed` for a caller without read rights on a table's rows (for
+/// `AuthorizationResources`: `Microsoft.Authorization/roleAssignments/read`).
+fn table_denied(caller: &crate::CallerConfig, table: Table) -> ArmError {
+    let action = match table {
+        Table::Resources => "Microsoft.Resources/subscriptions/resources/read",
+        Table::AuthorizationResources => "Microsoft.Authorization/roleAssignments/read",
+    };
+    let message = format!(
+        "The client '{}' with object id '{}' does not have authorization to perform action '{action}' over scope '/providers/Microsoft.ResourceGraph' or the scope is invalid. If access was recently granted, please refresh your credentials.",
+        caller.client_id, caller.object_id
+    );
+    arg_error(
+        StatusCode::FORBIDDEN,
+        "AuthorizationFailed",
+        &message,
+        vec![],
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -478,6 +644,7 @@ pub(crate) fn take_quota(st: &mut State, token: &str) -> (bool, u32, Duration) {
 /// Answers a query POST (quota handled by the caller).
 pub(crate) fn query(
     st: &mut State,
+    caller: Option<&crate::CallerConfig>,
     query_string: Option<&str>,
     body: Option<&Value>,
 ) -> Result<ArmResponse, ArmError> {
@@ -527,7 +694,7 @@ pub(crate) fn query(
         None => None,
         Some(t) => Some(decode_token(t).ok_or_else(|| bad_request("Invalid $skipToken."))?),
     };
-    let table = match options.get("resultFormat").and_then(Value::as_str) {
+    let table_format = match options.get("resultFormat").and_then(Value::as_str) {
         None => false,
         Some(f) if f.eq_ignore_ascii_case("objectArray") => false,
         Some(f) if f.eq_ignore_ascii_case("table") => true,
@@ -550,22 +717,22 @@ pub(crate) fn query(
             token_skip,
             explicit_skip,
             top,
-            table,
+            table_format,
         ));
     }
-    let ops = parse_query(q)?;
+    let (table, ops) = parse_query(q)?;
+    if let Some(caller) = caller
+        && caller
+            .denied_resource_graph_tables
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(table.name()))
+    {
+        return Err(table_denied(caller, table));
+    }
 
-    // The world as it was `lag` ago.
-    let lag = st.config.arg_lag;
-    let mut rows: Vec<Value> = if lag.is_zero() {
-        st.world
-            .compute
-            .keys()
-            .filter_map(|k| row_of(&st.world, k))
-            .collect()
-    } else {
-        let t = Instant::now().checked_sub(lag).unwrap_or_else(Instant::now);
-        st.world.arg_history.at(t)
+    let mut rows: Vec<Value> = match table {
+        Table::Resources => resources_rows(st),
+        Table::AuthorizationResources => authorization_rows(st),
     };
     if let Some(subs) = &subs {
         rows.retain(|r| {
@@ -579,7 +746,7 @@ pub(crate) fn query(
         match op {
             Op::Where(c) => rows.retain(|r| eval(c, r)),
             Op::Order { field, desc } => {
-                rows.sort_by_key(|r| value_str(r, field).unwrap_or_default().to_ascii_lowercase());
+                rows.sort_by_key(|r| path_str(r, field).unwrap_or_default().to_ascii_lowercase());
                 if *desc {
                     rows.reverse();
                 }
@@ -608,7 +775,7 @@ pub(crate) fn query(
         token_skip,
         explicit_skip,
         top,
-        table,
+        table_format,
     ))
 }
 
@@ -721,17 +888,18 @@ mod tests {
 
     #[test]
     fn parses_the_controller_query() {
-        let ops = parse_query(
+        let (table, ops) = parse_query(
             "Resources | where type =~ 'microsoft.compute/virtualmachines' or type =~ 'microsoft.compute/virtualmachinescalesets' | where subscriptionId in ('a', 'b') | project id, type, identity | order by id asc",
         )
         .unwrap();
+        assert_eq!(table, Table::Resources);
         assert_eq!(ops.len(), 4);
         assert!(matches!(&ops[0], Op::Where(Cond::Or(v)) if v.len() == 2));
         assert!(matches!(&ops[1], Op::Where(Cond::In { values, .. }) if values.len() == 2));
         assert_eq!(
             ops[3],
             Op::Order {
-                field: "id".into(),
+                field: vec!["id".into()],
                 desc: false
             }
         );
@@ -752,6 +920,30 @@ mod tests {
             &row
         ));
         assert_eq!(decode_token(&encode_token(200, 100)), Some((200, 100)));
+        // Property paths: dotted and bracketed.
+        assert_eq!(
+            field("tags['cost-center']").unwrap(),
+            vec!["tags".to_string(), "cost-center".to_string()]
+        );
+        assert_eq!(
+            field("properties.principalId").unwrap(),
+            vec!["properties".to_string(), "principalId".to_string()]
+        );
+        assert!(field("tags[").is_err());
+        assert!(field("nope.x").is_err());
+        let ra = json!({"properties": {"principalId": "AbC"}, "tags": {"env": "prod"}});
+        assert!(eval(
+            &parse_cond("properties.principalId in~ ('x', 'abc')").unwrap(),
+            &ra
+        ));
+        assert!(!eval(
+            &parse_cond("properties.principalId in ('x', 'abc')").unwrap(),
+            &ra
+        ));
+        assert!(eval(&parse_cond("tags['env'] == 'prod'").unwrap(), &ra));
+        assert!(eval(&parse_cond("isnull(tags.team)").unwrap(), &ra));
+        let (t, _) = parse_query("authorizationresources | where type =~ 'x'").unwrap();
+        assert_eq!(t, Table::AuthorizationResources);
         assert_eq!(hms(Duration::from_millis(4500)), "00:00:05");
     }
 }

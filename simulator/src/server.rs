@@ -431,7 +431,8 @@ async fn handle(
         }
         let (allowed, remaining, resets) = crate::resourcegraph::take_quota(&mut st, &caller.token);
         let mut resp: ArmResponse = if allowed {
-            crate::resourcegraph::query(&mut st, query, body).unwrap_or_else(Into::into)
+            crate::resourcegraph::query(&mut st, Some(&caller), query, body)
+                .unwrap_or_else(Into::into)
         } else {
             st.counters.resource_graph_throttled += 1;
             crate::resourcegraph::throttled(resets).into()

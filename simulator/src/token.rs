@@ -378,6 +378,7 @@ pub(crate) fn authenticate_arm(st: &State, headers: &HeaderMap) -> Result<Caller
                     client_id: it.client_id.clone(),
                     role_assignment_write_scopes: None,
                     compute_write_scopes: None,
+                    denied_resource_graph_tables: Vec::new(),
                 });
             Ok(caller)
         }

@@ -55,6 +55,24 @@ pub struct WorldSeed {
     /// Role assignments present at start.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub role_assignments: Vec<SeedRoleAssignment>,
+    /// AKS clusters, served by Resource Graph only (`Resources` rows of type
+    /// `microsoft.containerservice/managedclusters` with `properties.nodeResourceGroup`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub managed_clusters: Vec<SeedManagedCluster>,
+}
+
+/// A `Microsoft.ContainerService/managedClusters` resource (Resource Graph rows only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SeedManagedCluster {
+    /// `/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.ContainerService/managedClusters/{name}`.
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// The resource group AKS keeps the cluster's nodes in; default `MC_{rg}_{name}_{location}`
+    /// (the documented default name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_resource_group: Option<String>,
 }
 
 /// A seeded directory object.
@@ -337,6 +355,8 @@ pub(crate) struct World {
     pub arg_history: crate::resourcegraph::RowHistory,
     /// Resource Graph's `resourcechanges` records.
     pub changes: crate::changes::ChangeLog,
+    /// Seeded AKS clusters: Resource Graph rows by lower-cased id.
+    pub managed_clusters: BTreeMap<String, Value>,
 }
 
 pub(crate) fn new_uuid() -> String {
@@ -378,6 +398,7 @@ impl World {
             authz: Authorization::default(),
             arg_history: Default::default(),
             changes: Default::default(),
+            managed_clusters: BTreeMap::new(),
         }
     }
 
@@ -501,6 +522,7 @@ impl World {
             }
         }
         w.seed_directory(seed)?;
+        w.seed_managed_clusters(seed)?;
         // Seeded rows exist since forever for Resource Graph's lag.
         for v in w.arg_history.rows.values_mut() {
             for e in v.iter_mut() {
@@ -510,6 +532,52 @@ impl World {
         // Nor are they changes.
         w.changes = Default::default();
         Ok(w)
+    }
+
+    /// Seeded AKS clusters as Resource Graph `Resources` rows (documented columns; `type` and
+    /// `resourceGroup` lower-cased as in the Resource Graph examples).
+    fn seed_managed_clusters(&mut self, seed: &WorldSeed) -> Result<(), SimError> {
+        for (i, c) in seed.managed_clusters.iter().enumerate() {
+            let what = format!("managedClusters[{i}]");
+            let segs: Vec<&str> = c.id.split('/').collect();
+            let ok = segs.len() == 9
+                && segs[0].is_empty()
+                && segs[1].eq_ignore_ascii_case("subscriptions")
+                && segs[3].eq_ignore_ascii_case("resourceGroups")
+                && segs[5].eq_ignore_ascii_case("providers")
+                && segs[6].eq_ignore_ascii_case("Microsoft.ContainerService")
+                && segs[7].eq_ignore_ascii_case("managedClusters")
+                && segs.iter().skip(1).all(|s| !s.is_empty());
+            if !ok {
+                return Err(SimError::Seed(format!(
+                    "{what}: '{}' is not a managed cluster id",
+                    c.id
+                )));
+            }
+            let location = c
+                .location
+                .clone()
+                .unwrap_or_else(|| self.default_location.clone());
+            let node_rg = c
+                .node_resource_group
+                .clone()
+                .unwrap_or_else(|| format!("MC_{}_{}_{location}", segs[4], segs[8]));
+            let row = serde_json::json!({
+                "id": c.id,
+                "name": segs[8],
+                "type": "microsoft.containerservice/managedclusters",
+                "tenantId": self.tenant_id,
+                "kind": "",
+                "location": location,
+                "resourceGroup": segs[4].to_ascii_lowercase(),
+                "subscriptionId": segs[2],
+                "tags": {},
+                "identity": Value::Null,
+                "properties": {"nodeResourceGroup": node_rg},
+            });
+            self.managed_clusters.insert(c.id.to_ascii_lowercase(), row);
+        }
+        Ok(())
     }
 
     /// Seeded principals, groups, custom roles and role assignments.

@@ -439,6 +439,7 @@ async fn issue_token_helper_and_caller_mapping() {
             client_id: APP.into(),
             role_assignment_write_scopes: Some(Vec::new()),
             compute_write_scopes: None,
+            denied_resource_graph_tables: Vec::new(),
         }],
         ..SimConfig::default()
     })
