@@ -1,6 +1,7 @@
 //! `vmidentity controller`: the in-cluster controller. Thin: it gathers objects per target,
 //! calls the planner, hands the plan to the executor and writes status.
 
+pub mod changefeed;
 pub mod conditions;
 pub mod credentials;
 pub mod decide;
@@ -72,6 +73,16 @@ pub struct ControllerArgs {
     /// Seconds between full resyncs (drift detection and repair).
     #[arg(long, env = "VMIDENTITY_RESYNC_SECONDS", default_value_t = 600)]
     pub resync_seconds: u64,
+    /// Seconds between polls of Resource Graph's change feed (`resourcechanges`): a VM or
+    /// scale set whose identity another writer changed (or that was deleted or re-created)
+    /// is reconciled at the next poll, between full resyncs. 0 turns the feed off (drift is
+    /// then found at the resync only). Needs --resync-mode resource-graph.
+    #[arg(long, env = "VMIDENTITY_CHANGE_POLL_SECONDS", default_value_t = 30)]
+    pub change_poll_seconds: u64,
+    /// Seconds each change feed poll reads back before its watermark: records may show up
+    /// late (the documentation says within five minutes) and out of order.
+    #[arg(long, env = "VMIDENTITY_CHANGE_OVERLAP_SECONDS", default_value_t = 360)]
+    pub change_overlap_seconds: u64,
     /// How resyncs detect drift.
     #[arg(
         long,
@@ -283,6 +294,31 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
         ));
     }
 
+    // Change feed between resyncs.
+    let (feed_tx, feed_rx) = futures::channel::mpsc::unbounded();
+    if args.resync_mode == ResyncMode::ResourceGraph && args.change_poll_seconds > 0 {
+        let period = Duration::from_secs(args.change_poll_seconds);
+        let overlap = Duration::from_secs(args.change_overlap_seconds);
+        // The watermark lives on the leader Lease (see `changefeed`); one replica without
+        // election keeps it in memory.
+        let store = if args.no_leader_election {
+            changefeed::WatermarkStore::Memory(changefeed::MemoryStore::default())
+        } else {
+            changefeed::WatermarkStore::Lease(Box::new(changefeed::LeaseStore {
+                api: Api::namespaced(client.clone(), &lease_ns),
+                name: args.lease_name.clone(),
+            }))
+        };
+        tokio::spawn(changefeed::poll_loop(
+            ctx.clone(),
+            doors.arm.clone(),
+            feed_tx,
+            period,
+            overlap,
+            store,
+        ));
+    }
+
     // Work is keyed by target: every event becomes a trigger for its target's representative.
     let map_ctx = ctx.clone();
     let map_reader = reader.clone();
@@ -317,7 +353,7 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
     // period, then the process goes (a write cut short is safe: ownership was claimed first,
     // and the next leader plans again from what ARM says).
     let (grace_tx, grace_rx) = tokio::sync::oneshot::channel::<()>();
-    let queue = trigger_queue(triggers, scan_rx, retrigger_rx);
+    let queue = trigger_queue(triggers, scan_rx, retrigger_rx, feed_rx);
     let queue = StreamBackoff::new(queue, DefaultBackoff::default()).take_until(async move {
         let _ = stop_rx.await;
         let _ = grace_tx.send(());
@@ -377,6 +413,9 @@ fn trigger_queue(
     retrigger_rx: futures::channel::mpsc::UnboundedReceiver<
         reflector::ObjectRef<VirtualMachineIdentity>,
     >,
+    feed_rx: futures::channel::mpsc::UnboundedReceiver<
+        reflector::ObjectRef<VirtualMachineIdentity>,
+    >,
 ) -> impl futures::Stream<Item = Result<ReconcileRequest<VirtualMachineIdentity>, watcher::Error>> + Send
 {
     futures::stream::select_all([
@@ -402,6 +441,16 @@ fn trigger_queue(
                     obj_ref,
                     reason: ReconcileReason::Custom {
                         reason: "policy or namespace labels changed".into(),
+                    },
+                })
+            })
+            .boxed(),
+        feed_rx
+            .map(|obj_ref| {
+                Ok(ReconcileRequest {
+                    obj_ref,
+                    reason: ReconcileReason::Custom {
+                        reason: "change feed".into(),
                     },
                 })
             })
