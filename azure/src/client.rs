@@ -318,7 +318,7 @@ fn lanes(
         return vec![(LANE_RESOURCE_GRAPH.to_string(), BucketKind::ResourceGraph)];
     }
     if graph {
-        let b = if *method == Method::GET {
+        let b = if *method == Method::GET || path.ends_with("/$batch") {
             BucketKind::GraphReads
         } else {
             BucketKind::GraphWrites
@@ -649,6 +649,25 @@ impl ArmClient {
             if let Some(r) = remaining {
                 self.budget.limiter.observe(lane, *bk, r);
             }
+        }
+    }
+
+    /// Takes `n` tokens of the Microsoft Graph read budget (the requests inside a `$batch`
+    /// beyond the one the batch's own POST takes: Graph evaluates each against its limits).
+    pub(crate) async fn pace_graph_reads(&self, n: usize) {
+        let Some(limits) = &self.cfg.rate_limits else {
+            return;
+        };
+        let mut waited = false;
+        for _ in 0..n {
+            waited |= self
+                .budget
+                .limiter
+                .acquire(limits, LANE_GRAPH, BucketKind::GraphReads)
+                .await;
+        }
+        if waited {
+            self.stats.paced.fetch_add(1, Ordering::Relaxed);
         }
     }
 
