@@ -8,6 +8,7 @@ pub mod crd;
 pub mod demo;
 pub mod engine;
 pub mod error;
+pub mod grant_scan;
 pub mod input;
 pub mod operator;
 pub mod out;
