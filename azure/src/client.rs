@@ -92,6 +92,10 @@ pub struct ClientConfig {
     /// The largest response body read ([`MAX_RESPONSE_BYTES`] by default); a larger one is
     /// an [`AzureError::InvalidResponse`], never parsed.
     pub max_response_bytes: usize,
+    /// The principal this client acts as (e.g. `{tenant}/{client id}`): clients with the same
+    /// key and endpoint share their token buckets and `Retry-After` gates, in this process.
+    /// None: the client (and its clones) has a budget of its own.
+    pub budget_key: Option<String>,
 }
 
 impl ClientConfig {
@@ -122,6 +126,7 @@ impl Default for ClientConfig {
             token_scope: ARM_SCOPE.to_string(),
             role_cache_ttl: Duration::from_secs(10 * 60),
             max_response_bytes: MAX_RESPONSE_BYTES,
+            budget_key: None,
         }
     }
 }
@@ -148,6 +153,22 @@ pub struct RateLimits {
     /// throttling limits", <https://learn.microsoft.com/azure/virtual-machines/compute-throttling-limits>),
     /// tighter than ARM's write bucket for VM/VMSS PATCHes.
     pub compute_writes: Bucket,
+    /// Resource Graph queries, per principal: the documented quota is 15 queries per 5 s
+    /// window ("Guidance for throttled requests in Azure Resource Graph",
+    /// <https://learn.microsoft.com/azure/governance/resource-graph/concepts/guidance-for-throttled-requests>).
+    /// The window is fixed, not a refilling bucket, so the bucket is shaped to fit in any
+    /// window: `size + per_sec × 5 s` ≤ 15. The client also follows the
+    /// `x-ms-user-quota-remaining` / `x-ms-user-quota-resets-after` headers.
+    pub resource_graph: Bucket,
+    /// Microsoft Graph reads (identity and access, per app per tenant: 3,500 resource units
+    /// per 10 s for the smallest tenants, "Microsoft Graph service-specific throttling
+    /// limits", <https://learn.microsoft.com/graph/throttling-limits>); `size + per_sec ×
+    /// 10 s` ≤ 3,500. Each request of a `$batch` takes its own token ("Combine multiple HTTP
+    /// requests using JSON batching": requests in a batch are evaluated individually).
+    pub graph_reads: Bucket,
+    /// Microsoft Graph writes (identity and access, per app per tenant: 3,000 per 150 s,
+    /// same page); `size + per_sec × 150 s` ≤ 3,000.
+    pub graph_writes: Bucket,
 }
 
 /// The client refills at this fraction of ARM's rates: requests that leave evenly spaced
@@ -174,6 +195,21 @@ impl Default for RateLimits {
                 size: 1500.0,
                 per_sec: 500.0 / 60.0 * RATE_HEADROOM,
             },
+            // 4 + 2 × 5 = 14 ≤ 15 per window.
+            resource_graph: Bucket {
+                size: 4.0,
+                per_sec: 2.0,
+            },
+            // 1,000 + 230 × 10 = 3,300 ≤ 3,500 per 10 s.
+            graph_reads: Bucket {
+                size: 1000.0,
+                per_sec: 230.0,
+            },
+            // 500 + 16 × 150 = 2,900 ≤ 3,000 per 150 s.
+            graph_writes: Bucket {
+                size: 500.0,
+                per_sec: 16.0,
+            },
         }
     }
 }
@@ -191,6 +227,9 @@ impl RateLimits {
             writes: s(d.writes),
             deletes: s(d.deletes),
             compute_writes: s(d.compute_writes),
+            resource_graph: s(d.resource_graph),
+            graph_reads: s(d.graph_reads),
+            graph_writes: s(d.graph_writes),
         }
     }
 
@@ -207,6 +246,9 @@ impl RateLimits {
             writes: s(d.writes),
             deletes: s(d.deletes),
             compute_writes: s(d.compute_writes),
+            resource_graph: s(d.resource_graph),
+            graph_reads: s(d.graph_reads),
+            graph_writes: s(d.graph_writes),
         }
     }
 
@@ -216,6 +258,9 @@ impl RateLimits {
             BucketKind::Writes => self.writes,
             BucketKind::Deletes => self.deletes,
             BucketKind::ComputeWrites => self.compute_writes,
+            BucketKind::ResourceGraph => self.resource_graph,
+            BucketKind::GraphReads => self.graph_reads,
+            BucketKind::GraphWrites => self.graph_writes,
         }
     }
 }
@@ -226,9 +271,20 @@ enum BucketKind {
     Writes,
     Deletes,
     ComputeWrites,
+    ResourceGraph,
+    GraphReads,
+    GraphWrites,
 }
 
+/// The lane of requests that do not name a subscription: Resource Graph queries, Microsoft
+/// Graph, and ARM calls at tenant or management-group scope.
+const LANE_RESOURCE_GRAPH: &str = "resource-graph";
+const LANE_GRAPH: &str = "microsoft-graph";
+const LANE_TENANT: &str = "tenant";
+
 impl BucketKind {
+    /// The ARM subscription bucket of a request kind (the one ARM reports in
+    /// `x-ms-ratelimit-remaining-subscription-*`).
     fn of(kind: RequestKind) -> Option<BucketKind> {
         match kind {
             RequestKind::Read | RequestKind::Poll => Some(BucketKind::Reads),
@@ -244,8 +300,76 @@ impl BucketKind {
             BucketKind::Writes => "x-ms-ratelimit-remaining-subscription-writes",
             BucketKind::Deletes => "x-ms-ratelimit-remaining-subscription-deletes",
             BucketKind::ComputeWrites => "x-ms-ratelimit-remaining-resource",
+            BucketKind::ResourceGraph => "x-ms-user-quota-remaining",
+            BucketKind::GraphReads | BucketKind::GraphWrites => "retry-after",
         }
     }
+}
+
+/// True for a write to a VM or scale set (Compute's "Update VM" / "Put VM" policies).
+fn is_compute_write(method: &Method, path: &str) -> bool {
+    if *method != Method::PATCH && *method != Method::PUT {
+        return false;
+    }
+    let p = path.to_ascii_lowercase();
+    p.contains("/providers/microsoft.compute/virtualmachines/")
+        || p.contains("/providers/microsoft.compute/virtualmachinescalesets/")
+}
+
+/// The budget lanes a request takes a token from, in order: `(lane, bucket)`. The lane is
+/// the subscription for ARM calls (case-folded), else [`LANE_RESOURCE_GRAPH`],
+/// [`LANE_GRAPH`] or [`LANE_TENANT`]. A VM/VMSS PATCH or PUT takes from ARM's write bucket
+/// **and** Compute's per-subscription write bucket.
+fn lanes(
+    graph: bool,
+    method: &Method,
+    path: &str,
+    sub: Option<&str>,
+    kind: RequestKind,
+) -> Vec<(String, BucketKind)> {
+    if kind == RequestKind::Query {
+        return vec![(LANE_RESOURCE_GRAPH.to_string(), BucketKind::ResourceGraph)];
+    }
+    if graph {
+        let b = if *method == Method::GET || path.ends_with("/$batch") {
+            BucketKind::GraphReads
+        } else {
+            BucketKind::GraphWrites
+        };
+        return vec![(LANE_GRAPH.to_string(), b)];
+    }
+    let lane = sub.unwrap_or(LANE_TENANT).to_string();
+    let mut out = Vec::new();
+    if let Some(b) = BucketKind::of(kind) {
+        out.push((lane.clone(), b));
+    }
+    if kind == RequestKind::Write && is_compute_write(method, path) {
+        out.push((lane, BucketKind::ComputeWrites));
+    }
+    out
+}
+
+/// The smallest `Microsoft.Compute/{policy}Subscription;{n}` count of an
+/// `x-ms-ratelimit-remaining-resource` header ("Troubleshooting API throttling errors",
+/// <https://learn.microsoft.com/azure/virtual-machines/troubleshooting/troubleshooting-throttling-errors>).
+fn compute_subscription_remaining(v: &str) -> Option<f64> {
+    v.split(',')
+        .filter_map(|part| part.trim().split_once(';'))
+        .filter(|(name, _)| name.ends_with("Subscription"))
+        .filter_map(|(_, n)| n.trim().parse::<f64>().ok())
+        .reduce(f64::min)
+}
+
+/// `hh:mm:ss` of `x-ms-user-quota-resets-after`.
+fn hms_duration(v: &str) -> Option<Duration> {
+    let mut it = v.trim().split(':');
+    let h: u64 = it.next()?.parse().ok()?;
+    let m: u64 = it.next()?.parse().ok()?;
+    let s: f64 = it.next()?.parse().ok()?;
+    if it.next().is_some() || !s.is_finite() || s < 0.0 {
+        return None;
+    }
+    Some(Duration::from_secs(h * 3600 + m * 60) + Duration::from_secs_f64(s))
 }
 
 /// Per (subscription, kind) token buckets, shared fairly between the tenants (namespaces)
@@ -257,11 +381,11 @@ struct Limiter {
 
 impl Limiter {
     /// Takes a token, waiting for the current tenant's fair turn; true when it had to wait.
-    async fn acquire(&self, limits: &RateLimits, sub: &str, kind: BucketKind) -> bool {
+    async fn acquire(&self, limits: &RateLimits, lane: &str, kind: BucketKind) -> bool {
         let b = limits.bucket(kind);
         self.fair
             .acquire(
-                &(sub.to_string(), kind),
+                &(lane.to_string(), kind),
                 crate::fair::Rate {
                     size: b.size,
                     per_sec: b.per_sec,
@@ -271,8 +395,35 @@ impl Limiter {
             .await
     }
 
-    fn observe(&self, sub: &str, kind: BucketKind, remaining: f64) {
-        self.fair.observe(&(sub.to_string(), kind), remaining);
+    fn observe(&self, lane: &str, kind: BucketKind, remaining: f64) {
+        self.fair.observe(&(lane.to_string(), kind), remaining);
+    }
+}
+
+/// What clients of one principal share: the token buckets and the `Retry-After` gates.
+#[derive(Debug, Default)]
+struct Budget {
+    limiter: Limiter,
+    /// Lane (subscription, or a service lane) + kind -> no requests before this instant.
+    gates: Mutex<HashMap<(String, RequestKind), Instant>>,
+}
+
+/// Budgets by (endpoint, [`ClientConfig::budget_key`]): every client built for the same
+/// principal and endpoint (the controller's workers, and namespace credentials naming the
+/// same app) draws from one budget, as ARM, Resource Graph and Graph count per principal.
+type Budgets = Mutex<HashMap<(String, String), Arc<Budget>>>;
+static SHARED_BUDGETS: std::sync::LazyLock<Budgets> = std::sync::LazyLock::new(Mutex::default);
+
+fn budget_for(endpoint: &str, key: Option<&str>) -> Arc<Budget> {
+    let Some(key) = key else {
+        return Arc::new(Budget::default());
+    };
+    match SHARED_BUDGETS.lock() {
+        Ok(mut m) => m
+            .entry((endpoint.to_ascii_lowercase(), key.to_string()))
+            .or_default()
+            .clone(),
+        Err(_) => Arc::new(Budget::default()),
     }
 }
 
@@ -345,11 +496,10 @@ pub struct ArmClient {
     http: reqwest::Client,
     cfg: Arc<ClientConfig>,
     tokens: Arc<dyn TokenSource>,
-    /// Subscription (case-folded) + kind -> no requests before this instant.
-    gates: Arc<Mutex<HashMap<(String, RequestKind), Instant>>>,
     stats: Arc<ClientStats>,
     observer: Option<Arc<dyn Observer>>,
-    limiter: Arc<Limiter>,
+    /// Token buckets and `Retry-After` gates (shared by clients of one principal).
+    budget: Arc<Budget>,
     /// Role name cache of [`ArmClient::resolve_role`](crate::authorization):
     /// (subscription or scope, role name), case-folded → (when read, role definition GUID).
     pub(crate) role_cache: Arc<Mutex<HashMap<String, (Instant, String)>>>,
@@ -407,17 +557,15 @@ impl ArmClient {
                 url: cfg.endpoint.clone(),
                 message: format!("cannot build HTTP client: {e}"),
             })?;
+        let endpoint = cfg.endpoint.trim_end_matches('/').to_string();
+        let budget = budget_for(&endpoint, cfg.budget_key.as_deref());
         Ok(ArmClient {
             http,
-            cfg: Arc::new(ClientConfig {
-                endpoint: cfg.endpoint.trim_end_matches('/').to_string(),
-                ..cfg
-            }),
+            cfg: Arc::new(ClientConfig { endpoint, ..cfg }),
             tokens,
-            gates: Arc::new(Mutex::new(HashMap::new())),
             stats: Arc::new(ClientStats::default()),
             observer: None,
-            limiter: Arc::new(Limiter::default()),
+            budget,
             role_cache: Arc::new(Mutex::new(HashMap::new())),
             role_def_cache: Arc::new(Mutex::new(HashMap::new())),
         })
@@ -468,19 +616,71 @@ impl ArmClient {
     }
 
     fn gate_wait(&self, sub: &str, kind: RequestKind) -> Option<Duration> {
-        let gates = self.gates.lock().ok()?;
+        let gates = self.budget.gates.lock().ok()?;
         let until = gates.get(&(sub.to_string(), kind))?;
         let now = Instant::now();
         (*until > now).then(|| *until - now)
     }
 
     fn close_gate(&self, sub: &str, kind: RequestKind, wait: Duration) {
-        if let Ok(mut gates) = self.gates.lock() {
+        if let Ok(mut gates) = self.budget.gates.lock() {
             let until = Instant::now() + wait;
             let e = gates.entry((sub.to_string(), kind)).or_insert(until);
             if *e < until {
                 *e = until;
             }
+        }
+    }
+
+    /// Lowers the buckets to what the service says is left: ARM's
+    /// `x-ms-ratelimit-remaining-subscription-*`, Compute's
+    /// `x-ms-ratelimit-remaining-resource` (its per-subscription policies), Resource Graph's
+    /// `x-ms-user-quota-remaining` (and, when nothing is left, a gate until
+    /// `x-ms-user-quota-resets-after`).
+    fn observe_budget_headers(&self, lanes: &[(String, BucketKind)], headers: &HeaderMap) {
+        let get = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+        for (lane, bk) in lanes {
+            let remaining = match bk {
+                BucketKind::Reads | BucketKind::Writes | BucketKind::Deletes => {
+                    get(bk.header()).and_then(|v| v.trim().parse::<f64>().ok())
+                }
+                BucketKind::ComputeWrites => {
+                    get(bk.header()).and_then(compute_subscription_remaining)
+                }
+                BucketKind::ResourceGraph => {
+                    let left = get(bk.header()).and_then(|v| v.trim().parse::<f64>().ok());
+                    if left.is_some_and(|n| n < 1.0)
+                        && let Some(reset) =
+                            get("x-ms-user-quota-resets-after").and_then(hms_duration)
+                    {
+                        self.close_gate(lane, RequestKind::Query, reset);
+                    }
+                    left
+                }
+                BucketKind::GraphReads | BucketKind::GraphWrites => None,
+            };
+            if let Some(r) = remaining {
+                self.budget.limiter.observe(lane, *bk, r);
+            }
+        }
+    }
+
+    /// Takes `n` tokens of the Microsoft Graph read budget (the requests inside a `$batch`
+    /// beyond the one the batch's own POST takes: Graph evaluates each against its limits).
+    pub(crate) async fn pace_graph_reads(&self, n: usize) {
+        let Some(limits) = &self.cfg.rate_limits else {
+            return;
+        };
+        let mut waited = false;
+        for _ in 0..n {
+            waited |= self
+                .budget
+                .limiter
+                .acquire(limits, LANE_GRAPH, BucketKind::GraphReads)
+                .await;
+        }
+        if waited {
+            self.stats.paced.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -523,7 +723,15 @@ impl ArmClient {
             .next()
             .unwrap_or_default()
             .to_string();
-        let sub = subscription_of(&path);
+        // The gate lane: the subscription, or the service (Resource Graph, Graph, tenant).
+        let graph = self.cfg.token_scope == GRAPH_SCOPE;
+        let sub = Some(match (kind, graph, subscription_of(&path)) {
+            (RequestKind::Query, _, _) => LANE_RESOURCE_GRAPH.to_string(),
+            (_, true, _) => LANE_GRAPH.to_string(),
+            (_, false, Some(s)) => s,
+            (_, false, None) => LANE_TENANT.to_string(),
+        });
+        let lanes = lanes(graph, &method, &path, sub.as_deref(), kind);
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -538,12 +746,15 @@ impl ArmClient {
                 }
                 tokio::time::sleep(wait).await;
             }
-            if let (Some(sub), Some(limits), Some(bk)) =
-                (&sub, &self.cfg.rate_limits, BucketKind::of(kind))
-                && self.limiter.acquire(limits, sub, bk).await
-            {
-                // Held back to stay under ARM's limit instead of hitting it.
-                self.stats.paced.fetch_add(1, Ordering::Relaxed);
+            if let Some(limits) = &self.cfg.rate_limits {
+                let mut waited = false;
+                for (lane, bk) in &lanes {
+                    waited |= self.budget.limiter.acquire(limits, lane, *bk).await;
+                }
+                if waited {
+                    // Held back to stay under the service's limit instead of hitting it.
+                    self.stats.paced.fetch_add(1, Ordering::Relaxed);
+                }
             }
             let token = match self.tokens.token(&self.cfg.token_scope).await {
                 Ok(t) => t,
@@ -602,15 +813,7 @@ impl ArmClient {
             {
                 o.on_rate_limit_remaining(bk.header(), remaining);
             }
-            if let (Some(sub), Some(bk)) = (&sub, BucketKind::of(kind))
-                && bk != BucketKind::ComputeWrites
-                && let Some(remaining) = headers
-                    .get(bk.header())
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-            {
-                self.limiter.observe(sub, bk, remaining);
-            }
+            self.observe_budget_headers(&lanes, &headers);
             let bytes = match read_body(resp, self.cfg.max_response_bytes).await {
                 Ok(b) => b,
                 Err(BodyError::TooLarge(size)) => {
@@ -1133,6 +1336,86 @@ mod tests {
         assert_eq!(percent_decode("/a%2").as_deref(), None);
         assert_eq!(percent_decode("/a%+1").as_deref(), None);
         assert_eq!(percent_decode("/a%FF").as_deref(), None);
+    }
+
+    #[test]
+    fn lanes_of_each_service() {
+        let vm =
+            "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm";
+        assert_eq!(
+            lanes(false, &Method::PATCH, vm, Some("s1"), RequestKind::Write),
+            vec![
+                ("s1".to_string(), BucketKind::Writes),
+                ("s1".to_string(), BucketKind::ComputeWrites)
+            ]
+        );
+        assert_eq!(
+            lanes(false, &Method::GET, vm, Some("s1"), RequestKind::Read),
+            vec![("s1".to_string(), BucketKind::Reads)]
+        );
+        let ra = "/subscriptions/s1/providers/Microsoft.Authorization/roleAssignments/x";
+        assert_eq!(
+            lanes(false, &Method::PUT, ra, Some("s1"), RequestKind::Write),
+            vec![("s1".to_string(), BucketKind::Writes)]
+        );
+        assert_eq!(
+            lanes(
+                false,
+                &Method::POST,
+                "/providers/Microsoft.ResourceGraph/resources",
+                Some(LANE_RESOURCE_GRAPH),
+                RequestKind::Query
+            ),
+            vec![(LANE_RESOURCE_GRAPH.to_string(), BucketKind::ResourceGraph)]
+        );
+        assert_eq!(
+            lanes(
+                true,
+                &Method::POST,
+                "/v1.0/$batch",
+                Some(LANE_GRAPH),
+                RequestKind::Write
+            ),
+            vec![(LANE_GRAPH.to_string(), BucketKind::GraphWrites)]
+        );
+    }
+
+    #[test]
+    fn documented_budgets_fit_their_windows() {
+        let d = RateLimits::default();
+        // Resource Graph: 15 per 5 s window; Graph reads 3,500 per 10 s; writes 3,000 per 150 s.
+        assert!(d.resource_graph.size + d.resource_graph.per_sec * 5.0 <= 15.0);
+        assert!(d.graph_reads.size + d.graph_reads.per_sec * 10.0 <= 3500.0);
+        assert!(d.graph_writes.size + d.graph_writes.per_sec * 150.0 <= 3000.0);
+        // Compute's "Update VM" per subscription: 500 a minute.
+        assert!(d.compute_writes.per_sec * 60.0 <= 500.0);
+    }
+
+    #[test]
+    fn parses_quota_headers() {
+        assert_eq!(
+            compute_subscription_remaining(
+                "Microsoft.Compute/UpdateVMResource;11,Microsoft.Compute/UpdateVMSubscription;1490"
+            ),
+            Some(1490.0)
+        );
+        assert_eq!(compute_subscription_remaining("garbage"), None);
+        assert_eq!(hms_duration("00:00:03"), Some(Duration::from_secs(3)));
+        assert_eq!(hms_duration("01:02:03"), Some(Duration::from_secs(3723)));
+        assert_eq!(hms_duration("1:2"), None);
+    }
+
+    #[test]
+    fn clients_of_one_principal_share_a_budget() {
+        let a = budget_for("http://x", Some("tenant/app"));
+        let b = budget_for("HTTP://X", Some("tenant/app"));
+        let c = budget_for("http://x", Some("tenant/other"));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert!(!Arc::ptr_eq(
+            &budget_for("http://x", None),
+            &budget_for("http://x", None)
+        ));
     }
 
     #[test]

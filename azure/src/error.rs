@@ -102,7 +102,9 @@ pub enum AzureError {
     },
     #[error("long-running operation {url} still running after {waited:?}")]
     OperationTimedOut { url: String, waited: Duration },
-    #[error("subscription {subscription} is throttled for {retry_after:?} more")]
+    /// A `Retry-After` gate is closed. `subscription` names the lane: a subscription, or
+    /// `resource-graph`, `microsoft-graph`, `tenant` for requests that name none.
+    #[error("{subscription} is throttled for {retry_after:?} more")]
     SubscriptionThrottled {
         subscription: String,
         retry_after: Duration,

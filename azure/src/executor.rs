@@ -133,6 +133,22 @@ impl Executor {
         graph::member_of(self.graph()?, principal_id).await
     }
 
+    /// The direct groups of many principals, 20 `memberOf` reads per Graph `$batch`
+    /// ([`crate::graph::member_of_many`]): one result per distinct principal (lower-cased),
+    /// and the number of Graph requests made.
+    pub async fn member_of_many(
+        &self,
+        principal_ids: &[String],
+    ) -> Result<
+        (
+            std::collections::BTreeMap<String, Result<Vec<String>, AzureError>>,
+            u32,
+        ),
+        AzureError,
+    > {
+        Ok(graph::member_of_many(self.graph()?, principal_ids).await)
+    }
+
     /// Sends one write, rendered by [`Write::request`], and waits for it to take effect:
     ///
     /// - identity PATCH: `If-Match` when the write carries a tag (412 →

@@ -1,15 +1,22 @@
 //! Azure Resource Graph: the identity blocks of every VM and VMSS of some subscriptions, a
 //! page of up to 1,000 rows per request, for bulk drift detection; the role assignments of
-//! many principals at once (`AuthorizationResources`); any other query, paged.
+//! many principals at once (`AuthorizationResources`); any other query, paged; and the
+//! `resourcechanges` change feed between resyncs.
 //!
 //! Query API: `specification/resourcegraph/resource-manager/Microsoft.ResourceGraph/stable/2021-03-01/resourcegraph.json`
 //! in Azure/azure-rest-api-specs; paging: "Working with large Azure resource data sets"
 //! (<https://learn.microsoft.com/azure/governance/resource-graph/concepts/work-with-data>);
 //! the `AuthorizationResources` table: "Azure Resource Graph sample queries by table"
-//! (<https://learn.microsoft.com/azure/governance/resource-graph/samples/samples-by-table>).
+//! (<https://learn.microsoft.com/azure/governance/resource-graph/samples/samples-by-table>);
+//! the change feed: "Get resource changes"
+//! (<https://learn.microsoft.com/azure/governance/resource-graph/how-to/get-resource-changes>).
 
 use reqwest::Method;
 use serde_json::{Value, json};
+
+use vmidentity_planner::changefeed::{
+    ChangeKind, ChangeRecord, format_rfc3339_ms, parse_rfc3339_ms,
+};
 
 use crate::client::{ArmClient, RequestKind};
 use crate::error::AzureError;
@@ -135,6 +142,27 @@ impl ArmClient {
         .await
     }
 
+    /// The change feed: `resourcechanges` records of VMs and scale sets in the
+    /// subscriptions, newer than `since_ms` (ms since the epoch), that create or delete one
+    /// or change its identity ([`change_query`]), oldest first, every page. Returns the
+    /// records and the number of requests.
+    pub async fn query_changes(
+        &self,
+        subscriptions: &[String],
+        since_ms: i64,
+    ) -> Result<(Vec<ChangeRecord>, u32), AzureError> {
+        let mut out = Vec::new();
+        let q = change_query(since_ms);
+        let pages = self
+            .query_each(subscriptions, &q, |row| {
+                if let Some(r) = change_record(row) {
+                    out.push(r);
+                }
+            })
+            .await?;
+        Ok((out, pages))
+    }
+
     /// The role assignments held by these principals in the subscriptions, from the
     /// `AuthorizationResources` table: one query per [`PRINCIPALS_PER_QUERY`] principals
     /// (duplicates dropped), each paged with `$skipToken`; never one list per principal.
@@ -234,4 +262,54 @@ impl ArmClient {
         }
         Ok(pages)
     }
+}
+
+/// The change feed query: the pattern of "Get resource changes"
+/// (<https://learn.microsoft.com/azure/governance/resource-graph/how-to/get-resource-changes>:
+/// `extend changeTime = todatetime(properties.changeAttributes.timestamp) … | where
+/// changeTime > datetime(…)`), narrowed to VMs and scale sets, to creations and deletions and
+/// to changes whose property paths name `identity`; oldest first, `id` projected for paging.
+pub fn change_query(since_ms: i64) -> String {
+    format!(
+        "resourcechanges \
+| extend changeTime = todatetime(properties.changeAttributes.timestamp), targetResourceId = tostring(properties.targetResourceId), targetResourceType = tostring(properties.targetResourceType), changeType = tostring(properties.changeType), correlationId = tostring(properties.changeAttributes.correlationId), changedProperties = tostring(properties.changes) \
+| where changeTime > datetime({}) \
+| where targetResourceType in~ ('microsoft.compute/virtualmachines', 'microsoft.compute/virtualmachinescalesets') \
+| where changeType in ('Create', 'Delete') or changedProperties contains 'identity' \
+| order by changeTime asc \
+| project id, name, changeTime, targetResourceId, changeType, correlationId",
+        format_rfc3339_ms(since_ms)
+    )
+}
+
+/// A row of [`change_query`] (projected columns, or the full row's `properties`) as a
+/// [`ChangeRecord`]; None without a target or a readable timestamp.
+pub fn change_record(row: &Value) -> Option<ChangeRecord> {
+    let props = row.get("properties");
+    let field = |projected: &str, path: &[&str]| -> Option<String> {
+        row.get(projected)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .or_else(|| {
+                let mut v = props?;
+                for p in path {
+                    v = v.get(*p)?;
+                }
+                v.as_str().map(str::to_string)
+            })
+    };
+    let target = field("targetResourceId", &["targetResourceId"])?;
+    let ts = field("changeTime", &["changeAttributes", "timestamp"])?;
+    Some(ChangeRecord {
+        target,
+        kind: ChangeKind::parse(&field("changeType", &["changeType"]).unwrap_or_default()),
+        timestamp_ms: parse_rfc3339_ms(&ts)?,
+        change_id: row
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        correlation_id: field("correlationId", &["changeAttributes", "correlationId"])
+            .unwrap_or_default(),
+    })
 }

@@ -181,7 +181,7 @@ fn has_grants(group: &[DesiredObject]) -> bool {
 }
 
 /// Principals of the target's identities as `live` shows them.
-fn principals_of(live: &LiveResource) -> Resolved {
+pub(crate) fn principals_of(live: &LiveResource) -> Resolved {
     let mut r = Resolved::default();
     if live.identity.system_assigned
         && let Some(p) = &live.identity.principal_id
@@ -285,7 +285,7 @@ fn role_names(group: &[DesiredObject], r: &Resolved) -> BTreeMap<String, String>
 }
 
 /// Online: resolve every role the group names (cached by the client).
-async fn resolve_roles(
+pub(crate) async fn resolve_roles(
     exec: &Executor,
     group: &[DesiredObject],
     r: &mut Resolved,
@@ -302,7 +302,7 @@ async fn resolve_roles(
     Ok(())
 }
 
-fn subscription_of(scope: &str) -> Option<String> {
+pub(crate) fn subscription_of(scope: &str) -> Option<String> {
     let lower = scope.to_ascii_lowercase();
     lower
         .strip_prefix("/subscriptions/")

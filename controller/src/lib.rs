@@ -9,6 +9,7 @@ pub mod crd;
 pub mod demo;
 pub mod engine;
 pub mod error;
+pub mod grant_scan;
 pub mod import;
 pub mod input;
 pub mod operator;

@@ -15,11 +15,14 @@
 //!   role definition IDs and API versions (defined here only).
 //! - [`policy`]: tenancy guardrails (what objects in a namespace may ask for).
 //! - [`credential`]: what a namespace credential Secret may say, and its binding by policy.
+//! - [`changefeed`]: the Resource Graph change feed's watermark, deduplication and
+//!   fallback to a full resync.
 //! - [`fleet`]: bulk drift detection from Azure Resource Graph rows (which targets to re-read).
 //! - [`render`]: human-readable plans.
 //! - [`arm`]: a reference model of ARM's PATCH semantics, used to prove the planner right.
 
 pub mod arm;
+pub mod changefeed;
 pub mod credential;
 pub mod fleet;
 pub mod grants;

@@ -25,6 +25,10 @@ pub(crate) fn router() -> Router<Shared> {
         .route("/_sim/operations/complete", post(complete_operations))
         .route("/_sim/world", get(world))
         .route("/_sim/throttling", get(get_throttling).post(set_throttling))
+        .route(
+            "/_sim/change-feed",
+            get(get_change_feed).post(set_change_feed),
+        )
         .route("/_sim/buckets/{subscription}", get(bucket_levels))
         .route("/_sim/clock/advance", post(advance_clock))
         .route("/_sim/identity", post(edit_identity))
@@ -95,6 +99,22 @@ async fn get_throttling(AxState(s): AxState<Shared>) -> Response {
 
 /// Body: a `ThrottleConfig` (missing members take their defaults, `{}` = the published
 /// limits) or `null` (off). Buckets start full again.
+async fn get_change_feed(AxState(s): AxState<Shared>) -> Response {
+    Json(s.lock().config.change_feed).into_response()
+}
+
+/// `POST /_sim/change-feed {"delayMs", "jitterMs", "duplicateEvery", "retentionMs"}` (camelCase
+/// of [`crate::ChangeFeedConfig`], durations in milliseconds; omitted = default).
+async fn set_change_feed(AxState(s): AxState<Shared>, body: Bytes) -> Response {
+    match serde_json::from_slice::<crate::ChangeFeedConfig>(&body) {
+        Ok(cfg) => {
+            s.lock().config.change_feed = cfg;
+            Json(cfg).into_response()
+        }
+        Err(e) => bad_request("InvalidChangeFeedConfig", &e.to_string()),
+    }
+}
+
 async fn set_throttling(AxState(s): AxState<Shared>, body: Bytes) -> Response {
     match serde_json::from_slice::<Option<ThrottleConfig>>(&body) {
         Ok(cfg) => {

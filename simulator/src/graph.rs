@@ -467,3 +467,110 @@ fn remove_member(st: &mut State, gid: &str, mid: &str) -> Result<ArmResponse, Ar
     }
     Ok(ArmResponse::empty(StatusCode::NO_CONTENT))
 }
+
+/// Most requests in one JSON batch ("Combine multiple HTTP requests using JSON batching",
+/// <https://learn.microsoft.com/graph/json-batching>: "up to 20").
+pub const GRAPH_MAX_BATCH: usize = 20;
+
+/// `POST /v1.0/$batch` (JSON batching, same page): `{"requests":[{id, method, url, body?,
+/// headers?}]}` → 200 `{"responses":[{id, status, headers, body}]}`, one response per
+/// request, each evaluated on its own: its own status, and fault rules matched against its
+/// own path (`/v1.0{url}`), so one member can fail or be throttled (429 with `Retry-After` in
+/// its `headers`) while the others succeed. Each member counts as a Graph read / write
+/// (the page: requests in a batch are evaluated individually against throttling limits);
+/// the batch itself counts in `graph_batches`. More than 20 requests, a missing or
+/// duplicate `id`, or no `method` / `url` → 400 `BadRequest` for the whole batch (texts
+/// **CHOSEN**). `dependsOn` is not modelled.
+pub(crate) fn batch(
+    st: &mut State,
+    version: GraphVersion,
+    body: Option<&Value>,
+) -> Result<ArmResponse, ArmError> {
+    let reqs = body
+        .and_then(|b| b.get("requests"))
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad_request("Invalid batch payload format."))?;
+    if reqs.len() > GRAPH_MAX_BATCH {
+        return Err(bad_request(format!(
+            "Invalid batch payload format: the number of requests ({}) exceeds the maximum of {GRAPH_MAX_BATCH}.",
+            reqs.len()
+        )));
+    }
+    let mut ids = std::collections::HashSet::new();
+    let mut parsed = Vec::new();
+    for r in reqs {
+        let field = |k: &str| r.get(k).and_then(Value::as_str).map(str::to_string);
+        let (Some(id), Some(m), Some(url)) = (field("id"), field("method"), field("url")) else {
+            return Err(bad_request(
+                "Invalid batch payload format: each request needs an id, a method and a url.",
+            ));
+        };
+        if !ids.insert(id.clone()) {
+            return Err(bad_request(format!(
+                "Invalid batch payload format: the id '{id}' is used twice."
+            )));
+        }
+        let method = Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+            .map_err(|_| bad_request(format!("Invalid method '{m}'.")))?;
+        parsed.push((id, method, url, r.get("body").cloned()));
+    }
+    let mut responses = Vec::new();
+    for (id, method, url, body) in parsed {
+        let rel = if url.starts_with('/') {
+            url.clone()
+        } else {
+            format!("/{url}")
+        };
+        let (path, query) = match rel.split_once('?') {
+            Some((p, q)) => (p.to_string(), Some(q.to_string())),
+            None => (rel.clone(), None),
+        };
+        let full = format!("/{}{}", version.prefix(), path);
+        if is_write(&method) {
+            st.counters.graph_writes += 1;
+        } else {
+            st.counters.graph_reads += 1;
+        }
+        let resp: ArmResponse = match crate::faults::take(st, method.as_str(), &full, false) {
+            Some(crate::faults::FaultAction::Throttle { retry_after_secs }) => {
+                st.counters.throttled += 1;
+                throttle_error(retry_after_secs).into()
+            }
+            Some(crate::faults::FaultAction::Status { code }) => {
+                let e = crate::faults::status_error(code);
+                graph_error(e.status, &e.code, e.message).into()
+            }
+            _ => match parse_path(&full) {
+                Some((v, segs)) => dispatch(st, &method, v, &segs, query.as_deref(), body.as_ref())
+                    .unwrap_or_else(Into::into),
+                None => graph_error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    format!("Invalid request URL '{url}'."),
+                )
+                .into(),
+            },
+        };
+        let mut headers = Map::new();
+        for (n, v) in &resp.headers {
+            if let Ok(v) = v.to_str() {
+                headers.insert(n.as_str().to_string(), json!(v));
+            }
+        }
+        if resp.body.is_some() {
+            headers.insert("content-type".into(), json!("application/json"));
+        }
+        let mut item = Map::new();
+        item.insert("id".into(), json!(id));
+        item.insert("status".into(), json!(resp.status.as_u16()));
+        item.insert("headers".into(), Value::Object(headers));
+        if let Some(b) = resp.body {
+            item.insert("body".into(), b);
+        }
+        responses.push(Value::Object(item));
+    }
+    Ok(ArmResponse::json(
+        StatusCode::OK,
+        json!({ "responses": responses }),
+    ))
+}

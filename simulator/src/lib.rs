@@ -13,6 +13,7 @@
 mod admin;
 mod auth;
 mod authz;
+mod changes;
 mod compute;
 mod directory;
 mod errors;
@@ -44,6 +45,7 @@ pub use crate::authz::{
     AUTHORIZATION_API_VERSIONS, DEFAULT_ROLE_ASSIGNMENT_LIMIT,
     MANAGEMENT_GROUP_ROLE_ASSIGNMENT_LIMIT, SeedPermission,
 };
+pub use crate::changes::ChangeFeedConfig;
 pub use crate::compute::{COMPUTE_API_VERSIONS, ETAG_API_VERSION, has_etag};
 pub use crate::directory::PrincipalKind;
 pub use crate::errors::SimError;
@@ -223,6 +225,9 @@ pub struct SimConfig {
     /// <https://learn.microsoft.com/azure/governance/resource-graph/concepts/guidance-for-throttled-requests>).
     pub resource_graph_quota: u32,
     pub resource_graph_quota_window: Duration,
+    /// Resource Graph's `resourcechanges` feed: ingestion delay, jitter, duplicates and
+    /// retention (default: at once, no duplicates, 14 days).
+    pub change_feed: ChangeFeedConfig,
     /// Enforced ARM / Compute throttling ("Understand how Azure Resource Manager throttles
     /// requests", <https://learn.microsoft.com/azure/azure-resource-manager/management/request-limits-and-throttling>;
     /// "Compute throttling limits", <https://learn.microsoft.com/azure/virtual-machines/compute-throttling-limits>).
@@ -260,6 +265,7 @@ impl Default for SimConfig {
             resource_graph_lag: Duration::ZERO,
             resource_graph_quota: 15,
             resource_graph_quota_window: Duration::from_secs(5),
+            change_feed: ChangeFeedConfig::default(),
             throttling: None,
             apps: Vec::new(),
             token_lifetime: Duration::from_secs(DEFAULT_TOKEN_LIFETIME_SECS),
@@ -300,6 +306,7 @@ pub async fn start_on(config: SimConfig, addr: SocketAddr) -> Result<SimHandle, 
             arg_lag: config.resource_graph_lag,
             arg_quota: config.resource_graph_quota,
             arg_quota_window: config.resource_graph_quota_window,
+            change_feed: config.change_feed,
             throttling: config.throttling,
             apps: config.apps,
             token_lifetime: config.token_lifetime,
@@ -889,6 +896,17 @@ impl SimHandle {
         st.config.arg_quota = quota;
         st.config.arg_quota_window = window;
         st.arg_quota.clear();
+    }
+
+    /// Changes how the `resourcechanges` feed delivers records (applies to records already
+    /// made, too: visibility is computed at query time).
+    pub fn set_change_feed(&self, feed: ChangeFeedConfig) {
+        self.shared.lock().config.change_feed = feed;
+    }
+
+    /// The number of change records made so far (each once, duplicates not counted).
+    pub fn change_count(&self) -> usize {
+        self.shared.lock().world.changes.records.len()
     }
 
     /// Resource Graph queries left in the caller's current window.

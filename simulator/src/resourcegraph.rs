@@ -65,6 +65,11 @@ impl RowHistory {
         }
     }
 
+    /// The newest row recorded for `key` (None: none, or deleted).
+    pub fn latest(&self, key: &str) -> Option<Value> {
+        self.rows.get(key)?.last()?.1.clone()
+    }
+
     /// Rows as they were at `t`.
     pub fn at(&self, t: Instant) -> Vec<Value> {
         self.rows
@@ -728,6 +733,26 @@ pub(crate) fn query(
         Some(f) if f.eq_ignore_ascii_case("table") => true,
         Some(f) => return Err(bad_request(&format!("Unknown resultFormat '{f}'."))),
     };
+    if split_top(q, "|")
+        .first()
+        .is_some_and(|t| t.eq_ignore_ascii_case("resourcechanges"))
+    {
+        let rows = st.world.changes.visible(
+            &st.config.change_feed,
+            Instant::now(),
+            st.wall_now(),
+            &st.world.tenant_id,
+        );
+        let (rows, columns) = query_changes(q, rows, subs.as_deref())?;
+        return Ok(respond(
+            rows,
+            columns,
+            token_skip,
+            explicit_skip,
+            top,
+            table_format,
+        ));
+    }
     let (table, ops) = parse_query(q)?;
     if let Some(caller) = caller
         && caller
@@ -780,6 +805,26 @@ pub(crate) fn query(
     }
     let columns: Vec<String> =
         projected.unwrap_or_else(|| FIELDS.iter().map(|s| s.to_string()).collect());
+    Ok(respond(
+        rows,
+        columns,
+        token_skip,
+        explicit_skip,
+        top,
+        table_format,
+    ))
+}
+
+/// A page of `rows` (already filtered, ordered and projected to `columns`), in the object
+/// array or table format, with `$skipToken` when more remain and `id` is projected.
+fn respond(
+    rows: Vec<Value>,
+    columns: Vec<String>,
+    token_skip: Option<(usize, usize)>,
+    explicit_skip: Option<u64>,
+    top: Option<usize>,
+    table: bool,
+) -> ArmResponse {
     let has_id = columns.iter().any(|c| c == "id");
     let total = rows.len();
     let (skip, page) = match token_skip {
@@ -806,7 +851,7 @@ pub(crate) fn query(
             json!(encode_token(skip + data.len(), page)),
         );
     }
-    let data = if table_format {
+    let data = if table {
         json!({
             "columns": columns.iter().map(|c| json!({"name": c, "type": column_type(c)})).collect::<Vec<_>>(),
             "rows": data.iter().map(|r| columns.iter().map(|c| r.get(c).cloned().unwrap_or(Value::Null)).collect::<Vec<_>>()).collect::<Vec<_>>(),
@@ -816,12 +861,13 @@ pub(crate) fn query(
     };
     out.insert("data".into(), data);
     out.insert("facets".into(), json!([]));
-    Ok(ArmResponse::json(StatusCode::OK, Value::Object(out)))
+    ArmResponse::json(StatusCode::OK, Value::Object(out))
 }
 
 fn column_type(c: &str) -> &'static str {
     match c {
-        "tags" | "identity" | "properties" => "object",
+        "tags" | "identity" | "properties" | "changedProperties" => "object",
+        "changeTime" => "datetime",
         _ => "string",
     }
 }
@@ -936,4 +982,338 @@ mod tests {
         assert_eq!(t, Table::AuthorizationResources);
         assert_eq!(hms(Duration::from_millis(4500)), "00:00:05");
     }
+}
+
+// ---------------------------------------------------------------------------
+// `resourcechanges` (a separate KQL subset: the pattern of "Get resource changes",
+// <https://learn.microsoft.com/azure/governance/resource-graph/how-to/get-resource-changes>)
+// ---------------------------------------------------------------------------
+
+/// A value from a dotted path of a row (`properties.changeAttributes.timestamp`).
+fn path_value<'a>(row: &'a Value, path: &str) -> Option<&'a Value> {
+    let mut v = row;
+    for seg in path.split('.') {
+        v = v.get(seg)?;
+    }
+    Some(v)
+}
+
+fn as_text(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(x) => x.to_string(),
+    }
+}
+
+fn parse_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(s.trim())
+        .ok()
+        .map(|d| d.with_timezone(&chrono::Utc))
+}
+
+/// `datetime(…)` / `datetime('…')` or `ago(Nd|h|m|s|ms)`.
+fn time_literal(s: &str) -> Result<chrono::DateTime<chrono::Utc>, ArmError> {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    if let Some(inner) = lower
+        .strip_prefix("datetime(")
+        .and_then(|x| x.strip_suffix(')'))
+    {
+        let raw = &t["datetime(".len().."datetime(".len() + inner.len()];
+        let raw = raw.trim().trim_matches(|c| c == '\'' || c == '"');
+        return parse_time(raw).ok_or_else(|| invalid_query(&format!("Invalid datetime '{raw}'.")));
+    }
+    if let Some(inner) = lower.strip_prefix("ago(").and_then(|x| x.strip_suffix(')')) {
+        let inner = inner.trim();
+        let split = inner
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(inner.len());
+        let n: f64 = inner[..split]
+            .parse()
+            .map_err(|_| invalid_query(&format!("Invalid timespan '{inner}'.")))?;
+        let secs = match &inner[split..] {
+            "d" => n * 86400.0,
+            "h" => n * 3600.0,
+            "m" => n * 60.0,
+            "s" => n,
+            "ms" => n / 1000.0,
+            u => return Err(invalid_query(&format!("Unknown timespan unit '{u}'."))),
+        };
+        return Ok(chrono::Utc::now() - chrono::Duration::milliseconds((secs * 1000.0) as i64));
+    }
+    Err(invalid_query(&format!(
+        "Expected datetime(…) or ago(…), got '{t}'."
+    )))
+}
+
+#[derive(Debug, Clone)]
+enum ChangeCond {
+    Str {
+        col: String,
+        value: String,
+        ci: bool,
+        negate: bool,
+    },
+    In {
+        col: String,
+        values: Vec<String>,
+        ci: bool,
+    },
+    Time {
+        col: String,
+        op: &'static str,
+        at: chrono::DateTime<chrono::Utc>,
+    },
+    Contains {
+        col: String,
+        value: String,
+    },
+    And(Vec<ChangeCond>),
+    Or(Vec<ChangeCond>),
+}
+
+fn parse_change_cond(s: &str) -> Result<ChangeCond, ArmError> {
+    let s = strip_parens(s);
+    let ors = split_top(s, "or");
+    if ors.len() > 1 {
+        return ors
+            .iter()
+            .map(|x| parse_change_cond(x))
+            .collect::<Result<_, _>>()
+            .map(ChangeCond::Or);
+    }
+    let ands = split_top(s, "and");
+    if ands.len() > 1 {
+        return ands
+            .iter()
+            .map(|x| parse_change_cond(x))
+            .collect::<Result<_, _>>()
+            .map(ChangeCond::And);
+    }
+    let lower = s.to_ascii_lowercase();
+    for op in [" contains ", " has "] {
+        if let Some(idx) = lower.find(op) {
+            return Ok(ChangeCond::Contains {
+                col: s[..idx].trim().to_string(),
+                value: literal(&s[idx + op.len()..])?,
+            });
+        }
+    }
+    for (op, ci) in [(" in~ ", true), (" in ", false)] {
+        if let Some(idx) = lower.find(op) {
+            let list = s[idx + op.len()..].trim();
+            let inner = list
+                .strip_prefix('(')
+                .and_then(|x| x.strip_suffix(')'))
+                .ok_or_else(|| invalid_query("Expected '(' after 'in'."))?;
+            let values = split_top(inner, ",")
+                .iter()
+                .filter(|v| !v.is_empty())
+                .map(|v| literal(v))
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(ChangeCond::In {
+                col: s[..idx].trim().to_string(),
+                values,
+                ci,
+            });
+        }
+    }
+    for (op, ci, negate) in [
+        ("=~", true, false),
+        ("!~", true, true),
+        ("==", false, false),
+        ("!=", false, true),
+    ] {
+        if let Some(idx) = s.find(op) {
+            return Ok(ChangeCond::Str {
+                col: s[..idx].trim().to_string(),
+                value: literal(&s[idx + 2..])?,
+                ci,
+                negate,
+            });
+        }
+    }
+    for op in [">=", "<=", ">", "<"] {
+        if let Some(idx) = s.find(op) {
+            return Ok(ChangeCond::Time {
+                col: s[..idx].trim().to_string(),
+                op,
+                at: time_literal(&s[idx + op.len()..])?,
+            });
+        }
+    }
+    Err(invalid_query(&format!("Unsupported condition '{s}'.")))
+}
+
+fn eval_change(c: &ChangeCond, row: &Value) -> bool {
+    match c {
+        ChangeCond::Str {
+            col,
+            value,
+            ci,
+            negate,
+        } => {
+            let v = as_text(path_value(row, col));
+            let eq = if *ci {
+                v.eq_ignore_ascii_case(value)
+            } else {
+                v == *value
+            };
+            eq != *negate
+        }
+        ChangeCond::In { col, values, ci } => {
+            let v = as_text(path_value(row, col));
+            values.iter().any(|x| {
+                if *ci {
+                    x.eq_ignore_ascii_case(&v)
+                } else {
+                    *x == v
+                }
+            })
+        }
+        ChangeCond::Time { col, op, at } => {
+            let Some(t) = parse_time(&as_text(path_value(row, col))) else {
+                return false;
+            };
+            match *op {
+                ">" => t > *at,
+                ">=" => t >= *at,
+                "<" => t < *at,
+                _ => t <= *at,
+            }
+        }
+        ChangeCond::Contains { col, value } => as_text(path_value(row, col))
+            .to_ascii_lowercase()
+            .contains(&value.to_ascii_lowercase()),
+        ChangeCond::And(cs) => cs.iter().all(|c| eval_change(c, row)),
+        ChangeCond::Or(cs) => cs.iter().any(|c| eval_change(c, row)),
+    }
+}
+
+/// `name = expr` of an `extend`: `expr` is a dotted path, optionally wrapped in
+/// `todatetime(…)`, `tostring(…)` or `toguid(…)` (the doc's pattern). `tostring` of an
+/// object gives its JSON text.
+fn extend_value(row: &Value, expr: &str) -> Result<Value, ArmError> {
+    let e = expr.trim();
+    let lower = e.to_ascii_lowercase();
+    for f in ["todatetime(", "tostring(", "toguid("] {
+        if let Some(inner) = lower.strip_prefix(f).and_then(|x| x.strip_suffix(')')) {
+            let path = &e[f.len()..f.len() + inner.len()];
+            let v = path_value(row, path.trim()).cloned().unwrap_or(Value::Null);
+            return Ok(if f == "tostring(" && !v.is_null() && !v.is_string() {
+                Value::String(v.to_string())
+            } else {
+                v
+            });
+        }
+    }
+    if e.chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_')
+    {
+        return Ok(path_value(row, e).cloned().unwrap_or(Value::Null));
+    }
+    Err(invalid_query(&format!("Unsupported expression '{e}'.")))
+}
+
+/// Runs a `resourcechanges | …` query over the visible change rows: `extend`, `where`,
+/// `order by` / `sort by`, `project`, `limit` / `take`. Returns the rows and the columns.
+fn query_changes(
+    q: &str,
+    mut rows: Vec<Value>,
+    subs: Option<&[String]>,
+) -> Result<(Vec<Value>, Vec<String>), ArmError> {
+    if let Some(subs) = subs {
+        rows.retain(|r| subs.contains(&as_text(r.get("subscriptionId")).to_ascii_lowercase()));
+    }
+    let parts = split_top(q, "|");
+    let mut columns: Vec<String> = [
+        "id",
+        "name",
+        "type",
+        "tenantId",
+        "location",
+        "resourceGroup",
+        "subscriptionId",
+        "properties",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for p in &parts[1..] {
+        let (kw, rest) = p
+            .split_once(char::is_whitespace)
+            .unwrap_or((p.as_str(), ""));
+        let rest = rest.trim();
+        match kw.to_ascii_lowercase().as_str() {
+            "extend" => {
+                for assignment in split_top(rest, ",") {
+                    let (name, expr) = assignment.split_once('=').ok_or_else(|| {
+                        invalid_query(&format!("Expected 'name = expr', got '{assignment}'."))
+                    })?;
+                    let name = name.trim().to_string();
+                    for r in rows.iter_mut() {
+                        let v = extend_value(r, expr)?;
+                        if let Value::Object(m) = r {
+                            m.insert(name.clone(), v);
+                        }
+                    }
+                    if !columns.contains(&name) {
+                        columns.push(name);
+                    }
+                }
+            }
+            "where" => {
+                let c = parse_change_cond(rest)?;
+                rows.retain(|r| eval_change(&c, r));
+            }
+            "order" | "sort" => {
+                let by = rest
+                    .strip_prefix("by ")
+                    .or_else(|| rest.strip_prefix("BY "))
+                    .ok_or_else(|| invalid_query("Expected 'by' after 'order'."))?;
+                let mut it = by.split_whitespace();
+                let col = it.next().unwrap_or("").to_string();
+                let desc = match it.next().map(str::to_ascii_lowercase).as_deref() {
+                    None | Some("desc") => true,
+                    Some("asc") => false,
+                    Some(o) => return Err(invalid_query(&format!("Unknown sort order '{o}'."))),
+                };
+                // Timestamps in RFC 3339 with one offset sort as text.
+                rows.sort_by_key(|r| as_text(path_value(r, &col)));
+                if desc {
+                    rows.reverse();
+                }
+            }
+            "project" => {
+                let cols: Vec<String> = split_top(rest, ",")
+                    .iter()
+                    .map(|c| c.trim().to_string())
+                    .collect();
+                rows = rows
+                    .into_iter()
+                    .map(|r| {
+                        let mut m = Map::new();
+                        for c in &cols {
+                            m.insert(c.clone(), path_value(&r, c).cloned().unwrap_or(Value::Null));
+                        }
+                        Value::Object(m)
+                    })
+                    .collect();
+                columns = cols;
+            }
+            "limit" | "take" => {
+                let n: usize = rest
+                    .parse()
+                    .map_err(|_| invalid_query(&format!("Expected a number after '{kw}'.")))?;
+                rows.truncate(n);
+            }
+            other => {
+                return Err(invalid_query(&format!(
+                    "The simulator does not support the operator '{other}' on resourcechanges."
+                )));
+            }
+        }
+    }
+    Ok((rows, columns))
 }

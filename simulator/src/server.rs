@@ -361,6 +361,10 @@ fn count_arrival(st: &mut State, method: &Method, route: &Route) {
                 st.counters.authorization_writes += 1;
             }
         }
+        Route::Graph { segments, .. } if segments.len() == 1 && segments[0] == "$batch" => {
+            // Its requests are counted one by one (`graph::batch`).
+            st.counters.graph_batches += 1;
+        }
         Route::Graph { .. } => {
             if graph::is_write(method) {
                 st.counters.graph_writes += 1;
@@ -558,6 +562,9 @@ fn dispatch(
                     "BadRequest",
                     "Unable to read JSON request payload. Please ensure Content-Type header is set and payload is of valid JSON format.",
                 ));
+            }
+            if segments.len() == 1 && segments[0] == "$batch" && *method == Method::POST {
+                return graph::batch(st, *version, body);
             }
             graph::dispatch(st, method, *version, segments, query, body)
         }

@@ -36,8 +36,11 @@ pub struct Counters {
     pub authorization_writes: u64,
     /// GETs of Microsoft Graph routes (`/v1.0/…`, `/beta/…`).
     pub graph_reads: u64,
-    /// POST/DELETE (any non-GET) of Microsoft Graph routes.
+    /// POST/DELETE (any non-GET) of Microsoft Graph routes (requests inside a `$batch`
+    /// counted one by one).
     pub graph_writes: u64,
+    /// `POST /v1.0/$batch` requests (JSON batching).
+    pub graph_batches: u64,
     /// Resource Graph query POSTs (including throttled ones).
     pub resource_graph_queries: u64,
     /// Resource Graph 429s (quota exceeded; also counted in `throttled`).
@@ -137,6 +140,7 @@ pub(crate) struct RuntimeConfig {
     pub arg_lag: Duration,
     pub arg_quota: u32,
     pub arg_quota_window: Duration,
+    pub change_feed: crate::changes::ChangeFeedConfig,
     /// Enforced throttling; `None` = subscription buckets reported only.
     pub throttling: Option<crate::throttle::ThrottleConfig>,
     /// App registrations served by the Entra token endpoint.

@@ -353,6 +353,8 @@ pub(crate) struct World {
     pub authz: Authorization,
     /// Snapshots of Resource Graph rows (for the configurable lag).
     pub arg_history: crate::resourcegraph::RowHistory,
+    /// Resource Graph's `resourcechanges` records.
+    pub changes: crate::changes::ChangeLog,
     /// Seeded AKS clusters: Resource Graph rows by lower-cased id.
     pub managed_clusters: BTreeMap<String, Value>,
 }
@@ -395,6 +397,7 @@ impl World {
             directory: Directory::default(),
             authz: Authorization::default(),
             arg_history: Default::default(),
+            changes: Default::default(),
             managed_clusters: BTreeMap::new(),
         }
     }
@@ -526,6 +529,8 @@ impl World {
                 e.0 = None;
             }
         }
+        // Nor are they changes.
+        w.changes = Default::default();
         Ok(w)
     }
 
@@ -784,6 +789,8 @@ impl World {
     /// deletes every earlier one (disable / re-enable gives a new principal).
     pub fn sync_compute_principals(&mut self, key: &str) {
         let row = crate::resourcegraph::row_of(self, key);
+        let prev = self.arg_history.latest(key);
+        self.changes.record(key, prev.as_ref(), row.as_ref());
         self.arg_history
             .record(key, Some(tokio::time::Instant::now()), row);
         let Some(res) = self.compute.get(key) else {
@@ -815,6 +822,8 @@ impl World {
     pub fn remove_compute(&mut self, key: &str) -> bool {
         match self.compute.remove(key) {
             Some(res) => {
+                let prev = self.arg_history.latest(key);
+                self.changes.record(key, prev.as_ref(), None);
                 self.arg_history
                     .record(key, Some(tokio::time::Instant::now()), None);
                 for p in &res.principal_history {

@@ -336,13 +336,25 @@ impl Credentials {
                 ));
             }
         };
-        let arm = ArmClient::new(self.arm_config.clone(), tokens.clone())
+        // Namespaces that name the same app share its budgets (ARM, Resource Graph and
+        // Graph count per principal).
+        let budget_key =
+            Some(format!("{}/{}", cred.tenant_id, cred.client_id).to_ascii_lowercase());
+        let arm_config = ClientConfig {
+            budget_key: budget_key.clone(),
+            ..self.arm_config.clone()
+        };
+        let arm = ArmClient::new(arm_config, tokens.clone())
             .map_err(|e| e.to_string())?
             .with_observer(self.metrics.clone());
         let mut exec = Executor::new(arm);
         if let Some(cfg) = &self.graph_config {
+            let cfg = ClientConfig {
+                budget_key,
+                ..cfg.clone()
+            };
             exec = exec.with_graph(
-                ArmClient::new(cfg.clone(), tokens)
+                ArmClient::new(cfg, tokens)
                     .map_err(|e| e.to_string())?
                     .with_observer(self.metrics.clone()),
             );

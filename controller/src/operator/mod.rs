@@ -1,6 +1,7 @@
 //! `vmidentity controller`: the in-cluster controller. Thin: it gathers objects per target,
 //! calls the planner, hands the plan to the executor and writes status.
 
+pub mod changefeed;
 pub mod conditions;
 pub mod credentials;
 pub mod decide;
@@ -73,6 +74,16 @@ pub struct ControllerArgs {
     /// Seconds between full resyncs (drift detection and repair).
     #[arg(long, env = "VMIDENTITY_RESYNC_SECONDS", default_value_t = 600)]
     pub resync_seconds: u64,
+    /// Seconds between polls of Resource Graph's change feed (`resourcechanges`): a VM or
+    /// scale set whose identity another writer changed (or that was deleted or re-created)
+    /// is reconciled at the next poll, between full resyncs. 0 turns the feed off (drift is
+    /// then found at the resync only). Needs --resync-mode resource-graph.
+    #[arg(long, env = "VMIDENTITY_CHANGE_POLL_SECONDS", default_value_t = 30)]
+    pub change_poll_seconds: u64,
+    /// Seconds each change feed poll reads back before its watermark: records may show up
+    /// late (the documentation says within five minutes) and out of order.
+    #[arg(long, env = "VMIDENTITY_CHANGE_OVERLAP_SECONDS", default_value_t = 360)]
+    pub change_overlap_seconds: u64,
     /// How resyncs detect drift.
     #[arg(
         long,
@@ -297,6 +308,31 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
         ));
     }
 
+    // Change feed between resyncs.
+    let (feed_tx, feed_rx) = futures::channel::mpsc::unbounded();
+    if args.resync_mode == ResyncMode::ResourceGraph && args.change_poll_seconds > 0 {
+        let period = Duration::from_secs(args.change_poll_seconds);
+        let overlap = Duration::from_secs(args.change_overlap_seconds);
+        // The watermark lives on the leader Lease (see `changefeed`); one replica without
+        // election keeps it in memory.
+        let store = if args.no_leader_election {
+            changefeed::WatermarkStore::Memory(changefeed::MemoryStore::default())
+        } else {
+            changefeed::WatermarkStore::Lease(Box::new(changefeed::LeaseStore {
+                api: Api::namespaced(client.clone(), &lease_ns),
+                name: args.lease_name.clone(),
+            }))
+        };
+        tokio::spawn(changefeed::poll_loop(
+            ctx.clone(),
+            doors.arm.clone(),
+            feed_tx,
+            period,
+            overlap,
+            store,
+        ));
+    }
+
     // Work is keyed by target: every event becomes a trigger for its target's representative.
     let map_ctx = ctx.clone();
     let map_reader = reader.clone();
@@ -339,7 +375,7 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
     // period, then the process goes (a write cut short is safe: ownership was claimed first,
     // and the next leader plans again from what ARM says).
     let (grace_tx, grace_rx) = tokio::sync::oneshot::channel::<()>();
-    let queue = trigger_queue(triggers, scan_rx, retrigger_rx);
+    let queue = trigger_queue(triggers, scan_rx, retrigger_rx, feed_rx);
     let queue = StreamBackoff::new(queue, DefaultBackoff::default()).take_until(async move {
         let _ = stop_rx.await;
         let _ = grace_tx.send(());
@@ -467,6 +503,9 @@ fn trigger_queue(
     retrigger_rx: futures::channel::mpsc::UnboundedReceiver<
         reflector::ObjectRef<VirtualMachineIdentity>,
     >,
+    feed_rx: futures::channel::mpsc::UnboundedReceiver<
+        reflector::ObjectRef<VirtualMachineIdentity>,
+    >,
 ) -> impl futures::Stream<Item = Result<ReconcileRequest<VirtualMachineIdentity>, watcher::Error>> + Send
 {
     futures::stream::select_all([
@@ -492,6 +531,16 @@ fn trigger_queue(
                     obj_ref,
                     reason: ReconcileReason::Custom {
                         reason: "policy or namespace labels changed".into(),
+                    },
+                })
+            })
+            .boxed(),
+        feed_rx
+            .map(|obj_ref| {
+                Ok(ReconcileRequest {
+                    obj_ref,
+                    reason: ReconcileReason::Custom {
+                        reason: "change feed".into(),
                     },
                 })
             })
@@ -562,7 +611,19 @@ fn azure_doors(args: &ControllerArgs, metrics: &Arc<Metrics>) -> Result<AzureDoo
         None => vmidentity_azure::token::from_env(&|k| std::env::var(k).ok())
             .map_err(|e| CliError::Other(format!("Azure credentials: {e}")))?,
     };
+    // The controller's own principal, when the environment names it: a namespace credential
+    // naming the same app then shares its budgets.
+    let budget_key = match (
+        std::env::var("AZURE_TENANT_ID"),
+        std::env::var("AZURE_CLIENT_ID"),
+    ) {
+        (Ok(t), Ok(c)) if !t.is_empty() && !c.is_empty() => {
+            Some(format!("{t}/{c}").to_ascii_lowercase())
+        }
+        _ => Some("controller".to_string()),
+    };
     let arm_config = ClientConfig {
+        budget_key: budget_key.clone(),
         endpoint: args.arm_endpoint.clone(),
         max_attempts: 3,
         max_inline_wait: Duration::ZERO,
@@ -570,6 +631,7 @@ fn azure_doors(args: &ControllerArgs, metrics: &Arc<Metrics>) -> Result<AzureDoo
         ..ClientConfig::default()
     };
     let graph_config = ClientConfig {
+        budget_key,
         max_attempts: 3,
         max_inline_wait: Duration::ZERO,
         ..ClientConfig::graph(&args.graph_endpoint)
