@@ -250,6 +250,137 @@ pub async fn run() -> Result<i32, CliError> {
         p4.writes,
         p3.writes
     );
+    let brownfield = brownfield(&exec, &sim).await;
     sim.shutdown().await;
-    Ok(if ok { 0 } else { 1 })
+    Ok(if ok && brownfield { 0 } else { 1 })
+}
+
+/// The brownfield pass: the fleet as the passes above left it, read as if nobody had objects
+/// for it (made by hand or by Terraform), imported, applied with 0 writes, then one object
+/// adopts what it lists (0 writes) and drops an adopted identity (1 PATCH that removes it
+/// and nothing else). Returns whether every step did what it says.
+async fn brownfield(exec: &Executor, sim: &SimHandle) -> bool {
+    crate::outln!(
+        "\n== Brownfield: import the fleet as it stands (Resource Graph, no GET per VM), apply, adopt, drop"
+    );
+    sim.reset_counters();
+    let req = crate::import::ImportRequest {
+        subscriptions: vec![SUB.trim_start_matches("/subscriptions/").to_string()],
+        resource_groups: Vec::new(),
+        tags: Vec::new(),
+        query: None,
+        namespace: crate::import::NamespaceRule::Fixed("brownfield".into()),
+        with_grants: true,
+        with_groups: true,
+        adopt: false,
+        include_platform: false,
+        skip_tags: Vec::new(),
+    };
+    let imported = match crate::import::import(exec, &req).await {
+        Ok(i) => i,
+        Err(e) => {
+            crate::outln!("   import FAILED: {e}");
+            return false;
+        }
+    };
+    let c = sim.counters();
+    crate::outln!(
+        "   imported {} objects ({} role assignments, {} memberships) in {} Resource Graph and {} Graph requests, {} GET; skipped {}:",
+        imported.objects.len(),
+        imported.stats.role_assignments,
+        imported.stats.memberships,
+        imported.stats.resource_pages + imported.stats.authorization_pages,
+        imported.stats.member_of_reads,
+        c.reads,
+        imported.skipped.len()
+    );
+    for s in &imported.skipped {
+        crate::outln!("     {} ({})", s.id, s.reason);
+    }
+    let mut objects = Vec::new();
+    for o in &imported.objects {
+        match o.desired() {
+            Ok(d) => objects.push(d),
+            Err(errs) => {
+                crate::outln!("   imported object FAILED validation: {errs:?}");
+                return false;
+            }
+        }
+    }
+    let (b1, r1) = pass(
+        "Brownfield 1: apply the imported objects (the contract: 0 writes)",
+        exec,
+        sim,
+        &objects,
+    )
+    .await;
+    let mut objects = engine::carry_ownership(&objects, &r1);
+
+    // vm-db-1 carries uai-legacy, which someone attached by hand: its object lists it (import
+    // did) but does not own it, so dropping it would remove nothing. Adopt, then drop it.
+    let db =
+        format!("{SUB}/resourceGroups/rg-apps/providers/Microsoft.Compute/virtualMachines/vm-db-1");
+    let Some(i) = objects
+        .iter()
+        .position(|o| o.spec.target.to_string().eq_ignore_ascii_case(&db))
+    else {
+        crate::outln!("   FAILED: no imported object for vm-db-1");
+        return false;
+    };
+    objects[i].adopt = true;
+    let (b2, r2) = pass(
+        "Brownfield 2: vm-db-1's object adopts what it lists (recorded, 0 writes)",
+        exec,
+        sim,
+        &objects,
+    )
+    .await;
+    let mut objects = engine::carry_ownership(&objects, &r2);
+    let adopted_legacy = objects[i]
+        .applied
+        .user_assigned_identities
+        .iter()
+        .any(|u| u.to_ascii_lowercase().ends_with("/uai-legacy"));
+    objects[i].adopt = false;
+    objects[i]
+        .spec
+        .user_assigned
+        .retain(|u| !u.to_string().to_ascii_lowercase().ends_with("/uai-legacy"));
+    let (b3, _) = pass(
+        "Brownfield 3: vm-db-1's object drops the adopted uai-legacy (1 PATCH removes it)",
+        exec,
+        sim,
+        &objects,
+    )
+    .await;
+    let checks = [
+        ("the imported objects applied with 0 writes", b1.writes == 0),
+        ("adopting wrote nothing", b2.writes == 0),
+        (
+            "uai-legacy recorded as vm-db-1's object's own",
+            adopted_legacy,
+        ),
+        ("dropping it wrote once", b3.writes == 1),
+        (
+            "uai-legacy is gone from vm-db-1",
+            !carries(sim, &db, "uai-legacy"),
+        ),
+        (
+            "uai-monitoring (still listed) stays on vm-db-1",
+            carries(sim, &db, "uai-monitoring"),
+        ),
+        ("no errors", b1.errors + b2.errors + b3.errors == 0),
+    ];
+    for (what, ok) in &checks {
+        crate::outln!("     [{}] {what}", if *ok { "ok" } else { "FAILED" });
+    }
+    let ok = checks.iter().all(|(_, ok)| *ok);
+    crate::outln!(
+        "{}: brownfield import applied with {} writes, adoption with {}, the drop with {}.",
+        if ok { "Adopted" } else { "NOT ADOPTED" },
+        b1.writes,
+        b2.writes,
+        b3.writes
+    );
+    ok
 }

@@ -15,8 +15,8 @@
 //!   (`/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{name}`,
 //!   names as ARM returns them);
 //! - `systemAssigned` as it is (true or false); no `mode` (Merge: an imported object never
-//!   removes anything); no `armApiVersion` (the default, 2018-06-01, which every VM and
-//!   scale set answers and whose identity shape is the one Resource Graph shows);
+//!   removes anything); no `armApiVersion` (the default, 2025-04-01: the dictionary shape
+//!   Resource Graph shows, with entity tags);
 //! - the user-assigned identities, except stale entries (identity deleted under the VM: ARM
 //!   shows them with empty `principalId` and `clientId`; declaring one would plan a
 //!   re-attach) and platform identities, each listed on stderr;
