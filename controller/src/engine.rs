@@ -741,23 +741,52 @@ pub async fn write_target(
             .iter()
             .chain(gp.additions.clone().iter())
         {
-            let adopted = send_grant_write(exec, w).await?;
+            let existing = send_grant_write(exec, w).await?;
             result.grant_writes.push(w.clone());
-            if let (Some(id), Some(planned)) = (adopted, w.role_assignment_id()) {
-                let planned = planned.to_ascii_lowercase();
-                for recs in gp.role_assignments.values_mut() {
-                    for r in recs
-                        .iter_mut()
-                        .filter(|r| r.id.to_ascii_lowercase() == planned)
-                    {
-                        r.id = id.clone();
-                    }
-                }
+            if let (Some(id), Some(planned)) = (existing, w.role_assignment_id()) {
+                // 409 RoleAssignmentExists: someone else made the assignment under another
+                // name since the read. An adopting object records it by that name; any other
+                // object leaves it alone (not recorded, so never removed by it: it is not
+                // vmidentity's), as the planner does for one found when reading.
+                held_elsewhere(group, &mut gp, &planned, &id);
             }
         }
         result.grants = Some(gp);
     }
     Ok(())
+}
+
+/// A role assignment PUT (planned as `planned`) found the assignment under another name,
+/// `existing`: adopting objects' records take that name; other objects' records drop it and
+/// it is reported as held ([`grants::GrantPlan::held`]).
+fn held_elsewhere(
+    group: &[DesiredObject],
+    gp: &mut grants::GrantPlan,
+    planned: &str,
+    existing: &str,
+) {
+    for o in group {
+        let Some(recs) = gp.role_assignments.get_mut(&o.object) else {
+            continue;
+        };
+        let (hit, mut keep): (Vec<_>, Vec<_>) = std::mem::take(recs)
+            .into_iter()
+            .partition(|r| r.id.eq_ignore_ascii_case(planned));
+        for mut r in hit {
+            r.id = existing.to_string();
+            if o.adopt {
+                keep.push(r);
+            } else {
+                gp.held
+                    .entry(o.object.clone())
+                    .or_default()
+                    .role_assignments
+                    .push(r);
+            }
+        }
+        keep.sort();
+        *recs = keep;
+    }
 }
 
 fn target_subscription(plan: &TargetPlan) -> &str {

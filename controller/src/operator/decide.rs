@@ -32,6 +32,8 @@ pub enum Reason {
     DriftRepaired,
     /// Pre-existing identities or grants became the object's (issue 15 part 2).
     Adopted,
+    /// Listed grants held before, made by someone else, left alone (not adopted).
+    NotAdopted,
     /// Reconcile policy `observe`: read and planned, never written (Ready's reason).
     Observed,
     /// Under `observe`: the target differs from what its objects declare.
@@ -67,6 +69,7 @@ impl Reason {
             Reason::Retained => "Retained",
             Reason::DriftRepaired => "DriftRepaired",
             Reason::Adopted => "Adopted",
+            Reason::NotAdopted => "NotAdopted",
             Reason::Observed => "Observed",
             Reason::Drifted => "Drifted",
             Reason::DriftCleared => "DriftCleared",
@@ -658,6 +661,58 @@ impl<'a> Success<'a> {
         })
     }
 
+    /// The grants `d` lists that its identities held before and that it does not own (see
+    /// [`vmidentity_planner::grants::plan_grants`]): for `status.heldNotAdopted`. None when
+    /// there are none.
+    pub fn held_not_adopted(&self, d: &DesiredObject) -> Option<crate::crd::HeldNotAdopted> {
+        let h = self.result.grants.as_ref()?.held.get(&d.object)?;
+        (!h.is_empty()).then(|| crate::crd::HeldNotAdopted {
+            role_assignments: h.role_assignments.clone(),
+            group_memberships: h.group_memberships.clone(),
+        })
+    }
+
+    /// The Normal `NotAdopted` Event for `held` (what [`Success::held_not_adopted`] found),
+    /// told when it appears or changes (`before`: the object's `status.heldNotAdopted`), not
+    /// on every pass.
+    pub fn not_adopted_note(
+        &self,
+        before: Option<&crate::crd::HeldNotAdopted>,
+        held: Option<&crate::crd::HeldNotAdopted>,
+    ) -> Option<Note> {
+        let h = held?;
+        if before == Some(h) {
+            return None;
+        }
+        let what: Vec<String> = h
+            .role_assignments
+            .iter()
+            .map(|r| {
+                format!(
+                    "role {} at {} (role assignment {})",
+                    self.result.role(&r.role_definition_id),
+                    r.scope,
+                    r.id
+                )
+            })
+            .chain(
+                h.group_memberships
+                    .iter()
+                    .map(|g| format!("membership of group {} ({})", g.group_object_id, g.identity)),
+            )
+            .collect();
+        Some(Note {
+            type_: EventType::Normal,
+            reason: Reason::NotAdopted,
+            note: format!(
+                "{}: held, not adopted (made before by someone else; left alone, never removed by this object, also when dropped from the spec; annotate {}=true to manage): {}",
+                self.plan.target.short(),
+                crate::crd::ADOPT_ANNOTATION,
+                what.join("; ")
+            ),
+        })
+    }
+
     pub fn wrote(&self) -> bool {
         !self.changes.is_empty()
     }
@@ -852,9 +907,13 @@ impl<'a> Success<'a> {
             principals: (principals != Principals::default()).then_some(principals),
             target_name: Some(plan.target.name().to_string()),
             user_assigned_count: Some(present),
+            held_not_adopted: self.held_not_adopted(d),
             ..Default::default()
         };
         let mut events_after: Vec<Note> = self.adopted_note(d).into_iter().collect();
+        events_after.extend(
+            self.not_adopted_note(old.held_not_adopted.as_ref(), st.held_not_adopted.as_ref()),
+        );
         if wrote {
             let changes = own.join("; ");
             events_after.push(if was_ready(o) {
