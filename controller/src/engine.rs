@@ -848,3 +848,63 @@ pub fn next_state(mut state: State, objects: &[DesiredObject], results: &[Target
     }
     state
 }
+
+#[cfg(test)]
+mod tests {
+    // Test-only: unwrap/expect here are assertions.
+    use super::*;
+    use vmidentity_planner::grants::AppliedRoleAssignment;
+    use vmidentity_planner::{RawSpec, grants::GrantPlan};
+
+    fn object(name: &str) -> DesiredObject {
+        let raw = RawSpec {
+            target:
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm"
+                    .into(),
+            ..Default::default()
+        };
+        DesiredObject::new(ObjectRef::new("ns", name), raw.validate().unwrap())
+    }
+
+    /// A PUT answered 409 RoleAssignmentExists: the adopting object records the existing
+    /// assignment's name; the other object does not record it and is told it is held.
+    #[test]
+    fn an_assignment_found_under_another_name_by_a_put_is_recorded_only_by_an_adopter() {
+        let planned = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Authorization/roleAssignments/ours";
+        let existing = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Authorization/roleAssignments/theirs";
+        let rec = AppliedRoleAssignment {
+            id: planned.to_uppercase(),
+            scope: "/subscriptions/s/resourceGroups/rg".into(),
+            role_definition_id: "acdd72a7-3385-48ef-bd42-f606fba81ae7".into(),
+            principal_id: "p".into(),
+            identity: "SystemAssigned".into(),
+        };
+        let other = AppliedRoleAssignment {
+            id: format!("{planned}-other"),
+            ..rec.clone()
+        };
+        let adopter = object("a").adopting(true);
+        let plain = object("b");
+        let mut gp = GrantPlan::default();
+        for o in [&adopter, &plain] {
+            gp.role_assignments
+                .insert(o.object.clone(), vec![rec.clone(), other.clone()]);
+        }
+        held_elsewhere(
+            &[adopter.clone(), plain.clone()],
+            &mut gp,
+            planned,
+            existing,
+        );
+        let ids = |o: &DesiredObject| -> Vec<String> {
+            gp.role_assignments[&o.object]
+                .iter()
+                .map(|r| r.id.clone())
+                .collect()
+        };
+        assert_eq!(ids(&adopter), vec![other.id.clone(), existing.to_string()]);
+        assert_eq!(ids(&plain), vec![other.id.clone()]);
+        assert!(!gp.held.contains_key(&adopter.object));
+        assert_eq!(gp.held[&plain.object].role_assignments[0].id, existing);
+    }
+}
