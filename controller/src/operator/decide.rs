@@ -1608,6 +1608,76 @@ mod tests {
         );
     }
 
+    /// A listed grant held before and not adopted (issue 15's follow-up): in
+    /// `status.heldNotAdopted` and one Normal NotAdopted Event when it appears; nothing said
+    /// on the next pass; said again when the set changes; gone from the status when it goes.
+    #[test]
+    fn a_grant_held_not_adopted_is_told_once_and_again_only_when_it_changes() {
+        use vmidentity_planner::grants::{AppliedRoleAssignment, GrantPlan, HeldGrants};
+        let o = object(&[U1]);
+        let d = o.desired().unwrap();
+        let on_vm = live(&[U1]);
+        let plan = plan_target(std::slice::from_ref(&d), &on_vm).unwrap();
+        let held = |name: &str| AppliedRoleAssignment {
+            id: format!(
+                "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Authorization/roleAssignments/{name}"
+            ),
+            scope: "/subscriptions/s1/resourceGroups/rg".into(),
+            role_definition_id: "acdd72a7-3385-48ef-bd42-f606fba81ae7".into(),
+            principal_id: "p1".into(),
+            identity: U1.into(),
+        };
+        let with_held = |names: &[&str]| {
+            let mut result = result_of(&plan);
+            let mut gp = GrantPlan::default();
+            if !names.is_empty() {
+                gp.held.insert(
+                    d.object.clone(),
+                    HeldGrants {
+                        role_assignments: names.iter().map(|n| held(n)).collect(),
+                        group_memberships: vec![],
+                    },
+                );
+            }
+            result.grants = Some(gp);
+            result
+        };
+        let report = |o: &VirtualMachineIdentity, result: &TargetResult| {
+            Success::new(&plan, result, &on_vm, [o]).report(o, &d, now())
+        };
+        let first = with_held(&["theirs-1"]);
+        let r = report(&o, &first);
+        assert_eq!(r.events_after.len(), 1, "{:?}", r.events_after);
+        assert_eq!(r.events_after[0].reason, Reason::NotAdopted);
+        assert_eq!(r.events_after[0].type_, EventType::Normal);
+        assert!(
+            r.events_after[0].note.starts_with("vm/vm1: held, not adopted")
+                && r.events_after[0].note.contains(
+                    "role Reader (acdd72a7-3385-48ef-bd42-f606fba81ae7) at /subscriptions/s1/resourceGroups/rg (role assignment /subscriptions/s1/resourceGroups/rg/providers/Microsoft.Authorization/roleAssignments/theirs-1)"
+                ),
+            "{}",
+            r.events_after[0].note
+        );
+        let st = r.status.unwrap();
+        assert_eq!(
+            st.held_not_adopted.as_ref().unwrap().role_assignments,
+            vec![held("theirs-1")]
+        );
+        assert!(st.applied.as_ref().unwrap().role_assignments.is_empty());
+        // The next pass: the same, nothing said, no status write.
+        let mut again = o.clone();
+        again.status = Some(st);
+        assert_eq!(report(&again, &first), Report::default());
+        // Another one held: said again, naming both.
+        let r = report(&again, &with_held(&["theirs-1", "theirs-2"]));
+        assert_eq!(r.events_after.len(), 1);
+        assert!(r.events_after[0].note.contains("theirs-2"));
+        // None any more (dropped from the spec or adopted): out of the status, nothing said.
+        let r = report(&again, &with_held(&[]));
+        assert!(r.events_after.is_empty());
+        assert_eq!(r.status.unwrap().held_not_adopted, None);
+    }
+
     #[test]
     fn requeue_timing_follows_the_outcome() {
         let resync = Duration::from_secs(600);
