@@ -393,6 +393,7 @@ async fn plan(a: PlanArgs) -> Result<i32, CliError> {
             crate::out!("{text}");
         }
     }
+    print_held(&results);
     if print_errors(&results) {
         return Ok(1);
     }
@@ -489,9 +490,10 @@ async fn apply(a: ApplyArgs) -> Result<i32, CliError> {
     Ok(if failed { 1 } else { 0 })
 }
 
-/// One `note:` line on stderr per object that lists grants its identities held before and
-/// that it does not own (made by someone else): they are left alone, not recorded in the
-/// state, and so never removed by it; `vmidentity.dev/adopt: "true"` takes them over.
+/// One `note:` line on stderr (`plan` and `apply`) per object that lists grants its
+/// identities held before and that it does not own (made by someone else): they are left
+/// alone, not recorded in the state, and so never removed by it; `vmidentity.dev/adopt:
+/// "true"` takes them over.
 fn print_held(results: &[TargetResult]) {
     for r in results.iter().filter(|r| r.error.is_none()) {
         let Some(g) = &r.grants else { continue };

@@ -1483,6 +1483,35 @@ spec:
     };
     let adopt = ", annotations: {vmidentity.dev/adopt: \"true\"}";
 
+    // `plan` reads them: no write planned (`[]`), the same note on stderr.
+    let file = object("", true);
+    let o = run_async(
+        [
+            "plan",
+            "-f",
+            file.to_str().unwrap(),
+            "--endpoint",
+            &url,
+            "--token",
+            "sim-token",
+            "--graph-endpoint",
+            &url,
+            "--graph-token",
+            "sim-graph-token",
+            "-o",
+            "json",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout(&o)).expect("json"),
+        json!([])
+    );
+    assert!(stderr(&o).contains("held, not adopted"), "{}", stderr(&o));
+
     // Without adoption: nothing written or recorded; one note line naming both.
     let o = run_async(apply(&object("", true))).await;
     assert!(o.status.success(), "{}", stderr(&o));
