@@ -12,8 +12,9 @@
 //! deterministic ([`assignment_name`], the planner's), which makes a PUT idempotent: a
 //! re-sent PUT of the same assignment answers 200, and the same (scope, role, principal)
 //! created by someone else under another name answers 409 `RoleAssignmentExists`
-//! ([`Sent::RoleAssignmentExists`]: the executor lists the principal's assignments to adopt
-//! it — the 409 body does not name the existing assignment).
+//! ([`Sent::RoleAssignmentExists`]: the executor lists the principal's assignments to find
+//! it — the 409 body does not name the existing assignment; the controller's engine records
+//! it under that name only for an object that adopts, `vmidentity.dev/adopt: "true"`).
 //!
 //! The api-version ([`AUTHORIZATION_API_VERSION`]), the assignment names and the role
 //! definition IDs are the planner's ([`vmidentity_planner::grants`]), defined once.

@@ -402,6 +402,7 @@ async fn plan(a: PlanArgs) -> Result<i32, CliError> {
             crate::out!("{text}");
         }
     }
+    print_held(&results);
     if print_errors(&results) {
         return Ok(1);
     }
@@ -492,9 +493,43 @@ async fn apply(a: ApplyArgs) -> Result<i32, CliError> {
     if let Some(p) = &a.state {
         write_state(p, &engine::next_state(state, &objects, &results))?;
     }
+    print_held(&results);
     let failed = print_errors(&results);
     let _ = std::io::stdout().flush();
     Ok(if failed { 1 } else { 0 })
+}
+
+/// One `note:` line on stderr (`plan` and `apply`) per object that lists grants its
+/// identities held before and that it does not own (made by someone else): they are left
+/// alone, not recorded in the state, and so never removed by it; `vmidentity.dev/adopt:
+/// "true"` takes them over.
+fn print_held(results: &[TargetResult]) {
+    for r in results.iter().filter(|r| r.error.is_none()) {
+        let Some(g) = &r.grants else { continue };
+        for (object, h) in &g.held {
+            let what: Vec<String> =
+                h.role_assignments
+                    .iter()
+                    .map(|a| {
+                        format!(
+                            "role {} at {} (role assignment {})",
+                            r.role(&a.role_definition_id),
+                            a.scope,
+                            a.id
+                        )
+                    })
+                    .chain(h.group_memberships.iter().map(|m| {
+                        format!("membership of group {} ({})", m.group_object_id, m.identity)
+                    }))
+                    .collect();
+            eprintln!(
+                "note: {} ({object}): held, not adopted (made before by someone else; left alone, never removed by this object; annotate {}=true to manage): {}",
+                r.target,
+                crate::crd::ADOPT_ANNOTATION,
+                what.join("; ")
+            );
+        }
+    }
 }
 
 /// `apply -o json`: one element per write (as sent: rendered for `graph_endpoint`) with its

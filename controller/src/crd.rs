@@ -181,6 +181,26 @@ pub struct VirtualMachineIdentityStatus {
     /// bytes); absent when none are left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_writes_omitted: Option<i64>,
+    /// Grants this object lists that its identities already held, made by someone else
+    /// (Terraform, a person, the portal): left alone, not in `applied`, and so never removed
+    /// by this object, not even when dropped from its spec. The annotation
+    /// `vmidentity.dev/adopt: "true"` takes them over. Absent when there are none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_not_adopted: Option<HeldNotAdopted>,
+}
+
+/// `status.heldNotAdopted`: listed grants held before and not owned by the object.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeldNotAdopted {
+    /// Role assignments, under their existing IDs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub role_assignments: Vec<AppliedRoleAssignment>,
+    /// Group memberships.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub group_memberships: Vec<AppliedGroupMembership>,
 }
 
 /// One write vmidentity would send, as `vmidentity plan -o json` prints it.

@@ -793,23 +793,52 @@ pub async fn write_target_claiming(
             .iter()
             .chain(gp.additions.clone().iter())
         {
-            let adopted = send_grant_write(exec, w).await?;
+            let existing = send_grant_write(exec, w).await?;
             result.grant_writes.push(w.clone());
-            if let (Some(id), Some(planned)) = (adopted, w.role_assignment_id()) {
-                let planned = planned.to_ascii_lowercase();
-                for recs in gp.role_assignments.values_mut() {
-                    for r in recs
-                        .iter_mut()
-                        .filter(|r| r.id.to_ascii_lowercase() == planned)
-                    {
-                        r.id = id.clone();
-                    }
-                }
+            if let (Some(id), Some(planned)) = (existing, w.role_assignment_id()) {
+                // 409 RoleAssignmentExists: someone else made the assignment under another
+                // name since the read. An adopting object records it by that name; any other
+                // object leaves it alone (not recorded, so never removed by it: it is not
+                // vmidentity's), as the planner does for one found when reading.
+                held_elsewhere(group, &mut gp, &planned, &id);
             }
         }
         result.grants = Some(gp);
     }
     Ok(())
+}
+
+/// A role assignment PUT (planned as `planned`) found the assignment under another name,
+/// `existing`: adopting objects' records take that name; other objects' records drop it and
+/// it is reported as held ([`grants::GrantPlan::held`]).
+fn held_elsewhere(
+    group: &[DesiredObject],
+    gp: &mut grants::GrantPlan,
+    planned: &str,
+    existing: &str,
+) {
+    for o in group {
+        let Some(recs) = gp.role_assignments.get_mut(&o.object) else {
+            continue;
+        };
+        let (hit, mut keep): (Vec<_>, Vec<_>) = std::mem::take(recs)
+            .into_iter()
+            .partition(|r| r.id.eq_ignore_ascii_case(planned));
+        for mut r in hit {
+            r.id = existing.to_string();
+            if o.adopt {
+                keep.push(r);
+            } else {
+                gp.held
+                    .entry(o.object.clone())
+                    .or_default()
+                    .role_assignments
+                    .push(r);
+            }
+        }
+        keep.sort();
+        *recs = keep;
+    }
 }
 
 fn target_subscription(plan: &TargetPlan) -> &str {
@@ -870,4 +899,64 @@ pub fn next_state(mut state: State, objects: &[DesiredObject], results: &[Target
         }
     }
     state
+}
+
+#[cfg(test)]
+mod tests {
+    // Test-only: unwrap/expect here are assertions.
+    use super::*;
+    use vmidentity_planner::grants::AppliedRoleAssignment;
+    use vmidentity_planner::{RawSpec, grants::GrantPlan};
+
+    fn object(name: &str) -> DesiredObject {
+        let raw = RawSpec {
+            target:
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm"
+                    .into(),
+            ..Default::default()
+        };
+        DesiredObject::new(ObjectRef::new("ns", name), raw.validate().unwrap())
+    }
+
+    /// A PUT answered 409 RoleAssignmentExists: the adopting object records the existing
+    /// assignment's name; the other object does not record it and is told it is held.
+    #[test]
+    fn an_assignment_found_under_another_name_by_a_put_is_recorded_only_by_an_adopter() {
+        let planned = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Authorization/roleAssignments/ours";
+        let existing = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Authorization/roleAssignments/theirs";
+        let rec = AppliedRoleAssignment {
+            id: planned.to_uppercase(),
+            scope: "/subscriptions/s/resourceGroups/rg".into(),
+            role_definition_id: "acdd72a7-3385-48ef-bd42-f606fba81ae7".into(),
+            principal_id: "p".into(),
+            identity: "SystemAssigned".into(),
+        };
+        let other = AppliedRoleAssignment {
+            id: format!("{planned}-other"),
+            ..rec.clone()
+        };
+        let adopter = object("a").adopting(true);
+        let plain = object("b");
+        let mut gp = GrantPlan::default();
+        for o in [&adopter, &plain] {
+            gp.role_assignments
+                .insert(o.object.clone(), vec![rec.clone(), other.clone()]);
+        }
+        held_elsewhere(
+            &[adopter.clone(), plain.clone()],
+            &mut gp,
+            planned,
+            existing,
+        );
+        let ids = |o: &DesiredObject| -> Vec<String> {
+            gp.role_assignments[&o.object]
+                .iter()
+                .map(|r| r.id.clone())
+                .collect()
+        };
+        assert_eq!(ids(&adopter), vec![other.id.clone(), existing.to_string()]);
+        assert_eq!(ids(&plain), vec![other.id.clone()]);
+        assert!(!gp.held.contains_key(&adopter.object));
+        assert_eq!(gp.held[&plain.object].role_assignments[0].id, existing);
+    }
 }

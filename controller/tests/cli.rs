@@ -1383,3 +1383,189 @@ spec:
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// `apply --state` (issue 15's follow-up): an imported object without adoption lists a role
+/// assignment and a group membership someone else made. Nothing is written, nothing is
+/// recorded in the state, one `note:` line says they are held, not adopted; dropping the
+/// lines later deletes nothing. With `vmidentity.dev/adopt: "true"` they are recorded (the
+/// assignment by its existing name) and a later drop removes exactly them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_state_leaves_pre_existing_grants_alone_unless_adopted() {
+    use vmidentity_simulator::{SimConfig, WorldSeed};
+
+    const PA: &str = "aaaaaaaa-0000-4000-8000-00000000f0a1";
+    const GROUP: &str = "11111111-1111-4111-8111-11111111f0a1";
+    const READER: &str = "acdd72a7-3385-48ef-bd42-f606fba81ae7";
+    const THEIRS: &str = "55555555-5555-4555-8555-55555555f0a1";
+    let rg = format!("{SUB}/resourceGroups/rg-held");
+    let vm1 = format!("{rg}/providers/Microsoft.Compute/virtualMachines/vm-held-1");
+    let ua = format!("{rg}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/uai-a");
+    let theirs_id = format!("{rg}/providers/Microsoft.Authorization/roleAssignments/{THEIRS}");
+    let world = format!(
+        "userAssignedIdentities:
+  - {{id: {ua}, principalId: {PA}}}
+virtualMachines:
+  - id: {vm1}
+    identity: {{type: UserAssigned, userAssignedIdentities: [{ua}]}}
+groups:
+  - {{id: {GROUP}, displayName: terraform-readers, members: [{PA}]}}
+roleAssignments:
+  - {{name: {THEIRS}, scope: {rg}, roleDefinitionId: {READER}, principalId: {PA}}}
+"
+    );
+    let sim = vmidentity_simulator::start(SimConfig {
+        seed: WorldSeed::from_yaml_str(&world).expect("world"),
+        ..SimConfig::default()
+    })
+    .await
+    .expect("simulator");
+    let url = sim.base_url();
+    let object = |annotations: &str, grants: bool| {
+        let grants = if grants {
+            format!(
+                "  roleAssignments:\n    - {{identity: {ua}, role: Reader, scope: {rg}}}\n  groupMemberships:\n    - {{identity: {ua}, groupObjectId: {GROUP}}}\n"
+            )
+        } else {
+            String::new()
+        };
+        tmp(
+            "held.yaml",
+            &format!(
+                "apiVersion: vmidentity.dev/v1alpha1
+kind: VirtualMachineIdentity
+metadata: {{name: held-1, namespace: team{annotations}}}
+spec:
+  target: {vm1}
+  userAssignedIdentities: [{ua}]
+{grants}"
+            ),
+        )
+    };
+    let state = tmp("held-state.json", "");
+    std::fs::remove_file(&state).expect("no state yet");
+    let apply = |file: &Path| {
+        [
+            "apply",
+            "-f",
+            file.to_str().unwrap(),
+            "--endpoint",
+            &url,
+            "--token",
+            "sim-token",
+            "--graph-endpoint",
+            &url,
+            "--graph-token",
+            "sim-graph-token",
+            "--state",
+            state.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let recorded = || -> Value {
+        let text = std::fs::read_to_string(&state).expect("state");
+        serde_json::from_str::<Value>(&text).expect("json")["team/held-1"].clone()
+    };
+    let writes = || -> Vec<(String, String)> {
+        sim.requests()
+            .into_iter()
+            .filter(|r| r.method != "GET")
+            .filter(|r| {
+                !r.path.contains("Microsoft.ResourceGraph") && !r.path.ends_with("getMemberGroups")
+            })
+            .map(|r| (r.method, r.path))
+            .collect()
+    };
+    let still_held = || {
+        sim.role_assignments_of(PA).iter().any(|a| {
+            a["id"]
+                .as_str()
+                .is_some_and(|i| i.eq_ignore_ascii_case(&theirs_id))
+        })
+    };
+    let adopt = ", annotations: {vmidentity.dev/adopt: \"true\"}";
+
+    // `plan` reads them: no write planned (`[]`), the same note on stderr.
+    let file = object("", true);
+    let o = run_async(
+        [
+            "plan",
+            "-f",
+            file.to_str().unwrap(),
+            "--endpoint",
+            &url,
+            "--token",
+            "sim-token",
+            "--graph-endpoint",
+            &url,
+            "--graph-token",
+            "sim-graph-token",
+            "-o",
+            "json",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout(&o)).expect("json"),
+        json!([])
+    );
+    assert!(stderr(&o).contains("held, not adopted"), "{}", stderr(&o));
+
+    // Without adoption: nothing written or recorded; one note line naming both.
+    let o = run_async(apply(&object("", true))).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(writes().is_empty(), "{:#?}", writes());
+    let rec = recorded();
+    assert!(
+        rec.get("roleAssignments").is_none() && rec.get("groupMemberships").is_none(),
+        "{rec:#}"
+    );
+    let err = stderr(&o);
+    let notes: Vec<&str> = err.lines().filter(|l| l.starts_with("note: ")).collect();
+    assert_eq!(notes.len(), 1, "{err}");
+    assert!(
+        notes[0].contains("held, not adopted")
+            && notes[0].contains(THEIRS)
+            && notes[0].contains(&format!("membership of group {GROUP}")),
+        "{err}"
+    );
+
+    // Dropped from the file: nothing deleted, in ARM or Graph.
+    let o = run_async(apply(&object("", false))).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(writes().is_empty(), "{:#?}", writes());
+    assert!(still_held());
+
+    // Adopted: recorded (the assignment by its own name), still nothing written.
+    let o = run_async(apply(&object(adopt, true))).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(writes().is_empty(), "{:#?}", writes());
+    assert!(!stderr(&o).contains("note: "), "{}", stderr(&o));
+    let rec = recorded();
+    assert!(
+        rec["roleAssignments"][0]["id"]
+            .as_str()
+            .is_some_and(|i| i.eq_ignore_ascii_case(&theirs_id)),
+        "{rec:#}"
+    );
+    assert_eq!(rec["groupMemberships"][0]["groupObjectId"], GROUP);
+
+    // Then dropped: exactly that assignment and that membership are removed.
+    let o = run_async(apply(&object(adopt, false))).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sent = writes();
+    assert_eq!(sent.len(), 2, "{sent:#?}");
+    assert_eq!(sent[0].0, "DELETE");
+    assert!(sent[0].1.eq_ignore_ascii_case(&theirs_id), "{sent:#?}");
+    assert_eq!(sent[1].0, "DELETE");
+    assert!(
+        sent[1]
+            .1
+            .contains(&format!("/groups/{GROUP}/members/{PA}/$ref")),
+        "{sent:#?}"
+    );
+    assert!(!still_held());
+}

@@ -1001,6 +1001,112 @@ async fn adoption_then_removal_detaches_what_was_adopted() {
     env.cleanup().await;
 }
 
+/// Issue 15's follow-up on the real API server: an object without adoption lists a role
+/// assignment someone else made. Nothing is written to Authorization; the API server keeps
+/// `status.heldNotAdopted` (the CRD's schema has it: an unknown status field would be pruned)
+/// and there is exactly one `NotAdopted` Event across resyncs; dropping the line from the spec
+/// deletes nothing.
+#[tokio::test]
+async fn a_listed_grant_someone_else_made_is_shown_and_never_removed_without_adoption() {
+    use k8s_openapi::api::events::v1::Event;
+    const READER: &str = "acdd72a7-3385-48ef-bd42-f606fba81ae7";
+    const THEIRS: &str = "77777777-7777-4777-8777-7777777777e2";
+    let rg = format!("{SUB}/resourceGroups/rg-e2e");
+    let extra = seeded_vm(
+        "vm1",
+        &format!(
+            "      type: UserAssigned\n      userAssignedIdentities: [{}]\n",
+            uai("u1")
+        ),
+    );
+    let env = Env::new("e2e-held", &world(&[], &extra)).await;
+    let identity = env.sim.identity_of(&vm("vm1")).expect("vm1");
+    let principal = identity["userAssignedIdentities"]
+        .as_object()
+        .and_then(|m| m.values().next())
+        .and_then(|u| u["principalId"].as_str())
+        .expect("u1's principal")
+        .to_string();
+    let theirs = env
+        .sim
+        .create_role_assignment(&rg, Some(THEIRS), READER, &principal)
+        .expect("made by hand");
+    let theirs_id = theirs["id"].as_str().expect("id").to_string();
+    let before = env.sim.counters();
+    let _c = env.controller("a");
+    env.create(
+        "web",
+        json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u1")],
+               "roleAssignments": [{"identity": uai("u1"), "role": "Reader", "scope": rg}]}),
+    )
+    .await
+    .expect("create");
+    let o = env
+        .wait_for("web", 30, "Ready with heldNotAdopted", |o| {
+            is_ready(o)
+                && o.status
+                    .as_ref()
+                    .and_then(|s| s.held_not_adopted.as_ref())
+                    .is_some_and(|h| {
+                        h.role_assignments.len() == 1
+                            && h.role_assignments[0].id.eq_ignore_ascii_case(&theirs_id)
+                    })
+        })
+        .await;
+    let st = o.status.expect("status");
+    assert!(
+        st.applied
+            .as_ref()
+            .is_none_or(|a| a.role_assignments.is_empty()),
+        "not recorded: {:?}",
+        st.applied
+    );
+    // Resyncs (every 3 s) say nothing more.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let events: kube::Api<Event> = kube::Api::namespaced(env.client.clone(), &env.ns);
+    let not_adopted: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("NotAdopted"))
+        .filter_map(|e| e.note)
+        .collect();
+    assert!(
+        not_adopted.len() == 1 && not_adopted[0].contains(THEIRS),
+        "{not_adopted:?}"
+    );
+
+    env.patch_spec("web", json!({"roleAssignments": []})).await;
+    let o = env
+        .wait_for("web", 30, "Ready for the new generation", is_ready)
+        .await;
+    assert!(
+        o.status
+            .as_ref()
+            .is_some_and(|s| s.held_not_adopted.is_none()),
+        "{:?}",
+        o.status
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = env.sim.counters();
+    assert_eq!(
+        after.authorization_writes, before.authorization_writes,
+        "no role assignment written or deleted: {after:?}"
+    );
+    assert!(
+        env.sim
+            .role_assignments_of(&principal)
+            .iter()
+            .any(|a| a["id"]
+                .as_str()
+                .is_some_and(|i| i.eq_ignore_ascii_case(&theirs_id))),
+        "someone else's assignment stays"
+    );
+    env.cleanup().await;
+}
+
 /// Issue 15 part 3: the Namespace's reconcile-policy annotation is watched. With resyncs
 /// 10 minutes apart, only the Namespace watch can notice that it went from `observe` to
 /// `manage`: the object converges within seconds, with the one PATCH.

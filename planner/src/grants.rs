@@ -1,5 +1,7 @@
 //! Role assignments and group memberships: what the identities of a target must hold,
 //! against what they hold, into DELETE / PUT / POST writes. Pure, like the identity planner.
+//! What an object records (and so may remove later) is what it created, what is provably
+//! vmidentity's, or what it adopts; never a grant someone else made (see [`plan_grants`]).
 //!
 //! The planner works with resolved role definition GUIDs and known principal IDs; resolving
 //! role names and reading principals is the caller's I/O.
@@ -157,8 +159,10 @@ pub struct GrantPlan {
     pub removals: Vec<Write>,
     /// PUTs and POSTs: sent after the identity PATCH (the principals must exist).
     pub additions: Vec<Write>,
-    /// Per object, the records once all writes succeeded. A PUT whose assignment turns out to
-    /// exist under another name is adopted by the executor (it patches the record's `id`).
+    /// Per object, the records once all writes succeeded. A PUT that ARM answers `409
+    /// RoleAssignmentExists` (made by someone else under another name since the read) is
+    /// recorded under that name only for an adopting object; the engine moves it to
+    /// [`GrantPlan::held`] for the others, as this planner does for one found when reading.
     pub role_assignments: BTreeMap<ObjectRef, Vec<AppliedRoleAssignment>>,
     pub group_memberships: BTreeMap<ObjectRef, Vec<AppliedGroupMembership>>,
     pub pending: Vec<Pending>,

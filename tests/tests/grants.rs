@@ -206,13 +206,18 @@ async fn principal_not_found_is_retried_until_entra_has_replicated_it() {
     h.exec.send(&put).await.expect("replicated");
 }
 
+/// Someone else's assignment (under a GUID vmidentity would not choose) for a listed role: not
+/// duplicated (nothing written), and without adoption not recorded, so dropping the line later
+/// deletes nothing (until issue 15's follow-up it was recorded and then deleted: the defect);
+/// an adopting object records it by its name and a later drop deletes exactly it.
 #[tokio::test]
-async fn an_existing_assignment_under_another_guid_is_adopted_not_duplicated() {
+async fn an_existing_assignment_under_another_guid_is_not_duplicated_and_recorded_only_when_adopted()
+ {
     let h = Harness::new(&grants_world()).await;
     let base = object("a", &vm("myVM"), |r| {
         r.user_assigned_identities = vec![uai("ID1")]
     });
-    let (_, next) = h.converge(&[base]).await;
+    let (_, next) = h.converge(std::slice::from_ref(&base)).await;
     let p = principal_of(&h, &vm("myVM"), Some(&uai("ID1")));
     let existing = h
         .sim
@@ -223,21 +228,43 @@ async fn an_existing_assignment_under_another_guid_is_adopted_not_duplicated() {
             &p,
         )
         .expect("out of band");
+    let existing_id = existing["id"].as_str().unwrap().to_ascii_lowercase();
     let mut o = next[0].clone();
     o.spec.role_assignments = the_issue_object().spec.role_assignments[..1].to_vec();
     h.sim.clear_requests();
-    let (results, after) = h.converge(&[o]).await;
+    let (results, after) = h.converge(std::slice::from_ref(&o)).await;
     assert!(results[0].error.is_none(), "{:?}", results[0].error);
-    assert!(
-        methods(&h).is_empty(),
-        "adopted from the read, nothing written: {:?}",
-        methods(&h)
-    );
+    assert!(methods(&h).is_empty(), "nothing written: {:?}", methods(&h));
     assert_eq!(h.sim.role_assignments_of(&p).len(), 1);
+    assert!(after[0].applied.role_assignments.is_empty(), "not recorded");
+    let held = &results[0].grants.as_ref().expect("grants").held[&o.object];
+    assert_eq!(
+        held.role_assignments[0].id.to_ascii_lowercase(),
+        existing_id
+    );
+
+    // The line dropped: nothing deleted.
+    let mut dropped = after[0].clone();
+    dropped.spec.role_assignments.clear();
+    let (results, _) = h.converge(std::slice::from_ref(&dropped)).await;
+    assert!(results[0].error.is_none(), "{:?}", results[0].error);
+    assert!(methods(&h).is_empty(), "{:?}", methods(&h));
+    assert_eq!(h.sim.role_assignments_of(&p).len(), 1);
+
+    // Adopted: recorded by its own name, still nothing written; dropped: exactly it deleted.
+    let adopting = o.clone().adopting(true);
+    let (_, after) = h.converge(std::slice::from_ref(&adopting)).await;
+    assert!(methods(&h).is_empty(), "{:?}", methods(&h));
     assert_eq!(
         after[0].applied.role_assignments[0].id.to_ascii_lowercase(),
-        existing["id"].as_str().unwrap().to_ascii_lowercase()
+        existing_id
     );
+    let mut dropped = after[0].clone();
+    dropped.spec.role_assignments.clear();
+    let (results, _) = h.converge(std::slice::from_ref(&dropped)).await;
+    assert!(results[0].error.is_none(), "{:?}", results[0].error);
+    assert_eq!(methods(&h), ["DELETE"]);
+    assert!(h.sim.role_assignments_of(&p).is_empty());
 }
 
 #[tokio::test]

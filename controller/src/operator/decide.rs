@@ -32,6 +32,8 @@ pub enum Reason {
     DriftRepaired,
     /// Pre-existing identities or grants became the object's (issue 15 part 2).
     Adopted,
+    /// Listed grants held before, made by someone else, left alone (not adopted).
+    NotAdopted,
     /// Reconcile policy `observe`: read and planned, never written (Ready's reason).
     Observed,
     /// Under `observe`: the target differs from what its objects declare.
@@ -67,6 +69,7 @@ impl Reason {
             Reason::Retained => "Retained",
             Reason::DriftRepaired => "DriftRepaired",
             Reason::Adopted => "Adopted",
+            Reason::NotAdopted => "NotAdopted",
             Reason::Observed => "Observed",
             Reason::Drifted => "Drifted",
             Reason::DriftCleared => "DriftCleared",
@@ -658,6 +661,58 @@ impl<'a> Success<'a> {
         })
     }
 
+    /// The grants `d` lists that its identities held before and that it does not own (see
+    /// [`vmidentity_planner::grants::plan_grants`]): for `status.heldNotAdopted`. None when
+    /// there are none.
+    pub fn held_not_adopted(&self, d: &DesiredObject) -> Option<crate::crd::HeldNotAdopted> {
+        let h = self.result.grants.as_ref()?.held.get(&d.object)?;
+        (!h.is_empty()).then(|| crate::crd::HeldNotAdopted {
+            role_assignments: h.role_assignments.clone(),
+            group_memberships: h.group_memberships.clone(),
+        })
+    }
+
+    /// The Normal `NotAdopted` Event for `held` (what [`Success::held_not_adopted`] found),
+    /// told when it appears or changes (`before`: the object's `status.heldNotAdopted`), not
+    /// on every pass.
+    pub fn not_adopted_note(
+        &self,
+        before: Option<&crate::crd::HeldNotAdopted>,
+        held: Option<&crate::crd::HeldNotAdopted>,
+    ) -> Option<Note> {
+        let h = held?;
+        if before == Some(h) {
+            return None;
+        }
+        let what: Vec<String> = h
+            .role_assignments
+            .iter()
+            .map(|r| {
+                format!(
+                    "role {} at {} (role assignment {})",
+                    self.result.role(&r.role_definition_id),
+                    r.scope,
+                    r.id
+                )
+            })
+            .chain(
+                h.group_memberships
+                    .iter()
+                    .map(|g| format!("membership of group {} ({})", g.group_object_id, g.identity)),
+            )
+            .collect();
+        Some(Note {
+            type_: EventType::Normal,
+            reason: Reason::NotAdopted,
+            note: format!(
+                "{}: held, not adopted (made before by someone else; left alone, never removed by this object, also when dropped from the spec; annotate {}=true to manage): {}",
+                self.plan.target.short(),
+                crate::crd::ADOPT_ANNOTATION,
+                what.join("; ")
+            ),
+        })
+    }
+
     pub fn wrote(&self) -> bool {
         !self.changes.is_empty()
     }
@@ -852,9 +907,13 @@ impl<'a> Success<'a> {
             principals: (principals != Principals::default()).then_some(principals),
             target_name: Some(plan.target.name().to_string()),
             user_assigned_count: Some(present),
+            held_not_adopted: self.held_not_adopted(d),
             ..Default::default()
         };
         let mut events_after: Vec<Note> = self.adopted_note(d).into_iter().collect();
+        events_after.extend(
+            self.not_adopted_note(old.held_not_adopted.as_ref(), st.held_not_adopted.as_ref()),
+        );
         if wrote {
             let changes = own.join("; ");
             events_after.push(if was_ready(o) {
@@ -1547,6 +1606,76 @@ mod tests {
                 .user_assigned_identities
                 .is_empty()
         );
+    }
+
+    /// A listed grant held before and not adopted (issue 15's follow-up): in
+    /// `status.heldNotAdopted` and one Normal NotAdopted Event when it appears; nothing said
+    /// on the next pass; said again when the set changes; gone from the status when it goes.
+    #[test]
+    fn a_grant_held_not_adopted_is_told_once_and_again_only_when_it_changes() {
+        use vmidentity_planner::grants::{AppliedRoleAssignment, GrantPlan, HeldGrants};
+        let o = object(&[U1]);
+        let d = o.desired().unwrap();
+        let on_vm = live(&[U1]);
+        let plan = plan_target(std::slice::from_ref(&d), &on_vm).unwrap();
+        let held = |name: &str| AppliedRoleAssignment {
+            id: format!(
+                "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Authorization/roleAssignments/{name}"
+            ),
+            scope: "/subscriptions/s1/resourceGroups/rg".into(),
+            role_definition_id: "acdd72a7-3385-48ef-bd42-f606fba81ae7".into(),
+            principal_id: "p1".into(),
+            identity: U1.into(),
+        };
+        let with_held = |names: &[&str]| {
+            let mut result = result_of(&plan);
+            let mut gp = GrantPlan::default();
+            if !names.is_empty() {
+                gp.held.insert(
+                    d.object.clone(),
+                    HeldGrants {
+                        role_assignments: names.iter().map(|n| held(n)).collect(),
+                        group_memberships: vec![],
+                    },
+                );
+            }
+            result.grants = Some(gp);
+            result
+        };
+        let report = |o: &VirtualMachineIdentity, result: &TargetResult| {
+            Success::new(&plan, result, &on_vm, [o]).report(o, &d, now())
+        };
+        let first = with_held(&["theirs-1"]);
+        let r = report(&o, &first);
+        assert_eq!(r.events_after.len(), 1, "{:?}", r.events_after);
+        assert_eq!(r.events_after[0].reason, Reason::NotAdopted);
+        assert_eq!(r.events_after[0].type_, EventType::Normal);
+        assert!(
+            r.events_after[0].note.starts_with("vm/vm1: held, not adopted")
+                && r.events_after[0].note.contains(
+                    "role Reader (acdd72a7-3385-48ef-bd42-f606fba81ae7) at /subscriptions/s1/resourceGroups/rg (role assignment /subscriptions/s1/resourceGroups/rg/providers/Microsoft.Authorization/roleAssignments/theirs-1)"
+                ),
+            "{}",
+            r.events_after[0].note
+        );
+        let st = r.status.unwrap();
+        assert_eq!(
+            st.held_not_adopted.as_ref().unwrap().role_assignments,
+            vec![held("theirs-1")]
+        );
+        assert!(st.applied.as_ref().unwrap().role_assignments.is_empty());
+        // The next pass: the same, nothing said, no status write.
+        let mut again = o.clone();
+        again.status = Some(st);
+        assert_eq!(report(&again, &first), Report::default());
+        // Another one held: said again, naming both.
+        let r = report(&again, &with_held(&["theirs-1", "theirs-2"]));
+        assert_eq!(r.events_after.len(), 1);
+        assert!(r.events_after[0].note.contains("theirs-2"));
+        // None any more (dropped from the spec or adopted): out of the status, nothing said.
+        let r = report(&again, &with_held(&[]));
+        assert!(r.events_after.is_empty());
+        assert_eq!(r.status.unwrap().held_not_adopted, None);
     }
 
     #[test]

@@ -83,6 +83,9 @@ pub struct Metrics {
     /// Objects under reconcile policy `observe` whose target differs from what they declare
     /// (condition `Drifted` True for the current generation; computed when scraped).
     pub drifted_objects: Gauge,
+    /// Grants objects list that their identities held before and that they do not own
+    /// (`status.heldNotAdopted` entries: left alone, never removed; computed when scraped).
+    pub held_not_adopted_grants: Gauge,
     /// Drift repairs (a write to a target every object on it saw `Ready`), once per target
     /// and pass. No per-target label: a fleet-wide strip would make one series per VM.
     pub drift_repaired: Counter,
@@ -127,6 +130,7 @@ impl Metrics {
         let objects_by_condition = Family::<ConditionLabels, Gauge>::default();
         let stalled_max_age = Gauge::default();
         let drifted_objects = Gauge::default();
+        let held_not_adopted_grants = Gauge::default();
         let drift_repaired = Counter::default();
         let drift_repeated_targets = Gauge::default();
         let arm_ratelimit_remaining = Family::<BucketLabels, Gauge>::default();
@@ -146,6 +150,11 @@ impl Metrics {
             "drifted_objects",
             "Objects under reconcile policy observe whose target differs from what they declare (condition Drifted True)",
             drifted_objects.clone(),
+        );
+        registry.register(
+            "held_not_adopted_grants",
+            "Listed role assignments and group memberships held before and not owned by the object that lists them (status.heldNotAdopted; adopt to manage them)",
+            held_not_adopted_grants.clone(),
         );
         registry.register(
             "stalled_max_age_seconds",
@@ -259,6 +268,7 @@ impl Metrics {
             objects_by_condition,
             stalled_max_age,
             drifted_objects,
+            held_not_adopted_grants,
             drift_repaired,
             drift_repeated_targets,
             drift_window: Default::default(),
@@ -354,6 +364,7 @@ impl Metrics {
         }
         self.stalled_max_age.set(counts.stalled_max_age_secs);
         self.drifted_objects.set(counts.drifted);
+        self.held_not_adopted_grants.set(counts.held_not_adopted);
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -402,6 +413,8 @@ pub struct ConditionCounts {
     /// Observed objects whose `Drifted` condition is True (counted besides their kstatus
     /// condition).
     pub drifted: i64,
+    /// Entries of the objects' `status.heldNotAdopted` (whatever their condition).
+    pub held_not_adopted: i64,
 }
 
 /// Counts `objects` by condition. An object whose status was written for an older generation
@@ -428,6 +441,9 @@ pub fn count_conditions<'a>(
         };
         if is_true(DRIFTED).is_some() {
             c.drifted += 1;
+        }
+        if let Some(h) = &status.held_not_adopted {
+            c.held_not_adopted += (h.role_assignments.len() + h.group_memberships.len()) as i64;
         }
         if let Some(s) = is_true(STALLED) {
             c.stalled += 1;
@@ -597,6 +613,7 @@ mod tests {
                 unknown: 2,
                 stalled_max_age_secs: 3600,
                 drifted: 0,
+                held_not_adopted: 0,
             }
         );
         // Observed and drifted: counted as drifted besides its Ready.
@@ -613,6 +630,16 @@ mod tests {
         }
         let c = count_conditions([drifted].iter(), ts("2026-01-01T01:00:00Z"));
         assert_eq!((c.ready, c.drifted), (1, 1));
+        // Grants held, not adopted: each entry counted.
+        let mut held = object(1, Some((1, READY, "2026-01-01T00:00:00Z")));
+        if let Some(st) = held.status.as_mut() {
+            st.held_not_adopted = Some(crate::crd::HeldNotAdopted {
+                role_assignments: vec![Default::default(), Default::default()],
+                group_memberships: vec![Default::default()],
+            });
+        }
+        let c = count_conditions([held].iter(), ts("2026-01-01T01:00:00Z"));
+        assert_eq!((c.ready, c.held_not_adopted), (1, 3));
     }
 
     #[test]

@@ -395,8 +395,10 @@ fn writes_sent(sim: &SimHandle) -> Vec<vmidentity_simulator::RecordedRequest> {
 
 /// Observe with grants: no PUT, DELETE or Graph POST; the pending writes are the role
 /// assignment PUT and the group POST (the Reader assignment that exists is not re-created).
-/// Switched to manage, exactly those are sent (method, path, api-version, body), and the
-/// existing Reader assignment is recorded by its own name and named in an Adopted Event.
+/// Switched to manage, exactly those are sent (method, path, api-version, body). The existing
+/// Reader assignment (someone else's) is not recorded without adoption: it is reported in
+/// `status.heldNotAdopted` and one `NotAdopted` Event. (Until issue 15's follow-up it was
+/// recorded and named in an Adopted Event without the annotation: the defect.)
 #[tokio::test]
 async fn observe_with_grants_writes_nothing_and_manage_sends_exactly_the_pending_grant_writes() {
     let sim = sim_with_grants().await;
@@ -451,24 +453,126 @@ async fn observe_with_grants_writes_nothing_and_manage_sends_exactly_the_pending
     assert_eq!(sent, pending);
     let last = status_patches(&seen, NS, "web").pop().unwrap().body.clone();
     let recorded = last["status"]["applied"]["roleAssignments"].clone();
-    assert!(
-        recorded
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r["id"].as_str().is_some_and(|i| i.ends_with(THEIRS))),
-        "{recorded:#}"
+    assert_eq!(
+        recorded.as_array().map(Vec::len),
+        Some(1),
+        "only the one it created: {recorded:#}"
     );
-    let adopted: Vec<&Seen> = events_about(&seen, "web")
-        .into_iter()
-        .filter(|e| e.body["reason"] == "Adopted")
-        .collect();
-    assert_eq!(adopted.len(), 1, "{seen:#?}");
-    let note = adopted[0].body["note"].as_str().unwrap();
+    assert!(!recorded.to_string().contains(THEIRS), "{recorded:#}");
+    let held = last["status"]["heldNotAdopted"]["roleAssignments"].clone();
     assert!(
-        note.contains(&format!("role Reader ({READER}) at {}", rg())) && note.contains(THEIRS),
+        held.as_array()
+            .is_some_and(|h| h.len() == 1 && h[0]["id"].as_str().unwrap().ends_with(THEIRS)),
+        "{:#}",
+        last["status"]
+    );
+    let events = events_about(&seen, "web");
+    assert!(
+        !events.iter().any(|e| e.body["reason"] == "Adopted"),
+        "{events:#?}"
+    );
+    let not_adopted: Vec<&&Seen> = events
+        .iter()
+        .filter(|e| e.body["reason"] == "NotAdopted")
+        .collect();
+    assert_eq!(not_adopted.len(), 1, "{seen:#?}");
+    assert_eq!(not_adopted[0].body["type"], "Normal");
+    let note = not_adopted[0].body["note"].as_str().unwrap();
+    assert!(
+        note.contains(&format!("role Reader ({READER}) at {}", rg()))
+            && note.contains(THEIRS)
+            && note.contains("held, not adopted"),
         "{note}"
     );
+}
+
+/// The follow-up's regression (reconciler): an imported object without adoption lists a role
+/// assignment someone else made; it is told once (NotAdopted, status.heldNotAdopted), not on
+/// the next pass; dropping the line sends no DELETE (the assignment stays in Azure). With
+/// the annotation, the same assignment is recorded by its name, named in an Adopted Event,
+/// and a later drop deletes exactly it.
+#[tokio::test]
+async fn a_listed_grant_someone_else_made_is_left_alone_unless_adopted() {
+    let sim = sim_with_grants().await;
+    let with_reader = json!({"target": vm(), "userAssignedIdentities": [uai("uai-a")],
+        "roleAssignments": [{"identity": uai("uai-a"), "role": "Reader", "scope": rg()}]});
+    let without = json!({"target": vm(), "userAssignedIdentities": [uai("uai-a")]});
+    let theirs_id = format!(
+        "{}/providers/Microsoft.Authorization/roleAssignments/{THEIRS}",
+        rg()
+    );
+    let held_by_sim = |sim: &SimHandle| {
+        sim.role_assignments_of(PA).iter().any(|a| {
+            a["id"]
+                .as_str()
+                .is_some_and(|i| i.eq_ignore_ascii_case(&theirs_id))
+        })
+    };
+    let with_status = |mut o: VirtualMachineIdentity, st: &Value| {
+        o.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        o.status = Some(serde_json::from_value(st.clone()).unwrap());
+        o
+    };
+
+    let o = object("web", with_reader.clone());
+    let seen = run_with_graph(o.clone(), &sim).await;
+    assert!(writes_sent(&sim).is_empty(), "{:#?}", writes_sent(&sim));
+    let st = status_patches(&seen, NS, "web").pop().unwrap().body["status"].clone();
+    assert_eq!(st["applied"].get("roleAssignments"), None, "{st:#}");
+    assert!(st["heldNotAdopted"].to_string().contains(THEIRS), "{st:#}");
+    let reasons: Vec<Value> = events_about(&seen, "web")
+        .iter()
+        .map(|e| e.body["reason"].clone())
+        .collect();
+    assert_eq!(reasons, [json!("NotAdopted")], "{seen:#?}");
+
+    // The next pass: as declared, nothing said again, no status write.
+    let again = with_status(o.clone(), &st);
+    let seen = run_with_graph(again, &sim).await;
+    assert!(events_about(&seen, "web").is_empty(), "{seen:#?}");
+    assert!(status_patches(&seen, NS, "web").is_empty(), "{seen:#?}");
+
+    // Dropped from the spec: no DELETE; the assignment stays; nothing held any more.
+    let dropped = with_status(object("web", without.clone()), &st);
+    let seen = run_with_graph(dropped, &sim).await;
+    assert!(writes_sent(&sim).is_empty(), "{:#?}", writes_sent(&sim));
+    assert!(held_by_sim(&sim), "someone else's assignment stays");
+    let st2 = status_patches(&seen, NS, "web").pop().unwrap().body["status"].clone();
+    assert!(st2["heldNotAdopted"].is_null(), "{st2:#}");
+
+    // Adopted: recorded by its own name without a write, named in the Adopted Event.
+    let adopting = annotated(
+        with_status(object("web", with_reader), &st),
+        ADOPT_ANNOTATION,
+        "true",
+    );
+    let seen = run_with_graph(adopting, &sim).await;
+    assert!(writes_sent(&sim).is_empty(), "{:#?}", writes_sent(&sim));
+    let st3 = status_patches(&seen, NS, "web").pop().unwrap().body["status"].clone();
+    assert!(
+        st3["applied"]["roleAssignments"][0]["id"]
+            .as_str()
+            .is_some_and(|i| i.eq_ignore_ascii_case(&theirs_id)),
+        "{st3:#}"
+    );
+    assert!(st3["heldNotAdopted"].is_null(), "{st3:#}");
+    let events = events_about(&seen, "web");
+    assert_eq!(events.len(), 1, "{seen:#?}");
+    assert_event(events[0], "Normal", "Adopted");
+    assert!(events[0].body["note"].as_str().unwrap().contains(THEIRS));
+
+    // Then dropped: exactly that assignment is deleted.
+    let dropped = annotated(
+        with_status(object("web", without), &st3),
+        ADOPT_ANNOTATION,
+        "true",
+    );
+    run_with_graph(dropped, &sim).await;
+    let sent = writes_sent(&sim);
+    assert_eq!(sent.len(), 1, "{sent:#?}");
+    assert_eq!(sent[0].method, "DELETE");
+    assert!(sent[0].path.eq_ignore_ascii_case(&theirs_id), "{sent:#?}");
+    assert!(!held_by_sim(&sim));
 }
 
 /// An object deleted under observe releases nothing (observe never writes): its finalizer
