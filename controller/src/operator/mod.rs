@@ -289,19 +289,28 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
     let triggers = watcher(api, watcher::Config::default())
         .default_backoff()
         // The cache keeps what reconciles read. Nothing reads an object's labels or
-        // annotations (policies select namespaces), and managedFields and the annotations
-        // that kubectl, Argo CD or Helm add are most of an object's bytes.
+        // annotations (policies select namespaces) but vmidentity.dev/abandon, and
+        // managedFields and the annotations that kubectl, Argo CD or Helm add are most of an
+        // object's bytes.
         .modify(|o| {
             let m = &mut o.metadata;
             m.managed_fields = None;
-            m.annotations = None;
+            m.annotations = m
+                .annotations
+                .take()
+                .map(|mut a| {
+                    a.retain(|k, _| k == reconcile::ABANDON_ANNOTATION);
+                    a
+                })
+                .filter(|a| !a.is_empty());
             m.labels = None;
         })
         .reflect(writer)
         .touched_objects()
         // Our own status and finalizer writes do not change the generation: they must not
-        // trigger another pass (deletion does bump it).
-        .predicate_filter(predicates::generation, Default::default())
+        // trigger another pass (deletion does bump it). Setting vmidentity.dev/abandon does
+        // not either, and must.
+        .predicate_filter(generation_or_abandon, Default::default())
         .map_ok(move |obj| {
             let key = target_key(&obj);
             map_ctx.mark_dirty(&key);
@@ -367,6 +376,14 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
 /// calls it), so each trigger carries its own reason into the `reconciling object` span:
 /// `object updated` for watch events, and what the resync scanner or a policy change found
 /// (`Controller::reconcile_on` would label both `unknown`).
+/// The watch's change filter: the generation (spec edits and deletion bump it) and whether
+/// the object is annotated `vmidentity.dev/abandon: "true"` (the way out of a deletion that
+/// cannot release, which changes no generation).
+fn generation_or_abandon(o: &VirtualMachineIdentity) -> Option<u64> {
+    let abandon = reconcile::abandoned(o);
+    predicates::generation(o).map(|g| g.wrapping_mul(2) | u64::from(abandon))
+}
+
 fn trigger_queue(
     triggers: impl futures::Stream<Item = Result<VirtualMachineIdentity, watcher::Error>>
     + Send
