@@ -1300,3 +1300,114 @@ roleAssignments:
     assert!(env.accepted_patches().is_empty());
     env.cleanup().await;
 }
+
+/// With namespace credentials required, an object being deleted whose namespace lost its
+/// Secret cannot release what it applied: it keeps its finalizer, is Stalled NoCredential,
+/// and its condition says the way out. Annotated `vmidentity.dev/abandon=true`, it goes at
+/// once, leaving its identity on the VM, with a Warning Event saying so.
+#[tokio::test]
+async fn a_deleting_object_without_its_secret_is_let_go_by_the_abandon_annotation() {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Api, Patch, PatchParams};
+    use vmidentity_simulator::AppConfig;
+    const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+    const CLIENT: &str = "bbbbbbbb-0000-0000-0000-0000000000c7";
+    let env = Env::with_config("e2e-abandon", &world(&["vm1"], ""), |c| {
+        c.apps = vec![AppConfig::with_secret(CLIENT, TENANT, "team-secret")]
+    })
+    .await;
+    env.set_policy(allow_all_binding(&env.ns, &[CLIENT])).await;
+    env.put_secret_in(
+        &env.ns,
+        "vmidentity-credential",
+        json!({"AZURE_TENANT_ID": TENANT, "AZURE_CLIENT_ID": CLIENT, "AZURE_CLIENT_SECRET": "team-secret"}),
+    )
+    .await;
+    let _c = env.controller_requiring_credentials("a", false);
+    env.create(
+        "web",
+        json!({"target": vm("vm1"), "userAssignedIdentities": [uai("u1")]}),
+    )
+    .await
+    .expect("create");
+    env.wait_for("web", 30, "Ready", is_ready).await;
+    assert_eq!(
+        env.identity(&vm("vm1")),
+        ("UserAssigned".into(), vec!["u1".into()])
+    );
+
+    // The Secret goes, then the object is deleted: it cannot release u1, so it stays.
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.ns);
+    secrets
+        .delete("vmidentity-credential", &Default::default())
+        .await
+        .expect("delete secret");
+    tokio::time::sleep(Duration::from_secs(2)).await; // past --namespace-credential-ttl-seconds=1
+    env.api
+        .delete("web", &Default::default())
+        .await
+        .expect("delete");
+    let stuck = env
+        .wait_for("web", 30, "Stalled NoCredential while deleting", |o| {
+            o.metadata.deletion_timestamp.is_some() && stalled_with(o, "NoCredential")
+        })
+        .await;
+    let (_, message) = stuck
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Stalled"))
+        .map(|c| (c.reason.clone(), c.message.clone()))
+        .expect("Stalled condition");
+    assert!(
+        message.contains(&format!(
+            "kubectl annotate virtualmachineidentity web -n {} vmidentity.dev/abandon=true",
+            env.ns
+        )),
+        "{message}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        env.get("web").await.is_some(),
+        "kept while it cannot release"
+    );
+    assert_eq!(
+        env.identity(&vm("vm1")),
+        ("UserAssigned".into(), vec!["u1".into()])
+    );
+
+    // The way out: the annotation. The object goes; u1 stays on the VM.
+    env.api
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"vmidentity.dev/abandon": "true"}}})),
+        )
+        .await
+        .expect("annotate");
+    env.wait_gone("web", 30).await;
+    assert_eq!(
+        env.identity(&vm("vm1")),
+        ("UserAssigned".into(), vec!["u1".into()]),
+        "left on the VM"
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(env.client.clone(), &env.ns);
+    let abandoned: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("Abandoned"))
+        .filter_map(|e| e.note)
+        .collect();
+    assert_eq!(abandoned.len(), 1, "{abandoned:?}");
+    assert!(
+        abandoned[0].contains("annotation vmidentity.dev/abandon=true")
+            && abandoned[0].contains(&uai("u1")),
+        "{}",
+        abandoned[0]
+    );
+    env.cleanup().await;
+    env.delete_policy().await;
+}

@@ -339,7 +339,7 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
     let triggers = watcher(api, watcher::Config::default())
         .default_backoff()
         // The cache keeps what reconciles read. Nothing reads an object's labels (policies
-        // select namespaces) or annotations but vmidentity's own, and managedFields and the
+        // select namespaces) or annotations but vmidentity's own (adopt, reconcile-policy, abandon), and managedFields and the
         // annotations that kubectl, Argo CD or Helm add are most of an object's bytes.
         .modify(|o| {
             let m = &mut o.metadata;
@@ -351,8 +351,8 @@ pub async fn run(args: ControllerArgs) -> Result<i32, CliError> {
         .touched_objects()
         // Our own status and finalizer writes change neither the generation nor our
         // annotations: they must not trigger another pass (deletion does bump the
-        // generation). A new spec, or `vmidentity.dev/adopt` / `reconcile-policy` set or
-        // changed, does.
+        // generation). A new spec, or `vmidentity.dev/adopt` / `reconcile-policy` / `abandon` set
+        // or changed, does.
         .predicate_filter(
             Predicate::<VirtualMachineIdentity>::combine(
                 predicates::generation,
@@ -429,7 +429,9 @@ fn own_annotations(
     let own: std::collections::BTreeMap<String, String> = all?
         .into_iter()
         .filter(|(k, _)| {
-            k == crate::crd::ADOPT_ANNOTATION || k == crate::crd::RECONCILE_POLICY_ANNOTATION
+            k == crate::crd::ADOPT_ANNOTATION
+                || k == crate::crd::RECONCILE_POLICY_ANNOTATION
+                || k == reconcile::ABANDON_ANNOTATION
         })
         .collect();
     (!own.is_empty()).then_some(own)

@@ -33,6 +33,56 @@ use crate::engine::{
 
 pub const FINALIZER: &str = "vmidentity.dev/finalizer";
 
+/// The way out for an object being deleted that cannot release what it applied (its
+/// namespace lost the credential Secret the controller requires): with this annotation set to
+/// `"true"` the controller removes its finalizer without touching Azure, leaving what it
+/// applied on the target, and says so in a Warning Event (`docs/runbooks.md`).
+pub const ABANDON_ANNOTATION: &str = "vmidentity.dev/abandon";
+
+/// The object is being let go without releasing: annotated [`ABANDON_ANNOTATION`]`: "true"`.
+pub fn abandoned(o: &VirtualMachineIdentity) -> bool {
+    o.annotations()
+        .get(ABANDON_ANNOTATION)
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
+/// `spec.deletionPolicy: Retain`: deleting the object releases nothing.
+fn retains(o: &VirtualMachineIdentity) -> bool {
+    o.spec.deletion_policy == Some(vmidentity_planner::DeletionPolicy::Retain)
+}
+
+/// What an object's ownership record leaves on its target, for the Event that says so.
+fn left_on_target(o: &VirtualMachineIdentity) -> String {
+    let a = o.applied();
+    let mut parts = Vec::new();
+    if !a.user_assigned_identities.is_empty() {
+        parts.push(format!(
+            "user-assigned identities {}",
+            a.user_assigned_identities.join(", ")
+        ));
+    }
+    if a.system_assigned == Some(true) {
+        parts.push("the system-assigned identity (enabled)".to_string());
+    }
+    if !a.role_assignments.is_empty() {
+        let ids: Vec<&str> = a.role_assignments.iter().map(|r| r.id.as_str()).collect();
+        parts.push(format!("role assignments {}", ids.join(", ")));
+    }
+    if !a.group_memberships.is_empty() {
+        let groups: Vec<&str> = a
+            .group_memberships
+            .iter()
+            .map(|g| g.group_object_id.as_str())
+            .collect();
+        parts.push(format!("memberships of groups {}", groups.join(", ")));
+    }
+    if parts.is_empty() {
+        "nothing".to_string()
+    } else {
+        parts.join("; ")
+    }
+}
+
 /// Shared state of the running controller.
 pub struct Context {
     pub client: kube::Client,
@@ -463,6 +513,32 @@ async fn reconcile_target(
     {
         ctx.set_finalizer(&m.obj, false).await?;
     }
+    // Objects being deleted that are let go without releasing: annotated abandon, or with
+    // deletionPolicy Retain (which releases nothing) and no credential. What they applied
+    // stays on the target; a Warning Event says what.
+    for m in members
+        .iter_mut()
+        .filter(|m| m.deleting && m.has_finalizer && m.owns_something())
+    {
+        let how = if abandoned(&m.obj) {
+            format!("annotation {ABANDON_ANNOTATION}=true")
+        } else if retains(&m.obj) && m.credential.is_none() {
+            "deletionPolicy Retain, and no credential to read the target with".to_string()
+        } else {
+            continue;
+        };
+        let note = format!(
+            "finalizer removed without releasing ({how}): left on {}: {}; remove by hand what is no longer wanted",
+            m.obj.spec.target,
+            left_on_target(&m.obj)
+        );
+        warn!(object = %super::refusals::key(&m.obj), "{note}");
+        ctx.event(&m.obj, EventType::Warning, "Abandoned", note)
+            .await;
+        ctx.set_finalizer(&m.obj, false).await?;
+        m.credential = None;
+        m.has_finalizer = false;
+    }
     // Observed objects stay: they are planned (as if managed) and told their drift.
     members.retain(|m| m.part() != Part::Excluded || m.observing());
 
@@ -795,11 +871,24 @@ async fn guardrails(
         .iter_mut()
         .filter(|m| m.deleting && !m.observe && m.owns_something())
     {
+        if abandoned(&m.obj) {
+            // Let go without releasing (reconcile_target): no credential needed.
+            continue;
+        }
         let ns = m.obj.namespace().unwrap_or_default();
         match credential_for(&ns, ctx).await {
             Ok(c) => m.credential = Some(c),
-            Err(r) => {
-                // Cannot release without a credential: keep the finalizer, say why.
+            Err(_) if retains(&m.obj) => {
+                // Retain releases nothing: let go without a credential (reconcile_target).
+            }
+            Err(mut r) => {
+                // Cannot release without a credential: keep the finalizer, say why and what
+                // the way out is.
+                r.message = format!(
+                    "{}; the object is being deleted and keeps its finalizer until it can release what it applied: restore the Secret, or leave what it applied on the target and let the object go: kubectl annotate virtualmachineidentity {} -n {ns} {ABANDON_ANNOTATION}=true",
+                    r.message,
+                    m.obj.name_any()
+                );
                 warn!(object = %m.obj.name_any(), reason = %r.reason, "cannot release: {}", r.message);
                 ctx.report(&m.obj, decide::refusal(&m.obj, &r, Timestamp::now()))
                     .await?;

@@ -888,3 +888,59 @@ async fn a_failed_operation_keeps_the_widened_record_and_is_retried() {
     );
     assert_ne!(action, Action::await_change(), "retried");
 }
+
+/// The way out for an object being deleted that cannot release (its namespace lost the
+/// credential Secret): annotated `vmidentity.dev/abandon: "true"`, its finalizer goes without
+/// any request to Azure, and a Warning `Abandoned` Event names what stays on the target.
+#[tokio::test]
+async fn an_abandoned_object_being_deleted_lets_go_without_touching_azure() {
+    let sim = sim(Some(&format!(
+        "{{type: UserAssigned, userAssignedIdentities: [{}]}}",
+        uai("uai-a")
+    )))
+    .await;
+    let mut o = object(
+        "web",
+        json!({"target": vm(), "userAssignedIdentities": [uai("uai-a")]}),
+    );
+    o.metadata.finalizers = Some(vec![FINALIZER.to_string()]);
+    o.metadata.annotations = Some(
+        [(super::ABANDON_ANNOTATION.to_string(), "true".to_string())]
+            .into_iter()
+            .collect(),
+    );
+    o.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    o.status = Some(crate::crd::VirtualMachineIdentityStatus {
+        applied: Some(crate::crd::AppliedIdentities {
+            user_assigned_identities: vec![uai("uai-a")],
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let (_action, seen) = run(o, &[policy(allow_all_policy(NS))], &sim).await;
+
+    assert!(
+        sim.requests().is_empty(),
+        "no Azure request: {:#?}",
+        sim.requests()
+    );
+    let identity = sim.identity_of(&vm()).expect("vm1").to_string();
+    assert!(identity.contains("uai-a"), "left on the target: {identity}");
+    assert_eq!(seen.len(), 2, "{seen:#?}");
+    assert_event(&seen[0], "Warning", "Abandoned");
+    let note = seen[0].body["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains(
+            "finalizer removed without releasing (annotation vmidentity.dev/abandon=true)"
+        ) && note.contains(&uai("uai-a"))
+            && note.contains(&vm()),
+        "{note}"
+    );
+    assert_request(&seen[1], "PATCH", &object_path("web"));
+    assert_eq!(
+        seen[1].body,
+        json!({"metadata": {"finalizers": [], "resourceVersion": "7"}})
+    );
+}
