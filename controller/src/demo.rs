@@ -235,7 +235,51 @@ pub async fn run() -> Result<i32, CliError> {
     )
     .await;
 
+    // Brownfield: import what now exists (as if nobody had objects), apply that: no write.
+    crate::outln!(
+        "\n== Pass 5: brownfield: `vmidentity import` of the subscription (Resource Graph, Graph memberOf), then apply what it wrote (expect 0 writes)"
+    );
+    let req = crate::import::ImportRequest {
+        subscriptions: vec![SUB.trim_start_matches("/subscriptions/").to_string()],
+        resource_groups: Vec::new(),
+        tags: Vec::new(),
+        query: None,
+        namespace: crate::import::NamespaceRule::Fixed("imported".into()),
+        with_grants: true,
+        with_groups: true,
+        adopt: false,
+        include_platform: false,
+        skip_tags: Vec::new(),
+    };
+    let (imported, p5) = match crate::import::import(&exec, &req).await {
+        Ok(imp) => {
+            for line in crate::import::report(&imp).lines() {
+                crate::outln!("   {line}");
+            }
+            let desired: Vec<DesiredObject> = imp
+                .objects
+                .iter()
+                .filter_map(|o| o.desired().ok())
+                .collect();
+            let (p, _) = pass("Pass 5b: apply the imported objects", &exec, &sim, &desired).await;
+            (Some(imp.objects.len()), p)
+        }
+        Err(e) => {
+            crate::outln!("   import failed: {e}");
+            (
+                None,
+                Pass {
+                    writes: 0,
+                    errors: 1,
+                },
+            )
+        }
+    };
+
     let ok = survivors
+        && imported.is_some_and(|n| n > 0)
+        && p5.errors == 0
+        && p5.writes == 0
         && p1.errors + p2.errors + p3.errors + p4.errors == 0
         && p1.writes > 0
         && p2.writes == 0
@@ -249,6 +293,11 @@ pub async fn run() -> Result<i32, CliError> {
         p2.writes,
         p4.writes,
         p3.writes
+    );
+    crate::outln!(
+        "Brownfield: imported {} objects; applying them wrote {} times.",
+        imported.unwrap_or(0),
+        p5.writes
     );
     sim.shutdown().await;
     Ok(if ok { 0 } else { 1 })

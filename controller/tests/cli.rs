@@ -328,6 +328,12 @@ fn demo_converges() {
         out.contains("[ok] vm-db-1 still carries uai-legacy"),
         "{out}"
     );
+    // The brownfield pass: import of everything (the AKS node pool skipped), applied: 0 writes.
+    assert!(
+        out.contains("Brownfield: imported 6 objects; applying them wrote 0 times."),
+        "{out}"
+    );
+    assert!(out.contains("skipped /subscriptions/"), "{out}");
 }
 
 #[test]
