@@ -284,19 +284,13 @@ async fn brownfield(exec: &Executor, sim: &SimHandle) -> bool {
         }
     };
     let c = sim.counters();
-    crate::outln!(
-        "   imported {} objects ({} role assignments, {} memberships) in {} Resource Graph and {} Graph requests, {} GET; skipped {}:",
-        imported.objects.len(),
-        imported.stats.role_assignments,
-        imported.stats.memberships,
-        imported.stats.resource_pages + imported.stats.authorization_pages,
-        imported.stats.member_of_reads,
-        c.reads,
-        imported.skipped.len()
-    );
-    for s in &imported.skipped {
-        crate::outln!("     {} ({})", s.id, s.reason);
+    for line in crate::import::report(&imported).lines() {
+        crate::outln!("     {line}");
     }
+    crate::outln!(
+        "     ARM requests during the import: {} GET (Resource Graph and Graph only)",
+        c.reads
+    );
     let mut objects = Vec::new();
     for o in &imported.objects {
         match o.desired() {
@@ -375,6 +369,11 @@ async fn brownfield(exec: &Executor, sim: &SimHandle) -> bool {
         crate::outln!("     [{}] {what}", if *ok { "ok" } else { "FAILED" });
     }
     let ok = checks.iter().all(|(_, ok)| *ok);
+    crate::outln!(
+        "Brownfield: imported {} objects; applying them wrote {} times.",
+        objects.len(),
+        b1.writes
+    );
     crate::outln!(
         "{}: brownfield import applied with {} writes, adoption with {}, the drop with {}.",
         if ok { "Adopted" } else { "NOT ADOPTED" },

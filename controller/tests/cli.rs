@@ -329,6 +329,19 @@ fn demo_converges() {
         out.contains("[ok] vm-db-1 still carries uai-legacy"),
         "{out}"
     );
+    // The brownfield pass: import of everything (the AKS node pool skipped), applied: 0 writes.
+    assert!(
+        out.contains("Brownfield: imported 6 objects; applying them wrote 0 times."),
+        "{out}"
+    );
+    assert!(out.contains("skipped /subscriptions/"), "{out}");
+    // Then one object adopts (0 writes) and drops an adopted identity (1 PATCH).
+    assert!(
+        out.contains(
+            "Adopted: brownfield import applied with 0 writes, adoption with 0, the drop with 1."
+        ),
+        "{out}"
+    );
 }
 
 #[test]
