@@ -53,6 +53,15 @@ cargo build --locked -q -p vmidentity --bin vmidentity -p bench --bin bench
 target/debug/bench soak --seed 17 --minutes 1.5 --shrink-runs 0
 echo "chaos soak took $(($(date +%s) - soak_started)) s" >&2
 
+step "one kubectl apply -k manifests/ on a fresh API server (scripts/check-apply-k.sh)"
+# A second API server with its own etcd (the one above already has the CRDs), sharing the
+# kube-apiserver binary built above; stopped and wiped afterwards.
+applyk=$PWD/target/kas-apply-k
+rm -rf "$applyk" && mkdir -p "$applyk" && ln -s "$PWD/target/kube-apiserver/bin" "$applyk/bin"
+applyk_kubeconfig=$(KAS_DIR=$applyk tests/apiserver/kube-up.sh)   # the next free ports
+KUBECONFIG=$applyk_kubeconfig scripts/check-apply-k.sh
+KAS_DIR=$applyk tests/apiserver/kube-down.sh --clean >/dev/null 2>&1 || true
+
 step "release supply chain: cargo-deny licences/sources (offline), CycloneDX SBOM (scripts/check-release.sh)"
 scripts/check-release.sh
 
