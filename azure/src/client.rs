@@ -1376,6 +1376,17 @@ mod tests {
                 Some(LANE_GRAPH),
                 RequestKind::Write
             ),
+            vec![(LANE_GRAPH.to_string(), BucketKind::GraphReads)],
+            "a batch of memberOf reads takes read tokens"
+        );
+        assert_eq!(
+            lanes(
+                true,
+                &Method::POST,
+                "/v1.0/groups/g/members/$ref",
+                Some(LANE_GRAPH),
+                RequestKind::Write
+            ),
             vec![(LANE_GRAPH.to_string(), BucketKind::GraphWrites)]
         );
     }

@@ -15,6 +15,7 @@
 //! against a model (exit 1 on a violation, with the shortest failing history found).
 
 mod controller;
+mod drift;
 mod fleet;
 mod import;
 mod soak;
@@ -89,6 +90,39 @@ enum Cmd {
         #[arg(long)]
         skip_plan: bool,
     },
+    /// Drift between resyncs: the change feed finds out-of-band identity removals, the full
+    /// resync reads identities and grants in bulk; latency, reads per poll / resync, 429s,
+    /// beside the peers' strategies.
+    Drift {
+        #[arg(long, default_value_t = 10_000)]
+        vms: usize,
+        #[arg(long, default_value_t = 100)]
+        vmss: usize,
+        /// Every clock runs this many times faster (the simulator's buckets and quota, the
+        /// client's pacing, the feed delay, the poll period); latencies print in real time.
+        #[arg(long, default_value_t = 10.0)]
+        time_scale: f64,
+        /// --change-poll-seconds.
+        #[arg(long, default_value_t = 30.0)]
+        poll_secs: f64,
+        /// The change feed's ingestion delay (the documentation: records "should be
+        /// available in less than five minutes").
+        #[arg(long, default_value_t = 15.0)]
+        feed_delay_secs: f64,
+        /// Plus up to this much, per record (so records arrive out of order).
+        #[arg(long, default_value_t = 10.0)]
+        feed_jitter_secs: f64,
+        /// Out-of-band identity removals spread over four poll periods (latency).
+        #[arg(long, default_value_t = 200)]
+        changes: usize,
+        /// Out-of-band identity removals at once.
+        #[arg(long, default_value_t = 1000)]
+        burst: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
+    /// The `vmidentity controller` process against a real API server and the ARM simulator:
+    /// apply-to-PATCH latency, converge time, RSS, API writes per reconcile.
     /// The `vmidentity controller` process against a real API server and the ARM simulator:
     /// apply-to-PATCH latency, converge time, RSS, API writes per reconcile.
     Controller {
@@ -352,6 +386,33 @@ fn main() -> anyhow::Result<()> {
                 shrink_runs,
                 apiserver_restarts: !no_apiserver_restarts,
             }))?;
+        }
+        Cmd::Drift {
+            vms,
+            vmss,
+            time_scale,
+            poll_secs,
+            feed_delay_secs,
+            feed_jitter_secs,
+            changes,
+            burst,
+            concurrency,
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(drift::run(drift::DriftArgs {
+                vms,
+                vmss,
+                time_scale,
+                poll_secs,
+                feed_delay_secs,
+                feed_jitter_secs,
+                changes,
+                burst,
+                concurrency,
+            }))
+            .map_err(|e| anyhow::anyhow!(e))?;
         }
         Cmd::Plan {
             targets,
