@@ -313,7 +313,7 @@ mod tests {
         // Exactly the `plan -o json` element.
         assert_eq!(
             serde_json::to_value(&listed).unwrap(),
-            json!([{"method": "PATCH", "id": VM, "apiVersion": "2018-06-01",
+            json!([{"method": "PATCH", "id": VM, "apiVersion": "2025-04-01",
                     "body": {"identity": {"type": "UserAssigned", "userAssignedIdentities": {U1: {}}}}}])
         );
         // Many writes: capped by count, the rest counted.

@@ -122,9 +122,10 @@ async fn an_observed_object_writes_nothing_then_manage_sends_exactly_the_pending
     let pending = body["status"]["pendingWrites"].clone();
     assert_eq!(
         pending,
-        json!([{"method": "PATCH", "id": vm(), "apiVersion": "2018-06-01",
+        json!([{"method": "PATCH", "id": vm(), "apiVersion": "2025-04-01",
                 "body": {"identity": {"type": "SystemAssigned, UserAssigned",
-                                      "userAssignedIdentities": {uai("uai-a"): {}}}}}]),
+                                      "userAssignedIdentities": {uai("uai-a"): {}}}},
+                "ifMatch": "\"1\""}]),
     );
     let events = events_about(&seen, "web");
     assert_eq!(events.len(), 1, "{seen:#?}");
@@ -666,9 +667,10 @@ async fn on_a_shared_target_the_managed_object_is_written_and_the_observed_one_i
     let pending = obs[0].body["status"]["pendingWrites"].clone();
     assert_eq!(
         pending,
-        json!([{"method": "PATCH", "id": vm(), "apiVersion": "2018-06-01",
+        json!([{"method": "PATCH", "id": vm(), "apiVersion": "2025-04-01",
                 "body": {"identity": {"type": "UserAssigned", "userAssignedIdentities": {
-                    uai("uai-a"): {}, uai("uai-b"): {}}}}}])
+                    uai("uai-a"): {}, uai("uai-b"): {}}}},
+                "ifMatch": "\"1\""}])
     );
     assert_eq!(condition(&obs[0].body, "Drifted")["status"], "True");
     // The managed object: Ready, its identity recorded.
