@@ -355,23 +355,66 @@ fn strip_parens(s: &str) -> &str {
     t
 }
 
+/// `a or b` / `a and b` at the top level (`or` binds loosest), each side parsed by `parse`;
+/// None when `s` is neither.
+fn parse_bool<C>(
+    s: &str,
+    parse: fn(&str) -> Result<C, ArmError>,
+    or: fn(Vec<C>) -> C,
+    and: fn(Vec<C>) -> C,
+) -> Option<Result<C, ArmError>> {
+    for (sep, join) in [("or", or), ("and", and)] {
+        let parts = split_top(s, sep);
+        if parts.len() > 1 {
+            return Some(
+                parts
+                    .iter()
+                    .map(|x| parse(x))
+                    .collect::<Result<_, _>>()
+                    .map(join),
+            );
+        }
+    }
+    None
+}
+
+/// `lhs in (…)` / `lhs in~ (…)`: the left side, the literals and whether case is ignored.
+fn parse_in(s: &str, lower: &str) -> Option<Result<(String, Vec<String>, bool), ArmError>> {
+    let (idx, op, ci) = [(" in~ ", true), (" in ", false)]
+        .into_iter()
+        .find_map(|(op, ci)| lower.find(op).map(|idx| (idx, op, ci)))?;
+    let list = s[idx + op.len()..].trim();
+    let Some(inner) = list.strip_prefix('(').and_then(|x| x.strip_suffix(')')) else {
+        return Some(Err(invalid_query("Expected '(' after 'in'.")));
+    };
+    Some(
+        split_top(inner, ",")
+            .iter()
+            .filter(|v| !v.is_empty())
+            .map(|v| literal(v))
+            .collect::<Result<Vec<_>, _>>()
+            .map(|values| (s[..idx].trim().to_string(), values, ci)),
+    )
+}
+
+/// `lhs =~ 'v'`, `!~`, `==`, `!=`: the left side, the literal, ignore case, negate.
+#[allow(clippy::type_complexity)]
+fn parse_str_cmp(s: &str) -> Option<Result<(String, String, bool, bool), ArmError>> {
+    let (idx, ci, negate) = [
+        ("=~", true, false),
+        ("!~", true, true),
+        ("==", false, false),
+        ("!=", false, true),
+    ]
+    .into_iter()
+    .find_map(|(op, ci, negate)| s.find(op).map(|idx| (idx, ci, negate)))?;
+    Some(literal(&s[idx + 2..]).map(|value| (s[..idx].trim().to_string(), value, ci, negate)))
+}
+
 fn parse_cond(s: &str) -> Result<Cond, ArmError> {
     let s = strip_parens(s);
-    let ors = split_top(s, "or");
-    if ors.len() > 1 {
-        return ors
-            .iter()
-            .map(|x| parse_cond(x))
-            .collect::<Result<_, _>>()
-            .map(Cond::Or);
-    }
-    let ands = split_top(s, "and");
-    if ands.len() > 1 {
-        return ands
-            .iter()
-            .map(|x| parse_cond(x))
-            .collect::<Result<_, _>>()
-            .map(Cond::And);
+    if let Some(c) = parse_bool(s, parse_cond, Cond::Or, Cond::And) {
+        return c;
     }
     let lower = s.to_ascii_lowercase();
     for (prefix, negate) in [("isnotnull(", false), ("isnull(", true)] {
@@ -383,39 +426,22 @@ fn parse_cond(s: &str) -> Result<Cond, ArmError> {
             });
         }
     }
-    for (op, ci) in [(" in~ ", true), (" in ", false)] {
-        if let Some(idx) = lower.find(op) {
-            let list = s[idx + op.len()..].trim();
-            let inner = list
-                .strip_prefix('(')
-                .and_then(|x| x.strip_suffix(')'))
-                .ok_or_else(|| invalid_query("Expected '(' after 'in'."))?;
-            let values = split_top(inner, ",")
-                .iter()
-                .filter(|v| !v.is_empty())
-                .map(|v| literal(v))
-                .collect::<Result<Vec<_>, _>>()?;
-            return Ok(Cond::In {
-                field: field(s[..idx].trim())?,
-                values,
-                ci,
-            });
-        }
+    if let Some(r) = parse_in(s, &lower) {
+        let (lhs, values, ci) = r?;
+        return Ok(Cond::In {
+            field: field(&lhs)?,
+            values,
+            ci,
+        });
     }
-    for (op, ci, negate) in [
-        ("=~", true, false),
-        ("!~", true, true),
-        ("==", false, false),
-        ("!=", false, true),
-    ] {
-        if let Some(idx) = s.find(op) {
-            return Ok(Cond::Cmp {
-                field: field(s[..idx].trim())?,
-                value: literal(&s[idx + 2..])?,
-                ci,
-                negate,
-            });
-        }
+    if let Some(r) = parse_str_cmp(s) {
+        let (lhs, value, ci, negate) = r?;
+        return Ok(Cond::Cmp {
+            field: field(&lhs)?,
+            value,
+            ci,
+            negate,
+        });
     }
     Err(invalid_query(&format!("Unsupported condition '{s}'.")))
 }
@@ -1075,21 +1101,8 @@ enum ChangeCond {
 
 fn parse_change_cond(s: &str) -> Result<ChangeCond, ArmError> {
     let s = strip_parens(s);
-    let ors = split_top(s, "or");
-    if ors.len() > 1 {
-        return ors
-            .iter()
-            .map(|x| parse_change_cond(x))
-            .collect::<Result<_, _>>()
-            .map(ChangeCond::Or);
-    }
-    let ands = split_top(s, "and");
-    if ands.len() > 1 {
-        return ands
-            .iter()
-            .map(|x| parse_change_cond(x))
-            .collect::<Result<_, _>>()
-            .map(ChangeCond::And);
+    if let Some(c) = parse_bool(s, parse_change_cond, ChangeCond::Or, ChangeCond::And) {
+        return c;
     }
     let lower = s.to_ascii_lowercase();
     for op in [" contains ", " has "] {
@@ -1100,39 +1113,18 @@ fn parse_change_cond(s: &str) -> Result<ChangeCond, ArmError> {
             });
         }
     }
-    for (op, ci) in [(" in~ ", true), (" in ", false)] {
-        if let Some(idx) = lower.find(op) {
-            let list = s[idx + op.len()..].trim();
-            let inner = list
-                .strip_prefix('(')
-                .and_then(|x| x.strip_suffix(')'))
-                .ok_or_else(|| invalid_query("Expected '(' after 'in'."))?;
-            let values = split_top(inner, ",")
-                .iter()
-                .filter(|v| !v.is_empty())
-                .map(|v| literal(v))
-                .collect::<Result<Vec<_>, _>>()?;
-            return Ok(ChangeCond::In {
-                col: s[..idx].trim().to_string(),
-                values,
-                ci,
-            });
-        }
+    if let Some(r) = parse_in(s, &lower) {
+        let (col, values, ci) = r?;
+        return Ok(ChangeCond::In { col, values, ci });
     }
-    for (op, ci, negate) in [
-        ("=~", true, false),
-        ("!~", true, true),
-        ("==", false, false),
-        ("!=", false, true),
-    ] {
-        if let Some(idx) = s.find(op) {
-            return Ok(ChangeCond::Str {
-                col: s[..idx].trim().to_string(),
-                value: literal(&s[idx + 2..])?,
-                ci,
-                negate,
-            });
-        }
+    if let Some(r) = parse_str_cmp(s) {
+        let (col, value, ci, negate) = r?;
+        return Ok(ChangeCond::Str {
+            col,
+            value,
+            ci,
+            negate,
+        });
     }
     for op in [">=", "<=", ">", "<"] {
         if let Some(idx) = s.find(op) {
