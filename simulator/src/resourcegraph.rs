@@ -379,6 +379,7 @@ fn parse_bool<C>(
 }
 
 /// `lhs in (…)` / `lhs in~ (…)`: the left side, the literals and whether case is ignored.
+#[allow(clippy::type_complexity)]
 fn parse_in(s: &str, lower: &str) -> Option<Result<(String, Vec<String>, bool), ArmError>> {
     let (idx, op, ci) = [(" in~ ", true), (" in ", false)]
         .into_iter()
