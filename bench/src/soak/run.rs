@@ -713,12 +713,21 @@ impl Runner<'_> {
             }
             Op::OobGrant { uai } => {
                 if let Some(p) = self.uai_principal(*uai) {
-                    let a = self
-                        .sim
-                        .create_role_assignment(&rg_scope(), None, MONITORING_METRICS_PUBLISHER, &p)
-                        .map_err(|e| anyhow!("an out-of-band role assignment: {e}"))?;
-                    if let Some(n) = a["name"].as_str() {
-                        self.oob_grants.insert(n.to_ascii_lowercase());
+                    // The same assignment made before (seed 11): Azure refuses it with
+                    // RoleAssignmentExists, and the writer's earlier one is the one to keep.
+                    match self.sim.create_role_assignment(
+                        &rg_scope(),
+                        None,
+                        MONITORING_METRICS_PUBLISHER,
+                        &p,
+                    ) {
+                        Ok(a) => {
+                            if let Some(n) = a["name"].as_str() {
+                                self.oob_grants.insert(n.to_ascii_lowercase());
+                            }
+                        }
+                        Err(e) if e.to_string().contains("RoleAssignmentExists") => {}
+                        Err(e) => return Err(anyhow!("an out-of-band role assignment: {e}")),
                     }
                 }
             }
