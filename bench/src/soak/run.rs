@@ -667,9 +667,20 @@ impl Runner<'_> {
                     return Ok(None);
                 };
                 let api = env.api(*ns);
+                // What it holds as it goes (a refused object holds its old record, which a
+                // Retain delete leaves on the target; seed 11).
+                let held: Vec<usize> = retry_kube("get", || api.get(name))
+                    .await?
+                    .and_then(|o| o.status)
+                    .and_then(|st| serde_json::to_value(st.applied).ok())
+                    .and_then(|a| a["userAssignedIdentities"].as_array().cloned())
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|u| u.as_str().and_then(uai_index))
+                    .collect();
                 let dp = DeleteParams::default();
                 retry_kube("delete", || api.delete(name, &dp)).await?;
-                self.model.delete(*ns, name, Utc::now());
+                self.model.delete(*ns, name, &held, Utc::now());
                 self.touch(t);
             }
             Op::OobAddUai { target, uai } => {
