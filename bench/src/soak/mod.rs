@@ -77,13 +77,37 @@ pub async fn run(opt: Options) -> Result<()> {
 /// steps) while a re-run still fails, at most `max_runs` re-runs (each replays from an empty
 /// world, so each costs about as long as the history it replays).
 async fn shrink(env: &Env, prefix: Vec<Step>, max_runs: usize) -> Result<Vec<Step>> {
-    let mut current = prefix;
-    let mut n = 2usize;
-    let mut runs = 0usize;
     if max_runs == 0 {
         println!("shrinking: off (--shrink-runs 0); the failing prefix is the whole history run");
-        return Ok(current);
+        return Ok(prefix);
     }
+    let (shortest, runs) = delta_debug(prefix, max_runs, |candidate: Vec<Step>| async move {
+        let o: Outcome = execute(env, &candidate, None)
+            .await
+            .context("re-running a shorter history")?;
+        Ok(o.failure
+            .is_some()
+            .then(|| candidate[..o.executed].to_vec()))
+    })
+    .await?;
+    println!("shrinking: {runs} re-run(s) spent (bound {max_runs})");
+    Ok(shortest)
+}
+
+/// ddmin over the non-quiesce steps of `current`: `fails(candidate)` re-runs a candidate and
+/// returns the prefix that failed (None: it passed). Returns the shortest failing history
+/// found and the re-runs spent (at most `max_runs`).
+async fn delta_debug<F, Fut>(
+    mut current: Vec<Step>,
+    max_runs: usize,
+    mut fails: F,
+) -> Result<(Vec<Step>, usize)>
+where
+    F: FnMut(Vec<Step>) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<Vec<Step>>>>,
+{
+    let mut n = 2usize;
+    let mut runs = 0usize;
     'outer: while runs < max_runs {
         let removable: Vec<usize> = current
             .iter()
@@ -113,12 +137,9 @@ async fn shrink(env: &Env, prefix: Vec<Step>, max_runs: usize) -> Result<Vec<Ste
                 candidate.len(),
                 current.len()
             );
-            let o: Outcome = execute(env, &candidate, None)
-                .await
-                .context("re-running a shorter history")?;
-            if o.failure.is_some() {
+            if let Some(failed) = fails(candidate).await? {
                 println!("shrinking: still fails");
-                current = candidate[..o.executed].to_vec();
+                current = failed;
                 n = n.saturating_sub(1).max(2);
                 continue 'outer;
             }
@@ -128,8 +149,7 @@ async fn shrink(env: &Env, prefix: Vec<Step>, max_runs: usize) -> Result<Vec<Ste
         }
         n = (n * 2).min(removable.len());
     }
-    println!("shrinking: {runs} re-run(s) spent (bound {max_runs})");
-    Ok(current)
+    Ok((current, runs))
 }
 
 fn drop_double_quiesce(steps: Vec<Step>) -> Vec<Step> {
@@ -142,4 +162,58 @@ fn drop_double_quiesce(steps: Vec<Step>) -> Vec<Step> {
         out.push(s);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use history::{Op, Step};
+
+    fn step(op: Op) -> Step {
+        Step { op, pause_ms: 0 }
+    }
+
+    fn add(uai: usize) -> Op {
+        Op::OobAddUai { target: 0, uai }
+    }
+
+    /// A history that "fails" when uai-2 and uai-5 were both added before a quiesce shrinks
+    /// to those two operations and the quiesce, within the bound.
+    #[tokio::test]
+    async fn delta_debugging_finds_the_two_operations_that_matter() {
+        let mut h: Vec<Step> = (0..12).map(|u| step(add(u))).collect();
+        h.insert(6, step(Op::Quiesce));
+        h.push(step(Op::Quiesce));
+        let culprit = |c: &[Step]| {
+            let has = |u| c.iter().any(|s| s.op == add(u));
+            has(2) && has(5)
+        };
+        assert!(culprit(&h));
+        let (shortest, runs) =
+            delta_debug(
+                h,
+                40,
+                |c: Vec<Step>| async move { Ok(culprit(&c).then_some(c)) },
+            )
+            .await
+            .expect("shrinks");
+        let ops: Vec<Op> = shortest
+            .iter()
+            .map(|s| s.op.clone())
+            .filter(|o| *o != Op::Quiesce)
+            .collect();
+        assert_eq!(ops, vec![add(2), add(5)]);
+        assert!(runs <= 40);
+        // Bounded: with 1 re-run it stops after one, however far it got.
+        let mut h: Vec<Step> = (0..12).map(|u| step(add(u))).collect();
+        h.push(step(Op::Quiesce));
+        let (_, runs) = delta_debug(
+            h,
+            1,
+            |c: Vec<Step>| async move { Ok(culprit(&c).then_some(c)) },
+        )
+        .await
+        .expect("shrinks");
+        assert_eq!(runs, 1);
+    }
 }

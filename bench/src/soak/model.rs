@@ -185,7 +185,9 @@ impl Model {
         true
     }
 
-    pub fn delete(&mut self, ns: usize, name: &str, now: Time) -> bool {
+    /// `held`: the identities its ownership record lists as it is deleted (what a `Retain`
+    /// delete leaves).
+    pub fn delete(&mut self, ns: usize, name: &str, held: &[usize], now: Time) -> bool {
         let Some(o) = self.objects.get_mut(&(ns, name.to_string())) else {
             return false;
         };
@@ -196,6 +198,7 @@ impl Model {
         let (target, spec) = (o.target, o.spec.clone());
         if spec.retain {
             self.targets[target].ambiguous.extend(spec.uais.iter());
+            self.targets[target].ambiguous.extend(held.iter());
         }
         self.touch_system(target, Some(&spec), None);
         self.refresh_flags(target, now);

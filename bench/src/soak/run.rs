@@ -285,6 +285,8 @@ pub struct Outcome {
     pub throttled: u64,
     pub server_errors: u64,
     pub skipped: BTreeMap<&'static str, usize>,
+    /// Replica exits the soak did not cause (restarted).
+    pub controller_exits: usize,
 }
 
 impl Outcome {
@@ -298,6 +300,12 @@ impl Outcome {
         println!("  operations and faults injected:");
         for (k, n) in &self.ops {
             println!("    {k:<26} {n}");
+        }
+        if self.controller_exits > 0 {
+            println!(
+                "    (controller exits the soak did not cause, restarted as the kubelet would: {})",
+                self.controller_exits
+            );
         }
         for (k, n) in &self.skipped {
             println!("    (skipped {k}: {n})");
@@ -582,15 +590,13 @@ impl Runner<'_> {
             if let Some(p) = &mut self.replicas[i].proc
                 && let Err(e) = p.check_alive()
             {
-                // An exit we did not cause: a bug of its own (kept in the log), restarted.
+                // An exit we did not cause (a replica stops when it cannot renew or loses the
+                // lease, e.g. across an API server restart): restarted at once, as the kubelet
+                // would; counted and printed with the end of its log.
                 eprintln!("soak: replica {} exited: {e}", self.replicas[i].identity);
                 self.replicas[i].proc = None;
                 self.replicas[i].restart_at = Some(now);
-                *self
-                    .out
-                    .skipped
-                    .entry("unexpected controller exits")
-                    .or_default() += 1;
+                self.out.controller_exits += 1;
             }
         }
         Ok(())
@@ -661,9 +667,20 @@ impl Runner<'_> {
                     return Ok(None);
                 };
                 let api = env.api(*ns);
+                // What it holds as it goes (a refused object holds its old record, which a
+                // Retain delete leaves on the target; seed 11).
+                let held: Vec<usize> = retry_kube("get", || api.get(name))
+                    .await?
+                    .and_then(|o| o.status)
+                    .and_then(|st| serde_json::to_value(st.applied).ok())
+                    .and_then(|a| a["userAssignedIdentities"].as_array().cloned())
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|u| u.as_str().and_then(uai_index))
+                    .collect();
                 let dp = DeleteParams::default();
                 retry_kube("delete", || api.delete(name, &dp)).await?;
-                self.model.delete(*ns, name, Utc::now());
+                self.model.delete(*ns, name, &held, Utc::now());
                 self.touch(t);
             }
             Op::OobAddUai { target, uai } => {
@@ -707,12 +724,21 @@ impl Runner<'_> {
             }
             Op::OobGrant { uai } => {
                 if let Some(p) = self.uai_principal(*uai) {
-                    let a = self
-                        .sim
-                        .create_role_assignment(&rg_scope(), None, MONITORING_METRICS_PUBLISHER, &p)
-                        .map_err(|e| anyhow!("an out-of-band role assignment: {e}"))?;
-                    if let Some(n) = a["name"].as_str() {
-                        self.oob_grants.insert(n.to_ascii_lowercase());
+                    // The same assignment made before (seed 11): Azure refuses it with
+                    // RoleAssignmentExists, and the writer's earlier one is the one to keep.
+                    match self.sim.create_role_assignment(
+                        &rg_scope(),
+                        None,
+                        MONITORING_METRICS_PUBLISHER,
+                        &p,
+                    ) {
+                        Ok(a) => {
+                            if let Some(n) = a["name"].as_str() {
+                                self.oob_grants.insert(n.to_ascii_lowercase());
+                            }
+                        }
+                        Err(e) if e.to_string().contains("RoleAssignmentExists") => {}
+                        Err(e) => return Err(anyhow!("an out-of-band role assignment: {e}")),
                     }
                 }
             }
