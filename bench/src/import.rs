@@ -260,7 +260,7 @@ pub async fn run(a: ImportArgs) -> Result<(), String> {
         after.reads - before.reads
     );
     println!(
-        "  Graph memberOf reads: {} (one per principal)",
+        "  Graph $batch requests for memberOf: {} (20 principals each)",
         st.member_of_reads
     );
     println!(
@@ -315,7 +315,7 @@ pub async fn run(a: ImportArgs) -> Result<(), String> {
     println!("  {}", vmidentity::audit::counts_line(&report));
     println!("  requests: {}", diff(&after, &before));
     println!(
-        "  role definitions read: {}, Graph memberOf reads: {}",
+        "  role definitions read: {}, Graph $batch requests for memberOf: {}",
         report.stats.role_definition_reads, report.stats.member_of_reads
     );
     let (_, hwm) = rss_mib();

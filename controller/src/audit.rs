@@ -25,7 +25,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 
-use futures::StreamExt;
 use serde_json::{Value, json};
 use vmidentity_azure::{AzureError, Executor};
 use vmidentity_planner::DesiredObject;
@@ -33,8 +32,6 @@ use vmidentity_planner::live::LiveResource;
 use vmidentity_planner::model::IdentityRef;
 
 use crate::import::canonical_id;
-
-const GRAPH_CONCURRENCY: usize = 8;
 
 /// A class of findings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
@@ -104,6 +101,7 @@ pub struct AuditStats {
     pub resource_pages: u32,
     pub authorization_pages: u32,
     pub role_definition_reads: usize,
+    /// Graph `$batch` requests for the memberships (20 `memberOf` reads each).
     pub member_of_reads: u32,
     /// False when no Graph token was given: memberships were not read.
     pub read_memberships: bool,
@@ -248,18 +246,21 @@ pub async fn audit(
     let mut member_of: HashMap<String, BTreeSet<String>> = HashMap::new();
     if exec.has_graph() && !principals.is_empty() {
         report.stats.read_memberships = true;
-        let reads: Vec<(String, Result<Vec<String>, AzureError>)> =
-            futures::stream::iter(principals.iter().cloned())
-                .map(|p| async move {
-                    let r = exec.member_of(&p).await;
-                    (p, r)
-                })
-                .buffer_unordered(GRAPH_CONCURRENCY)
-                .collect()
-                .await;
-        for (p, r) in reads {
-            report.stats.member_of_reads += 1;
-            let groups = r.map_err(read_err(format!(
+        // 20 memberOf reads per Graph `$batch` request, never one request per principal.
+        let principal_ids: Vec<String> = principals.iter().cloned().collect();
+        let (mut results, requests) = exec.member_of_many(&principal_ids).await.map_err(
+            read_err("the group memberships from Microsoft Graph ($batch)".to_string()),
+        )?;
+        report.stats.member_of_reads += requests;
+        for p in principal_ids {
+            let groups = match results.remove(&p.to_ascii_lowercase()) {
+                Some(r) => r,
+                None => Err(AzureError::InvalidResponse {
+                    url: "$batch".into(),
+                    message: "no answer for this principal in the batch".into(),
+                }),
+            }
+            .map_err(read_err(format!(
                 "the group memberships of principal {p} from Microsoft Graph"
             )))?;
             member_of.insert(p, groups.into_iter().collect());
