@@ -247,7 +247,7 @@ pub async fn audit(
     if exec.has_graph() && !principals.is_empty() {
         report.stats.read_memberships = true;
         // 20 memberOf reads per Graph `$batch` request, never one request per principal.
-        let principal_ids: Vec<String> = principals.iter().cloned().collect();
+        let principal_ids: Vec<String> = principals.to_vec();
         let (mut results, requests) = exec.member_of_many(&principal_ids).await.map_err(
             read_err("the group memberships from Microsoft Graph ($batch)".to_string()),
         )?;
