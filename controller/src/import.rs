@@ -538,7 +538,7 @@ pub async fn import(exec: &Executor, req: &ImportRequest) -> Result<Imported, Im
     let mut groups: Vec<Vec<GroupMembership>> = vec![Vec::new(); targets.len()];
     if req.with_groups && !principals.is_empty() {
         // 20 memberOf reads per Graph `$batch` request, never one request per principal.
-        let principal_ids: Vec<String> = principals.iter().cloned().collect();
+        let principal_ids: Vec<String> = principals.to_vec();
         let (results, requests) = exec
             .member_of_many(&principal_ids)
             .await
