@@ -803,7 +803,7 @@ pub struct AuditArgs {
     #[arg(long, value_enum, value_delimiter = ',')]
     pub fail_on: Vec<Class>,
     #[command(flatten)]
-    pub azure: crate::cli::AzureArgs,
+    pub azure: crate::connect::AzureArgs,
 }
 
 async fn objects_from_cluster(path: &PathBuf) -> Result<Vec<AuditObject>, String> {
@@ -876,7 +876,7 @@ pub async fn run(a: AuditArgs) -> Result<i32, crate::error::CliError> {
     } else {
         Some(crate::input::load_policies(&a.policy)?)
     };
-    let azure = crate::cli::connect(&a.azure).await?;
+    let azure = crate::connect::connect(&a.azure).await?;
     let report = audit(&azure.exec, &a.subscriptions, &objects, policies.as_ref())
         .await
         .map_err(|e| CliError::Other(e.to_string()))?;

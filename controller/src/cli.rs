@@ -3,15 +3,16 @@
 
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
-use vmidentity_azure::{ArmClient, ClientConfig, Executor, StaticToken};
+use vmidentity_azure::Executor;
 use vmidentity_planner::{DesiredObject, render};
 
-use crate::azure_config::cli_client_config;
+pub use crate::connect::AzureArgs;
+use crate::connect::connect;
+#[cfg(not(feature = "simulator"))]
+use crate::connect::no_simulator;
 use crate::engine::{self, State, TargetResult};
 use crate::input::{self, LoadedObject};
 pub use crate::out::{describe_grant, render_apply};
@@ -81,33 +82,6 @@ pub struct PlanArgs {
     pub policy: Vec<PathBuf>,
 }
 
-/// Where `plan` and `apply` find Azure: an endpoint and its tokens, or an in-process
-/// simulator.
-#[derive(Debug, clap::Args)]
-pub struct AzureArgs {
-    /// ARM endpoint.
-    #[arg(long, env = "VMIDENTITY_ARM_ENDPOINT", default_value = vmidentity_azure::client::PUBLIC_ARM_ENDPOINT)]
-    pub endpoint: String,
-    /// Bearer token for ARM (for example from `az account get-access-token --query accessToken -o tsv`).
-    #[arg(long, env = "AZURE_ACCESS_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// Microsoft Graph endpoint (for groupMemberships; `plan --live` shows the member's
-    /// `@odata.id` for it, as `apply` would send it).
-    #[arg(
-        long,
-        env = "VMIDENTITY_GRAPH_ENDPOINT",
-        default_value = vmidentity_planner::grants::PUBLIC_GRAPH_ENDPOINT
-    )]
-    pub graph_endpoint: String,
-    /// Bearer token for Microsoft Graph (audience https://graph.microsoft.com), needed for
-    /// groupMemberships (for example `az account get-access-token --resource-type ms-graph`).
-    #[arg(long, env = "AZURE_GRAPH_ACCESS_TOKEN", hide_env_values = true)]
-    pub graph_token: Option<String>,
-    /// Run against an in-process ARM simulator seeded from this world file instead of Azure.
-    #[arg(long, value_name = "WORLD_YAML", conflicts_with_all = ["endpoint", "token", "graph_endpoint", "graph_token"])]
-    pub simulator: Option<PathBuf>,
-}
-
 #[derive(Debug, clap::Args)]
 pub struct ApplyArgs {
     /// VirtualMachineIdentity YAML files or directories.
@@ -142,15 +116,6 @@ pub struct CrdArgs {
 }
 
 pub use crate::error::CliError;
-
-/// The error of `demo` and `apply --simulator` in a build without the ARM simulator (the
-/// production image is built with `--no-default-features`).
-#[cfg(not(feature = "simulator"))]
-fn no_simulator(what: &str) -> CliError {
-    CliError::Other(format!(
-        "{what} needs the ARM simulator, which this build does not include: rebuild with the cargo feature `simulator` (on by default; e.g. `cargo run -p vmidentity -- demo`)"
-    ))
-}
 
 /// Runs the CLI; returns the process exit code.
 pub async fn run(cli: Cli) -> Result<i32, CliError> {
@@ -254,71 +219,6 @@ async fn policy_denies(
         }
     }
     Ok(denied)
-}
-
-/// The door to Azure that `plan` and `apply` use: ARM, Graph when it has a token, and the
-/// in-process simulator that serves them (kept alive as long as the door).
-pub(crate) struct Azure {
-    pub(crate) exec: Executor,
-    #[cfg(feature = "simulator")]
-    _sim: Option<vmidentity_simulator::SimHandle>,
-}
-
-pub(crate) async fn connect(a: &AzureArgs) -> Result<Azure, CliError> {
-    #[cfg(feature = "simulator")]
-    let mut sim = None;
-    let (endpoint, token, graph) = match &a.simulator {
-        #[cfg(feature = "simulator")]
-        Some(world) => {
-            let text = std::fs::read_to_string(world)
-                .map_err(|e| CliError::Other(format!("{}: {e}", world.display())))?;
-            let handle = crate::demo::start_simulator(&text)
-                .await
-                .map_err(|e| CliError::Other(format!("{}: {e}", world.display())))?;
-            let url = handle.base_url();
-            sim = Some(handle);
-            (
-                url.clone(),
-                crate::demo::SIM_TOKEN.to_string(),
-                Some((url, crate::demo::SIM_GRAPH_TOKEN.to_string())),
-            )
-        }
-        #[cfg(not(feature = "simulator"))]
-        Some(_) => return Err(no_simulator("`--simulator`")),
-        None => {
-            let token = a.token.clone().ok_or_else(|| {
-                CliError::Other(
-                    "no ARM credentials: set AZURE_ACCESS_TOKEN or --token (for example `az account get-access-token --query accessToken -o tsv`), or use --simulator WORLD.yaml".into(),
-                )
-            })?;
-            let graph = a.graph_token.clone().map(|t| (a.graph_endpoint.clone(), t));
-            (a.endpoint.clone(), token, graph)
-        }
-    };
-    let client = ArmClient::new(
-        cli_client_config(&endpoint),
-        Arc::new(StaticToken::new(token)),
-    )
-    .map_err(|e| CliError::Other(e.to_string()))?;
-    // One door for every write: ARM, and Graph when it has a token.
-    let mut exec = Executor::new(client);
-    if let Some((endpoint, token)) = graph {
-        exec = exec.with_graph(
-            ArmClient::new(
-                ClientConfig {
-                    max_inline_wait: Duration::from_secs(120),
-                    ..ClientConfig::graph(&endpoint)
-                },
-                Arc::new(StaticToken::new(token)),
-            )
-            .map_err(|e| CliError::Other(e.to_string()))?,
-        );
-    }
-    Ok(Azure {
-        exec,
-        #[cfg(feature = "simulator")]
-        _sim: sim,
-    })
 }
 
 /// What `plan` says about where the existing role assignments and group memberships came

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use vmidentity_azure::{ArmClient, ClientConfig, Executor, StaticToken};
 use vmidentity_planner::DesiredObject;
-use vmidentity_simulator::{LroMode, SimConfig, SimHandle, WorldSeed};
+use vmidentity_simulator::SimHandle;
 
 use crate::azure_config::cli_client_config;
 use crate::engine::{self, TargetResult};
@@ -13,10 +13,7 @@ use crate::error::CliError;
 use crate::input;
 use crate::out::render_apply;
 
-/// The token the in-process simulator accepts.
-pub const SIM_TOKEN: &str = "sim-token";
-/// The Microsoft Graph token the in-process simulator accepts.
-pub const SIM_GRAPH_TOKEN: &str = "sim-graph-token";
+pub use crate::connect::{SIM_GRAPH_TOKEN, SIM_TOKEN, start_simulator};
 
 /// The bundled world.
 pub const DEMO_WORLD: &str = include_str!("../../examples/demo/world.yaml");
@@ -99,21 +96,6 @@ fn check_survivors(sim: &SimHandle, web2: &str, principal_before: Option<&str>) 
         crate::outln!("     [{}] {what}", if *ok { "ok" } else { "FAILED" });
     }
     checks.iter().all(|(_, ok)| *ok)
-}
-
-/// Starts the simulator on loopback, seeded from a world YAML.
-pub async fn start_simulator(world_yaml: &str) -> Result<SimHandle, String> {
-    let seed = WorldSeed::from_yaml_str(world_yaml).map_err(|e| e.to_string())?;
-    vmidentity_simulator::start(SimConfig {
-        seed,
-        accepted_tokens: vec![SIM_TOKEN.to_string()],
-        lro: LroMode::Async200,
-        lro_polls: 1,
-        retry_after_secs: 0,
-        ..SimConfig::default()
-    })
-    .await
-    .map_err(|e| e.to_string())
 }
 
 /// The bundled objects, validated.

@@ -869,7 +869,7 @@ pub struct ImportArgs {
     #[arg(long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
     #[command(flatten)]
-    pub azure: crate::cli::AzureArgs,
+    pub azure: crate::connect::AzureArgs,
 }
 
 impl ImportArgs {
@@ -931,7 +931,7 @@ pub fn report(imported: &Imported) -> String {
 pub async fn run(a: ImportArgs) -> Result<i32, crate::error::CliError> {
     use crate::error::CliError;
     let req = a.request().map_err(|e| CliError::Other(e.to_string()))?;
-    let azure = crate::cli::connect(&a.azure).await?;
+    let azure = crate::connect::connect(&a.azure).await?;
     let imported = import(&azure.exec, &req)
         .await
         .map_err(|e| CliError::Other(e.to_string()))?;

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod azure_config;
 pub mod cli;
+pub mod connect;
 pub mod crd;
 #[cfg(feature = "simulator")]
 pub mod demo;

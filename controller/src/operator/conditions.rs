@@ -6,6 +6,9 @@ use k8s_openapi::jiff::Timestamp;
 pub const READY: &str = "Ready";
 pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
+/// The condition an object under `observe` carries: `True` when its target differs from
+/// what its objects declare (writes are pending), `False` when it is as declared.
+pub const DRIFTED: &str = "Drifted";
 
 /// Where an object stands after a pass, as kstatus reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -21,8 +21,8 @@ use prometheus_client::registry::Registry;
 use vmidentity_azure::{Observer, RequestKind};
 
 use crate::crd::VirtualMachineIdentity;
+use crate::operator::conditions::DRIFTED;
 use crate::operator::conditions::{READY, RECONCILING, STALLED};
-use crate::operator::observe::DRIFTED;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {

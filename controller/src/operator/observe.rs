@@ -13,9 +13,7 @@ use super::events::EventType;
 use crate::crd::{PendingWrite, RECONCILE_POLICY_ANNOTATION, VirtualMachineIdentity};
 use crate::engine::TargetResult;
 
-/// The condition an object under `observe` carries: `True` when its target differs from
-/// what its objects declare (writes are pending), `False` when it is as declared.
-pub const DRIFTED: &str = "Drifted";
+pub use super::conditions::DRIFTED;
 
 /// At most this many writes are listed in `status.pendingWrites` ...
 pub const MAX_PENDING_WRITES: usize = 20;
